@@ -1,0 +1,183 @@
+"""`RunConfig`: everything that determines a run's results, as data.
+
+A run folder holds its `config.json`, so every number in it traces back to
+the settings that produced it. Presets are plain dicts of field overrides.
+"""
+
+import dataclasses
+import json
+from typing import Optional
+
+from kd_keras.distiller import validate_alpha, validate_temperature
+from kd_keras.models import stage_blocks
+
+# Presets are named overrides of `RunConfig`'s defaults.
+PRESETS = {
+    # Seconds: a few hundred images and the smallest ResNets. For tests.
+    "smoke": {
+        "train_per_class": 50,
+        "val_size": 5000,
+        "val_per_class": 20,
+        "test_per_class": 20,
+        "teacher_depth": 8,
+        "teacher_width": 8,
+        "student_depth": 8,
+        "student_width": 4,
+        "teacher_epochs": 4,
+        "student_epochs": 4,
+        "batch_size": 50,
+        "learning_rate": 0.05,
+        "warmup_epochs": 0,
+    },
+    # Real CIFAR-10 at reduced scale: 10,000 training images, a ResNet-20
+    # teacher and a ResNet-8 student; shows the distillation gain in about
+    # 15-20 minutes on a 2-core CPU.
+    "quick": {
+        "train_per_class": 1000,
+        "val_size": 5000,
+        "val_per_class": 200,
+        "teacher_depth": 20,
+        "student_depth": 8,
+        "teacher_epochs": 20,
+        "student_epochs": 20,
+        "batch_size": 128,
+        "warmup_epochs": 1,
+    },
+    # The reference setting: teacher depth 30, student depth 15, all 45,000
+    # training images (5,000 held out for validation). Hours on a CPU; for a GPU.
+    "paper": {
+        "teacher_depth": 30,
+        "student_depth": 15,
+        "teacher_epochs": 160,
+        "student_epochs": 160,
+        "batch_size": 128,
+        "warmup_epochs": 5,
+    },
+}
+
+# Fields that do not change a run's results (where it is, how it is shown).
+NON_RESULT_FIELDS = ("data", "verbose")
+
+
+class ConfigError(ValueError):
+    """Raised for a run configuration that cannot be run."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """One run of the three-stage pipeline (teacher, student baseline,
+    distilled student).
+
+    Build one with `RunConfig.from_preset("quick", epochs=...)` or directly;
+    `validate()` is called by both.
+    """
+
+    preset: str = "custom"
+    data: Optional[str] = None
+    seed: int = 0
+    # --- Data ---
+    val_size: int = 5000
+    train_per_class: Optional[int] = None
+    val_per_class: Optional[int] = None
+    test_per_class: Optional[int] = None
+    # --- Models ---
+    teacher_depth: int = 30
+    teacher_width: int = 16
+    student_depth: int = 15
+    student_width: int = 16
+    teacher: Optional[str] = None  # A trained teacher .keras file to reuse.
+    # --- Training recipe (SGD + momentum, warm-up + cosine) ---
+    teacher_epochs: int = 160
+    student_epochs: int = 160
+    batch_size: int = 128
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 5
+    # --- Distillation ---
+    temperature: float = 4.0
+    alpha: float = 0.3
+    # --- Display ---
+    verbose: int = 1
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A config from a named preset plus field overrides (None = keep)."""
+        if name not in PRESETS:
+            raise ConfigError(
+                f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}"
+            )
+        fields = {"preset": name, **PRESETS[name]}
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**fields).validate()
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config fields: {', '.join(unknown)}")
+        return cls(**values).validate()
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as file:
+            return cls.from_dict(json.load(file))
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def result_differences(self, other):
+        """Fields that differ between two configs and change results."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return sorted(
+            k for k in mine if k not in NON_RESULT_FIELDS and mine[k] != theirs[k]
+        )
+
+    def validate(self):
+        """Checks every field; returns self or raises `ConfigError`."""
+        try:
+            validate_alpha(self.alpha)
+            validate_temperature(self.temperature)
+            stage_blocks(self.teacher_depth)
+            stage_blocks(self.student_depth)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        positive = {
+            "teacher_width": self.teacher_width,
+            "student_width": self.student_width,
+            "batch_size": self.batch_size,
+            "student_epochs": self.student_epochs,
+        }
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+        non_negative = {
+            "teacher_epochs": self.teacher_epochs,
+            "warmup_epochs": self.warmup_epochs,
+            "val_size": self.val_size,
+            "seed": self.seed,
+        }
+        for name, value in non_negative.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
+        if self.teacher_epochs == 0 and not self.teacher:
+            raise ConfigError(
+                "teacher_epochs is 0 but no --teacher file was given to reuse"
+            )
+        if not 0 < self.val_size < 50000:
+            raise ConfigError(f"val_size must be in [1, 49999], got {self.val_size}")
+        for name in ("train_per_class", "val_per_class", "test_per_class"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be an int >= 1 or None, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        return self

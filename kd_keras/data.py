@@ -1,0 +1,448 @@
+"""CIFAR-10 loading, validation splits and the `tf.data` input pipeline.
+
+The loader reads the official "python version" archive
+(`cifar-10-python.tar.gz`) or its extracted `cifar-10-batches-py/` folder
+without downloading anything, so tests and CI run offline. The archive is
+never extracted into the user's folder: its batches are read straight out of
+the tar stream and cached as one `.npz` file in a cache folder, written under
+a temporary name and renamed, so a failure never leaves a half-written cache.
+"""
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+DATA_ENV_VAR = "KD_KERAS_CIFAR10"
+CACHE_ENV_VAR = "KD_KERAS_CACHE"
+NUM_CLASSES = 10
+IMAGE_SHAPE = (32, 32, 3)
+CLASS_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+# Per-channel statistics of the CIFAR-10 training set, in 0..255 pixel units.
+CIFAR10_MEAN = (125.3, 123.0, 113.9)
+CIFAR10_STD = (63.0, 62.1, 66.7)
+
+_BATCH_DIR = "cifar-10-batches-py"
+_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_TEST_BATCH = "test_batch"
+_HOW_TO_PROVIDE = (
+    "Provide CIFAR-10 in one of three ways: pass the path of the official "
+    "'cifar-10-python.tar.gz' (or its extracted 'cifar-10-batches-py/' "
+    f"folder) as `source` / --data; set the environment variable "
+    f"{DATA_ENV_VAR} to that path; or let Keras download it into "
+    "~/.keras/datasets (needs internet access)."
+)
+
+
+class DatasetError(ValueError):
+    """Raised when CIFAR-10 data is missing, truncated, corrupt or malformed.
+
+    The message names the path, what is wrong with it, and the ways to
+    provide the data.
+    """
+
+    def __init__(self, path, problem):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"CIFAR-10 at '{path}': {problem}. {_HOW_TO_PROVIDE}")
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickler that only rebuilds plain containers and NumPy arrays.
+
+    CIFAR-10 batches are pickles; a hostile file could otherwise run code.
+    """
+
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+
+
+def _parse_batch(raw, where):
+    try:
+        batch = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as error:  # Any unpickling failure means a bad file.
+        raise DatasetError(where, f"not a CIFAR-10 batch ({error})") from None
+    if not isinstance(batch, dict):
+        raise DatasetError(where, "not a CIFAR-10 batch (no dict inside)")
+    batch = {
+        (k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()
+    }
+    if "data" not in batch or "labels" not in batch:
+        raise DatasetError(where, "batch has no 'data' or 'labels' entry")
+    data = np.asarray(batch["data"])
+    labels = np.asarray(batch["labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DatasetError(
+            where,
+            f"batch 'data' must be uint8 of shape (N, 3072), got "
+            f"{data.dtype} {data.shape}",
+        )
+    if labels.ndim != 1 or len(labels) != len(data):
+        raise DatasetError(
+            where,
+            f"batch has {len(data)} images but labels of shape {labels.shape}",
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DatasetError(
+            where,
+            f"labels must lie in [0, {NUM_CLASSES - 1}], got "
+            f"[{labels.min()}, {labels.max()}]",
+        )
+    # Channel-major rows (R plane, G plane, B plane) -> NHWC images.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def _concat(batches):
+    images = np.concatenate([b[0] for b in batches])
+    labels = np.concatenate([b[1] for b in batches])
+    return images, labels
+
+
+def _load_from_folder(folder):
+    folder = Path(folder)
+    if (folder / _BATCH_DIR).is_dir():
+        folder = folder / _BATCH_DIR
+    batches = []
+    for name in _TRAIN_BATCHES + (_TEST_BATCH,):
+        path = folder / name
+        if not path.is_file():
+            raise DatasetError(folder, f"missing batch file '{name}'")
+        batches.append(_parse_batch(path.read_bytes(), path))
+    return _concat(batches[:5]), batches[5]
+
+
+def _check_member(member, archive):
+    name = member.name
+    parts = Path(name).parts
+    if name.startswith(("/", "\\")) or ".." in parts or os.path.isabs(name):
+        raise DatasetError(
+            archive, f"refusing archive member '{name}' that escapes its folder"
+        )
+    if member.issym() or member.islnk():
+        raise DatasetError(
+            archive, f"refusing link member '{name}' (archives may not hold links)"
+        )
+    if not (member.isfile() or member.isdir()):
+        raise DatasetError(archive, f"refusing special archive member '{name}'")
+
+
+def _read_archive(archive):
+    """Reads the six batches out of the tar stream, validating every member."""
+    wanted = {f"{_BATCH_DIR}/{n}" for n in _TRAIN_BATCHES + (_TEST_BATCH,)}
+    found = {}
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            for member in tar:
+                _check_member(member, archive)
+                name = member.name.lstrip("./")
+                if name in wanted:
+                    found[name] = tar.extractfile(member).read()
+    except DatasetError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise DatasetError(
+            archive, f"not a readable tar.gz archive, truncated or corrupt ({error})"
+        ) from None
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise DatasetError(archive, f"archive lacks {', '.join(missing)}")
+    batches = [
+        _parse_batch(found[f"{_BATCH_DIR}/{n}"], f"{archive}:{n}")
+        for n in _TRAIN_BATCHES + (_TEST_BATCH,)
+    ]
+    return _concat(batches[:5]), batches[5]
+
+
+def default_cache_dir():
+    """The folder that holds kd_keras's decoded dataset cache.
+
+    `$KD_KERAS_CACHE` if set, else `~/.cache/kd_keras`.
+    """
+    return Path(os.environ.get(CACHE_ENV_VAR, Path.home() / ".cache" / "kd_keras"))
+
+
+def _file_digest(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_npz_atomically(path, **arrays):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            np.savez(file, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_archive_cached(archive, cache_dir):
+    try:
+        digest = _file_digest(archive)
+    except OSError as error:
+        raise DatasetError(archive, f"cannot read the file ({error})") from None
+    cache_file = Path(cache_dir) / f"cifar10-{digest[:16]}.npz"
+    if cache_file.is_file():
+        try:
+            with np.load(cache_file, allow_pickle=False) as npz:
+                return (npz["x_train"], npz["y_train"]), (npz["x_test"], npz["y_test"])
+        except Exception:
+            cache_file.unlink(missing_ok=True)  # A damaged cache is rebuilt.
+    (x_train, y_train), (x_test, y_test) = _read_archive(archive)
+    try:
+        _save_npz_atomically(
+            cache_file, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test
+        )
+    except OSError:
+        pass  # A read-only or full cache only costs speed next time.
+    return (x_train, y_train), (x_test, y_test)
+
+
+def _keras_cache_candidates():
+    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    datasets = keras_home / "datasets"
+    return [
+        datasets / "cifar-10-batches-py-target" / _BATCH_DIR,
+        datasets / _BATCH_DIR,
+        datasets / "cifar-10-python.tar.gz",
+    ]
+
+
+def resolve_source(source=None):
+    """Finds where CIFAR-10 comes from, without loading it.
+
+    Args:
+        source: a path to `cifar-10-python.tar.gz` or `cifar-10-batches-py/`,
+            or `None` to look in `$KD_KERAS_CIFAR10`, then the Keras cache.
+
+    Returns:
+        A `Path`, or `None` when only a download can provide the data.
+
+    Raises:
+        DatasetError: if an explicitly given path (argument or environment
+            variable) does not exist.
+    """
+    if source is None and os.environ.get(DATA_ENV_VAR):
+        source = os.environ[DATA_ENV_VAR]
+    if source is not None:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DatasetError(path, "no such file or folder")
+        return path
+    for candidate in _keras_cache_candidates():
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def load_cifar10(source=None, *, cache_dir=None):
+    """Loads CIFAR-10 as `keras.datasets.cifar10.load_data()` does, offline.
+
+    Args:
+        source: path to the official `cifar-10-python.tar.gz` or to an
+            extracted `cifar-10-batches-py/` folder. If `None`: the path in
+            the environment variable `KD_KERAS_CIFAR10`, then the Keras cache
+            (`~/.keras/datasets`), then `keras.datasets.cifar10.load_data()`
+            (a download).
+        cache_dir: where the decoded archive is cached (default
+            `default_cache_dir()`). The source itself is only read.
+
+    Returns:
+        `((x_train, y_train), (x_test, y_test))`: uint8 images of shape
+        `(N, 32, 32, 3)` and int64 labels of shape `(N,)`.
+
+    Raises:
+        DatasetError: the source is missing, not an archive, truncated,
+            corrupt, holds members that escape its folder or links, or holds
+            batches of the wrong shape or label range.
+
+    Example:
+
+    >>> (x_train, y_train), (x_test, y_test) = load_cifar10(
+    ...     "cifar-10-python.tar.gz")
+    >>> x_train.shape
+    (50000, 32, 32, 3)
+    """
+    path = resolve_source(source)
+    if path is None:
+        import keras
+
+        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+        return (x_train, y_train.reshape(-1).astype(np.int64)), (
+            x_test,
+            y_test.reshape(-1).astype(np.int64),
+        )
+    if path.is_dir():
+        return _load_from_folder(path)
+    return _load_archive_cached(path, cache_dir or default_cache_dir())
+
+
+def stratified_split(labels, size, *, seed):
+    """Indices of a seeded, class-balanced split of `size` examples.
+
+    Args:
+        labels: int labels, shape `(N,)`.
+        size: how many examples to take (spread evenly over the classes).
+        seed: random seed; the same seed gives the same split.
+
+    Returns:
+        `(taken, rest)`: two sorted int arrays of indices into `labels`.
+    """
+    labels = np.asarray(labels)
+    if size < 0 or size > len(labels):
+        raise ValueError(f"split size must be in [0, {len(labels)}], got {size}")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = np.full(len(classes), size // len(classes))
+    per_class[: size % len(classes)] += 1
+    taken = []
+    for cls, count in zip(classes, per_class):
+        members = np.flatnonzero(labels == cls)
+        taken.append(rng.permutation(members)[:count])
+    taken = np.sort(np.concatenate(taken)) if taken else np.array([], dtype=int)
+    rest = np.setdiff1d(np.arange(len(labels)), taken)
+    return taken, rest
+
+
+def per_class_subset(labels, per_class, *, seed):
+    """Indices of a seeded subset with at most `per_class` examples per class."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == cls))[:per_class]
+        for cls in np.unique(labels)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def prepare_splits(
+    source=None,
+    *,
+    val_size=5000,
+    train_per_class=None,
+    val_per_class=None,
+    test_per_class=None,
+    seed=0,
+    cache_dir=None,
+):
+    """Loads CIFAR-10 and carves train / validation / test splits.
+
+    The validation split is stratified and seeded and comes out of the
+    training set, never the test set.
+
+    Args:
+        source: see `load_cifar10`.
+        val_size: number of training images held out for validation.
+        train_per_class: keep at most this many training images per class
+            (after the validation split), or `None` for all.
+        val_per_class: likewise for the validation split.
+        test_per_class: likewise for the test set (for fast smoke runs).
+        seed: seed of the split and subsets.
+        cache_dir: see `load_cifar10`.
+
+    Returns:
+        A dict with keys `"train"`, `"val"`, `"test"`, each an
+        `(images, labels)` tuple.
+    """
+    (x_train, y_train), (x_test, y_test) = load_cifar10(source, cache_dir=cache_dir)
+    val_idx, train_idx = stratified_split(y_train, val_size, seed=seed)
+    splits = {
+        "train": (x_train[train_idx], y_train[train_idx]),
+        "val": (x_train[val_idx], y_train[val_idx]),
+        "test": (x_test, y_test),
+    }
+    for name, per_class in (
+        ("train", train_per_class),
+        ("val", val_per_class),
+        ("test", test_per_class),
+    ):
+        if per_class is not None:
+            images, labels = splits[name]
+            keep = per_class_subset(labels, per_class, seed=seed)
+            splits[name] = (images[keep], labels[keep])
+    return splits
+
+
+def make_dataset(images, labels, *, batch_size, training, seed=0):
+    """A `tf.data` pipeline of `(float32 image in 0..255, int label)` batches.
+
+    Normalisation lives inside the models (so a shipped model takes raw
+    pixels); the pipeline only augments and batches. Training batches are
+    shuffled with `seed` (the same order for every stage that uses the same
+    seed) and augmented with a 4-pixel zero pad, a random 32x32 crop and a
+    random horizontal flip. In distillation the teacher and the student both
+    see the one augmented batch the pipeline yields.
+
+    Args:
+        images: uint8 array `(N, 32, 32, 3)`.
+        labels: int array `(N,)`.
+        batch_size: batch size.
+        training: shuffle and augment if True; keep order otherwise.
+        seed: seed of the shuffle and the augmentation.
+
+    Returns:
+        A batched, prefetched `tf.data.Dataset`.
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    if training:
+        dataset = dataset.shuffle(
+            len(images), seed=seed, reshuffle_each_iteration=True
+        )
+        # One fresh seed pair per example and epoch, drawn from a seeded
+        # stream, keeps the augmentation reproducible for a given seed.
+        op_seeds = tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=True
+        ).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, op_seeds))
+
+        def augment(example, op_seed):
+            image, label = example
+            image = tf.cast(image, tf.float32)
+            image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
+            image = tf.image.stateless_random_crop(image, (32, 32, 3), seed=op_seed)
+            image = tf.image.stateless_random_flip_left_right(
+                image, seed=op_seed + 1
+            )
+            return image, label
+
+        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        dataset = dataset.map(
+            lambda image, label: (tf.cast(image, tf.float32), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,203 @@
+"""CIFAR ResNets with a `depth` knob, and model statistics.
+
+For `depth = 6n + 2` `build_resnet` is exactly the CIFAR-10 ResNet of He et
+al. (2016), section 4.2: a 3x3 stem convolution with `width` filters, three
+stages of `n` basic blocks with `width`, `2 * width` and `4 * width` filters
+(the first block of stages 2 and 3 halves the resolution with stride 2), the
+parameter-free "option A" shortcut (subsample and zero-pad the channels),
+global average pooling and one dense layer. ResNet-20 has 0.27 M parameters,
+ResNet-32 0.46 M, ResNet-56 0.85 M.
+
+Other depths follow one rule. `depth` counts the weighted layers: the stem,
+two per basic block, and the dense head. So `B = (depth - 2) // 2` blocks
+are spread over the three stages as evenly as possible, earlier stages
+taking the remainder, and an odd depth adds one 3x3 convolution (with batch
+norm and ReLU) after the last stage. Depth 30 is stages of 5, 5, 4 blocks;
+depth 15 is 2, 2, 2 blocks plus the extra convolution. The smallest depth is
+8 (one block per stage).
+
+The models take raw pixels (float, 0..255) and normalise them with fixed
+CIFAR-10 statistics inside the model, so a saved model needs no
+preprocessing code to be used. They return logits (no softmax).
+"""
+
+import keras
+
+from kd_keras.data import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE, NUM_CLASSES
+
+MIN_DEPTH = 8
+
+
+def stage_blocks(depth):
+    """The number of basic blocks per stage, and whether an extra conv is added.
+
+    Args:
+        depth: the number of weighted layers, an int >= 8.
+
+    Returns:
+        `(blocks, extra_conv)`: a tuple of three block counts and a bool.
+
+    Raises:
+        ValueError: if `depth` cannot be built.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < MIN_DEPTH:
+        raise ValueError(
+            f"depth must be an int >= {MIN_DEPTH} (depth = 6n+2 gives He et "
+            f"al.'s ResNet-20/32/44/56/110; any other int >= {MIN_DEPTH} "
+            f"works too, e.g. 15 or 30), got {depth!r}"
+        )
+    total = (depth - 2) // 2
+    blocks = tuple(total // 3 + (1 if stage < total % 3 else 0) for stage in range(3))
+    return blocks, (depth - 2) % 2 == 1
+
+
+def _conv_bn_relu(x, filters, strides, weight_decay, name, relu=True):
+    x = keras.layers.Conv2D(
+        filters,
+        3,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=(
+            keras.regularizers.L2(weight_decay) if weight_decay else None
+        ),
+        name=f"{name}_conv",
+    )(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    if relu:
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def _shortcut_option_a(x, filters, name):
+    """He et al.'s parameter-free shortcut: subsample, zero-pad channels.
+
+    Built from stock layers only, so saved models load in Keras's safe mode
+    without any kd_keras code.
+    """
+    height, width, channels = x.shape[1:]
+    x = keras.layers.MaxPooling2D(pool_size=1, strides=2, name=f"{name}_subsample")(x)
+    pad = filters - channels
+    x = keras.layers.Reshape((height // 2, width // 2, channels, 1), name=f"{name}_r1")(x)
+    x = keras.layers.ZeroPadding3D(
+        ((0, 0), (0, 0), (pad // 2, pad - pad // 2)), name=f"{name}_pad"
+    )(x)
+    return keras.layers.Reshape((height // 2, width // 2, filters), name=f"{name}_r2")(x)
+
+
+def _basic_block(x, filters, strides, weight_decay, name):
+    shortcut = x
+    y = _conv_bn_relu(x, filters, strides, weight_decay, f"{name}_a")
+    y = _conv_bn_relu(y, filters, 1, weight_decay, f"{name}_b", relu=False)
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _shortcut_option_a(x, filters, f"{name}_short")
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def build_resnet(
+    depth,
+    *,
+    width=16,
+    num_classes=NUM_CLASSES,
+    weight_decay=0.0,
+    name=None,
+):
+    """Builds a CIFAR ResNet that maps raw pixels to logits.
+
+    Args:
+        depth: number of weighted layers (see the module docstring for the
+            rule); `6n + 2` gives He et al.'s ResNet-20/32/44/56/110.
+        width: filters of the first stage (16 in the paper); stages 2 and 3
+            use twice and four times as many.
+        num_classes: size of the logits.
+        weight_decay: L2 factor on the convolution and dense kernels, or 0
+            to leave regularisation to the optimizer.
+        name: model name; defaults to `"resnet{depth}"` (with the width if
+            it is not 16).
+
+    Returns:
+        A functional `keras.Model` taking float images of shape
+        `(32, 32, 3)` in 0..255 and returning `(batch, num_classes)` logits.
+
+    Raises:
+        ValueError: for a depth below 8, a non-int depth, or a width or
+            class count below 1.
+
+    Example:
+
+    >>> model = build_resnet(20)
+    >>> model.count_params()
+    271098
+    """
+    blocks, extra_conv = stage_blocks(depth)
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive int, got {width!r}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if name is None:
+        name = f"resnet{depth}" + ("" if width == 16 else f"_w{width}")
+
+    inputs = keras.Input(shape=IMAGE_SHAPE, name="image")
+    # --- Fixed normalisation: the model takes raw 0..255 pixels. ---
+    x = keras.layers.Normalization(
+        mean=list(CIFAR10_MEAN),
+        variance=[s * s for s in CIFAR10_STD],
+        name="normalize",
+    )(inputs)
+    # --- Stem. ---
+    x = _conv_bn_relu(x, width, 1, weight_decay, "stem")
+    # --- Three stages of basic blocks. ---
+    for stage, count in enumerate(blocks):
+        filters = width * 2**stage
+        for block in range(count):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = _basic_block(x, filters, strides, weight_decay, f"s{stage + 1}b{block + 1}")
+    if extra_conv:
+        x = _conv_bn_relu(x, x.shape[-1], 1, weight_decay, "extra")
+    # --- Head: logits, no softmax. ---
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(
+        num_classes,
+        kernel_initializer="he_normal",
+        kernel_regularizer=(
+            keras.regularizers.L2(weight_decay) if weight_decay else None
+        ),
+        name="logits",
+        dtype="float32",  # Logits stay float32 under mixed precision.
+    )(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def count_flops(model):
+    """Multiply-accumulate based FLOPs of one forward pass on one image.
+
+    Counts 2 FLOPs per multiply-accumulate in `Conv2D` and `Dense` layers
+    (the convention of the ResNet paper's FLOP figures times two); batch
+    norm, ReLU, pooling and additions are not counted.
+
+    Args:
+        model: a built functional model.
+
+    Returns:
+        An int.
+    """
+    flops = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel_h, kernel_w = layer.kernel_size
+            in_channels = layer.input.shape[-1]
+            out_h, out_w, out_c = layer.output.shape[1:]
+            flops += 2 * out_h * out_w * out_c * kernel_h * kernel_w * in_channels
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * layer.input.shape[-1] * layer.units
+    return int(flops)
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
