@@ -64,7 +64,9 @@ def _conv_bn_relu(x, filters, strides, weight_decay, name, relu=True):
         ),
         name=f"{name}_conv",
     )(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    # Momentum 0.9 (PyTorch's 0.1): with few steps per epoch, Keras's default
+    # 0.99 lets the moving statistics lag the weights for several epochs.
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x

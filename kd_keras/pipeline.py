@@ -34,7 +34,13 @@ from kd_keras.callbacks import (
     TrainingCheckpoint,
 )
 from kd_keras.config import RunConfig
-from kd_keras.data import IMAGE_SHAPE, NUM_CLASSES, make_dataset, prepare_splits
+from kd_keras.data import (
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    make_dataset,
+    prepare_splits,
+    resolve_source,
+)
 from kd_keras.distiller import Distiller
 from kd_keras.models import build_resnet, count_flops, stage_blocks
 from kd_keras.results import write_results
@@ -164,6 +170,9 @@ def prepare_run_folder(out_dir, config, *, resume=False, overwrite=False):
                 f"cannot resume '{out}': the config differs in {details}. "
                 "Resume with the saved settings, or start a new --out folder."
             )
+        # Where the data lives and how chatty the run is may change on resume.
+        saved.data = config.data or saved.data
+        saved.verbose = config.verbose
         return saved
     if existing:
         if not overwrite:
@@ -340,6 +349,7 @@ class Pipeline:
             epochs=epochs,
             callbacks=callbacks,
             verbose=self.config.verbose,
+            shuffle=False,  # The dataset shuffles itself, with the run's seed.
         )
         checkpoint.restore_best()
         return time.time() - start, checkpoint.best_epoch
@@ -500,6 +510,7 @@ def run_pipeline(config, out_dir, *, resume=False, overwrite=False):
     >>> rows = run_pipeline(config, "runs/quick")
     """
     config.validate()
+    resolve_source(config.data)  # A missing dataset fails before any folder is made.
     out = Path(out_dir)
     created = not out.exists()
     lock = atomic.RunLock(out)

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from kd_keras.cli import get_args, main
+
+
+def test_help_lists_every_command_and_run_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        get_args(["run", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--preset", "--data", "--out", "--epochs", "--temperature", "--alpha",
+                 "--teacher-depth", "--student-depth", "--seed", "--teacher", "--resume",
+                 "--overwrite", "--dry-run"):
+        assert flag in text
+
+
+def test_epochs_sets_both_stages_and_flags_override_the_preset():
+    from kd_keras.cli import _config_from_args
+
+    config = _config_from_args(get_args(["run", "--preset", "quick", "--epochs", "3", "--alpha", "0.5"]))
+    assert (config.teacher_epochs, config.student_epochs, config.alpha) == (3, 3, 0.5)
+    config = _config_from_args(get_args(["run", "--epochs", "3", "--student-epochs", "7"]))
+    assert (config.teacher_epochs, config.student_epochs) == (3, 7)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["run", "--alpha", "2"], "alpha must be in [0, 1]"),
+        (["run", "--temperature", "0"], "temperature must be a finite number > 0, got 0.0"),
+        (["run", "--student-depth", "3"], "depth must be an int >= 8"),
+        (["run", "--data", "/no/such/cifar.tar.gz", "--preset", "smoke"], "/no/such/cifar.tar.gz"),
+        (["evaluate", "/no/such/model.keras"], "does not exist"),
+        (["report", "/no/such/run"], "holds no completed stage"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(argv, fragment, capsys, tmp_path):
+    if argv[0] == "run":
+        argv = argv + ["--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("kd_keras: error: ")
+    assert fragment in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert not (tmp_path / "run").exists()  # Nothing left behind.
+
+
+def test_dry_run_prints_config_and_model_sizes(capsys):
+    assert main(["run", "--preset", "paper", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert '"teacher_depth": 30' in out and '"student_depth": 15' in out
+    sizes = json.loads(out[out.index("}\n{") + 2:])
+    assert sizes["teacher"]["blocks"] == [5, 5, 4]
+    assert sizes["student"]["params"] < sizes["teacher"]["params"]
+
+
+def test_evaluate_and_report_on_a_real_run(smoke_run, cifar10_archive, capsys):
+    out, rows = smoke_run
+    model = out / "models" / "student_distilled.keras"
+    assert main(["evaluate", str(model), "--data", str(cifar10_archive), "--test-per-class", "20"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_images"] == 200
+    assert result["accuracy"] == pytest.approx(rows[2]["test_accuracy"])
+
+    (out / "report.png").unlink()
+    assert main(["report", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "student_distilled" in table and f"{rows[0]['test_accuracy']:.4f}" in table
+    assert (out / "report.png").stat().st_size > 0
+
+
+def test_run_command_end_to_end(cifar10_archive, tmp_path, capsys):
+    argv = ["run", "--preset", "smoke", "--data", str(cifar10_archive), "--out",
+            str(tmp_path / "run"), "--epochs", "1", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "distilled student vs baseline" in out
+    assert main(argv) == 2  # The folder is not empty now.
+    assert "--resume" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0

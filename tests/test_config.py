@@ -1,0 +1,73 @@
+import json
+
+import pytest
+
+from kd_keras.config import PRESETS, ConfigError, RunConfig
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_config(name):
+    config = RunConfig.from_preset(name)
+    assert config.preset == name
+    assert (config.temperature, config.alpha) == (4.0, 0.3)
+
+
+def test_paper_preset_uses_the_reference_depths():
+    config = RunConfig.from_preset("paper")
+    assert (config.teacher_depth, config.student_depth) == (30, 15)
+    assert config.train_per_class is None  # All 45,000 training images.
+
+
+def test_overrides_replace_preset_values_and_none_keeps_them():
+    config = RunConfig.from_preset("quick", alpha=0.5, temperature=None, student_depth=14)
+    assert (config.alpha, config.temperature, config.student_depth) == (0.5, 4.0, 14)
+    assert config.teacher_depth == PRESETS["quick"]["teacher_depth"]
+
+
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("alpha", 1.2, "alpha must be in [0, 1]"),
+        ("temperature", 0.0, "temperature must be a finite number > 0, got 0.0"),
+        ("temperature", -3.0, "got -3.0"),
+        ("student_depth", 5, "depth must be an int >= 8"),
+        ("batch_size", 0, "batch_size must be an int >= 1, got 0"),
+        ("learning_rate", 0.0, "learning_rate must be > 0, got 0.0"),
+        ("train_per_class", 0, "train_per_class must be an int >= 1 or None, got 0"),
+        ("val_size", 50000, "val_size must be in [1, 49999], got 50000"),
+    ],
+)
+def test_bad_values_are_refused_with_the_value(field, value, fragment):
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_preset("smoke", **{field: value})
+    assert fragment in str(info.value)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; choose one of smoke, quick, paper"):
+        RunConfig.from_preset("fast")
+
+
+def test_json_round_trip_and_result_differences(tmp_path):
+    config = RunConfig.from_preset("quick", data="/a/cifar.tar.gz", seed=3)
+    path = tmp_path / "config.json"
+    path.write_text(config.to_json())
+    loaded = RunConfig.load(path)
+    assert loaded == config
+    moved = RunConfig.from_preset("quick", data="/elsewhere/cifar.tar.gz", seed=3, verbose=0)
+    assert config.result_differences(moved) == []  # Where the data lives changes nothing.
+    changed = RunConfig.from_preset("quick", seed=4, alpha=0.5)
+    assert set(config.result_differences(changed)) == {"alpha", "seed"}
+
+
+def test_unknown_fields_in_saved_config_are_refused(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**RunConfig().to_dict(), "tempreature": 3}))
+    with pytest.raises(ConfigError, match="unknown config fields: tempreature"):
+        RunConfig.load(path)
+
+
+def test_zero_teacher_epochs_needs_a_teacher_file():
+    with pytest.raises(ConfigError, match="no --teacher file"):
+        RunConfig.from_preset("smoke", teacher_epochs=0)
+    assert RunConfig.from_preset("smoke", teacher_epochs=0, teacher="t.keras").teacher == "t.keras"

@@ -1,0 +1,209 @@
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+from conftest import batch_bytes, write_fake_archive
+
+from kd_keras.data import (
+    DatasetError,
+    load_cifar10,
+    make_dataset,
+    per_class_subset,
+    prepare_splits,
+    stratified_split,
+)
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_real_archive_loads_like_keras_load_data(cifar10_archive, shared_cache):
+    before = sha256(cifar10_archive)
+    (x_train, y_train), (x_test, y_test) = load_cifar10(cifar10_archive, cache_dir=shared_cache)
+    assert x_train.shape == (50000, 32, 32, 3) and x_train.dtype == np.uint8
+    assert x_test.shape == (10000, 32, 32, 3) and y_test.shape == (10000,)
+    assert np.bincount(y_train).tolist() == [5000] * 10
+    assert np.bincount(y_test).tolist() == [1000] * 10
+    # Channel-major rows become NHWC: compare with the raw first test row.
+    with tarfile.open(cifar10_archive) as tar:
+        raw = pickle.load(
+            tar.extractfile("cifar-10-batches-py/test_batch"), encoding="bytes"
+        )
+    np.testing.assert_array_equal(x_test[0], raw[b"data"][0].reshape(3, 32, 32).transpose(1, 2, 0))
+    assert y_test[0] == raw[b"labels"][0]
+    assert sha256(cifar10_archive) == before  # The source is only read.
+    assert list(shared_cache.glob("cifar10-*.npz"))  # The decoded cache.
+
+
+def test_cached_load_equals_first_load(fake_archive, tmp_path):
+    first = load_cifar10(fake_archive, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    second = load_cifar10(fake_archive, cache_dir=tmp_path / "cache")
+    for a, b in zip(np.concatenate([first[0][0], first[1][0]]), np.concatenate([second[0][0], second[1][0]])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_extracted_folder_and_env_var_sources(fake_archive, tmp_path, monkeypatch):
+    with tarfile.open(fake_archive) as tar:
+        tar.extractall(tmp_path / "extracted", filter="data")
+    from_folder = load_cifar10(tmp_path / "extracted")
+    monkeypatch.setenv("KD_KERAS_CIFAR10", str(fake_archive))
+    from_env = load_cifar10()
+    np.testing.assert_array_equal(from_folder[0][0], from_env[0][0])
+    assert from_folder[0][0].shape == (100, 32, 32, 3)
+    assert from_folder[1][1].tolist() == [i % 10 for i in range(20)]
+
+
+def assert_refused(source, cache_dir, *fragments):
+    with pytest.raises(DatasetError) as info:
+        load_cifar10(source, cache_dir=cache_dir)
+    message = str(info.value)
+    for fragment in (str(source), "KD_KERAS_CIFAR10", *fragments):
+        assert fragment in message, message
+    # No half-written cache survives the failure.
+    assert not list(cache_dir.glob("*")) if cache_dir.exists() else True
+    return message
+
+
+def test_missing_source_names_path_and_ways_to_provide(tmp_path):
+    assert_refused(tmp_path / "nope.tar.gz", tmp_path / "cache", "no such file")
+
+
+def test_not_an_archive_is_refused(tmp_path):
+    bogus = tmp_path / "cifar.tar.gz"
+    bogus.write_text("this is not a tar file")
+    assert_refused(bogus, tmp_path / "cache", "not a readable tar.gz")
+
+
+def test_truncated_archive_is_refused(fake_archive, tmp_path):
+    data = fake_archive.read_bytes()
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(data[: len(data) // 2])
+    assert_refused(truncated, tmp_path / "cache", "truncated or corrupt")
+
+
+def test_archive_member_escaping_its_folder_is_refused(tmp_path):
+    info = tarfile.TarInfo("../../evil.txt")
+    info.size = 4
+    archive = write_fake_archive(tmp_path / "evil.tar.gz", extra=[(info, b"evil")])
+    assert_refused(archive, tmp_path / "cache", "escapes")
+    assert not (tmp_path.parent / "evil.txt").exists()
+
+
+def test_archive_with_symlink_is_refused(tmp_path):
+    info = tarfile.TarInfo("cifar-10-batches-py/link")
+    info.type = tarfile.SYMTYPE
+    info.linkname = "/etc/passwd"
+    archive = write_fake_archive(tmp_path / "link.tar.gz", extra=[(info, None)])
+    assert_refused(archive, tmp_path / "cache", "link")
+
+
+def test_batch_of_wrong_shape_is_refused(tmp_path):
+    wrong = batch_bytes(5, 0, data=np.zeros((5, 100), np.uint8))
+    archive = write_fake_archive(tmp_path / "a.tar.gz", replace={"data_batch_3": wrong})
+    assert_refused(archive, tmp_path / "cache", "data_batch_3", "(N, 3072)")
+
+
+def test_labels_out_of_range_are_refused(tmp_path):
+    wrong = batch_bytes(5, 0, labels=[0, 1, 2, 3, 12])
+    archive = write_fake_archive(tmp_path / "a.tar.gz", replace={"test_batch": wrong})
+    assert_refused(archive, tmp_path / "cache", "labels must lie in [0, 9]", "[0, 12]")
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    archive = write_fake_archive(
+        tmp_path / "a.tar.gz", replace={"data_batch_1": pickle.dumps(Exploit())}
+    )
+    assert_refused(archive, tmp_path / "cache", "forbidden global")
+    assert not os.path.exists("pwned")
+
+
+def test_archive_without_batches_is_refused(tmp_path):
+    archive = tmp_path / "empty.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("readme.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    assert_refused(archive, tmp_path / "cache", "lacks cifar-10-batches-py/data_batch_1")
+
+
+def test_stratified_split_is_balanced_disjoint_and_seeded():
+    labels = np.repeat(np.arange(10), 50)
+    taken, rest = stratified_split(labels, 100, seed=3)
+    assert np.bincount(labels[taken]).tolist() == [10] * 10
+    assert len(np.intersect1d(taken, rest)) == 0 and len(taken) + len(rest) == 500
+    np.testing.assert_array_equal(taken, stratified_split(labels, 100, seed=3)[0])
+    assert not np.array_equal(taken, stratified_split(labels, 100, seed=4)[0])
+    with pytest.raises(ValueError, match="got 501"):
+        stratified_split(labels, 501, seed=0)
+
+
+def test_per_class_subset_caps_each_class():
+    labels = np.repeat(np.arange(10), 7)
+    keep = per_class_subset(labels, 3, seed=0)
+    assert np.bincount(labels[keep]).tolist() == [3] * 10
+
+
+def test_prepare_splits_carves_validation_from_training(fake_archive):
+    splits = prepare_splits(fake_archive, val_size=20, seed=0)
+    assert len(splits["train"][1]) == 80 and len(splits["val"][1]) == 20
+    assert np.bincount(splits["val"][1]).tolist() == [2] * 10
+    assert len(splits["test"][1]) == 20
+    sub = prepare_splits(fake_archive, val_size=20, train_per_class=3, test_per_class=1, seed=0)
+    assert len(sub["train"][1]) == 30 and len(sub["test"][1]) == 10
+
+
+def test_training_pipeline_augments_reproducibly_and_eval_is_exact():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(16) % 10
+
+    def first_epoch(seed):
+        batches = list(make_dataset(images, labels, batch_size=8, training=True, seed=seed))
+        return np.concatenate([b[0].numpy() for b in batches]), np.concatenate(
+            [b[1].numpy() for b in batches]
+        )
+
+    x1, y1 = first_epoch(7)
+    x2, y2 = first_epoch(7)
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    assert x1.dtype == np.float32 and x1.shape == (16, 32, 32, 3)
+    assert sorted(y1.tolist()) == sorted(labels.tolist())
+    # Each augmented image is a 32x32 crop of a 4-pixel zero-padded,
+    # possibly flipped, original; and most differ from their original.
+    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0))).astype(np.float32)
+    crops = {
+        (i, flip, dy, dx)
+        for i in range(16)
+        for flip in (False, True)
+        for dy in range(9)
+        for dx in range(9)
+    }
+
+    def is_crop(x):
+        return any(
+            np.array_equal(
+                x,
+                (padded[i, :, ::-1] if flip else padded[i])[dy:dy + 32, dx:dx + 32],
+            )
+            for i, flip, dy, dx in crops
+            if labels[i] in y1
+        )
+
+    assert all(is_crop(x) for x in x1[:4])
+    unchanged = sum(any(np.array_equal(x, o) for o in images.astype(np.float32)) for x in x1)
+    assert unchanged < 8
+    evaluation = np.concatenate(
+        [b[0].numpy() for b in make_dataset(images, labels, batch_size=8, training=False)]
+    )
+    np.testing.assert_array_equal(evaluation, images.astype(np.float32))

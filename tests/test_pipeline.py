@@ -1,0 +1,172 @@
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from kd_keras import RunConfig, RunFolderError, TeacherError, build_resnet, run_pipeline
+from kd_keras.callbacks import NonFiniteLossError, NonFiniteLossGuard, read_history
+from kd_keras.data import make_dataset, prepare_splits
+from kd_keras.pipeline import Pipeline, ProgressFile, evaluate_model, load_teacher
+from kd_keras.results import read_results_csv
+
+STAGES = ["teacher", "student_baseline", "student_distilled"]
+
+
+def test_smoke_run_writes_the_whole_run_folder(smoke_run):
+    out, rows = smoke_run
+    for name in (
+        "config.json",
+        "results.csv",
+        "results.json",
+        "test_accuracy_bar.png",
+        "report.png",
+        "progress.json",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    for stage in STAGES:
+        assert (out / "models" / f"{stage}.keras").is_file()
+        history = read_history(out / "history" / f"{stage}.csv")
+        assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+        assert all(math.isfinite(row["val_loss"]) for row in history)
+    distilled = read_history(out / "history" / "student_distilled.csv")
+    assert {"student_loss", "distillation_loss", "val_student_loss"} <= set(distilled[0])
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["status"] == "finished"
+    assert progress["completed_stages"] == STAGES
+    assert not (out / "run.lock").exists()
+    assert RunConfig.load(out / "config.json") == RunConfig.from_preset(
+        "smoke", data=json.loads((out / "config.json").read_text())["data"], verbose=0
+    )
+
+
+def test_results_rows_are_real_measurements(smoke_run, cifar10_archive):
+    out, rows = smoke_run
+    assert [r["stage"] for r in rows] == STAGES
+    csv_rows = read_results_csv(out / "results.csv")
+    assert [r["test_accuracy"] for r in csv_rows] == pytest.approx([r["test_accuracy"] for r in rows])
+    # Above chance (10 %) on 200 test images: P(>= 15 % by chance) < 2 %.
+    assert all(r["test_accuracy"] >= 0.15 for r in rows), rows
+    # Reloading a saved model reproduces its row's test accuracy and loss.
+    splits = prepare_splits(cifar10_archive, val_size=5000, val_per_class=20, test_per_class=20)
+    test = make_dataset(*splits["test"], batch_size=256, training=False)
+    for row in rows:
+        model = keras.saving.load_model(out / "models" / f"{row['stage']}.keras")
+        measured = evaluate_model(model, test)
+        assert measured["accuracy"] == pytest.approx(row["test_accuracy"])
+        assert measured["loss"] == pytest.approx(row["test_loss"], rel=1e-4)
+        assert row["params"] == model.count_params()
+    teacher, baseline, distilled = rows
+    assert teacher["params"] > baseline["params"] == distilled["params"]
+    assert distilled["temperature"] == 4.0 and distilled["alpha"] == 0.3
+    gain = json.loads((out / "results.json").read_text())["distillation_gain_points"]
+    assert gain == pytest.approx(100 * (distilled["test_accuracy"] - baseline["test_accuracy"]))
+
+
+def test_both_students_start_from_the_same_weights(smoke_run):
+    out, _ = smoke_run
+    config = RunConfig.load(out / "config.json")
+    pipeline = Pipeline(config, out, progress=None)
+    first = pipeline.student_initial_weights().get_weights()
+    second = pipeline.student_initial_weights().get_weights()
+    fresh = pipeline.build_student().get_weights()
+    for a, b, c in zip(first, second, fresh):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_non_empty_folder_is_refused_and_left_alone(smoke_run):
+    out, _ = smoke_run
+    before = (out / "results.csv").read_bytes()
+    config = RunConfig.from_preset("smoke", verbose=0)
+    with pytest.raises(RunFolderError, match="not empty; pass --resume"):
+        run_pipeline(config, out)
+    assert (out / "results.csv").read_bytes() == before
+    assert json.loads((out / "progress.json").read_text())["status"] == "finished"
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    with pytest.raises(RunFolderError, match="not a kd_keras run folder"):
+        run_pipeline(RunConfig.from_preset("smoke"), tmp_path, overwrite=True)
+    assert (tmp_path / "thesis.tex").read_text() == "years of work"
+
+
+def test_resume_of_a_finished_run_retrains_nothing(smoke_run):
+    out, rows = smoke_run
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
+    config = RunConfig.load(out / "config.json")
+    again = run_pipeline(config, out, resume=True)
+    assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in rows]
+    assert {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == mtimes
+
+
+def test_resume_with_a_different_config_names_the_fields(smoke_run):
+    out, _ = smoke_run
+    config = RunConfig.load(out / "config.json")
+    changed = RunConfig.from_dict({**config.to_dict(), "alpha": 0.9, "seed": 5})
+    with pytest.raises(RunFolderError) as info:
+        run_pipeline(changed, out, resume=True)
+    assert "alpha (saved 0.3, asked 0.9)" in str(info.value)
+    assert "seed (saved 0, asked 5)" in str(info.value)
+
+
+def test_teacher_with_other_classes_is_refused(tmp_path):
+    path = tmp_path / "teacher100.keras"
+    build_resnet(8, width=4, num_classes=100).save(path)
+    with pytest.raises(TeacherError, match="predicts 100 classes .* the student predicts 10"):
+        load_teacher(path)
+
+
+def test_teacher_file_that_is_not_a_model_is_refused(tmp_path):
+    path = tmp_path / "teacher.keras"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(TeacherError, match="not a loadable Keras model"):
+        load_teacher(path)
+    with pytest.raises(TeacherError, match="does not exist"):
+        load_teacher(tmp_path / "missing.keras")
+
+
+def test_teacher_needing_unsafe_deserialisation_is_refused(tmp_path):
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(TeacherError, match="unsafe deserialisation"):
+        load_teacher(path)
+
+
+def test_reused_teacher_skips_teacher_training(smoke_run, tmp_path):
+    out, rows = smoke_run
+    config = RunConfig.from_preset(
+        "smoke",
+        data=RunConfig.load(out / "config.json").data,
+        teacher=str(out / "models" / "teacher.keras"),
+        teacher_epochs=0,
+        student_epochs=1,
+        verbose=0,
+    )
+    reused = run_pipeline(config, tmp_path / "reuse")
+    assert reused[0]["test_accuracy"] == pytest.approx(rows[0]["test_accuracy"])
+    assert reused[0]["epochs"] == 0
+    assert not (tmp_path / "reuse" / "history" / "teacher.csv").exists()
+
+
+def test_non_finite_loss_stops_the_stage_with_where_and_a_hint():
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.array([[np.nan, 1.0]] * 4, "float32")
+    with pytest.raises(NonFiniteLossError, match="stage 'teacher' epoch 1 batch 1: the loss is nan. Lower the learning rate"):
+        model.fit(x, np.zeros((4, 2)), epochs=1, verbose=0, callbacks=[NonFiniteLossGuard("teacher")])
+
+
+def test_progress_file_is_replaced_atomically(tmp_path):
+    progress = ProgressFile(tmp_path)
+    progress.update(status="running", epoch=1)
+    progress.update(epoch=2)
+    assert json.loads((tmp_path / "progress.json").read_text())["epoch"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["progress.json"]
