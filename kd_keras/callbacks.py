@@ -83,12 +83,15 @@ def read_history(path):
     """Reads a history CSV into a list of dicts of floats (empty if absent)."""
     try:
         with open(path, newline="") as file:
-            return [
+            rows = [
                 {k: float(v) for k, v in row.items() if v not in ("", None)}
                 for row in csv.DictReader(file)
             ]
     except FileNotFoundError:
         return []
+    for row in rows:
+        row["epoch"] = int(row["epoch"])
+    return rows
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):
@@ -122,6 +125,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     @property
     def _meta_path(self):
         return self.folder / "meta.json"
+
+    def completed_epochs(self):
+        """Epochs completed by an earlier, interrupted fit (0 if none)."""
+        return (atomic.read_json(self._meta_path) or {}).get("epoch", 0)
 
     def on_train_begin(self, logs=None):
         meta = atomic.read_json(self._meta_path)

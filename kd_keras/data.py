@@ -395,15 +395,21 @@ def prepare_splits(
     return splits
 
 
-def make_dataset(images, labels, *, batch_size, training, seed=0):
+def make_dataset(
+    images, labels, *, batch_size, training, seed=0, epochs=None, start_epoch=0
+):
     """A `tf.data` pipeline of `(float32 image in 0..255, int label)` batches.
 
     Normalisation lives inside the models (so a shipped model takes raw
     pixels); the pipeline only augments and batches. Training batches are
-    shuffled with `seed` (the same order for every stage that uses the same
-    seed) and augmented with a 4-pixel zero pad, a random 32x32 crop and a
+    shuffled and augmented with a 4-pixel zero pad, a random 32x32 crop and a
     random horizontal flip. In distillation the teacher and the student both
     see the one augmented batch the pipeline yields.
+
+    With `epochs`, the shuffle order and the augmentation of epoch `e` are a
+    function of `(seed, e)` alone: every stage with the same seed sees the
+    same data order, and a run resumed at `start_epoch` sees exactly the
+    batches the uninterrupted run would have seen.
 
     Args:
         images: uint8 array `(N, 32, 32, 3)`.
@@ -411,38 +417,59 @@ def make_dataset(images, labels, *, batch_size, training, seed=0):
         batch_size: batch size.
         training: shuffle and augment if True; keep order otherwise.
         seed: seed of the shuffle and the augmentation.
+        epochs: if given (training only), the dataset holds the batches of
+            epochs `start_epoch .. epochs - 1` back to back; pass
+            `steps_per_epoch=ceil(N / batch_size)` to `fit`. If `None`, each
+            pass over the dataset is one freshly shuffled epoch.
+        start_epoch: the first epoch the dataset yields (for resuming).
 
     Returns:
         A batched, prefetched `tf.data.Dataset`.
     """
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
-    if training:
-        dataset = dataset.shuffle(
-            len(images), seed=seed, reshuffle_each_iteration=True
-        )
-        # One fresh seed pair per example and epoch, drawn from a seeded
-        # stream, keeps the augmentation reproducible for a given seed.
-        op_seeds = tf.data.Dataset.random(
-            seed=seed, rerandomize_each_iteration=True
-        ).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, op_seeds))
-
-        def augment(example, op_seed):
-            image, label = example
-            image = tf.cast(image, tf.float32)
-            image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
-            image = tf.image.stateless_random_crop(image, (32, 32, 3), seed=op_seed)
-            image = tf.image.stateless_random_flip_left_right(
-                image, seed=op_seed + 1
+    base = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    if not training:
+        return (
+            base.map(
+                lambda image, label: (tf.cast(image, tf.float32), label),
+                num_parallel_calls=tf.data.AUTOTUNE,
             )
-            return image, label
-
-        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        dataset = dataset.map(
-            lambda image, label: (tf.cast(image, tf.float32), label),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE)
         )
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def augment(example, op_seed):
+        image, label = example
+        image = tf.cast(image, tf.float32)
+        image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
+        image = tf.image.stateless_random_crop(image, (32, 32, 3), seed=op_seed)
+        image = tf.image.stateless_random_flip_left_right(image, seed=op_seed + 1)
+        return image, label
+
+    def one_epoch(epoch_seed, reshuffle):
+        shuffled = base.shuffle(
+            len(images), seed=epoch_seed, reshuffle_each_iteration=reshuffle
+        )
+        # One seed pair per example, drawn from a seeded stream.
+        op_seeds = tf.data.Dataset.random(
+            seed=epoch_seed, rerandomize_each_iteration=reshuffle
+        ).batch(2)
+        return (
+            tf.data.Dataset.zip((shuffled, op_seeds))
+            .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size)
+        )
+
+    if epochs is None:
+        dataset = one_epoch(seed, reshuffle=True)
+    else:
+        # Python-int seeds per epoch (tensor seeds clash with a global seed).
+        per_epoch = [
+            one_epoch(seed * 1_000_003 + epoch, reshuffle=False)
+            for epoch in range(start_epoch, epochs)
+        ]
+        dataset = per_epoch[0] if per_epoch else base.take(0).batch(batch_size)
+        for more in per_epoch[1:]:
+            dataset = dataset.concatenate(more)
+    return dataset.prefetch(tf.data.AUTOTUNE)

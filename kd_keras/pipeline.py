@@ -170,6 +170,9 @@ def prepare_run_folder(out_dir, config, *, resume=False, overwrite=False):
                 f"cannot resume '{out}': the config differs in {details}. "
                 "Resume with the saved settings, or start a new --out folder."
             )
+        # A kill during a write can leave a temporary file; never a final one.
+        for leftover in out.rglob(".*.tmp*"):
+            leftover.unlink()
         # Where the data lives and how chatty the run is may change on resume.
         saved.data = config.data or saved.data
         saved.verbose = config.verbose
@@ -305,7 +308,7 @@ class Pipeline:
                 images, labels, batch_size=256, training=False
             )
 
-    def train_dataset(self):
+    def train_dataset(self, epochs, start_epoch):
         images, labels = self.splits["train"]
         return make_dataset(
             images,
@@ -313,6 +316,8 @@ class Pipeline:
             batch_size=self.config.batch_size,
             training=True,
             seed=self.config.seed,
+            epochs=epochs,
+            start_epoch=start_epoch,
         )
 
     @property
@@ -343,10 +348,17 @@ class Pipeline:
         ]
         report(epoch=0, batch=0, metrics={})
         start = time.time()
+        if checkpoint.completed_epochs() >= epochs:
+            # Killed after its last epoch, before the stage was recorded.
+            checkpoint.set_model(trainable)
+            checkpoint.on_train_begin()
+            checkpoint.restore_best()
+            return time.time() - start, checkpoint.best_epoch
         trainable.fit(
-            self.train_dataset(),
+            self.train_dataset(epochs, checkpoint.completed_epochs()),
             validation_data=self.datasets["val"],
             epochs=epochs,
+            steps_per_epoch=self.steps_per_epoch,
             callbacks=callbacks,
             verbose=self.config.verbose,
             shuffle=False,  # The dataset shuffles itself, with the run's seed.
