@@ -1,27 +1,48 @@
-"""kd-keras: Hinton-style knowledge distillation for Keras image classifiers."""
+"""kd-keras: Hinton-style knowledge distillation for Keras image classifiers.
 
+The public names below are imported on first use (PEP 562), so
+`import kd_keras.config` or `kd_keras.atomic` does not start TensorFlow:
+front ends such as the Streamlit app read presets and run folders without it.
+"""
+
+import importlib
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kd_keras.config import PRESETS, ConfigError, RunConfig  # noqa: E402
-from kd_keras.data import (  # noqa: E402
-    DatasetError,
-    load_cifar10,
-    make_dataset,
-    prepare_splits,
-)
-from kd_keras.distiller import Distiller  # noqa: E402
-from kd_keras.models import build_resnet, count_flops  # noqa: E402
-from kd_keras.pipeline import (  # noqa: E402
-    STAGES,
-    RunFolderError,
-    TeacherError,
-    evaluate_model,
-    load_teacher,
-    run_pipeline,
-)
-from kd_keras.results import format_table, load_stage_rows  # noqa: E402
-
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "PRESETS": "kd_keras.config",
+    "ConfigError": "kd_keras.config",
+    "RunConfig": "kd_keras.config",
+    "DatasetError": "kd_keras.data",
+    "load_cifar10": "kd_keras.data",
+    "make_dataset": "kd_keras.data",
+    "prepare_splits": "kd_keras.data",
+    "Distiller": "kd_keras.distiller",
+    "build_resnet": "kd_keras.models",
+    "count_flops": "kd_keras.models",
+    "STAGES": "kd_keras.pipeline",
+    "RunFolderError": "kd_keras.pipeline",
+    "TeacherError": "kd_keras.pipeline",
+    "evaluate_model": "kd_keras.pipeline",
+    "load_teacher": "kd_keras.pipeline",
+    "run_pipeline": "kd_keras.pipeline",
+    "format_table": "kd_keras.results",
+    "load_stage_rows": "kd_keras.results",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'kd_keras' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # Later look-ups skip this function.
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

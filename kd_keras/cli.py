@@ -7,8 +7,9 @@ from pathlib import Path
 
 from kd_keras.config import PRESETS, ConfigError, RunConfig
 
-# Run options: (flag, RunConfig field, type, help).
-_RUN_OPTIONS = (
+# Run options: (flag, RunConfig field, type, help). Public: the app builds
+# command lines from it.
+RUN_OPTIONS = (
     ("--seed", "seed", int, "random seed of data split, init and order"),
     ("--teacher-depth", "teacher_depth", int, "teacher ResNet depth (6n+2 or any int >= 8)"),
     ("--student-depth", "student_depth", int, "student ResNet depth"),
@@ -27,6 +28,15 @@ _RUN_OPTIONS = (
     ("--train-per-class", "train_per_class", int, "training images per class (subset)"),
     ("--val-per-class", "val_per_class", int, "validation images per class (subset)"),
     ("--test-per-class", "test_per_class", int, "test images per class (subset)"),
+    ("--precision", "precision", str,
+     "training precision of the models: float32 (default) or mixed_bfloat16"),
+    ("--teacher-precision", "teacher_precision", str,
+     "teacher inference precision while distilling: float32 (default) or bfloat16"),
+    ("--steps-per-execution", "steps_per_execution", int,
+     "training steps per graph call (default 1; lowered to a divisor of the "
+     "steps per epoch)"),
+    ("--threads", "threads", int,
+     "TensorFlow intra-op threads, inter-op 1 (default: TensorFlow's choice)"),
 )
 
 
@@ -45,16 +55,18 @@ def get_args(argv=None):
         description="Train (or reuse) a teacher, a student baseline and a "
         "distilled student; write results, models and plots to --out.",
     )
-    run.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+    run.add_argument("--preset", choices=sorted(PRESETS),
                      help="named settings: smoke (seconds, for tests), quick "
-                     "(~20 min on a 2-core CPU), paper (reference depths, GPU)")
+                     "(the default; ~20 min on a 2-core CPU), paper (reference "
+                     "depths, for a GPU). With --resume: the run's own settings")
     run.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ "
                      "(default: $KD_KERAS_CIFAR10, the Keras cache, then download)")
-    run.add_argument("--out", help="run folder (default: runs/<preset>)")
+    run.add_argument("--out", help="run folder (default: runs/<preset>; required "
+                     "with --resume)")
     run.add_argument("--teacher", help="reuse this trained teacher .keras file")
     run.add_argument("--epochs", type=int, help="epochs of every stage (sets both "
                      "--teacher-epochs and --student-epochs)")
-    for flag, field, kind, text in _RUN_OPTIONS:
+    for flag, field, kind, text in RUN_OPTIONS:
         run.add_argument(flag, dest=field, type=kind, help=text)
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
@@ -62,7 +74,8 @@ def get_args(argv=None):
     mode.add_argument("--overwrite", action="store_true",
                       help="replace the kd_keras run in --out")
     run.add_argument("--dry-run", action="store_true",
-                     help="print the config and model sizes, train nothing")
+                     help="print the config, model sizes and an estimate of "
+                     "each stage's time (a few measured steps), train nothing")
     run.add_argument("--quiet", action="store_true",
                      help="one line per epoch instead of Keras progress bars")
 
@@ -77,13 +90,27 @@ def get_args(argv=None):
 
 
 def _config_from_args(args):
-    overrides = {field: getattr(args, field) for _, field, _, _ in _RUN_OPTIONS}
+    """The run's config: a preset plus the flags given.
+
+    With `--resume`, the saved `config.json` of `--out` takes the preset's
+    place, so `run --resume --out DIR` continues the run as it was started;
+    flags given explicitly still apply (and are refused by the pipeline if
+    they would change results).
+    """
+    overrides = {field: getattr(args, field) for _, field, _, _ in RUN_OPTIONS}
     if args.epochs is not None:
         overrides["teacher_epochs"] = overrides["teacher_epochs"] or args.epochs
         overrides["student_epochs"] = overrides["student_epochs"] or args.epochs
     overrides.update(data=args.data, teacher=args.teacher,
                      verbose=2 if args.quiet else 1)
-    return RunConfig.from_preset(args.preset, **overrides)
+    saved = Path(args.out or "", "config.json")
+    if args.resume and args.out and saved.is_file():
+        base = RunConfig.load(saved).to_dict()
+        if args.preset is not None:
+            base["preset"] = args.preset
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return RunConfig.from_dict(base)
+    return RunConfig.from_preset(args.preset or "quick", **overrides)
 
 
 def _run(args):
@@ -93,8 +120,15 @@ def _run(args):
     config = _config_from_args(args)
     out = Path(args.out or f"runs/{config.preset}")
     if args.dry_run:
+        from kd_keras.speed import apply_threading, estimate_run_seconds, format_estimate
+
+        apply_threading(config)  # Before TensorFlow starts, as in a run.
         print(config.to_json())
-        print(json.dumps(describe_models(config), indent=2))
+        summary = describe_models(config)
+        summary["estimate"] = estimate_run_seconds(config)
+        print(json.dumps(summary, indent=2))
+        # Human-readable on stderr; stdout stays two JSON documents.
+        print(format_estimate(summary["estimate"]), file=sys.stderr)
         return 0
     rows = run_pipeline(config, out, resume=args.resume, overwrite=args.overwrite)
     print()

@@ -1,5 +1,8 @@
 """`RunConfig`: everything that determines a run's results, as data.
 
+This module imports neither Keras nor TensorFlow, so front ends (the app)
+can read presets and validate settings cheaply.
+
 A run folder holds its `config.json`, so every number in it traces back to
 the settings that produced it. Presets are plain dicts of field overrides.
 """
@@ -8,8 +11,58 @@ import dataclasses
 import json
 from typing import Optional
 
-from kd_keras.distiller import validate_alpha, validate_temperature
-from kd_keras.models import stage_blocks
+from kd_keras.depth import stage_blocks
+
+DEFAULT_ALPHA = 0.3
+DEFAULT_TEMPERATURE = 4.0
+PRECISIONS = ("float32", "mixed_bfloat16")
+TEACHER_PRECISIONS = ("float32", "bfloat16")
+
+
+def validate_alpha(alpha):
+    """Raises `ValueError` unless `alpha` is a number in [0, 1]."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(
+            f"alpha must be in [0, 1] (it weights the hard-label loss), got {alpha}"
+        )
+    return float(alpha)
+
+
+def validate_temperature(temperature):
+    """Raises `ValueError` unless `temperature` is a finite number > 0."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if not temperature > 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    return float(temperature)
+
+
+def validate_speed_options(precision, teacher_precision, steps_per_execution, threads):
+    """Raises `ValueError`, naming the bad value, for an invalid speed option."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
+    if teacher_precision not in TEACHER_PRECISIONS:
+        raise ValueError(
+            "teacher_precision must be one of "
+            f"{', '.join(TEACHER_PRECISIONS)}, got {teacher_precision!r}"
+        )
+    if (
+        isinstance(steps_per_execution, bool)
+        or not isinstance(steps_per_execution, int)
+        or steps_per_execution < 1
+    ):
+        raise ValueError(
+            f"steps_per_execution must be an int >= 1, got {steps_per_execution!r}"
+        )
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+
 
 # Presets are named overrides of `RunConfig`'s defaults.
 PRESETS = {
@@ -55,8 +108,9 @@ PRESETS = {
     },
 }
 
-# Fields that do not change a run's results (where it is, how it is shown).
-NON_RESULT_FIELDS = ("data", "verbose")
+# Fields that do not change a run's results (where it is, how it is shown,
+# how fast it runs).
+NON_RESULT_FIELDS = ("data", "verbose", "steps_per_execution", "threads")
 
 
 class ConfigError(ValueError):
@@ -97,6 +151,11 @@ class RunConfig:
     # --- Distillation ---
     temperature: float = 4.0
     alpha: float = 0.3
+    # --- Speed (see kd_keras/speed.py; the defaults are the original behaviour) ---
+    precision: str = "float32"  # Or "mixed_bfloat16" (the trained models).
+    teacher_precision: str = "float32"  # Or "bfloat16" (teacher inference only).
+    steps_per_execution: int = 1
+    threads: Optional[int] = None  # Intra-op threads (inter-op 1); None = TF's.
     # --- Display ---
     verbose: int = 1
 
@@ -144,6 +203,12 @@ class RunConfig:
             validate_temperature(self.temperature)
             stage_blocks(self.teacher_depth)
             stage_blocks(self.student_depth)
+            validate_speed_options(
+                self.precision,
+                self.teacher_precision,
+                self.steps_per_execution,
+                self.threads,
+            )
         except ValueError as error:
             raise ConfigError(str(error)) from None
         positive = {

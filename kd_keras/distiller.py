@@ -3,28 +3,12 @@
 import keras
 import tensorflow as tf
 
-DEFAULT_ALPHA = 0.3
-DEFAULT_TEMPERATURE = 4.0
-
-
-def validate_alpha(alpha):
-    """Raises `ValueError` unless `alpha` is a number in [0, 1]."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(
-            f"alpha must be in [0, 1] (it weights the hard-label loss), got {alpha}"
-        )
-    return float(alpha)
-
-
-def validate_temperature(temperature):
-    """Raises `ValueError` unless `temperature` is a finite number > 0."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    if not temperature > 0 or temperature == float("inf"):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    return float(temperature)
+from kd_keras.config import (
+    DEFAULT_ALPHA,
+    DEFAULT_TEMPERATURE,
+    validate_alpha,
+    validate_temperature,
+)
 
 
 def _output_shape(model, role):

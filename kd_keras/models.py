@@ -24,32 +24,7 @@ preprocessing code to be used. They return logits (no softmax).
 import keras
 
 from kd_keras.data import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE, NUM_CLASSES
-
-MIN_DEPTH = 8
-
-
-def stage_blocks(depth):
-    """The number of basic blocks per stage, and whether an extra conv is added.
-
-    Args:
-        depth: the number of weighted layers, an int >= 8.
-
-    Returns:
-        `(blocks, extra_conv)`: a tuple of three block counts and a bool.
-
-    Raises:
-        ValueError: if `depth` cannot be built.
-    """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < MIN_DEPTH:
-        raise ValueError(
-            f"depth must be an int >= {MIN_DEPTH} (depth = 6n+2 gives He et "
-            f"al.'s ResNet-20/32/44/56/110; any other int >= {MIN_DEPTH} "
-            f"works too, e.g. 15 or 30), got {depth!r}"
-        )
-    total = (depth - 2) // 2
-    blocks = tuple(total // 3 + (1 if stage < total % 3 else 0) for stage in range(3))
-    return blocks, (depth - 2) % 2 == 1
-
+from kd_keras.depth import MIN_DEPTH, stage_blocks  # noqa: F401 (re-exported)
 
 def _conv_bn_relu(x, filters, strides, weight_decay, name, relu=True):
     x = keras.layers.Conv2D(

@@ -43,7 +43,13 @@ from kd_keras.data import (
 )
 from kd_keras.distiller import Distiller
 from kd_keras.models import build_resnet, count_flops, stage_blocks
-from kd_keras.results import write_results
+from kd_keras.results import load_stage_rows, write_results
+from kd_keras.speed import (
+    apply_threading,
+    effective_steps_per_execution,
+    precision_scope,
+    teacher_for_inference,
+)
 
 STAGES = ("teacher", "student_baseline", "student_distilled")
 
@@ -56,8 +62,9 @@ class TeacherError(ValueError):
     """A teacher file that cannot be used: not a model, wrong classes, unsafe."""
 
 
-class RunStopped(Exception):
-    """The run was asked to stop (SIGTERM / SIGINT)."""
+class RunStopped(BaseException):
+    """The run was asked to stop (SIGTERM). A `BaseException`, like
+    `KeyboardInterrupt`, so no `except Exception` on the way swallows it."""
 
 
 def _now():
@@ -176,6 +183,9 @@ def prepare_run_folder(out_dir, config, *, resume=False, overwrite=False):
         # Where the data lives and how chatty the run is may change on resume.
         saved.data = config.data or saved.data
         saved.verbose = config.verbose
+        # So may the speed options that do not change results.
+        saved.steps_per_execution = config.steps_per_execution
+        saved.threads = config.threads
         return saved
     if existing:
         if not overwrite:
@@ -270,7 +280,7 @@ def measure_latency_ms(model, repeats=30):
     return float(np.median(times) * 1000)
 
 
-def _save_model(model, path):
+def save_model(model, path):
     """Saves the model for shipping: weights and architecture, no optimizer
     state (a fresh, uncompiled functional copy shares the trained layers)."""
     shipped = keras.Model(model.inputs, model.outputs, name=model.name)
@@ -324,14 +334,30 @@ class Pipeline:
     def steps_per_epoch(self):
         return int(np.ceil(len(self.splits["train"][1]) / self.config.batch_size))
 
+    def compile_options(self):
+        """Speed options of `compile`: `steps_per_execution`, lowered to a
+        divisor of the steps per epoch (see `kd_keras.speed`)."""
+        requested = self.config.steps_per_execution
+        steps = effective_steps_per_execution(requested, self.steps_per_epoch)
+        if steps != requested and not getattr(self, "_warned_steps", False):
+            self._warned_steps = True
+            print(
+                f"kd_keras: steps_per_execution {requested} does not divide the "
+                f"{self.steps_per_epoch} steps per epoch; using {steps}",
+                flush=True,
+            )
+        return {"steps_per_execution": steps}
+
     # --- One stage ---
     def fit(self, stage, trainable, epochs):
         """Fits `trainable` (a model or a Distiller), resumable; restores
         the best-validation weights at the end."""
         checkpoint = TrainingCheckpoint(self.out / "checkpoints" / stage)
-        stage_index = STAGES.index(stage)
+        stage_index = STAGES.index(stage) if stage in STAGES else len(STAGES)
 
         def report(**fields):
+            if self.progress is None:
+                return
             self.progress.update(
                 stage=stage,
                 stage_index=stage_index,
@@ -380,25 +406,28 @@ class Pipeline:
     def build_student(self):
         c = self.config
         keras.utils.set_random_seed(c.seed + 1)
-        return build_resnet(
-            c.student_depth, width=c.student_width, name=f"student_resnet{c.student_depth}"
-        )
+        with precision_scope(c.precision):
+            return build_resnet(
+                c.student_depth, width=c.student_width, name=f"student_resnet{c.student_depth}"
+            )
 
     def stage_teacher(self):
         c = self.config
         if c.teacher:
             teacher = load_teacher(c.teacher)
-            _save_model(teacher, self.out / "models" / "teacher.keras")
+            save_model(teacher, self.out / "models" / "teacher.keras")
             return teacher, {"train_seconds": 0.0, "best_epoch": None, "epochs": 0,
                              "source": str(c.teacher)}
         keras.utils.set_random_seed(c.seed)
-        teacher = build_resnet(
-            c.teacher_depth, width=c.teacher_width, name=f"teacher_resnet{c.teacher_depth}"
-        )
+        with precision_scope(c.precision):
+            teacher = build_resnet(
+                c.teacher_depth, width=c.teacher_width, name=f"teacher_resnet{c.teacher_depth}"
+            )
         teacher.compile(
             optimizer=make_optimizer(c, self.steps_per_epoch, c.teacher_epochs),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            **self.compile_options(),
         )
         keras.utils.set_random_seed(c.seed)
         seconds, best_epoch = self.fit("teacher", teacher, c.teacher_epochs)
@@ -412,6 +441,7 @@ class Pipeline:
             optimizer=make_optimizer(c, self.steps_per_epoch, c.student_epochs),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            **self.compile_options(),
         )
         keras.utils.set_random_seed(c.seed)
         seconds, best_epoch = self.fit("student_baseline", student, c.student_epochs)
@@ -419,41 +449,60 @@ class Pipeline:
                          "epochs": c.student_epochs}
 
     def stage_student_distilled(self, teacher):
+        return self.distill(
+            teacher, "student_distilled", self.config.temperature, self.config.alpha
+        )
+
+    def distill(self, teacher, stage, temperature, alpha):
+        """Trains a student from the shared initial weights with the
+        `Distiller`, under the run's recipe and data order.
+
+        Args:
+            teacher: the trained teacher.
+            stage: the stage's name (its checkpoint, history and row).
+            temperature: T of the distillation loss.
+            alpha: weight of the hard-label loss.
+
+        Returns:
+            `(student, extra)`: the trained student and the stage's extra
+            result fields.
+        """
         c = self.config
         student = self.student_initial_weights()
+        # The frozen teacher may run in lower precision; the student not.
+        teacher = teacher_for_inference(teacher, c.teacher_precision)
         distiller = Distiller(student=student, teacher=teacher)
         distiller.compile(
             optimizer=make_optimizer(c, self.steps_per_epoch, c.student_epochs),
             metrics=["accuracy"],
-            alpha=c.alpha,
-            temperature=c.temperature,
+            alpha=alpha,
+            temperature=temperature,
+            **self.compile_options(),
         )
         keras.utils.set_random_seed(c.seed)
-        seconds, best_epoch = self.fit("student_distilled", distiller, c.student_epochs)
+        seconds, best_epoch = self.fit(stage, distiller, c.student_epochs)
         distiller_val = distiller.evaluate(self.datasets["val"], verbose=0, return_dict=True)
         return student, {
             "train_seconds": seconds,
             "best_epoch": best_epoch,
             "epochs": c.student_epochs,
             "distiller_val_loss": float(distiller_val["loss"]),
-            "temperature": c.temperature,
-            "alpha": c.alpha,
+            "temperature": temperature,
+            "alpha": alpha,
         }
 
     def finish_stage(self, stage, model, extra):
         """Saves the model, evaluates it and records the stage as complete."""
         model_path = self.out / "models" / f"{stage}.keras"
         if stage != "teacher" or not self.config.teacher:
-            _save_model(model, model_path)
+            save_model(model, model_path)
         test = evaluate_model(model, self.datasets["test"])
         val = evaluate_model(model, self.datasets["val"])
-        depth = {
-            "teacher": self.config.teacher_depth,
-            "student_baseline": self.config.student_depth,
-            "student_distilled": self.config.student_depth,
-        }[stage]
-        if stage == "teacher" and self.config.teacher:
-            depth = None  # A reused teacher's depth is whatever it was built with.
+        if stage == "teacher":
+            # A reused teacher's depth is whatever it was built with.
+            depth = None if self.config.teacher else self.config.teacher_depth
+        else:
+            depth = self.config.student_depth
         row = {
             "stage": stage,
             "model": model.name,
@@ -537,6 +586,7 @@ def run_pipeline(config, out_dir, *, resume=False, overwrite=False):
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
+    apply_threading(config)  # Before TensorFlow starts (the data loads next).
     progress = ProgressFile(out)
     previous = {
         signum: signal.signal(signum, _raise_stop)
@@ -555,7 +605,7 @@ def run_pipeline(config, out_dir, *, resume=False, overwrite=False):
         pipeline = Pipeline(config, out, progress)
         pipeline.load_data()
         rows = pipeline.run()
-        write_results(out, rows)
+        write_results(out, load_stage_rows(out))  # Keeps stages added by tuning.
         progress.update(status="finished", finished_at=_now())
         return rows
     except (RunStopped, KeyboardInterrupt) as error:

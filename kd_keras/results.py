@@ -34,11 +34,23 @@ TABLE_COLUMNS = (
 )
 
 
+EXTRA_STAGE_COLOR = "tab:green"
+
+
+def stage_color(stage):
+    """The plot colour of a stage; stages added later (e.g. a tuned
+    distillation) are green."""
+    return STAGE_COLORS.get(stage, EXTRA_STAGE_COLOR)
+
+
 def load_stage_rows(run_dir):
-    """The result rows of a run folder's completed stages, in stage order."""
+    """The result rows of a run folder's completed stages: the three
+    pipeline stages in order, then any added stage (e.g. by `tuning`)."""
+    folder = Path(run_dir) / "stages"
+    extra = sorted(p.stem for p in folder.glob("*.json") if p.stem not in STAGE_ORDER)
     rows = []
-    for stage in STAGE_ORDER:
-        row = atomic.read_json(Path(run_dir) / "stages" / f"{stage}.json")
+    for stage in (*STAGE_ORDER, *extra):
+        row = atomic.read_json(folder / f"{stage}.json")
         if row is not None:
             rows.append(row)
     return rows
@@ -54,6 +66,19 @@ def distillation_gain(rows):
             - by_stage["student_baseline"]["test_accuracy"]
         )
     return None
+
+
+def gains_over_baseline(rows):
+    """Test-accuracy points of every other student stage over the baseline."""
+    by_stage = {r["stage"]: r for r in rows}
+    baseline = by_stage.get("student_baseline")
+    if baseline is None:
+        return {}
+    return {
+        r["stage"]: 100 * (r["test_accuracy"] - baseline["test_accuracy"])
+        for r in rows
+        if r["stage"] not in ("teacher", "student_baseline")
+    }
 
 
 def format_table(rows):
@@ -78,8 +103,14 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def write_results(run_dir, rows):
-    """Writes `results.csv`, `results.json` and both plots into `run_dir`."""
+def write_results(run_dir, rows, **summary):
+    """Writes `results.csv`, `results.json` and both plots into `run_dir`.
+
+    Args:
+        run_dir: the run folder.
+        rows: result rows, one per stage.
+        **summary: extra top-level fields of `results.json`.
+    """
     run_dir = Path(run_dir)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
@@ -88,7 +119,12 @@ def write_results(run_dir, rows):
     atomic.write_text(run_dir / "results.csv", buffer.getvalue())
     atomic.write_json(
         run_dir / "results.json",
-        {"rows": rows, "distillation_gain_points": distillation_gain(rows)},
+        {
+            "rows": rows,
+            "distillation_gain_points": distillation_gain(rows),
+            "gain_over_baseline_points": gains_over_baseline(rows),
+            **summary,
+        },
     )
     plot_test_accuracy(rows, run_dir / "test_accuracy_bar.png")
     plot_report(run_dir, run_dir / "report.png")
@@ -124,12 +160,16 @@ def _save_figure(figure, path):
 def plot_test_accuracy(rows, path):
     """Horizontal bars of each stage's test accuracy."""
     plt = _figure()
-    figure, axis = plt.subplots(figsize=(7, 2.6))
+    figure, axis = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.2))
     labels = [f"{r['stage']} ({r['model']})" for r in rows]
     values = [100 * r["test_accuracy"] for r in rows]
-    bars = axis.barh(labels, values, color=[STAGE_COLORS[r["stage"]] for r in rows])
-    for bar, value in zip(bars, values):
-        axis.text(value, bar.get_y() + bar.get_height() / 2, f" {value:.2f}%", va="center")
+    bars = axis.barh(labels, values, color=[stage_color(r["stage"]) for r in rows])
+    for bar, value, row in zip(bars, values, rows):
+        note = ""
+        if row.get("temperature") is not None:
+            note = f"  (T={row['temperature']:.3g}, alpha={row['alpha']:.3g})"
+        axis.text(value, bar.get_y() + bar.get_height() / 2, f" {value:.2f}%{note}",
+                  va="center", fontsize=8)
     axis.invert_yaxis()
     axis.set_xlim(0, 100)
     axis.set_xlabel("test accuracy (%)")
@@ -166,12 +206,14 @@ def plot_report(run_dir, path):
     """Training and validation cross-entropy and accuracy of every stage."""
     plt = _figure()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for stage in STAGE_ORDER:
-        history = read_history(Path(run_dir) / "history" / f"{stage}.csv")
+    history_dir = Path(run_dir) / "history"
+    extra = sorted(p.stem for p in history_dir.glob("*.csv") if p.stem not in STAGE_ORDER)
+    for stage in (*STAGE_ORDER, *extra):
+        history = read_history(history_dir / f"{stage}.csv")
         if not history:
             continue
         curves = history_curves(history)
-        color = STAGE_COLORS[stage]
+        color = stage_color(stage)
         axes[0].plot(curves["epoch"], curves["train_loss"], color=color, ls="--",
                      label=f"{stage} train")
         axes[0].plot(curves["epoch"], curves["val_loss"], color=color, label=f"{stage} val")

@@ -80,3 +80,9 @@ def test_run_command_end_to_end(cifar10_archive, tmp_path, capsys):
     assert main(argv) == 2  # The folder is not empty now.
     assert "--resume" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0
+    # `--resume --out DIR` alone continues the run with its saved settings
+    # (here: the smoke preset with 1 epoch, not the default quick preset).
+    capsys.readouterr()
+    assert main(["run", "--resume", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["run", "--resume", "--out", str(tmp_path / "run"), "--alpha", "0.9"]) == 2
+    assert "alpha (saved 0.3, asked 0.9)" in capsys.readouterr().err

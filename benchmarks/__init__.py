@@ -1,0 +1,1 @@
+"""Benchmarks of kd_keras (run as `python -m benchmarks.<name>`)."""

@@ -1,0 +1,595 @@
+"""Training throughput of the distillation step and its speed options.
+
+    python -m benchmarks.throughput [--steps N] [--repeats R] [--batch-size 128]
+        [--teacher-depth 32] [--student-depth 14] [--cases a,b,c | all]
+        [--out DIR] [--torch]
+
+Every case runs in its own Python process (so its peak resident memory,
+`ru_maxrss`, is its own and a thread or precision setting cannot leak into
+the next case) on the same synthetic batch: one fixed random uint8 batch of
+CIFAR shape, converted to float32 and fed with
+`tf.data.Dataset.from_tensors(batch).repeat()`, so the input pipeline is not
+part of what is measured (the `input_pipeline` case measures it alone).
+
+Each case first runs `--warmup-steps` steps that are not counted (tracing,
+graph optimisation, first allocations), then `--repeats` timed repeats of
+`--steps` steps each. Throughput is images per second per repeat; the
+report gives the median and the min-max over the repeats.
+
+Writes `results.json` (machine, versions, settings and every case's
+numbers) and `results.md` (a table with each distillation step's speed
+relative to `keras.distillation.Distiller`'s step in the same run, and to
+the best PyTorch variant when `--torch` ran) into `--out`, and prints the
+table. See `benchmarks/README_SECTION.md`.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_CASE = "keras_distiller"
+DEFAULT_OUT = "runs/benchmark"
+
+
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # Not Linux.
+        return os.cpu_count() or 1
+
+
+# Case name -> what it runs. Kinds: "input" (the tf.data pipeline alone),
+# "train" (Keras fit of one model), "forward" (compiled inference),
+# "distill" (kd_keras.Distiller), "keras_distill"
+# (keras.distillation.Distiller), "torch" (benchmarks.torch_resnet).
+# Options: precision (of the student), teacher_precision, spe
+# (steps_per_execution), jit (jit_compile), threads (intra-op; inter-op 1).
+CASES = {
+    "input_pipeline": {
+        "kind": "input",
+        "what": "kd_keras.make_dataset alone (shuffle, pad-crop, flip, batch) "
+        "on random uint8 images",
+    },
+    "teacher_train": {"kind": "train", "model": "teacher",
+                      "what": "teacher, Keras fit, SGD + cross-entropy"},
+    "student_train": {"kind": "train", "model": "student",
+                      "what": "student, Keras fit, SGD + cross-entropy"},
+    "teacher_inference": {"kind": "forward", "model": "teacher",
+                          "what": "teacher forward pass, tf.function, training=False"},
+    "teacher_inference_bf16": {"kind": "forward", "model": "teacher",
+                               "teacher_precision": "bfloat16",
+                               "what": "teacher forward pass, bfloat16 compute"},
+    "kd_distiller": {"kind": "distill", "what": "kd_keras.Distiller step, float32 (the default)"},
+    "keras_distiller": {
+        "kind": "keras_distill",
+        "what": "keras.distillation.Distiller + LogitsDistillation(T=4, KLDivergence), "
+        "student_loss_weight=0.3",
+    },
+    "kd_distiller_bf16": {"kind": "distill", "precision": "mixed_bfloat16",
+                          "what": "student under mixed_bfloat16 (losses float32)"},
+    "kd_distiller_teacher_bf16": {"kind": "distill", "teacher_precision": "bfloat16",
+                                  "what": "student float32, teacher inference in bfloat16"},
+    "kd_distiller_spe4": {"kind": "distill", "spe": 4, "what": "steps_per_execution=4"},
+    "kd_distiller_jit": {"kind": "distill", "jit": True, "what": "jit_compile=True (XLA)"},
+    "kd_distiller_threads": {"kind": "distill", "threads": "cores",
+                             "what": "intra-op threads = cores, inter-op 1"},
+    "kd_distiller_spe4_threads": {"kind": "distill", "spe": 4, "threads": "cores",
+                                  "what": "steps_per_execution=4 + threads"},
+    "kd_distiller_teacher_bf16_spe4_threads": {
+        "kind": "distill", "teacher_precision": "bfloat16", "spe": 4, "threads": "cores",
+        "what": "teacher bfloat16 + steps_per_execution=4 + threads",
+    },
+    "kd_distiller_bf16_all": {
+        "kind": "distill", "precision": "mixed_bfloat16", "teacher_precision": "bfloat16",
+        "spe": 4, "threads": "cores",
+        "what": "student mixed_bfloat16 + teacher bfloat16 + steps_per_execution=4 + threads",
+    },
+    "kd_distiller_jit_spe4": {"kind": "distill", "jit": True, "spe": 4,
+                              "what": "jit_compile=True + steps_per_execution=4"},
+    "torch_nchw": {"kind": "torch", "what": "PyTorch loop, NCHW"},
+    "torch_channels_last": {"kind": "torch", "what": "PyTorch loop, channels_last"},
+    "torch_channels_last_compile": {"kind": "torch",
+                                    "what": "PyTorch loop, channels_last + torch.compile"},
+}
+TORCH_CASES = tuple(name for name, case in CASES.items() if case["kind"] == "torch")
+# Left out by default to keep a full run under ~8 minutes on 2 cores; `all`
+# or --cases runs them.
+OPTIONAL_CASES = ("kd_distiller_jit_spe4",)
+DEFAULT_CASES = tuple(
+    name for name in CASES if name not in TORCH_CASES and name not in OPTIONAL_CASES
+)
+DISTILL_KINDS = ("distill", "keras_distill", "torch")
+
+
+def get_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput",
+        description="Images/s and peak memory of the distillation step, its "
+        "speed options, the Keras reference Distiller and (with --torch) a "
+        "PyTorch loop, each in its own process.",
+    )
+    parser.add_argument("--steps", type=int, default=8, help="steps per timed repeat (default 8)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case (default 3)")
+    parser.add_argument("--warmup-steps", type=int, default=2,
+                        help="untimed steps first: tracing, first allocations (default 2)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--teacher-depth", type=int, default=32)
+    parser.add_argument("--student-depth", type=int, default=14)
+    parser.add_argument("--teacher-width", type=int, default=16)
+    parser.add_argument("--student-width", type=int, default=16)
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                        help="comma-separated case names, or 'all' "
+                        f"(default: all but {', '.join(OPTIONAL_CASES)} and the torch "
+                        f"ones). Cases: {', '.join(CASES)}")
+    parser.add_argument("--torch", action="store_true",
+                        help="add the PyTorch cases (needs torch: pip install -r "
+                        "requirements-bench.txt)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--timeout", type=float, default=900,
+                        help="seconds before a case's process is killed (default 900)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for name in ("steps", "repeats", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup_steps < 0:
+        parser.error(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    return args
+
+
+def _case_names(args):
+    names = list(CASES) if args.cases.strip() == "all" else [
+        name.strip() for name in args.cases.split(",") if name.strip()
+    ]
+    unknown = [name for name in names if name not in CASES]
+    if unknown:
+        raise SystemExit(
+            f"benchmarks.throughput: unknown case(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(CASES)}"
+        )
+    if args.torch:
+        names += [name for name in TORCH_CASES if name not in names]
+    return list(dict.fromkeys(names))
+
+
+def _round_up(value, multiple):
+    return -(-value // multiple) * multiple
+
+
+# --------------------------------------------------------------------------
+# Worker: one case, in its own process
+# --------------------------------------------------------------------------
+def _rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
+
+
+def _synthetic_batch(batch_size, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(batch_size, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=(batch_size,)).astype("int32")
+    return images.astype("float32"), labels
+
+
+def _keras_setup(case, args, images, labels):
+    """Builds the case's models; returns `run(steps)` and settings to report."""
+    import kd_keras  # First: sets KERAS_BACKEND.
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from kd_keras.config import RunConfig
+    from kd_keras.pipeline import make_optimizer
+    from kd_keras.speed import precision_scope, teacher_for_inference
+
+    kind = case["kind"]
+    info = {}
+    if kind == "input":
+        rng = np.random.default_rng(1)
+        count = 10000  # The quick preset's training set size.
+        data = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+        targets = rng.integers(0, 10, size=(count,)).astype("int32")
+        dataset = kd_keras.make_dataset(
+            data, targets, batch_size=args.batch_size, training=True, seed=0
+        ).repeat()
+        iterator = iter(dataset)
+
+        def run(steps):
+            for _ in range(steps):
+                batch = next(iterator)
+            return {"first_pixel": float(batch[0][0, 0, 0, 0])}
+
+        return run, {"dataset_images": count}
+
+    def model(role, precision=None):
+        depth, width = (
+            (args.teacher_depth, args.teacher_width)
+            if role == "teacher"
+            else (args.student_depth, args.student_width)
+        )
+        with precision_scope(precision):
+            return kd_keras.build_resnet(depth, width=width, name=f"{role}_resnet{depth}")
+
+    def optimizer():
+        # The pipeline's recipe: SGD, Nesterov momentum, decoupled weight
+        # decay (not on batch-norm parameters), warm-up + cosine schedule.
+        return make_optimizer(RunConfig(batch_size=args.batch_size), 1000, 10)
+
+    x = tf.constant(images)
+    dataset = tf.data.Dataset.from_tensors((x, tf.constant(labels))).repeat()
+    spe = case.get("spe", 1)
+    jit = case.get("jit", False)
+
+    if kind == "forward":
+        teacher = teacher_for_inference(
+            model(case["model"]), case.get("teacher_precision", "float32")
+        )
+        forward = tf.function(lambda batch: teacher(batch, training=False), jit_compile=jit)
+
+        def run(steps):
+            for _ in range(steps):
+                logits = forward(x)
+            return {"first_logit": float(logits.numpy()[0, 0])}
+
+        return run, info
+
+    if kind == "train":
+        trainable = model(case["model"], case.get("precision"))
+        trainable.compile(
+            optimizer=optimizer(),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            steps_per_execution=spe,
+            jit_compile=jit,
+        )
+    elif kind == "distill":
+        student = model("student", case.get("precision"))
+        teacher = teacher_for_inference(model("teacher"), case.get("teacher_precision", "float32"))
+        trainable = kd_keras.Distiller(student=student, teacher=teacher)
+        trainable.compile(
+            optimizer=optimizer(),
+            metrics=["accuracy"],
+            alpha=0.3,
+            temperature=4.0,
+            steps_per_execution=spe,
+            jit_compile=jit,
+        )
+    elif kind == "keras_distill":
+        trainable = keras.distillation.Distiller(
+            teacher=model("teacher"),
+            student=model("student"),
+            distillation_losses=keras.distillation.LogitsDistillation(
+                temperature=4.0, loss=keras.losses.KLDivergence()
+            ),
+            student_loss_weight=0.3,
+        )
+        trainable.compile(
+            optimizer=optimizer(),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            steps_per_execution=spe,
+            jit_compile=jit,
+        )
+    else:
+        raise ValueError(f"unknown case kind {kind!r}")
+
+    def run(steps):
+        history = trainable.fit(
+            dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False
+        )
+        return {key: float(values[-1]) for key, values in history.history.items()}
+
+    return run, info
+
+
+def run_worker(name, args):
+    """Measures one case in this process; returns its result dict."""
+    case = CASES[name]
+    spe = case.get("spe", 1)
+    steps = _round_up(args.steps, spe)
+    warmup = _round_up(args.warmup_steps, spe)
+    threads = case.get("threads")
+    if threads == "cores":
+        threads = _usable_cores()
+    result = {
+        "case": name,
+        "kind": case["kind"],
+        "what": case["what"],
+        "options": {
+            "precision": case.get("precision", "float32"),
+            "teacher_precision": case.get("teacher_precision", "float32"),
+            "steps_per_execution": spe,
+            "jit_compile": case.get("jit", False),
+            "threads": threads,
+        },
+        "batch_size": args.batch_size,
+        "steps": steps,
+        "repeats": args.repeats,
+        "warmup_steps": warmup,
+    }
+    start = time.perf_counter()
+    if case["kind"] == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError as error:
+            return {**result, "status": "skipped", "error": f"torch is not installed ({error})"}
+        from benchmarks import torch_resnet
+
+        images, labels = _synthetic_batch(args.batch_size)
+        result["rss_after_import_mib"] = round(_rss_mib(), 1)
+        run, info = torch_resnet.make_case(
+            name,
+            images,
+            labels,
+            teacher_depth=args.teacher_depth,
+            student_depth=args.student_depth,
+            teacher_width=args.teacher_width,
+            student_width=args.student_width,
+        )
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import kd_keras  # noqa: F401  (sets KERAS_BACKEND before Keras loads)
+        from kd_keras.speed import apply_threading
+
+        if threads is not None and not apply_threading(threads):
+            raise RuntimeError(f"could not set threads={threads}")
+        images, labels = _synthetic_batch(args.batch_size)
+        result["rss_after_import_mib"] = round(_rss_mib(), 1)
+        run, info = _keras_setup(case, args, images, labels)
+    result.update(info)
+    setup_done = time.perf_counter()
+    if warmup:
+        run(warmup)
+    warm = time.perf_counter()
+    rates = []
+    last = None
+    for _ in range(args.repeats):
+        begin = time.perf_counter()
+        last = run(steps)
+        rates.append(steps * args.batch_size / (time.perf_counter() - begin))
+    median = statistics.median(rates)
+    result.update(
+        status="ok",
+        images_per_s=[round(r, 2) for r in rates],
+        median_images_per_s=round(median, 2),
+        min_images_per_s=round(min(rates), 2),
+        max_images_per_s=round(max(rates), 2),
+        step_ms=round(args.batch_size / median * 1000, 2),
+        peak_rss_mib=round(_rss_mib(), 1),
+        setup_s=round(setup_done - start, 2),
+        warmup_s=round(warm - setup_done, 2),
+        logs=last,
+    )
+    return result
+
+
+# --------------------------------------------------------------------------
+# Parent: run every case, write the report
+# --------------------------------------------------------------------------
+def _cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+                return [flag for flag in wanted if flag in flags]
+    except OSError:
+        pass
+    return []
+
+
+def _version(package):
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info():
+    """The machine and the library versions, without importing TensorFlow."""
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": _usable_cores(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": _version("tensorflow"),
+        "keras": _version("keras"),
+        "torch": _version("torch"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _worker_argv(name, args, result_file):
+    return [
+        sys.executable, "-m", "benchmarks.throughput",
+        "--worker", name, "--result-file", str(result_file),
+        "--steps", str(args.steps), "--repeats", str(args.repeats),
+        "--warmup-steps", str(args.warmup_steps), "--batch-size", str(args.batch_size),
+        "--teacher-depth", str(args.teacher_depth), "--student-depth", str(args.student_depth),
+        "--teacher-width", str(args.teacher_width), "--student-width", str(args.student_width),
+    ]
+
+
+def run_case(name, args, out):
+    """Runs one case in a fresh process; returns its result dict."""
+    result_file = out / "cases" / f"{name}.json"
+    log_file = out / "logs" / f"{name}.log"
+    result_file.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    start = time.perf_counter()
+    with open(log_file, "w") as log:
+        try:
+            code = subprocess.run(
+                _worker_argv(name, args, result_file),
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                timeout=args.timeout,
+            ).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    wall = round(time.perf_counter() - start, 1)
+    if result_file.is_file():
+        result = json.loads(result_file.read_text())
+    else:
+        tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
+        result = {
+            "case": name, "kind": CASES[name]["kind"], "what": CASES[name]["what"],
+            "status": "failed",
+            "error": f"exit {code}: " + " | ".join(tail),
+        }
+    result["wall_s"] = wall
+    return result
+
+
+def _ratio(value, reference):
+    if not value or not reference:
+        return "–"
+    return f"{value / reference:.2f}×"
+
+
+def format_table(results):
+    """The Markdown table of a list of case results."""
+    by_name = {r["case"]: r for r in results}
+    reference = by_name.get(REFERENCE_CASE, {}).get("median_images_per_s")
+    torch_rows = [r for r in results if r.get("kind") == "torch" and r.get("status") == "ok"]
+    best_torch = max(torch_rows, key=lambda r: r["median_images_per_s"], default=None)
+    header = ["case", "img/s (median)", "min–max", "step ms", "peak MiB",
+              "+MiB over import", f"vs {REFERENCE_CASE}"]
+    if best_torch:
+        header.append(f"vs {best_torch['case']}")
+    header.append("what")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        if r.get("status") != "ok":
+            cells = [f"`{r['case']}`", r.get("status", "failed"), "", "", "", "", ""]
+            if best_torch:
+                cells.append("")
+            cells.append(r.get("error", "")[:200].replace("|", "/"))
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        distill = r["kind"] in DISTILL_KINDS
+        cells = [
+            f"`{r['case']}`",
+            f"{r['median_images_per_s']:.1f}",
+            f"{r['min_images_per_s']:.1f}–{r['max_images_per_s']:.1f}",
+            f"{r['step_ms']:.1f}",
+            f"{r['peak_rss_mib']:.0f}",
+            f"{r['peak_rss_mib'] - r.get('rss_after_import_mib', 0):.0f}",
+            _ratio(r["median_images_per_s"], reference) if distill else "–",
+        ]
+        if best_torch:
+            cells.append(
+                _ratio(r["median_images_per_s"], best_torch["median_images_per_s"])
+                if distill else "–"
+            )
+        cells.append(r["what"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out, machine, settings, results):
+    """Writes results.json and results.md into `out`; returns the table."""
+    table = format_table(results)
+    by_name = {r["case"]: r for r in results}
+    document = {
+        "machine": machine,
+        "settings": settings,
+        "reference_case": REFERENCE_CASE if REFERENCE_CASE in by_name else None,
+        "cases": by_name,
+    }
+    (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    flags = ", ".join(machine["cpu_flags"]) or "none of note"
+    markdown = [
+        "# Distillation step throughput",
+        "",
+        f"- Machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores "
+        f"(CPU flags: {flags})",
+        f"- TensorFlow {machine['tensorflow']}, Keras {machine['keras']}, "
+        f"PyTorch {machine['torch'] or 'not installed'}, Python {machine['python']}",
+        f"- Date: {machine['date']}",
+        f"- Teacher ResNet-{settings['teacher_depth']} (width {settings['teacher_width']}), "
+        f"student ResNet-{settings['student_depth']} (width {settings['student_width']}), "
+        f"batch {settings['batch_size']}; {settings['warmup_steps']} warm-up steps, then "
+        f"{settings['repeats']} repeats of {settings['steps']} steps per case, each case "
+        "in its own process.",
+        "",
+        table,
+        "",
+        "Ratios compare median images/s of distillation steps only.",
+        "",
+    ]
+    (out / "results.md").write_text("\n".join(markdown))
+    return table
+
+
+def main(argv=None):
+    """Runs the benchmark; returns 0, or 1 if any case failed."""
+    args = get_args(argv)
+    if args.worker:
+        result = run_worker(args.worker, args)
+        Path(args.result_file).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    names = _case_names(args)
+    out = Path(args.out)
+    (out / "cases").mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    settings = {
+        key: getattr(args, key)
+        for key in ("steps", "repeats", "warmup_steps", "batch_size", "teacher_depth",
+                    "student_depth", "teacher_width", "student_width")
+    }
+    settings["cases"] = names
+    if any(CASES[n]["kind"] == "torch" for n in names) and machine["torch"] is None:
+        print("benchmarks.throughput: torch is not installed; skipping the PyTorch "
+              "cases (pip install -r requirements-bench.txt)", flush=True)
+    results = []
+    for index, name in enumerate(names, 1):
+        if CASES[name]["kind"] == "torch" and machine["torch"] is None:
+            results.append({"case": name, "kind": "torch", "what": CASES[name]["what"],
+                            "status": "skipped", "error": "torch is not installed"})
+            continue
+        print(f"[{index}/{len(names)}] {name} ...", end=" ", flush=True)
+        result = run_case(name, args, out)
+        if result.get("status") == "ok":
+            print(f"{result['median_images_per_s']:.1f} img/s, "
+                  f"{result['peak_rss_mib']:.0f} MiB peak ({result['wall_s']:.0f} s)", flush=True)
+        else:
+            print(f"{result.get('status')}: {result.get('error', '')[:300]}", flush=True)
+        results.append(result)
+    table = write_report(out, machine, settings, results)
+    print()
+    print(table)
+    print(f"\nwrote {out / 'results.json'} and {out / 'results.md'}")
+    return 1 if any(r.get("status") == "failed" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""Speed options of a run, and a measured estimate of how long a run takes.
+
+Four `RunConfig` fields (and `kd_keras run` flags) trade nothing or a little
+numerical precision for speed. Their defaults keep the original behaviour:
+
+* `precision` (`--precision`), default "float32": "mixed_bfloat16" makes
+  the trained models (teacher, both students) compute in bfloat16 and keep
+  float32 weights; their logits, the softmax and the losses stay float32.
+  Changes results slightly.
+* `teacher_precision` (`--teacher-precision`), default "float32":
+  "bfloat16" runs the frozen teacher in bfloat16 while distilling (a copy
+  with the same weights); the student is untouched. Changes the soft
+  targets slightly.
+* `steps_per_execution` (`--steps-per-execution`), default 1: training
+  steps per call into the compiled graph (less Python overhead). Does not
+  change results.
+* `threads` (`--threads`), default None (TensorFlow's choice): TensorFlow's
+  intra-op threads, with inter-op threads 1. Does not change results
+  beyond float round-off.
+
+`steps_per_execution` must divide the steps of an epoch, or Keras would run
+past the epoch's end and shift every later batch; the pipeline therefore uses
+the largest divisor of the steps per epoch that is not above the requested
+value (`effective_steps_per_execution`), and says so when it differs.
+
+Which options are faster on a machine is measured, not assumed: run
+`python -m benchmarks.throughput` (see `benchmarks/README_SECTION.md`).
+
+Teacher-output caching is NOT implemented
+-----------------------------------------
+A frozen teacher's logits could be computed once per image and reused in
+every epoch, saving the teacher's forward pass (a large part of a
+distillation step when the teacher is deeper than the student). It is not
+done, on purpose: the training pipeline augments every batch (random crop
+and flip, different in every epoch), and the teacher must see exactly the
+augmented view the student sees, or the soft targets describe a different
+image than the one the student is graded on. Cached logits would only be
+valid
+
+* without augmentation (which costs the student accuracy), or
+* with a cached augmentation: a fixed, finite set of augmented views per
+  image, each with its teacher logits, stored (memory or disk grows with
+  the number of views) and replayed, which changes the training data
+  distribution compared with fresh augmentation every epoch.
+
+Both change what is trained, so neither is a pure speed option; the
+distillation step therefore always runs the teacher on the current batch.
+"""
+
+import contextlib
+import math
+import statistics
+import time
+import warnings
+
+import keras
+import numpy as np
+
+from kd_keras.config import (  # noqa: F401 (validate_speed_options re-exported)
+    PRECISIONS,
+    TEACHER_PRECISIONS,
+    validate_speed_options,
+)
+
+# Inter-op threads when `threads` is set: on a few cores, independent ops
+# running side by side only oversubscribe the cores the intra-op pool uses.
+INTER_OP_THREADS = 1
+
+
+# --------------------------------------------------------------------------
+# Mechanics
+# --------------------------------------------------------------------------
+def apply_threading(threads):
+    """Sets TensorFlow's intra-op threads to `threads` and inter-op to 1.
+
+    TensorFlow only accepts this before its runtime starts (before the first
+    op, dataset or model), so call it first thing. Later calls that would
+    change the settings warn and change nothing.
+
+    Args:
+        threads: an int >= 1, `None` (keep TensorFlow's defaults), or a
+            `RunConfig` (its `threads` field).
+
+    Returns:
+        True if the threads are now as asked, False if `threads` is None or
+        the runtime had already started with other settings.
+    """
+    threads = getattr(threads, "threads", threads)
+    if threads is None:
+        return False
+    import tensorflow as tf
+
+    current = (
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
+    if current == (threads, INTER_OP_THREADS):
+        return True
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
+    except RuntimeError as error:
+        warnings.warn(
+            f"threads={threads} not applied: TensorFlow's runtime has already "
+            f"started ({error}). Set it before building any model or dataset.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def precision_scope(policy):
+    """Sets Keras's global dtype policy inside the block, restores it after.
+
+    Layers take the global policy when they are built, so models built in
+    the block keep it after the block ends.
+
+    Args:
+        policy: a policy name ("float32", "mixed_bfloat16", ...), a
+            `keras.DTypePolicy`, or None to leave the policy alone.
+
+    Example:
+
+    >>> with precision_scope("mixed_bfloat16"):
+    ...     student = build_resnet(8)
+    >>> student.layers[2].compute_dtype, student.output.dtype
+    ('bfloat16', 'float32')
+    """
+    if policy is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _output_layer_names(model):
+    names = set()
+    for tensor in model.outputs or []:
+        history = getattr(tensor, "_keras_history", None)
+        if history is not None:
+            names.add(history.operation.name)
+    return names
+
+
+def teacher_for_inference(teacher, precision):
+    """The teacher to run (frozen) while distilling, in `precision`.
+
+    Args:
+        teacher: a trained functional `keras.Model` returning logits.
+        precision: "float32" returns `teacher` itself, as it was built.
+            "bfloat16" returns a copy with the same weights whose layers
+            compute in bfloat16 (policy `mixed_bfloat16`: weights stay
+            float32), except the output layer, which keeps its own policy
+            (float32 logits for kd_keras models). Only for inference: the
+            copy is frozen (`trainable = False`).
+
+    Raises:
+        ValueError: for another precision, or a model Keras cannot clone
+            (a subclassed model).
+    """
+    if precision not in TEACHER_PRECISIONS:
+        raise ValueError(
+            "teacher_precision must be one of "
+            f"{', '.join(TEACHER_PRECISIONS)}, got {precision!r}"
+        )
+    if precision == "float32":
+        return teacher
+    keep = _output_layer_names(teacher)
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if (
+            "dtype" in config
+            and layer.name not in keep
+            and not isinstance(layer, keras.layers.InputLayer)
+        ):
+            config["dtype"] = "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    try:
+        copy = keras.models.clone_model(teacher, clone_function=clone_layer)
+    except Exception as error:  # Keras raises several types here.
+        raise ValueError(
+            f"cannot run teacher '{teacher.name}' in bfloat16: Keras cannot "
+            f"clone it ({error}); use teacher_precision='float32'"
+        ) from None
+    copy.set_weights(teacher.get_weights())
+    copy.trainable = False
+    return copy
+
+
+def effective_steps_per_execution(requested, steps_per_epoch):
+    """The largest divisor of `steps_per_epoch` that is <= `requested`.
+
+    Keras runs whole executions of `steps_per_execution` steps, so a value
+    that does not divide the steps per epoch would run past the epoch's end
+    (into the next epoch's batches). 79 steps per epoch (the quick preset),
+    for instance, admits only 1 or 79.
+    """
+    requested = max(1, int(requested))
+    steps_per_epoch = max(1, int(steps_per_epoch))
+    for candidate in range(min(requested, steps_per_epoch), 0, -1):
+        if steps_per_epoch % candidate == 0:
+            return candidate
+    return 1
+
+
+# --------------------------------------------------------------------------
+# Run-time estimate
+# --------------------------------------------------------------------------
+def _data_sizes(config):
+    train = (
+        config.train_per_class * 10
+        if config.train_per_class
+        else 50000 - config.val_size
+    )
+    val = config.val_per_class * 10 if config.val_per_class else config.val_size
+    test = config.test_per_class * 10 if config.test_per_class else 10000
+    return train, min(val, config.val_size), test
+
+
+def _time_calls(call, steps):
+    """(seconds of the first call, median seconds of the next `steps`)."""
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def _calibrate_training(model, images, labels, steps):
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, nesterov=True),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return _time_calls(lambda: model.train_on_batch(images, labels), steps)
+
+
+def _calibrate_forward(model, images, steps):
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False))
+    batch = tf.constant(images)
+    return _time_calls(lambda: forward(batch).numpy(), steps)
+
+
+def estimate_run_seconds(config, calibration_steps=3):
+    """Estimated epoch time and total time of each stage of a run.
+
+    Times `calibration_steps` training steps of the teacher and the student
+    (and as many teacher forward passes) on one synthetic batch of
+    `config.batch_size` images, after one warm-up step that traces the
+    graph, with the config's precision options applied. Then, per stage:
+
+    * teacher: teacher step x steps per epoch, plus the validation pass;
+    * student_baseline: student step x steps per epoch, plus validation;
+    * student_distilled: (student step + teacher forward) x steps per
+      epoch, plus validation of both models;
+
+    times the stage's epochs, plus the warm-up's tracing time once. The
+    estimate leaves out data loading, the final test evaluation and a busy
+    machine; treat it as +-25 %. A reused teacher (`config.teacher`) is
+    loaded for its forward pass and has no training stage.
+
+    Args:
+        config: a `RunConfig`.
+        calibration_steps: measured steps per model (after the warm-up).
+
+    Returns:
+        A dict: `stages` maps each stage name to `{"epochs", "epoch_seconds",
+        "total_seconds"}`; `total_seconds`, `steps_per_epoch`,
+        `train_images`, `val_images`, and `calibration` (the measured
+        per-step seconds and how long the calibration took).
+    """
+    from kd_keras.models import build_resnet
+    from kd_keras.pipeline import load_teacher
+
+    config.validate()
+    calibration_start = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    batch = config.batch_size
+    images = rng.integers(0, 256, size=(batch, 32, 32, 3), dtype=np.uint8).astype("float32")
+    labels = rng.integers(0, 10, size=(batch,)).astype("int32")
+    train_images, val_images, _ = _data_sizes(config)
+    steps_per_epoch = math.ceil(train_images / batch)
+    steps = max(1, int(calibration_steps))
+
+    with precision_scope(config.precision):
+        student = build_resnet(config.student_depth, width=config.student_width)
+        if config.teacher:
+            teacher = load_teacher(config.teacher)
+        else:
+            teacher = build_resnet(config.teacher_depth, width=config.teacher_width)
+
+    if config.teacher or config.teacher_epochs == 0:
+        teacher_train = (0.0, 0.0)
+    else:
+        teacher_train = _calibrate_training(teacher, images, labels, steps)
+    student_train = _calibrate_training(student, images, labels, steps)
+    teacher_forward = _calibrate_forward(
+        teacher_for_inference(teacher, config.teacher_precision), images, steps
+    )
+    student_forward = _calibrate_forward(student, images, steps)
+    measured = {
+        "teacher_train_step_s": teacher_train[1],
+        "student_train_step_s": student_train[1],
+        "teacher_forward_batch_s": teacher_forward[1],
+        "student_forward_batch_s": student_forward[1],
+    }
+    trace = {
+        "teacher_train_trace_s": max(0.0, teacher_train[0] - teacher_train[1]),
+        "student_train_trace_s": max(0.0, student_train[0] - student_train[1]),
+        "teacher_forward_trace_s": max(0.0, teacher_forward[0] - teacher_forward[1]),
+    }
+    val_batches = val_images / batch
+    teacher_val = val_batches * measured["teacher_forward_batch_s"]
+    student_val = val_batches * measured["student_forward_batch_s"]
+    per_epoch = {
+        "teacher": steps_per_epoch * measured["teacher_train_step_s"] + teacher_val,
+        "student_baseline": steps_per_epoch * measured["student_train_step_s"] + student_val,
+        "student_distilled": steps_per_epoch
+        * (measured["student_train_step_s"] + measured["teacher_forward_batch_s"])
+        + student_val
+        + teacher_val,
+    }
+    setup = {
+        "teacher": trace["teacher_train_trace_s"],
+        "student_baseline": trace["student_train_trace_s"],
+        "student_distilled": trace["student_train_trace_s"] + trace["teacher_forward_trace_s"],
+    }
+    epochs = {
+        "teacher": 0 if config.teacher else config.teacher_epochs,
+        "student_baseline": config.student_epochs,
+        "student_distilled": config.student_epochs,
+    }
+    stages = {}
+    for stage in ("teacher", "student_baseline", "student_distilled"):
+        total = epochs[stage] * per_epoch[stage] + (setup[stage] if epochs[stage] else 0.0)
+        stages[stage] = {
+            "epochs": epochs[stage],
+            "epoch_seconds": round(per_epoch[stage], 2) if epochs[stage] else 0.0,
+            "total_seconds": round(total, 1),
+        }
+    return {
+        "stages": stages,
+        "total_seconds": round(sum(s["total_seconds"] for s in stages.values()), 1),
+        "steps_per_epoch": steps_per_epoch,
+        "train_images": train_images,
+        "val_images": val_images,
+        "calibration": {
+            "batch_size": batch,
+            "steps": steps,
+            **{k: round(v, 4) for k, v in {**measured, **trace}.items()},
+            "seconds": round(time.perf_counter() - calibration_start, 1),
+        },
+    }
+
+
+def _clock(seconds):
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def format_estimate(estimate):
+    """A few lines of text: epoch and total time of each stage."""
+    lines = [
+        f"Estimated time ({estimate['steps_per_epoch']} steps per epoch, "
+        f"calibrated in {estimate['calibration']['seconds']:.0f} s):",
+        f"  {'stage':<18} {'epochs':>6} {'per epoch':>10} {'total':>9}",
+    ]
+    for stage, row in estimate["stages"].items():
+        lines.append(
+            f"  {stage:<18} {row['epochs']:>6} {row['epoch_seconds']:>9.1f}s "
+            f"{_clock(row['total_seconds']):>9}"
+        )
+    lines.append(f"  {'all stages':<18} {'':>6} {'':>10} {_clock(estimate['total_seconds']):>9}")
+    return "\n".join(lines)

@@ -1,0 +1,323 @@
+"""Tests of the Streamlit launcher `app.py` with `streamlit.testing.v1.AppTest`.
+
+The app runs in this process (AppTest); training it starts runs as separate
+`python -m kd_keras run` processes, exactly as under `streamlit run`.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_smoke import APP, cifar10_archive, subprocess_env
+from kd_app import runs as kr
+
+APP_TIMEOUT = 60  # Seconds per script run: the machine may be busy training.
+
+
+@pytest.fixture
+def smoke_run_dir(smoke_run):
+    """The session's real smoke run folder (conftest's `smoke_run`)."""
+    return smoke_run[0]
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch):
+    """An empty runs folder and an existing (fake) dataset path."""
+    runs = tmp_path / "runs"
+    fake = tmp_path / "cifar-10-python.tar.gz"
+    fake.write_bytes(b"")
+    monkeypatch.setenv(kr.RUNS_ENV_VAR, str(runs))
+    monkeypatch.setenv(kr.DATA_ENV_VAR, str(fake))
+    return runs
+
+
+@pytest.fixture
+def real_runs(tmp_path, monkeypatch):
+    """A runs folder for real runs started from the UI, with the real
+    archive; any run still alive at the end of the test is stopped."""
+    archive = cifar10_archive()
+    runs = tmp_path / "runs"
+    for key, value in subprocess_env(tmp_path).items():
+        if os.environ.get(key) != value:
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv(kr.RUNS_ENV_VAR, str(runs))
+    monkeypatch.setenv(kr.DATA_ENV_VAR, str(archive))
+    yield runs
+    for state in kr.alive_runs(runs):
+        os.kill(state.pid, signal.SIGTERM)
+
+
+def run_app():
+    at = AppTest.from_file(str(APP), default_timeout=APP_TIMEOUT)
+    return at.run()
+
+
+def texts(elements):
+    return [str(e.value) for e in elements]
+
+
+def assert_no_exception(at):
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def wait_for_status(folder, wanted, timeout, training=False):
+    """Polls `progress.json` until its status is in `wanted` (and, with
+    `training`, a stage has begun); returns it."""
+    deadline = time.time() + timeout
+    progress = {}
+    while time.time() < deadline:
+        progress = kr.read_json(Path(folder) / "progress.json", {}) or {}
+        if progress.get("status") in wanted and (progress.get("stage") or not training):
+            return progress
+        state = kr.run_state(folder)
+        if state.status in ("exited", "died"):
+            break
+        time.sleep(1)
+    log = kr.tail(kr.launch_files(folder)[0], 40)
+    pytest.fail(f"status {progress.get('status')!r}, wanted {wanted}; log:\n{log}")
+
+
+# --------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------
+
+
+def test_renders_with_no_runs(app_env):
+    at = run_app()
+    assert_no_exception(at)
+    assert not at.error, texts(at.error)
+    assert [t.label for t in at.tabs] == ["Launch", "Watch", "Results", "Tuning"]
+    assert any("No run" in t for t in texts(at.info))
+    assert at.button(key="start").label == "Start"
+    assert not app_env.exists()  # Rendering writes nothing.
+
+
+def test_app_never_imports_tensorflow_or_keras(app_env):
+    code = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(APP)!r}, default_timeout={APP_TIMEOUT}).run()\n"
+        "assert not at.exception, at.exception\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'})\n"
+        "assert not loaded, loaded\n"
+        "ours = sorted(m for m in sys.modules if m.startswith('kd_keras.'))\n"
+        "assert ours == ['kd_keras.atomic', 'kd_keras.config', 'kd_keras.depth'], ours\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=APP.parent,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_renders_smoke_run_with_the_numbers_of_results_csv(smoke_run_dir, monkeypatch):
+    monkeypatch.setenv(kr.RUNS_ENV_VAR, str(smoke_run_dir.parent))
+    monkeypatch.setenv(kr.DATA_ENV_VAR, str(cifar10_archive()))
+    at = run_app()
+    assert_no_exception(at)
+    assert not at.error, texts(at.error)
+    assert at.sidebar.selectbox(key="run").value == "smoke"
+
+    expected = pd.read_csv(smoke_run_dir / "results.csv")
+    shown = at.table[0].value
+    assert list(shown.columns) == list(kr.TABLE_COLUMNS)
+    assert list(shown["stage"]) == ["teacher", "student_baseline", "student_distilled"]
+    for column in kr.TABLE_COLUMNS:
+        assert list(shown[column]) == list(expected[column]), column
+
+    gain = json.loads((smoke_run_dir / "results.json").read_text())["distillation_gain_points"]
+    metric = next(m for m in at.metric if m.label.startswith("Distilled student vs"))
+    assert metric.value == f"{gain:+.2f} points"
+    assert any("finished" in t for t in texts(at.markdown))
+    assert len(at.image) >= 2  # test_accuracy_bar.png and report.png
+    labels = [b.label for b in at.download_button]
+    assert "Download results.csv" in labels
+    assert "Download the distilled student (.keras)" in labels
+    config = json.loads((smoke_run_dir / "config.json").read_text())
+    assert json.loads(at.json[0].value) == config
+
+
+def test_progress_summary_estimates_time_left():
+    state = kr.RunState(
+        path=Path("x"),
+        status="running",
+        progress={"status": "running", "stage": "student_baseline", "stage_index": 1,
+                  "epoch": 2, "epochs": 4, "batch": 0, "batches": 10,
+                  "completed_stages": ["teacher"], "elapsed_s": 60.0,
+                  "updated_at": "2000-01-01T00:00:00+00:00"},
+        config={"teacher_epochs": 4, "student_epochs": 4},
+    )
+    summary = kr.progress_summary(state, now=946684800.0)  # = updated_at
+    assert summary["done_epochs"] == 6 and summary["total_epochs"] == 12
+    assert summary["stage_fraction"] == 0.5
+    assert summary["eta_s"] == pytest.approx(60.0)  # 10 s per epoch, 6 to go.
+    assert kr.format_duration(summary["eta_s"]) == "1 min 00 s"
+
+
+# --------------------------------------------------------------------------
+# Failures are shown, not thrown
+# --------------------------------------------------------------------------
+
+
+def test_missing_dataset_path_shows_an_error(app_env, tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere" / "cifar-10-python.tar.gz"
+    monkeypatch.setenv(kr.DATA_ENV_VAR, str(missing))
+    at = run_app()
+    assert_no_exception(at)
+    assert any("does not exist" in t and str(missing) in t for t in texts(at.error))
+    at.selectbox(key="preset").set_value("smoke")
+    at.button(key="start").click().run()
+    assert_no_exception(at)
+    assert any(t.startswith("Not started") and "does not exist" in t for t in texts(at.error))
+    assert not app_env.exists() or not any(app_env.iterdir())  # Nothing launched.
+
+
+def test_bad_temperature_and_alpha_show_errors(app_env):
+    at = run_app()
+    at.number_input(key="temperature").set_value(-1.0)
+    at.number_input(key="alpha").set_value(1.5)
+    at.run()
+    assert_no_exception(at)
+    errors = texts(at.error)
+    assert any("Temperature T must be a number > 0" in t for t in errors)
+    assert any("alpha must be in [0, 1]" in t for t in errors)
+    at.button(key="start").click().run()
+    assert_no_exception(at)
+    assert any(t.startswith("Not started") for t in texts(at.error))
+    assert not app_env.exists() or not any(app_env.iterdir())
+
+
+def test_failed_run_shows_its_error_and_log_tail(app_env):
+    folder = app_env / "broken"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"preset": "smoke", "teacher_epochs": 4,
+                                                    "student_epochs": 4}))
+    (folder / "progress.json").write_text(json.dumps({
+        "status": "failed", "pid": 999999, "stage": "teacher", "stage_index": 0,
+        "epoch": 1, "epochs": 4, "completed_stages": [], "elapsed_s": 3.0,
+        "error": "NonFiniteLossError: stage 'teacher' epoch 2 batch 3: the loss is nan",
+    }))
+    log, record = kr.launch_files(folder)
+    log.write_text("Epoch 1/4\nkd_keras: error: the loss is nan (the last log line)\n")
+    record.write_text(json.dumps({"pid": 999999, "kind": "run", "argv": [],
+                                  "started_at": "2000-01-01T00:00:00+00:00"}))
+    at = run_app()
+    assert_no_exception(at)
+    assert any("The run failed" in t and "the loss is nan" in t for t in texts(at.error))
+    assert any("the last log line" in t for t in texts(at.code))
+
+
+def test_tuning_tab_shows_trials_and_best(app_env):
+    # The files of `python -m tuning` (tuning/search.py), for a search the
+    # app launched (its launch record names the teacher) that ended early.
+    search = kr.searches_dir(app_env) / "search-a"
+    search.mkdir(parents=True)
+    (search / "trials.csv").write_text(
+        "trial_id,temperature,alpha,val_accuracy,val_loss,epochs,seconds,best_epoch,"
+        "distiller_val_loss,status\n"
+        "0,2.0,0.5,0.41,1.7,3,10.0,3,0.9,COMPLETED\n"
+        "1,8.0,0.1,0.47,1.6,3,11.0,2,0.8,COMPLETED\n"
+    )
+    (search / "best.json").write_text(json.dumps(
+        {"trial_id": "1", "temperature": 8.0, "alpha": 0.1, "score": 0.47,
+         "objective": "val_accuracy", "val_loss": 1.6, "epochs": 3, "completed_trials": 2}))
+    teacher = app_env / "gone" / "teacher.keras"
+    kr.launch_files(search)[1].write_text(json.dumps({
+        "pid": 999999, "kind": "search",
+        "argv": ["python", "-m", "tuning", "--teacher", str(teacher), "--preset", "smoke",
+                 "--trials", "3"]}))
+    at = run_app()
+    assert_no_exception(at)
+    trials = at.dataframe[0].value
+    assert list(trials["temperature"]) == [2.0, 8.0]
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Best T"], metrics["Best alpha"], metrics["Score"]) == ("8", "0.1", "0.4700")
+    assert any("ended before all its trials" in t for t in texts(at.warning))
+    assert at.selectbox(key="best_preset").value == "smoke"
+    at.button(key="run_best").click().run()
+    assert_no_exception(at)
+    assert any("Run not started" in t and "does not exist" in t for t in texts(at.error))
+
+
+# --------------------------------------------------------------------------
+# Launching and stopping real runs
+# --------------------------------------------------------------------------
+
+
+def test_start_smoke_run_from_the_ui(real_runs):
+    runs = real_runs
+    at = run_app()
+    at.selectbox(key="preset").set_value("smoke")
+    at.run()
+    at.number_input(key="epochs").set_value(1)
+    at.number_input(key="temperature").set_value(2.0)
+    at.number_input(key="alpha").set_value(0.5)
+    at.text_input(key="run_name").input("ui-smoke")
+    at.button(key="start").click().run()
+    assert_no_exception(at)
+    assert any("Started run 'ui-smoke'" in t for t in texts(at.success)), texts(at.error)
+    folder = runs / "ui-smoke"
+
+    # A second start while the first is alive is refused.
+    at.button(key="start").click().run()
+    assert any(t.startswith("Not started") and "already running" in t for t in texts(at.error))
+
+    wait_for_status(folder, {"finished"}, timeout=240)
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["preset"], config["student_epochs"], config["temperature"],
+            config["alpha"]) == ("smoke", 1, 2.0, 0.5)
+    assert (folder / "results.csv").is_file()
+    assert (folder / "models" / "student_distilled.keras").is_file()
+    assert "kd_keras run --preset smoke" in kr.launch_files(folder)[0].read_text()
+
+    at.run()
+    assert_no_exception(at)
+    assert at.sidebar.selectbox(key="run").value == "ui-smoke"
+    shown = at.table[0].value
+    expected = pd.read_csv(folder / "results.csv")
+    assert list(shown["test_accuracy"]) == list(expected["test_accuracy"])
+
+
+def test_stop_button_stops_the_run_cleanly(real_runs):
+    runs = real_runs
+    at = run_app()
+    at.selectbox(key="preset").set_value("smoke")
+    at.run()
+    at.number_input(key="epochs").set_value(30)  # Long enough to stop it.
+    at.text_input(key="run_name").input("to-stop")
+    at.button(key="start").click().run()
+    assert any("Started run 'to-stop'" in t for t in texts(at.success)), texts(at.error)
+    folder = runs / "to-stop"
+    # Once a stage trains: a SIGTERM while kd_keras loads the data can be
+    # swallowed by its `except Exception` around the dataset cache (RunStopped
+    # is an Exception), so the app's Stop button is tested on a training run.
+    wait_for_status(folder, {"running"}, timeout=180, training=True)
+    at.run()
+    at.button(key="stop_watch").click().run()
+    assert_no_exception(at)
+    assert any("SIGTERM" in t for t in texts(at.info)), texts(at.error)
+    progress = wait_for_status(folder, {"stopped"}, timeout=120)
+    assert "SIGTERM" in (progress.get("error") or "")
+    deadline = time.time() + 30
+    while kr.run_state(folder).alive and time.time() < deadline:
+        time.sleep(0.5)
+    at.run()
+    assert_no_exception(at)
+    assert any("stopped" in t for t in texts(at.warning))
+
+    # Resume: kd_keras accepts the saved settings (it refuses a differing
+    # config) and trains on; then stop it again.
+    at.button(key="resume_watch").click().run()
+    assert any("Resumed run 'to-stop'" in t for t in texts(at.success)), texts(at.error)
+    wait_for_status(folder, {"running"}, timeout=180, training=True)
+    log = kr.launch_files(folder)[0].read_text()
+    assert "--resume" in log and "--student-epochs 30" in log
+    at.run()
+    at.button(key="stop_watch").click().run()
+    wait_for_status(folder, {"stopped"}, timeout=120)

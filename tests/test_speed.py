@@ -1,0 +1,243 @@
+"""Speed options (precision, teacher precision, steps per execution,
+threads), the run-time estimate and the throughput benchmark. No timing
+assertions: these check behaviour, not speed."""
+
+import json
+import math
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from kd_keras import ConfigError, Distiller, RunConfig, build_resnet
+from kd_keras.cli import main as cli_main
+from kd_keras.models import stage_blocks
+from kd_keras.pipeline import Pipeline
+from kd_keras.speed import (
+    apply_threading,
+    effective_steps_per_execution,
+    estimate_run_seconds,
+    precision_scope,
+    teacher_for_inference,
+)
+
+KEYS = {"loss", "student_loss", "distillation_loss", "accuracy"}
+IMAGES = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3)).astype("float32")
+LABELS = np.arange(32, dtype="int32") % 10
+
+
+def _tiny_distiller(config, steps_per_epoch=4):
+    """A tiny Distiller set up the way `Pipeline` sets one up for `config`."""
+    keras.utils.set_random_seed(0)
+    with precision_scope(config.precision):
+        student = build_resnet(8, width=4)
+    teacher = teacher_for_inference(build_resnet(8, width=4), config.teacher_precision)
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        metrics=["accuracy"],
+        steps_per_execution=effective_steps_per_execution(
+            config.steps_per_execution, steps_per_epoch
+        ),
+    )
+    return distiller
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"precision": "mixed_bfloat16"},
+        {"teacher_precision": "bfloat16"},
+        {"steps_per_execution": 2},
+    ],
+    ids=["mixed_bfloat16", "teacher_bfloat16", "steps_per_execution_2"],
+)
+def test_each_speed_option_trains_to_finite_losses_with_the_same_keys(options):
+    config = RunConfig(**options).validate()
+    distiller = _tiny_distiller(config)
+    history = distiller.fit(IMAGES, LABELS, batch_size=8, epochs=1, verbose=0)
+    assert set(history.history) == KEYS
+    assert all(math.isfinite(values[-1]) for values in history.history.values())
+    # 32 images / 8 = 4 steps, whatever the steps per execution.
+    assert int(distiller.optimizer.iterations.numpy()) == 4
+    assert distiller.student(IMAGES[:2]).dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_mixed_bfloat16_student_computes_in_bfloat16_with_float32_logits_and_loss():
+    with precision_scope("mixed_bfloat16"):
+        student = build_resnet(8, width=4)
+    assert student.get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert student.get_layer("stem_conv").variable_dtype == "float32"
+    assert student(IMAGES[:4]).dtype == "float32"
+
+    reference = Distiller(student=build_resnet(8, width=4), teacher=build_resnet(8, width=4))
+    mixed = Distiller(student=student, teacher=build_resnet(8, width=4))
+    for distiller in (reference, mixed):
+        distiller.compile(alpha=0.3, temperature=4.0)
+    rng = np.random.default_rng(1)
+    teacher_logits = rng.normal(size=(6, 10)).astype("float32") * 3
+    student_logits = rng.normal(size=(6, 10)).astype("float32") * 3
+    labels = np.arange(6) % 10
+    expected = [float(v) for v in reference.compute_losses(labels, teacher_logits, student_logits)]
+    got = [float(v) for v in mixed.compute_losses(labels, teacher_logits, student_logits)]
+    assert got == pytest.approx(expected, abs=1e-6)
+    # And both are the hand-computed float64 value of T**2 * KL.
+    p = np.exp(teacher_logits / 4.0) / np.exp(teacher_logits / 4.0).sum(-1, keepdims=True)
+    q = np.exp(student_logits / 4.0) / np.exp(student_logits / 4.0).sum(-1, keepdims=True)
+    kl = (p * np.log(p / q)).sum(-1).mean() * 16.0
+    assert got[2] == pytest.approx(kl, rel=1e-5)
+
+
+def test_bfloat16_teacher_is_a_frozen_copy_with_the_same_weights():
+    teacher = build_resnet(8, width=4)
+    copy = teacher_for_inference(teacher, "bfloat16")
+    assert teacher_for_inference(teacher, "float32") is teacher
+    assert copy is not teacher and not copy.trainable
+    assert copy.get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert copy.get_layer("logits").compute_dtype == "float32"
+    assert teacher.get_layer("stem_conv").compute_dtype == "float32"  # Untouched.
+    for mine, theirs in zip(teacher.get_weights(), copy.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    logits = copy(IMAGES[:4], training=False)
+    assert logits.dtype == "float32"
+    np.testing.assert_allclose(logits, teacher(IMAGES[:4], training=False), atol=0.1)
+    with pytest.raises(ValueError, match="'float16'"):
+        teacher_for_inference(teacher, "float16")
+
+
+def test_precision_scope_restores_the_global_policy_even_on_error():
+    before = keras.config.dtype_policy().name
+    with precision_scope("mixed_bfloat16"):
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == before
+    with pytest.raises(RuntimeError):
+        with precision_scope("mixed_bfloat16"):
+            raise RuntimeError("boom")
+    assert keras.config.dtype_policy().name == before
+    with precision_scope(None):
+        assert keras.config.dtype_policy().name == before
+
+
+def test_pipeline_builds_and_compiles_with_the_speed_options(tmp_path):
+    config = RunConfig(student_depth=8, student_width=4, batch_size=1,
+                       precision="mixed_bfloat16", steps_per_execution=4)
+    pipeline = Pipeline(config, tmp_path, progress=None)
+    student = pipeline.build_student()
+    assert student.get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert student.output.dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+    # 79 steps per epoch (the quick preset's) admit only 1 or 79.
+    pipeline.splits = {"train": (None, np.zeros(79))}
+    assert pipeline.compile_options() == {"steps_per_execution": 1}
+    pipeline.splits = {"train": (None, np.zeros(80))}
+    assert pipeline.compile_options() == {"steps_per_execution": 4}
+
+
+@pytest.mark.parametrize(
+    "requested, steps_per_epoch, expected",
+    [(1, 79, 1), (4, 79, 1), (4, 80, 4), (3, 10, 2), (100, 10, 10), (79, 79, 79)],
+)
+def test_steps_per_execution_divides_the_epoch(requested, steps_per_epoch, expected):
+    assert effective_steps_per_execution(requested, steps_per_epoch) == expected
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("precision", "float16"),
+        ("precision", "bf16"),
+        ("teacher_precision", "mixed_bfloat16"),
+        ("steps_per_execution", 0),
+        ("steps_per_execution", 2.5),
+        ("steps_per_execution", True),
+        ("threads", 0),
+        ("threads", "2"),
+    ],
+)
+def test_invalid_speed_options_raise_config_error_naming_the_value(field, value):
+    with pytest.raises(ConfigError) as error:
+        RunConfig(**{field: value}).validate()
+    assert field in str(error.value) and repr(value) in str(error.value)
+
+
+def test_invalid_precision_flag_exits_2_with_the_value(capsys):
+    assert cli_main(["run", "--preset", "smoke", "--precision", "fp16", "--dry-run"]) == 2
+    assert "'fp16'" in capsys.readouterr().err
+
+
+def test_threads_and_steps_per_execution_do_not_block_a_resume():
+    saved = RunConfig()
+    assert saved.result_differences(RunConfig(threads=2, steps_per_execution=4)) == []
+    assert saved.result_differences(RunConfig(precision="mixed_bfloat16")) == ["precision"]
+
+
+def test_threads_cannot_change_once_tensorflow_runs():
+    import tensorflow as tf
+
+    tf.constant(1.0) + 1.0  # The runtime has started.
+    assert apply_threading(None) is False
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert apply_threading(current + 1) is False
+    assert any("threads" in str(w.message) for w in caught)
+    assert tf.config.threading.get_intra_op_parallelism_threads() == current
+
+
+def test_estimate_covers_every_stage_with_positive_times():
+    estimate = estimate_run_seconds(RunConfig.from_preset("smoke"), calibration_steps=1)
+    assert set(estimate["stages"]) == {"teacher", "student_baseline", "student_distilled"}
+    for stage in estimate["stages"].values():
+        assert stage["epochs"] == 4
+        assert stage["epoch_seconds"] > 0 and stage["total_seconds"] > 0
+    assert estimate["total_seconds"] > 0
+    assert estimate["steps_per_epoch"] == 10  # 500 images, batch 50.
+    calibration = estimate["calibration"]
+    assert calibration["student_train_step_s"] > 0
+    assert calibration["teacher_forward_batch_s"] > 0
+
+
+def test_torch_reference_uses_the_same_depth_rule():
+    from benchmarks import torch_resnet
+
+    for depth in range(8, 60):
+        assert torch_resnet.stage_blocks(depth) == stage_blocks(depth)
+
+
+def test_torch_reference_has_the_keras_models_trainable_parameters():
+    pytest.importorskip("torch")
+    from benchmarks import torch_resnet
+
+    for depth in (8, 15):
+        keras_model = build_resnet(depth, width=4)
+        trainable = sum(int(np.prod(w.shape)) for w in keras_model.trainable_weights)
+        torch_model = torch_resnet.build_resnet(depth, width=4)
+        assert sum(p.numel() for p in torch_model.parameters()) == trainable
+
+
+def test_benchmark_writes_json_and_markdown_with_one_row_per_case(tmp_path):
+    from benchmarks.throughput import main as bench_main
+
+    cases = ["kd_distiller_threads", "input_pipeline"]
+    args = ["--steps", "2", "--repeats", "2", "--warmup-steps", "1", "--batch-size", "8",
+            "--teacher-depth", "8", "--student-depth", "8", "--teacher-width", "4",
+            "--student-width", "4", "--cases", ",".join(cases), "--out", str(tmp_path)]
+    assert bench_main(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["cases"]) == cases
+    assert results["machine"]["cpu_count"] >= 1 and results["machine"]["tensorflow"]
+    for case in results["cases"].values():
+        assert case["status"] == "ok"
+        assert case["median_images_per_s"] > 0 and case["peak_rss_mib"] > 0
+        assert len(case["images_per_s"]) == 2
+    # The threads case set its threads in a fresh process and trained the
+    # Distiller to finite losses with the usual keys.
+    threaded = results["cases"]["kd_distiller_threads"]
+    assert threaded["options"]["threads"] >= 1
+    assert set(threaded["logs"]) == KEYS
+    assert all(math.isfinite(v) for v in threaded["logs"].values())
+    rows = [line for line in (tmp_path / "results.md").read_text().splitlines()
+            if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == cases

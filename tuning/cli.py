@@ -1,0 +1,210 @@
+"""Command line: `python -m tuning --teacher T.keras --data ARCHIVE --out DIR`."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from kd_keras.config import PRESETS, ConfigError, RunConfig
+
+# Recipe options: (flag, RunConfig field, type, help).
+_CONFIG_OPTIONS = (
+    ("--seed", "seed", int, "seed of the data split, student init, data order and tuner"),
+    ("--student-depth", "student_depth", int, "student ResNet depth"),
+    ("--student-width", "student_width", int, "student first-stage filters"),
+    ("--train-per-class", "train_per_class", int, "training images per class (subset)"),
+    ("--val-per-class", "val_per_class", int, "validation images per class (subset)"),
+    ("--batch-size", "batch_size", int, "batch size"),
+    ("--learning-rate", "learning_rate", float, "peak SGD learning rate"),
+)
+
+
+def get_args(argv=None):
+    """Parses the command line into an `argparse.Namespace`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tuning",
+        description="Search the distillation temperature T and weight alpha with "
+        "Keras Tuner: each trial distils a fresh student (same initial weights, "
+        "same data order) from a trained teacher and is scored by the student's "
+        "validation accuracy. Running the same command again resumes the search.",
+    )
+    parser.add_argument("--teacher", help="the trained teacher .keras file (default with "
+                        "--apply-to: RUN_DIR/models/teacher.keras)")
+    parser.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ "
+                        "(default: the --apply-to run's data, then $KD_KERAS_CIFAR10)")
+    parser.add_argument("--out", required=True, help="the search folder (resumed if it "
+                        "holds a search)")
+    parser.add_argument("--tuner", default="random", choices=("random", "bayesian", "hyperband"),
+                        help="random search, Bayesian optimisation (needs scikit-learn) "
+                        "or Hyperband (default: random)")
+    parser.add_argument("--trials", type=int, default=10,
+                        help="number of trials; for hyperband a cap on them (default: 10)")
+    parser.add_argument("--epochs", type=int, help="epochs per trial; for hyperband the "
+                        "most one model trains (default: the recipe's student epochs)")
+    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+                        help="kd_keras preset giving the data subset and training recipe "
+                        "(default: quick; with --apply-to the run's own config is used)")
+    for flag, field, kind, text in _CONFIG_OPTIONS:
+        parser.add_argument(flag, dest=field, type=kind, help=text)
+    parser.add_argument("--temperature-range", nargs=2, type=float, metavar=("MIN", "MAX"),
+                        default=None, help="range of T, sampled on a log scale (default: 1 20)")
+    parser.add_argument("--alpha-range", nargs=2, type=float, metavar=("MIN", "MAX"),
+                        default=None, help="range of alpha, the hard-label weight, in "
+                        "[0, 1] (default: 0 1)")
+    parser.add_argument("--alpha-step", type=float, help="only try alpha on this grid "
+                        "(e.g. 0.1); default: continuous")
+    parser.add_argument("--temperature", type=float, help="hold T at this value and tune "
+                        "only alpha")
+    parser.add_argument("--alpha", type=float, help="hold alpha at this value and tune "
+                        "only T")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the search in --out and start over")
+    parser.add_argument("--apply-to", metavar="RUN_DIR",
+                        help="after the search, train the run folder's distilled stage "
+                        "again with the best T and alpha and add it to its results as "
+                        "'student_distilled_tuned'; the search then uses the run's "
+                        "config (recipe, data subset, student) unless flags override it")
+    parser.add_argument("--quiet", action="store_true",
+                        help="one line per trial instead of Keras progress bars")
+    return parser.parse_args(argv)
+
+
+def _space_from_args(args):
+    from tuning.hypermodel import DEFAULT_ALPHA_RANGE, DEFAULT_TEMPERATURE_RANGE, SearchSpace
+    from tuning.search import SearchError
+
+    t_min, t_max = args.temperature_range or DEFAULT_TEMPERATURE_RANGE
+    a_min, a_max = args.alpha_range or DEFAULT_ALPHA_RANGE
+    try:
+        return SearchSpace(
+            temperature_min=t_min,
+            temperature_max=t_max,
+            alpha_min=a_min,
+            alpha_max=a_max,
+            alpha_step=args.alpha_step,
+            fixed_temperature=args.temperature,
+            fixed_alpha=args.alpha,
+        )
+    except ValueError as error:
+        raise SearchError(str(error)) from None
+
+
+def _config_from_args(args):
+    overrides = {field: getattr(args, field) for _, field, _, _ in _CONFIG_OPTIONS}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.apply_to:
+        from tuning.apply import check_run_folder
+
+        check_run_folder(args.apply_to)
+        # Tune in the setting the tuned T and alpha will be used in.
+        fields = RunConfig.load(Path(args.apply_to) / "config.json").to_dict()
+        fields.update(overrides)
+        return RunConfig.from_dict(fields)
+    return RunConfig.from_preset(args.preset, **overrides)
+
+
+def _one_line(error):
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if len(lines) == 1:
+        return lines[0]
+    return f"{lines[0]} (last: {lines[-1].strip()})"
+
+
+def _print_trial(row):
+    if row["val_accuracy"] is None:
+        print(f"trial {row['trial_id']}: T={row['temperature']:.3g} "
+              f"alpha={row['alpha']:.3g} {row['status']}", flush=True)
+        return
+    print(
+        f"trial {row['trial_id']}: T={row['temperature']:.3g} alpha={row['alpha']:.3g} "
+        f"val_accuracy={row['val_accuracy']:.4f} ({row['epochs']} epochs, "
+        f"{row['seconds']:.1f} s)",
+        flush=True,
+    )
+
+
+def _run(args):
+    from tuning.apply import run_best
+    from tuning.search import SearchError, run_search
+
+    if args.trials < 1:
+        raise SearchError(f"--trials must be >= 1, got {args.trials}")
+    if args.epochs is not None and args.epochs < 1:
+        raise SearchError(f"--epochs must be >= 1, got {args.epochs}")
+    space = _space_from_args(args)
+    config = _config_from_args(args)
+    teacher = args.teacher
+    if teacher is None:
+        if not args.apply_to:
+            raise SearchError("--teacher is required (or --apply-to a run folder with "
+                              "models/teacher.keras)")
+        teacher = Path(args.apply_to) / "models" / "teacher.keras"
+    data = args.data or (config.data if args.apply_to else None)
+    result = run_search(
+        teacher,
+        data,
+        args.out,
+        config=config,
+        space=space,
+        tuner=args.tuner,
+        max_trials=args.trials,
+        epochs=args.epochs,
+        overwrite=args.overwrite,
+        verbose=0 if args.quiet else 1,
+        report=_print_trial,
+    )
+    done = sum(r["status"] == "COMPLETED" for r in result.rows)
+    print(f"\n{done} of {len(result.rows)} trials completed; search folder: {result.folder}")
+    if result.best is None:
+        print("tuning: error: no trial completed (their errors are in "
+              f"{result.folder}/trial_*/trial.json); fix the cause and run again "
+              "with --overwrite", file=sys.stderr)
+        return 1
+    best = result.best
+    print(f"best: T={best['temperature']:.4g} alpha={best['alpha']:.4g} "
+          f"val_accuracy={best['score']:.4f} (trial {best['trial_id']})")
+    if args.apply_to:
+        row = run_best(result.folder, args.apply_to, data=args.data,
+                       verbose=2 if args.quiet else None)
+        print(f"{row['stage']} in {args.apply_to}: test_accuracy={row['test_accuracy']:.4f} "
+              f"val_accuracy={row['val_accuracy']:.4f} (T={row['temperature']:.4g}, "
+              f"alpha={row['alpha']:.4g})")
+    return 0
+
+
+def main(argv=None):
+    """Runs the CLI; returns the exit code (0 ok, 1 the search failed, 2 bad input).
+
+    Example:
+
+    >>> main(["--teacher", "runs/quick/models/teacher.keras",
+    ...       "--data", "cifar-10-python.tar.gz", "--out", "searches/quick",
+    ...       "--tuner", "bayesian", "--trials", "12", "--epochs", "5"])
+    0
+    """
+    args = get_args(argv)
+    from kd_keras.atomic import DiskWriteError, RunLockedError
+    from kd_keras.callbacks import NonFiniteLossError
+    from kd_keras.data import DatasetError
+    from kd_keras.pipeline import RunFolderError, TeacherError
+    from tuning.search import SearchError
+
+    try:
+        return _run(args)
+    except (SearchError, ConfigError, DatasetError, RunFolderError, TeacherError,
+            RunLockedError) as error:
+        print(f"tuning: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except (NonFiniteLossError, DiskWriteError) as error:
+        print(f"tuning: error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:
+        # keras-tuner gives up after consecutive failed trials with a
+        # RuntimeError holding the last trial's traceback.
+        print(f"tuning: error: the search failed: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tuning: stopped: interrupted (run the same command to resume)",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,331 @@
+"""`SearchSpace` and `DistillationHyperModel`: what a distillation search tunes.
+
+The hypermodel only varies the two knobs of Hinton et al.'s loss, the
+temperature T and the hard-label weight alpha. Everything else (student
+architecture, initial weights, optimizer, schedule, data order) is held
+fixed, so that differences between trials come from T and alpha alone.
+"""
+
+import dataclasses
+import math
+import numbers
+from typing import Optional
+
+from kd_keras import Distiller, RunConfig, build_resnet  # First: sets KERAS_BACKEND.
+from kd_keras.pipeline import make_optimizer
+
+import keras  # noqa: E402
+import keras_tuner  # noqa: E402
+import numpy as np  # noqa: E402
+
+DEFAULT_TEMPERATURE_RANGE = (1.0, 20.0)
+DEFAULT_ALPHA_RANGE = (0.0, 1.0)
+
+
+def _number(name, value):
+    # bool is an int subclass; True as a temperature is always a mistake.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """The ranges the search draws T and alpha from.
+
+    T divides the logits, so its useful values span more than an order of
+    magnitude; it is sampled on a log scale, which spends as many trials on
+    [1, 4.5] as on [4.5, 20]. Alpha, a mixing weight, is sampled linearly.
+
+    Args:
+        temperature_min: lowest temperature, > 0.
+        temperature_max: highest temperature, > `temperature_min`.
+        alpha_min: lowest hard-label weight, in [0, 1].
+        alpha_max: highest hard-label weight, in [0, 1], > `alpha_min`.
+        alpha_step: if set, alpha only takes values
+            `alpha_min + k * alpha_step` (a grid that Hyperband and Bayesian
+            optimisation then never re-try); `None` samples continuously.
+        temperature_step: if set, a factor > 1: T only takes values
+            `temperature_min * temperature_step**k`; `None` samples
+            continuously.
+        fixed_temperature: if set, T is not tuned but held at this value
+            (the range is then ignored).
+        fixed_alpha: if set, alpha is not tuned but held at this value.
+
+    Raises:
+        ValueError: for an empty range (min >= max), a temperature <= 0, an
+            alpha outside [0, 1], a step that does not fit the range, or a
+            non-number; the message names the bad value.
+
+    Example:
+
+    >>> space = SearchSpace(temperature_min=2, temperature_max=10,
+    ...                     alpha_step=0.1)
+    >>> space = SearchSpace(fixed_temperature=4.0)  # Tune alpha only.
+    """
+
+    temperature_min: float = DEFAULT_TEMPERATURE_RANGE[0]
+    temperature_max: float = DEFAULT_TEMPERATURE_RANGE[1]
+    alpha_min: float = DEFAULT_ALPHA_RANGE[0]
+    alpha_max: float = DEFAULT_ALPHA_RANGE[1]
+    alpha_step: Optional[float] = None
+    temperature_step: Optional[float] = None
+    fixed_temperature: Optional[float] = None
+    fixed_alpha: Optional[float] = None
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Checks every field; returns self or raises `ValueError`."""
+        if self.fixed_temperature is not None:
+            value = _number("fixed_temperature", self.fixed_temperature)
+            if value <= 0:
+                raise ValueError(f"fixed_temperature must be > 0, got {value:g}")
+        else:
+            low = _number("temperature_min", self.temperature_min)
+            high = _number("temperature_max", self.temperature_max)
+            if low <= 0:
+                raise ValueError(
+                    f"temperature_min must be > 0 (T is sampled on a log scale), got {low:g}"
+                )
+            if low >= high:
+                raise ValueError(
+                    f"temperature range [{low:g}, {high:g}] is empty: the minimum must "
+                    "be below the maximum (use a fixed temperature to hold T constant)"
+                )
+            if self.temperature_step is not None:
+                step = _number("temperature_step", self.temperature_step)
+                if step <= 1:
+                    raise ValueError(
+                        f"temperature_step is a factor between samples and must be > 1, "
+                        f"got {step:g}"
+                    )
+                if low * step > high * (1 + 1e-9):
+                    raise ValueError(
+                        f"temperature_step {step:g} leaves only one value in "
+                        f"[{low:g}, {high:g}]: use a smaller factor or a fixed temperature"
+                    )
+        if self.fixed_alpha is not None:
+            value = _number("fixed_alpha", self.fixed_alpha)
+            if not 0 <= value <= 1:
+                raise ValueError(f"fixed_alpha must be in [0, 1], got {value:g}")
+        else:
+            low = _number("alpha_min", self.alpha_min)
+            high = _number("alpha_max", self.alpha_max)
+            for name, value in (("alpha_min", low), ("alpha_max", high)):
+                if not 0 <= value <= 1:
+                    raise ValueError(
+                        f"{name} must be in [0, 1] (alpha weights the hard-label "
+                        f"loss), got {value:g}"
+                    )
+            if low >= high:
+                raise ValueError(
+                    f"alpha range [{low:g}, {high:g}] is empty: the minimum must be "
+                    "below the maximum (use a fixed alpha to hold it constant)"
+                )
+            if self.alpha_step is not None:
+                step = _number("alpha_step", self.alpha_step)
+                if not 0 < step <= high - low:
+                    raise ValueError(
+                        f"alpha_step must be in (0, {high - low:g}] for the range "
+                        f"[{low:g}, {high:g}], got {step:g}"
+                    )
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def contains(self, temperature, alpha, tolerance=1e-6):
+        """True if (T, alpha) is a value this space can produce."""
+        if self.fixed_temperature is not None:
+            t_ok = abs(temperature - self.fixed_temperature) <= tolerance
+        else:
+            t_ok = (
+                self.temperature_min * (1 - tolerance)
+                <= temperature
+                <= self.temperature_max * (1 + tolerance)
+            )
+        if self.fixed_alpha is not None:
+            a_ok = abs(alpha - self.fixed_alpha) <= tolerance
+        else:
+            a_ok = self.alpha_min - tolerance <= alpha <= self.alpha_max + tolerance
+        return t_ok and a_ok
+
+    def declare(self, hp):
+        """Declares `temperature` and `alpha` on a `keras_tuner.HyperParameters`.
+
+        Returns:
+            `(temperature, alpha)`, the values of this trial.
+        """
+        if self.fixed_temperature is not None:
+            temperature = hp.Fixed("temperature", float(self.fixed_temperature))
+        else:
+            temperature = hp.Float(
+                "temperature",
+                min_value=float(self.temperature_min),
+                max_value=float(self.temperature_max),
+                step=self.temperature_step,
+                sampling="log",
+            )
+        if self.fixed_alpha is not None:
+            alpha = hp.Fixed("alpha", float(self.fixed_alpha))
+        else:
+            alpha = hp.Float(
+                "alpha",
+                min_value=float(self.alpha_min),
+                max_value=float(self.alpha_max),
+                step=self.alpha_step,
+            )
+        return float(temperature), float(alpha)
+
+
+class DistillationHyperModel(keras_tuner.HyperModel):
+    """Builds a `kd_keras.Distiller` per trial, tuning T and alpha.
+
+    Every trial starts from the same student: the student is built once,
+    seeded as `kd_keras`'s pipeline seeds its students (`config.seed + 1`),
+    and its initial weights are copied into each trial's fresh student. The
+    optimizer and learning-rate schedule are the pipeline's
+    (`kd_keras.pipeline.make_optimizer`), and `fit` makes each trial's
+    training data afresh from a seeded, per-epoch pipeline, so all trials
+    see the same data order and augmentation: two trials differ only in T
+    and alpha.
+
+    Args:
+        teacher: the trained teacher, a logits `keras.Model` (it is frozen
+            by the `Distiller` and shared by all trials).
+        steps_per_epoch: training batches per epoch (sizes the schedule).
+        epochs: epochs the learning-rate schedule spans; defaults to
+            `config.student_epochs`. For Hyperband, the most epochs one
+            trial may train.
+        config: a `kd_keras.RunConfig` giving the student
+            (`student_depth`, `student_width`), the recipe (`learning_rate`,
+            `momentum`, `weight_decay`, `warmup_epochs`) and `seed`;
+            defaults to `RunConfig()`.
+        space: a `SearchSpace`; defaults to T in [1, 20] (log scale) and
+            alpha in [0, 1].
+        name: the hypermodel's name.
+
+    Raises:
+        ValueError: for an invalid search space, or `steps_per_epoch` or
+            `epochs` below 1; the message names the bad value.
+
+    Example:
+
+    >>> hypermodel = DistillationHyperModel(
+    ...     teacher, steps_per_epoch=79, epochs=5, config=config,
+    ...     space=SearchSpace(temperature_min=2, temperature_max=10))
+    >>> tuner = keras_tuner.RandomSearch(
+    ...     hypermodel, objective=keras_tuner.Objective("val_accuracy", "max"),
+    ...     max_trials=10, directory="searches", project_name="kd")
+    >>> def train_data(epochs, start_epoch):
+    ...     return make_dataset(x, y, batch_size=128, training=True,
+    ...                         seed=config.seed, epochs=epochs,
+    ...                         start_epoch=start_epoch)
+    >>> tuner.search(train_data, validation_data=val_ds, epochs=5)
+    """
+
+    def __init__(self, teacher, *, steps_per_epoch, epochs=None, config=None,
+                 space=None, name="kd_distillation"):
+        super().__init__(name=name, tunable=True)
+        if not isinstance(teacher, keras.Model):
+            raise ValueError(f"teacher must be a keras.Model, got {type(teacher).__name__}")
+        self.config = (config or RunConfig()).validate()
+        self.space = (space or SearchSpace()).validate()
+        self.epochs = self.config.student_epochs if epochs is None else epochs
+        for label, value in (("steps_per_epoch", steps_per_epoch), ("epochs", self.epochs)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{label} must be an int >= 1, got {value!r}")
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epochs = int(self.epochs)
+        self.teacher = teacher
+        # Built once: every trial copies these weights, so no trial gets a
+        # luckier initialisation than another.
+        self.initial_weights = self._new_student().get_weights()
+
+    def _new_student(self):
+        c = self.config
+        # The same seeding as kd_keras's Pipeline.build_student: a search and
+        # a run with the same seed, depth and width start from one student.
+        keras.utils.set_random_seed(c.seed + 1)
+        return build_resnet(
+            c.student_depth, width=c.student_width, name=f"student_resnet{c.student_depth}"
+        )
+
+    def build(self, hp):
+        """A compiled `Distiller` of a fresh student and the shared teacher.
+
+        Args:
+            hp: the trial's `keras_tuner.HyperParameters`.
+
+        Returns:
+            A `kd_keras.Distiller` compiled with the trial's T and alpha.
+        """
+        temperature, alpha = self.space.declare(hp)
+        student = self._new_student()
+        student.set_weights(self.initial_weights)
+        distiller = Distiller(student=student, teacher=self.teacher)
+        distiller.compile(
+            optimizer=make_optimizer(self.config, self.steps_per_epoch, self.epochs),
+            metrics=["accuracy"],
+            alpha=alpha,
+            temperature=temperature,
+        )
+        # keras-tuner checkpoints each trial with `save_weights` (and
+        # Hyperband reloads with `load_weights`), which refuse an unbuilt
+        # model; the Distiller is only built when first called. Its two
+        # models are built already, so one tiny forward pass builds it.
+        distiller(keras.ops.zeros((1,) + tuple(student.inputs[0].shape[1:])))
+        # Built now, the optimizer's state (momentum, step count) is part of
+        # the checkpoint that Hyperband loads to continue a trial; otherwise
+        # Keras skips it with a warning and the continuation starts cold.
+        distiller.optimizer.build(student.trainable_variables)
+        return distiller
+
+    def fit(self, hp, model, *args, **kwargs):
+        """Trains one trial's distiller; returns its `History`.
+
+        Args:
+            hp: the trial's `keras_tuner.HyperParameters`.
+            model: the `Distiller` that `build` returned.
+            *args: passed to `model.fit`. The training data (first
+                positional argument or `x=`) may be a callable
+                `train_data(epochs, start_epoch)` returning a `tf.data`
+                pipeline of the batches of epochs `start_epoch .. epochs - 1`
+                (as `kd_keras.make_dataset(..., epochs=, start_epoch=)`
+                makes); it is then called for every trial, `steps_per_epoch`
+                is passed to `model.fit`, and every trial, and every
+                Hyperband continuation, sees the same batches in each epoch
+                as kd_keras's pipeline would.
+            **kwargs: passed to `model.fit`, including the tuner's
+                `callbacks` (they record the trial's metrics and
+                checkpoint), `epochs` and, for Hyperband, `initial_epoch`.
+
+        Returns:
+            The `keras.callbacks.History` of `model.fit`.
+        """
+        # Same seed for every trial (the seed of anything drawn in fit).
+        keras.utils.set_random_seed(self.config.seed)
+        epochs = int(kwargs.get("epochs", 1))
+        initial_epoch = int(kwargs.get("initial_epoch") or 0)
+        made = False
+        if args and callable(args[0]):
+            args = (args[0](epochs, initial_epoch),) + tuple(args[1:])
+            made = True
+        elif callable(kwargs.get("x")):
+            kwargs["x"] = kwargs["x"](epochs, initial_epoch)
+            made = True
+        if made:
+            # The pipeline holds the epochs back to back.
+            kwargs.setdefault("steps_per_epoch", self.steps_per_epoch)
+            # It shuffles itself; Keras would only warn that it ignores
+            # its own shuffle=True for a dataset.
+            kwargs.setdefault("shuffle", False)
+        if initial_epoch:
+            # Hyperband continues a trial from its best-epoch checkpoint at
+            # `initial_epoch`: put the learning-rate schedule there too.
+            model.optimizer.iterations.assign(initial_epoch * self.steps_per_epoch)
+        return model.fit(*args, **kwargs)
