@@ -294,9 +294,7 @@ def test_stop_button_stops_the_run_cleanly(real_runs):
     at.button(key="start").click().run()
     assert any("Started run 'to-stop'" in t for t in texts(at.success)), texts(at.error)
     folder = runs / "to-stop"
-    # Once a stage trains: a SIGTERM while kd_keras loads the data can be
-    # swallowed by its `except Exception` around the dataset cache (RunStopped
-    # is an Exception), so the app's Stop button is tested on a training run.
+    # Stop a run that trains, so the stop lands in a stage.
     wait_for_status(folder, {"running"}, timeout=180, training=True)
     at.run()
     at.button(key="stop_watch").click().run()
@@ -311,13 +309,14 @@ def test_stop_button_stops_the_run_cleanly(real_runs):
     assert_no_exception(at)
     assert any("stopped" in t for t in texts(at.warning))
 
-    # Resume: kd_keras accepts the saved settings (it refuses a differing
-    # config) and trains on; then stop it again.
+    # Resume: `kd_keras run --resume --out DIR` takes the saved settings
+    # (30 epochs, not the preset's 4) and trains on; then stop it again.
     at.button(key="resume_watch").click().run()
     assert any("Resumed run 'to-stop'" in t for t in texts(at.success)), texts(at.error)
     wait_for_status(folder, {"running"}, timeout=180, training=True)
     log = kr.launch_files(folder)[0].read_text()
-    assert "--resume" in log and "--student-epochs 30" in log
+    assert "--resume" in log and "--preset" not in log.rsplit("--resume", 1)[1].splitlines()[0]
+    assert json.loads((folder / "progress.json").read_text())["epochs"] == 30
     at.run()
     at.button(key="stop_watch").click().run()
     wait_for_status(folder, {"stopped"}, timeout=120)
