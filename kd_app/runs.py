@@ -258,8 +258,20 @@ def terminate(pid, module):
 # --------------------------------------------------------------------------
 
 
+class _ProcessState:
+    """What run and search states share: a folder and a process status."""
+
+    @property
+    def name(self):
+        return self.path.name
+
+    @property
+    def alive(self):
+        return self.status in ("starting", "running")
+
+
 @dataclasses.dataclass
-class RunState:
+class RunState(_ProcessState):
     """What the app knows about one run folder.
 
     `status` is one of: "starting" (process alive, no progress yet),
@@ -276,14 +288,6 @@ class RunState:
     launch: dict = None
     exit_code: int = None
     log_path: Path = None
-
-    @property
-    def name(self):
-        return self.path.name
-
-    @property
-    def alive(self):
-        return self.status in ("starting", "running")
 
     @property
     def error(self):
@@ -817,7 +821,7 @@ class TuneOptions:
 
 
 @dataclasses.dataclass
-class SearchState:
+class SearchState(_ProcessState):
     """What the app knows about one search folder.
 
     `status`: "starting" (process alive, no trial yet), "running",
@@ -840,13 +844,6 @@ class SearchState:
     exit_code: int = None
     log_path: Path = None
 
-    @property
-    def name(self):
-        return self.path.name
-
-    @property
-    def alive(self):
-        return self.status in ("starting", "running")
 
 
 def searches_dir(runs_dir):

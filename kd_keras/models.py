@@ -24,7 +24,7 @@ preprocessing code to be used. They return logits (no softmax).
 import keras
 
 from kd_keras.data import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE, NUM_CLASSES
-from kd_keras.depth import MIN_DEPTH, stage_blocks  # noqa: F401 (re-exported)
+from kd_keras.depth import stage_blocks
 
 def _conv_bn_relu(x, filters, strides, weight_decay, name, relu=True):
     x = keras.layers.Conv2D(

@@ -56,11 +56,7 @@ import warnings
 import keras
 import numpy as np
 
-from kd_keras.config import (  # noqa: F401 (validate_speed_options re-exported)
-    PRECISIONS,
-    TEACHER_PRECISIONS,
-    validate_speed_options,
-)
+from kd_keras.config import TEACHER_PRECISIONS
 
 # Inter-op threads when `threads` is set: on a few cores, independent ops
 # running side by side only oversubscribe the cores the intra-op pool uses.

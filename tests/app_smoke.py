@@ -4,25 +4,14 @@ The real smoke-preset run folder they read is conftest's `smoke_run`.
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # For `import kd_app` under a bare `pytest`.
-
-
-def cifar10_archive():
-    """`$KD_KERAS_CIFAR10`, or skip the test when it is unset."""
-    path = os.environ.get("KD_KERAS_CIFAR10")
-    if not path:
-        pytest.skip("set KD_KERAS_CIFAR10 to cifar-10-python.tar.gz to run real-data tests")
-    assert Path(path).exists(), f"KD_KERAS_CIFAR10={path} does not exist"
-    return Path(path)
 
 
 def subprocess_env(tmp_root):

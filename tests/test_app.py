@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_smoke import APP, cifar10_archive, subprocess_env
+from app_smoke import APP, subprocess_env
 from kd_app import runs as kr
 
 APP_TIMEOUT = 60  # Seconds per script run: the machine may be busy training.
@@ -40,10 +40,10 @@ def app_env(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def real_runs(tmp_path, monkeypatch):
+def real_runs(tmp_path, monkeypatch, cifar10_archive):
     """A runs folder for real runs started from the UI, with the real
     archive; any run still alive at the end of the test is stopped."""
-    archive = cifar10_archive()
+    archive = cifar10_archive
     runs = tmp_path / "runs"
     for key, value in subprocess_env(tmp_path).items():
         if os.environ.get(key) != value:
@@ -116,9 +116,9 @@ def test_app_never_imports_tensorflow_or_keras(app_env):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_renders_smoke_run_with_the_numbers_of_results_csv(smoke_run_dir, monkeypatch):
+def test_renders_smoke_run_with_the_numbers_of_results_csv(smoke_run_dir, monkeypatch, cifar10_archive):
     monkeypatch.setenv(kr.RUNS_ENV_VAR, str(smoke_run_dir.parent))
-    monkeypatch.setenv(kr.DATA_ENV_VAR, str(cifar10_archive()))
+    monkeypatch.setenv(kr.DATA_ENV_VAR, str(cifar10_archive))
     at = run_app()
     assert_no_exception(at)
     assert not at.error, texts(at.error)
