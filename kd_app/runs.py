@@ -2,7 +2,8 @@
 
 Nothing here imports Keras or TensorFlow (that would make every page load
 slow and tie the app's process to training): only kd_keras's Keras-free
-modules, `kd_keras.config` (presets, defaults) and `kd_keras.atomic`. The
+modules, `kd_keras.config` (presets, defaults), `kd_keras.stages` and
+`kd_keras.atomic`. The
 app instead
 
 * reads a run folder's files (`progress.json`, `config.json`,
@@ -37,6 +38,7 @@ import pandas as pd
 # Only Keras-free modules of kd_keras (its package imports TensorFlow lazily).
 from kd_keras import atomic
 from kd_keras.config import PRESETS, RunConfig
+from kd_keras.stages import STAGE_COLORS, STAGES  # noqa: F401 (used by app.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNS_ENV_VAR = "KD_KERAS_RUNS_DIR"
@@ -44,13 +46,6 @@ DATA_ENV_VAR = "KD_KERAS_CIFAR10"
 DEFAULT_RUNS_DIR = "runs"
 TUNING_SUBDIR = "tuning"
 
-STAGES = ("teacher", "student_baseline", "student_distilled")
-# Matplotlib's tab:red, tab:blue, tab:orange: the colours of kd_keras's plots.
-STAGE_COLORS = {
-    "teacher": "#d62728",
-    "student_baseline": "#1f77b4",
-    "student_distilled": "#ff7f0e",
-}
 # The columns of the app's results table, in order (all are in results.csv).
 TABLE_COLUMNS = (
     "stage",

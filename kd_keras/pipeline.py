@@ -50,8 +50,8 @@ from kd_keras.speed import (
     precision_scope,
     teacher_for_inference,
 )
+from kd_keras.stages import STAGES
 
-STAGES = ("teacher", "student_baseline", "student_distilled")
 
 
 class RunFolderError(ValueError):

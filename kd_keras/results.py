@@ -6,13 +6,9 @@ from pathlib import Path
 
 from kd_keras import atomic
 from kd_keras.callbacks import read_history
+from kd_keras.stages import EXTRA_STAGE_COLOR, STAGE_COLORS
+from kd_keras.stages import STAGES as STAGE_ORDER
 
-STAGE_ORDER = ("teacher", "student_baseline", "student_distilled")
-STAGE_COLORS = {
-    "teacher": "tab:red",
-    "student_baseline": "tab:blue",
-    "student_distilled": "tab:orange",
-}
 TABLE_COLUMNS = (
     "stage",
     "model",
@@ -32,9 +28,6 @@ TABLE_COLUMNS = (
     "temperature",
     "alpha",
 )
-
-
-EXTRA_STAGE_COLOR = "tab:green"
 
 
 def stage_color(stage):

@@ -109,7 +109,7 @@ def test_app_never_imports_tensorflow_or_keras(app_env):
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'})\n"
         "assert not loaded, loaded\n"
         "ours = sorted(m for m in sys.modules if m.startswith('kd_keras.'))\n"
-        "assert ours == ['kd_keras.atomic', 'kd_keras.config', 'kd_keras.depth'], ours\n"
+        "assert ours == ['kd_keras.atomic', 'kd_keras.config', 'kd_keras.depth', 'kd_keras.stages'], ours\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=APP.parent,
                             capture_output=True, text=True, timeout=300)
