@@ -53,7 +53,10 @@ def _usable_cores():
 # "distill" (kd_keras.Distiller), "keras_distill"
 # (keras.distillation.Distiller), "torch" (benchmarks.torch_resnet).
 # Options: precision (of the student), teacher_precision, spe
-# (steps_per_execution), jit (jit_compile), threads (intra-op; inter-op 1).
+# (steps_per_execution), jit (jit_compile), threads (intra-op; inter-op 1),
+# fused (FusedBatchNormalization, default True; the built-in Distiller's
+# models always use stock layers), fold (fold the teacher's batch norm,
+# default True).
 CASES = {
     "input_pipeline": {
         "kind": "input",
@@ -63,22 +66,35 @@ CASES = {
     "teacher_train": {"kind": "train", "model": "teacher",
                       "what": "teacher, Keras fit, SGD + cross-entropy"},
     "student_train": {"kind": "train", "model": "student",
-                      "what": "student, Keras fit, SGD + cross-entropy"},
+                      "what": "student, Keras fit, SGD + cross-entropy (fused batch norm)"},
+    "student_train_keras_bn": {"kind": "train", "model": "student", "fused": False,
+                               "what": "student_train with stock keras BatchNormalization"},
     "teacher_inference": {"kind": "forward", "model": "teacher",
-                          "what": "teacher forward pass, tf.function, training=False"},
+                          "what": "teacher forward pass, tf.function, training=False, "
+                          "batch norm folded (as when distilling)"},
+    "teacher_inference_unfolded": {"kind": "forward", "model": "teacher", "fold": False,
+                                   "what": "teacher forward pass, batch norm not folded"},
     "teacher_inference_bf16": {"kind": "forward", "model": "teacher",
                                "teacher_precision": "bfloat16",
-                               "what": "teacher forward pass, bfloat16 compute"},
-    "kd_distiller": {"kind": "distill", "what": "kd_keras.Distiller step, float32 (the default)"},
+                               "what": "teacher forward pass, folded, bfloat16 compute"},
+    "kd_distiller": {"kind": "distill",
+                     "what": "kd_keras.Distiller step, float32 (fused batch norm, "
+                     "folded teacher)"},
+    "kd_distiller_keras_bn": {"kind": "distill", "fused": False, "fold": False,
+                              "what": "kd_keras.Distiller step, float32, stock keras "
+                              "BatchNormalization, unfolded teacher (the 0.1 default)"},
     "keras_distiller": {
         "kind": "keras_distill",
         "what": "keras.distillation.Distiller + LogitsDistillation(T=4, KLDivergence), "
-        "student_loss_weight=0.3",
+        "student_loss_weight=0.3, stock Keras layers",
     },
     "kd_distiller_bf16": {"kind": "distill", "precision": "mixed_bfloat16",
                           "what": "student under mixed_bfloat16 (losses float32)"},
     "kd_distiller_teacher_bf16": {"kind": "distill", "teacher_precision": "bfloat16",
                                   "what": "student float32, teacher inference in bfloat16"},
+    "kd_distiller_bf16_both": {"kind": "distill", "precision": "mixed_bfloat16",
+                               "teacher_precision": "bfloat16",
+                               "what": "student mixed_bfloat16 + teacher bfloat16"},
     "kd_distiller_spe4": {"kind": "distill", "spe": 4, "what": "steps_per_execution=4"},
     "kd_distiller_jit": {"kind": "distill", "jit": True, "what": "jit_compile=True (XLA)"},
     "kd_distiller_threads": {"kind": "distill", "threads": "cores",
@@ -135,12 +151,16 @@ def get_args(argv=None):
                         help="add the PyTorch cases (needs torch: pip install -r "
                         "requirements-bench.txt)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the whole list of cases this many times, interleaved "
+                        "(A B C A B C ...), and pool the repeats: a machine whose speed "
+                        "drifts then slows every case alike (default 1)")
     parser.add_argument("--timeout", type=float, default=900,
                         help="seconds before a case's process is killed (default 900)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("steps", "repeats", "batch_size"):
+    for name in ("steps", "repeats", "batch_size", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup_steps < 0:
@@ -213,14 +233,16 @@ def _keras_setup(case, args, images, labels):
 
         return run, {"dataset_images": count}
 
-    def model(role, precision=None):
+    def model(role, precision=None, fused=case.get("fused", True)):
         depth, width = (
             (args.teacher_depth, args.teacher_width)
             if role == "teacher"
             else (args.student_depth, args.student_width)
         )
         with precision_scope(precision):
-            return kd_keras.build_resnet(depth, width=width, name=f"{role}_resnet{depth}")
+            return kd_keras.build_resnet(
+                depth, width=width, fused_batch_norm=fused, name=f"{role}_resnet{depth}"
+            )
 
     def optimizer():
         # The pipeline's recipe: SGD, Nesterov momentum, decoupled weight
@@ -234,7 +256,9 @@ def _keras_setup(case, args, images, labels):
 
     if kind == "forward":
         teacher = teacher_for_inference(
-            model(case["model"]), case.get("teacher_precision", "float32")
+            model(case["model"]),
+            case.get("teacher_precision", "float32"),
+            fold=case.get("fold", True),
         )
         forward = tf.function(lambda batch: teacher(batch, training=False), jit_compile=jit)
 
@@ -256,7 +280,11 @@ def _keras_setup(case, args, images, labels):
         )
     elif kind == "distill":
         student = model("student", case.get("precision"))
-        teacher = teacher_for_inference(model("teacher"), case.get("teacher_precision", "float32"))
+        teacher = teacher_for_inference(
+            model("teacher"),
+            case.get("teacher_precision", "float32"),
+            fold=case.get("fold", True),
+        )
         trainable = kd_keras.Distiller(student=student, teacher=teacher)
         trainable.compile(
             optimizer=optimizer(),
@@ -268,8 +296,8 @@ def _keras_setup(case, args, images, labels):
         )
     elif kind == "keras_distill":
         trainable = keras.distillation.Distiller(
-            teacher=model("teacher"),
-            student=model("student"),
+            teacher=model("teacher", fused=False),
+            student=model("student", fused=False),
             distillation_losses=keras.distillation.LogitsDistillation(
                 temperature=4.0, loss=keras.losses.KLDivergence()
             ),
@@ -342,6 +370,8 @@ def run_worker(name, args):
             "steps_per_execution": spe,
             "jit_compile": case.get("jit", False),
             "threads": threads,
+            "fused_batch_norm": case.get("fused", True),
+            "fold_teacher_batch_norm": case.get("fold", True),
         },
         "batch_size": args.batch_size,
         "steps": steps,
@@ -501,6 +531,31 @@ def run_case(name, args, out):
     return result
 
 
+def merge_rounds(rounds):
+    """One result per case from the results of several rounds: the repeats
+    of every round pooled, median and min-max over all of them, the
+    highest peak memory."""
+    merged = dict(rounds[-1])
+    ok = [r for r in rounds if r.get("status") == "ok"]
+    if len(ok) != len(rounds):
+        failed = next(r for r in rounds if r.get("status") != "ok")
+        return {**failed, "rounds": len(rounds)}
+    rates = [rate for r in ok for rate in r["images_per_s"]]
+    median = statistics.median(rates)
+    merged.update(
+        rounds=len(rounds),
+        images_per_s=rates,
+        median_images_per_s=round(median, 2),
+        min_images_per_s=round(min(rates), 2),
+        max_images_per_s=round(max(rates), 2),
+        step_ms=round(merged["batch_size"] / median * 1000, 2),
+        peak_rss_mib=max(r["peak_rss_mib"] for r in ok),
+        rss_after_import_mib=max(r.get("rss_after_import_mib", 0) for r in ok),
+        wall_s=round(sum(r.get("wall_s", 0) for r in rounds), 1),
+    )
+    return merged
+
+
 def _ratio(value, reference):
     if not value or not reference:
         return "–"
@@ -571,7 +626,8 @@ def write_report(out, machine, settings, results):
         f"student ResNet-{settings['student_depth']} (width {settings['student_width']}), "
         f"batch {settings['batch_size']}; {settings['warmup_steps']} warm-up steps, then "
         f"{settings['repeats']} repeats of {settings['steps']} steps per case, each case "
-        "in its own process.",
+        f"in its own process; {settings.get('rounds', 1)} interleaved round(s), repeats "
+        "pooled.",
         "",
         table,
         "",
@@ -596,27 +652,36 @@ def main(argv=None):
     machine = machine_info()
     settings = {
         key: getattr(args, key)
-        for key in ("steps", "repeats", "warmup_steps", "batch_size", "teacher_depth",
-                    "student_depth", "teacher_width", "student_width")
+        for key in ("steps", "repeats", "rounds", "warmup_steps", "batch_size",
+                    "teacher_depth", "student_depth", "teacher_width", "student_width")
     }
     settings["cases"] = names
     if any(CASES[n]["kind"] == "torch" for n in names) and machine["torch"] is None:
         print("benchmarks.throughput: torch is not installed; skipping the PyTorch "
               "cases (pip install -r requirements-bench.txt)", flush=True)
-    results = []
-    for index, name in enumerate(names, 1):
-        if CASES[name]["kind"] == "torch" and machine["torch"] is None:
-            results.append({"case": name, "kind": "torch", "what": CASES[name]["what"],
-                            "status": "skipped", "error": "torch is not installed"})
-            continue
-        print(f"[{index}/{len(names)}] {name} ...", end=" ", flush=True)
-        result = run_case(name, args, out)
-        if result.get("status") == "ok":
-            print(f"{result['median_images_per_s']:.1f} img/s, "
-                  f"{result['peak_rss_mib']:.0f} MiB peak ({result['wall_s']:.0f} s)", flush=True)
-        else:
-            print(f"{result.get('status')}: {result.get('error', '')[:300]}", flush=True)
-        results.append(result)
+    by_case = {name: [] for name in names}
+    skipped = {}
+    for round_index in range(1, args.rounds + 1):
+        for index, name in enumerate(names, 1):
+            if CASES[name]["kind"] == "torch" and machine["torch"] is None:
+                skipped[name] = {"case": name, "kind": "torch", "what": CASES[name]["what"],
+                                 "status": "skipped", "error": "torch is not installed"}
+                continue
+            prefix = f"[{index}/{len(names)}]" + (
+                f" round {round_index}/{args.rounds}" if args.rounds > 1 else ""
+            )
+            print(f"{prefix} {name} ...", end=" ", flush=True)
+            result = run_case(name, args, out)
+            if result.get("status") == "ok":
+                print(f"{result['median_images_per_s']:.1f} img/s, "
+                      f"{result['peak_rss_mib']:.0f} MiB peak ({result['wall_s']:.0f} s)",
+                      flush=True)
+            else:
+                print(f"{result.get('status')}: {result.get('error', '')[:300]}", flush=True)
+            by_case[name].append(result)
+    results = [
+        skipped[name] if name in skipped else merge_rounds(by_case[name]) for name in names
+    ]
     table = write_report(out, machine, settings, results)
     print()
     print(table)

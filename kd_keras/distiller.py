@@ -50,6 +50,11 @@ class Distiller(keras.Model):
     student's weights get gradients. `call` returns the student's logits, so
     `predict` and `evaluate` behave like the student's.
 
+    The data are `(images, labels)` batches, or `(images, labels,
+    teacher_logits)` batches whose third element is the teacher's logits of
+    those very images, precomputed (`kd_keras.teacher_cache`); the teacher
+    then does not run. Sample weights are not supported.
+
     `train_step` and `test_step` report `loss` (the blended loss),
     `student_loss` (the CE term, unweighted), `distillation_loss` (the
     T**2 * KL term, unweighted) and the metrics passed to `compile`.
@@ -198,9 +203,25 @@ class Distiller(keras.Model):
             metric.update_state(y, student_logits)
         return {m.name: m.result() for m in self.metrics}
 
+    def _teacher_logits(self, data):
+        # A third element holds precomputed teacher logits (see
+        # `kd_keras.teacher_cache`); otherwise the teacher runs on the batch.
+        if len(data) > 2 and data[2] is not None:
+            teacher_logits = data[2]
+            expected = tuple(self.teacher.outputs[0].shape[1:])
+            if tuple(teacher_logits.shape[1:]) != expected:
+                raise ValueError(
+                    "The third element of a Distiller batch must be the "
+                    f"teacher's logits, shape (batch,) + {expected}; got shape "
+                    f"{tuple(teacher_logits.shape)}. Sample weights are not "
+                    "supported: pass (images, labels) batches."
+                )
+            return teacher_logits
+        return self.teacher(data[0], training=False)
+
     def train_step(self, data):
         x, y = data[0], data[1]
-        teacher_logits = self.teacher(x, training=False)
+        teacher_logits = self._teacher_logits(data)
         with tf.GradientTape() as tape:
             student_logits = self.student(x, training=True)
             losses = self.compute_losses(y, teacher_logits, student_logits)
@@ -215,7 +236,7 @@ class Distiller(keras.Model):
 
     def test_step(self, data):
         x, y = data[0], data[1]
-        teacher_logits = self.teacher(x, training=False)
+        teacher_logits = self._teacher_logits(data)
         student_logits = self.student(x, training=False)
         losses = self.compute_losses(y, teacher_logits, student_logits)
         return self._update_metrics(y, student_logits, losses)

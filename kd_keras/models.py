@@ -25,8 +25,9 @@ import keras
 
 from kd_keras.data import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE, NUM_CLASSES
 from kd_keras.depth import stage_blocks
+from kd_keras.fused_batch_norm import FusedBatchNormalization
 
-def _conv_bn_relu(x, filters, strides, weight_decay, name, relu=True):
+def _conv_bn_relu(x, filters, strides, weight_decay, name, relu=True, fused=True):
     x = keras.layers.Conv2D(
         filters,
         3,
@@ -41,7 +42,8 @@ def _conv_bn_relu(x, filters, strides, weight_decay, name, relu=True):
     )(x)
     # Momentum 0.9 (PyTorch's 0.1): with few steps per epoch, Keras's default
     # 0.99 lets the moving statistics lag the weights for several epochs.
-    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    batch_norm = FusedBatchNormalization if fused else keras.layers.BatchNormalization
+    x = batch_norm(momentum=0.9, name=f"{name}_bn")(x)
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x
@@ -63,10 +65,10 @@ def _shortcut_option_a(x, filters, name):
     return keras.layers.Reshape((height // 2, width // 2, filters), name=f"{name}_r2")(x)
 
 
-def _basic_block(x, filters, strides, weight_decay, name):
+def _basic_block(x, filters, strides, weight_decay, name, fused):
     shortcut = x
-    y = _conv_bn_relu(x, filters, strides, weight_decay, f"{name}_a")
-    y = _conv_bn_relu(y, filters, 1, weight_decay, f"{name}_b", relu=False)
+    y = _conv_bn_relu(x, filters, strides, weight_decay, f"{name}_a", fused=fused)
+    y = _conv_bn_relu(y, filters, 1, weight_decay, f"{name}_b", relu=False, fused=fused)
     if strides != 1 or x.shape[-1] != filters:
         shortcut = _shortcut_option_a(x, filters, f"{name}_short")
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
@@ -79,6 +81,7 @@ def build_resnet(
     width=16,
     num_classes=NUM_CLASSES,
     weight_decay=0.0,
+    fused_batch_norm=True,
     name=None,
 ):
     """Builds a CIFAR ResNet that maps raw pixels to logits.
@@ -91,6 +94,11 @@ def build_resnet(
         num_classes: size of the logits.
         weight_decay: L2 factor on the convolution and dense kernels, or 0
             to leave regularisation to the optimizer.
+        fused_batch_norm: True (default) builds the batch norms as
+            `FusedBatchNormalization` (TensorFlow's fused kernel: same
+            weights and results, faster training); False uses stock
+            `keras.layers.BatchNormalization`. `with_keras_batch_norm`
+            converts a trained model to stock layers for shipping.
         name: model name; defaults to `"resnet{depth}"` (with the width if
             it is not 16).
 
@@ -124,15 +132,17 @@ def build_resnet(
         name="normalize",
     )(inputs)
     # --- Stem. ---
-    x = _conv_bn_relu(x, width, 1, weight_decay, "stem")
+    x = _conv_bn_relu(x, width, 1, weight_decay, "stem", fused=fused_batch_norm)
     # --- Three stages of basic blocks. ---
     for stage, count in enumerate(blocks):
         filters = width * 2**stage
         for block in range(count):
             strides = 2 if stage > 0 and block == 0 else 1
-            x = _basic_block(x, filters, strides, weight_decay, f"s{stage + 1}b{block + 1}")
+            x = _basic_block(
+                x, filters, strides, weight_decay, f"s{stage + 1}b{block + 1}", fused_batch_norm
+            )
     if extra_conv:
-        x = _conv_bn_relu(x, x.shape[-1], 1, weight_decay, "extra")
+        x = _conv_bn_relu(x, x.shape[-1], 1, weight_decay, "extra", fused=fused_batch_norm)
     # --- Head: logits, no softmax. ---
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(

@@ -42,6 +42,7 @@ from kd_keras.data import (
     resolve_source,
 )
 from kd_keras.distiller import Distiller
+from kd_keras.fused_batch_norm import with_keras_batch_norm
 from kd_keras.models import build_resnet, count_flops, stage_blocks
 from kd_keras.results import load_stage_rows, write_results
 from kd_keras.speed import (
@@ -282,8 +283,9 @@ def measure_latency_ms(model, repeats=30):
 
 def save_model(model, path):
     """Saves the model for shipping: weights and architecture, no optimizer
-    state (a fresh, uncompiled functional copy shares the trained layers)."""
-    shipped = keras.Model(model.inputs, model.outputs, name=model.name)
+    state, stock Keras layers only (`FusedBatchNormalization` becomes
+    `BatchNormalization`), so the file loads with plain Keras."""
+    shipped = with_keras_batch_norm(keras.Model(model.inputs, model.outputs, name=model.name))
     with atomic.atomic_path(path) as tmp:
         shipped.save(tmp)
 

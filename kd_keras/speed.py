@@ -57,6 +57,7 @@ import keras
 import numpy as np
 
 from kd_keras.config import TEACHER_PRECISIONS
+from kd_keras.folding import fold_batch_norm
 
 # Inter-op threads when `threads` is set: on a few cores, independent ops
 # running side by side only oversubscribe the cores the intra-op pool uses.
@@ -144,27 +145,39 @@ def _output_layer_names(model):
     return names
 
 
-def teacher_for_inference(teacher, precision):
-    """The teacher to run (frozen) while distilling, in `precision`.
+def teacher_for_inference(teacher, precision="float32", *, fold=True):
+    """The frozen teacher to run while distilling: folded, and in `precision`.
 
     Args:
-        teacher: a trained functional `keras.Model` returning logits.
-        precision: "float32" returns `teacher` itself, as it was built.
-            "bfloat16" returns a copy with the same weights whose layers
-            compute in bfloat16 (policy `mixed_bfloat16`: weights stay
-            float32), except the output layer, which keeps its own policy
-            (float32 logits for kd_keras models). Only for inference: the
-            copy is frozen (`trainable = False`).
+        teacher: a trained `keras.Model` returning logits.
+        precision: "float32" keeps the teacher's own compute dtype.
+            "bfloat16" makes its layers compute in bfloat16 (policy
+            `mixed_bfloat16`: weights stay float32), except the output
+            layer, which keeps its own policy (float32 logits for kd_keras
+            models).
+        fold: fold batch norm into the convolutions before it
+            (`kd_keras.fold_batch_norm`): the same outputs up to round-off,
+            faster. A model that cannot be rebuilt from its config (a
+            subclassed model) is used unfolded.
+
+    Returns:
+        `teacher` itself if there is nothing to change, else a frozen copy
+        (`trainable = False`) with the same weights, for inference only.
 
     Raises:
         ValueError: for another precision, or a model Keras cannot clone
-            (a subclassed model).
+            in bfloat16 (a subclassed model).
     """
     if precision not in TEACHER_PRECISIONS:
         raise ValueError(
             "teacher_precision must be one of "
             f"{', '.join(TEACHER_PRECISIONS)}, got {precision!r}"
         )
+    if fold:
+        try:
+            teacher = fold_batch_norm(teacher)
+        except ValueError:
+            pass  # Not rebuildable: run it as it is.
     if precision == "float32":
         return teacher
     keep = _output_layer_names(teacher)

@@ -57,12 +57,15 @@ def test_width_and_classes_shape_the_model():
         build_resnet(8, width=0)
 
 
-def test_saved_model_reloads_in_safe_mode_with_stock_keras(tmp_path):
-    model = build_resnet(8, width=4)
+def test_shipped_model_reloads_in_safe_mode_with_stock_keras_layers(tmp_path):
+    from kd_keras.pipeline import save_model
+
+    model = build_resnet(8, width=4)  # Fused batch norm, kd_keras's layer.
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
     path = tmp_path / "m.keras"
-    model.save(path)
+    save_model(model, path)
     reloaded = keras.saving.load_model(path, safe_mode=True, custom_objects={})
+    assert {type(layer).__module__.split(".")[0] for layer in reloaded.layers} == {"keras"}
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5)
 
 

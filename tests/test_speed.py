@@ -92,8 +92,8 @@ def test_mixed_bfloat16_student_computes_in_bfloat16_with_float32_logits_and_los
 
 def test_bfloat16_teacher_is_a_frozen_copy_with_the_same_weights():
     teacher = build_resnet(8, width=4)
-    copy = teacher_for_inference(teacher, "bfloat16")
-    assert teacher_for_inference(teacher, "float32") is teacher
+    copy = teacher_for_inference(teacher, "bfloat16", fold=False)
+    assert teacher_for_inference(teacher, "float32", fold=False) is teacher
     assert copy is not teacher and not copy.trainable
     assert copy.get_layer("stem_conv").compute_dtype == "bfloat16"
     assert copy.get_layer("logits").compute_dtype == "float32"
@@ -105,6 +105,18 @@ def test_bfloat16_teacher_is_a_frozen_copy_with_the_same_weights():
     np.testing.assert_allclose(logits, teacher(IMAGES[:4], training=False), atol=0.1)
     with pytest.raises(ValueError, match="'float16'"):
         teacher_for_inference(teacher, "float16")
+
+
+@pytest.mark.parametrize("precision, atol", [("float32", 1e-4), ("bfloat16", 0.1)])
+def test_teacher_for_inference_folds_batch_norm_by_default(precision, atol):
+    teacher = build_resnet(8, width=4)
+    inference = teacher_for_inference(teacher, precision)
+    layer_types = {type(layer).__name__ for layer in inference.layers}
+    assert not any("BatchNormalization" in name for name in layer_types)
+    assert not inference.trainable
+    np.testing.assert_allclose(
+        inference(IMAGES[:4], training=False), teacher(IMAGES[:4], training=False), atol=atol
+    )
 
 
 def test_precision_scope_restores_the_global_policy_even_on_error():
@@ -241,3 +253,21 @@ def test_benchmark_writes_json_and_markdown_with_one_row_per_case(tmp_path):
     rows = [line for line in (tmp_path / "results.md").read_text().splitlines()
             if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == cases
+
+
+def test_benchmark_rounds_pool_every_repeat():
+    from benchmarks.throughput import merge_rounds
+
+    def result(rates, peak):
+        return {"case": "c", "kind": "distill", "status": "ok", "batch_size": 100,
+                "images_per_s": rates, "median_images_per_s": float(np.median(rates)),
+                "peak_rss_mib": peak, "rss_after_import_mib": 10.0, "wall_s": 5.0}
+
+    merged = merge_rounds([result([100.0, 300.0], 50.0), result([200.0, 400.0], 70.0)])
+    assert merged["images_per_s"] == [100.0, 300.0, 200.0, 400.0]
+    assert merged["median_images_per_s"] == 250.0
+    assert (merged["min_images_per_s"], merged["max_images_per_s"]) == (100.0, 400.0)
+    assert merged["step_ms"] == 400.0 and merged["peak_rss_mib"] == 70.0
+    assert merged["rounds"] == 2 and merged["wall_s"] == 10.0
+    failed = {"case": "c", "kind": "distill", "status": "failed", "error": "boom"}
+    assert merge_rounds([result([1.0], 1.0), failed])["status"] == "failed"

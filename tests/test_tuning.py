@@ -13,6 +13,7 @@ from pathlib import Path
 
 import keras
 import keras_tuner
+import numpy as np
 import pytest
 
 import kd_keras
@@ -139,12 +140,32 @@ def test_every_trial_starts_from_the_same_student(teacher_path):
     second = hypermodel.build(keras_tuner.HyperParameters())
     for a, b in zip(first.student.get_weights(), second.student.get_weights()):
         assert (a == b).all()
-    assert first.student is not second.student and first.teacher is teacher
+    assert first.student is not second.student and first.teacher is second.teacher
+    # The teacher runs as the pipeline runs it: batch norm folded, same logits.
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in first.teacher.layers)
+    np.testing.assert_allclose(
+        first.teacher(images, training=False), teacher(images, training=False), atol=1e-4
+    )
     # The same student kd_keras's pipeline starts from (seed + 1).
     keras.utils.set_random_seed(tiny_config().seed + 1)
     reference = kd_keras.build_resnet(8, width=4)
     for a, b in zip(first.student.get_weights(), reference.get_weights()):
         assert (a == b).all()
+
+
+def test_hypermodel_applies_the_configs_precision_options(teacher_path):
+    teacher = kd_keras.load_teacher(teacher_path)
+    config = dataclasses.replace(
+        tiny_config(), precision="mixed_bfloat16", teacher_precision="bfloat16"
+    )
+    hypermodel = DistillationHyperModel(
+        teacher, steps_per_epoch=2, epochs=1, config=config, space=SPACE
+    )
+    distiller = hypermodel.build(keras_tuner.HyperParameters())
+    assert distiller.student.get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert distiller.teacher.get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert distiller.student.get_layer("logits").compute_dtype == "float32"
 
 
 def _unchecked_space(**fields):
@@ -200,6 +221,25 @@ def test_search_writes_one_row_per_trial(finished_search):
     assert (folder / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((folder / "search.json").read_text())
     assert saved["tuner"] == "random" and saved["objective"] == "val_accuracy"
+
+
+def test_cached_teacher_logits_give_the_trials_of_an_uncached_search(
+    finished_search, teacher_path, tiny_splits, tmp_path
+):
+    # finished_search replays trial 1's teacher logits in trial 2.
+    hypermodel = finished_search.tuner.hypermodel
+    assert hypermodel.cache_teacher_logits
+    [(_, cache)] = hypermodel._train_caches.values()
+    assert cache.cached_epochs == [0]
+    uncached = search(tmp_path / "uncached", teacher_path, tiny_splits,
+                      cache_teacher_logits=False)
+    assert not uncached.tuner.hypermodel._train_caches
+    for cached_row, live_row in zip(finished_search.rows, uncached.rows):
+        assert (cached_row["temperature"], cached_row["alpha"]) == (
+            live_row["temperature"], live_row["alpha"]
+        )
+        assert cached_row["val_loss"] == pytest.approx(live_row["val_loss"], rel=1e-4)
+        assert cached_row["val_accuracy"] == pytest.approx(live_row["val_accuracy"], abs=1e-6)
 
 
 def test_best_json_is_the_trial_with_the_highest_val_accuracy(finished_search):

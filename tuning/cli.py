@@ -65,6 +65,10 @@ def get_args(argv=None):
                         "config (recipe, data subset, student) unless flags override it")
     parser.add_argument("--quiet", action="store_true",
                         help="one line per trial instead of Keras progress bars")
+    parser.add_argument("--no-teacher-cache", dest="cache_teacher_logits",
+                        action="store_false",
+                        help="run the teacher in every trial instead of replaying the "
+                        "first trial's teacher logits (same results, slower)")
     return parser.parse_args(argv)
 
 
@@ -153,6 +157,7 @@ def _run(args):
         overwrite=args.overwrite,
         verbose=0 if args.quiet else 1,
         report=_print_trial,
+        cache_teacher_logits=args.cache_teacher_logits,
     )
     done = sum(r["status"] == "COMPLETED" for r in result.rows)
     print(f"\n{done} of {len(result.rows)} trials completed; search folder: {result.folder}")

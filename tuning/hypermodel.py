@@ -13,10 +13,13 @@ from typing import Optional
 
 from kd_keras import Distiller, RunConfig, build_resnet  # First: sets KERAS_BACKEND.
 from kd_keras.pipeline import make_optimizer
+from kd_keras.speed import precision_scope, teacher_for_inference
+from kd_keras.teacher_cache import TeacherLogitCache, with_teacher_logits
 
 import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 DEFAULT_TEMPERATURE_RANGE = (1.0, 20.0)
 DEFAULT_ALPHA_RANGE = (0.0, 1.0)
@@ -207,6 +210,14 @@ class DistillationHyperModel(keras_tuner.HyperModel):
             defaults to `RunConfig()`.
         space: a `SearchSpace`; defaults to T in [1, 20] (log scale) and
             alpha in [0, 1].
+        cache_teacher_logits: if True (default) and the training data is
+            given as a callable `train_data(epochs, start_epoch)` (see
+            `fit`), the teacher's logits of each epoch's batches are
+            computed by the first trial that trains that epoch and replayed
+            by every later one (`kd_keras.TeacherLogitCache`): the trials see
+            the same batches, so the logits are the same, and the later
+            trials skip the teacher's forward pass. Likewise for a
+            `tf.data` validation set. False runs the teacher in every step.
         name: the hypermodel's name.
 
     Raises:
@@ -229,7 +240,7 @@ class DistillationHyperModel(keras_tuner.HyperModel):
     """
 
     def __init__(self, teacher, *, steps_per_epoch, epochs=None, config=None,
-                 space=None, name="kd_distillation"):
+                 space=None, cache_teacher_logits=True, name="kd_distillation"):
         super().__init__(name=name, tunable=True)
         if not isinstance(teacher, keras.Model):
             raise ValueError(f"teacher must be a keras.Model, got {type(teacher).__name__}")
@@ -241,7 +252,12 @@ class DistillationHyperModel(keras_tuner.HyperModel):
                 raise ValueError(f"{label} must be an int >= 1, got {value!r}")
         self.steps_per_epoch = int(steps_per_epoch)
         self.epochs = int(self.epochs)
-        self.teacher = teacher
+        # The teacher as kd_keras's pipeline runs it while distilling:
+        # batch norm folded, in the config's teacher precision.
+        self.teacher = teacher_for_inference(teacher, self.config.teacher_precision)
+        self.cache_teacher_logits = bool(cache_teacher_logits)
+        self._train_caches = {}  # id(train_data) -> (train_data, TeacherLogitCache)
+        self._val_caches = {}  # id(dataset) -> (dataset, dataset with logits)
         # Built once: every trial copies these weights, so no trial gets a
         # luckier initialisation than another.
         self.initial_weights = self._new_student().get_weights()
@@ -251,9 +267,10 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         # The same seeding as kd_keras's Pipeline.build_student: a search and
         # a run with the same seed, depth and width start from one student.
         keras.utils.set_random_seed(c.seed + 1)
-        return build_resnet(
-            c.student_depth, width=c.student_width, name=f"student_resnet{c.student_depth}"
-        )
+        with precision_scope(c.precision):
+            return build_resnet(
+                c.student_depth, width=c.student_width, name=f"student_resnet{c.student_depth}"
+            )
 
     def build(self, hp):
         """A compiled `Distiller` of a fresh student and the shared teacher.
@@ -285,6 +302,24 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         distiller.optimizer.build(student.trainable_variables)
         return distiller
 
+    def _training_data(self, train_data, epochs, initial_epoch):
+        if not self.cache_teacher_logits:
+            return train_data(epochs, initial_epoch)
+        key = id(train_data)
+        if key not in self._train_caches:
+            cache = TeacherLogitCache(
+                self.teacher, train_data, steps_per_epoch=self.steps_per_epoch
+            )
+            # Holding train_data keeps its id from being reused.
+            self._train_caches[key] = (train_data, cache)
+        return self._train_caches[key][1].dataset(epochs, initial_epoch)
+
+    def _validation_data(self, dataset):
+        key = id(dataset)
+        if key not in self._val_caches:
+            self._val_caches[key] = (dataset, with_teacher_logits(dataset, self.teacher))
+        return self._val_caches[key][1]
+
     def fit(self, hp, model, *args, **kwargs):
         """Trains one trial's distiller; returns its `History`.
 
@@ -313,11 +348,15 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         initial_epoch = int(kwargs.get("initial_epoch") or 0)
         made = False
         if args and callable(args[0]):
-            args = (args[0](epochs, initial_epoch),) + tuple(args[1:])
+            args = (self._training_data(args[0], epochs, initial_epoch),) + tuple(args[1:])
             made = True
         elif callable(kwargs.get("x")):
-            kwargs["x"] = kwargs["x"](epochs, initial_epoch)
+            kwargs["x"] = self._training_data(kwargs["x"], epochs, initial_epoch)
             made = True
+        if self.cache_teacher_logits and isinstance(
+            kwargs.get("validation_data"), tf.data.Dataset
+        ):
+            kwargs["validation_data"] = self._validation_data(kwargs["validation_data"])
         if made:
             # The pipeline holds the epochs back to back.
             kwargs.setdefault("steps_per_epoch", self.steps_per_epoch)

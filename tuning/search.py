@@ -326,6 +326,7 @@ def run_search(
     overwrite=False,
     verbose=1,
     report=None,
+    cache_teacher_logits=True,
 ):
     """Runs, or resumes, a search over T and alpha in `out_dir`.
 
@@ -356,6 +357,9 @@ def run_search(
             been started with the same settings (all but `max_trials`).
         verbose: 0 silent, 1 progress bars, 2 one line per epoch.
         report: optional callable receiving each finished trial's row.
+        cache_teacher_logits: replay the teacher's logits of the first
+            trial in later trials instead of running the teacher again
+            (same batches, same logits; see `DistillationHyperModel`).
 
     Returns:
         A `SearchResult`.
@@ -434,6 +438,7 @@ def run_search(
         epochs=epochs,
         config=config,
         space=space,
+        cache_teacher_logits=cache_teacher_logits,
     )
     # With overwrite, keras-tuner deletes the folder: check_search_folder
     # made sure it holds a search and nothing else of the user's.

@@ -1,0 +1,152 @@
+"""`TeacherLogitCache`: a frozen teacher's logits, computed once, replayed.
+
+The teacher's soft targets are only valid for the exact augmented view the
+student trains on, so caching them pays only where the same views come
+back. That is the case for kd_keras's data pipeline across *runs that share
+a seed*: `make_dataset(..., seed=s, epochs=E)` yields the same batches, in
+the same order and with the same crops and flips, every time it is made
+(epoch `e` depends on `(s, e)` alone). A Keras-Tuner search trains every
+trial on exactly those batches with the same teacher, so trial 2 onwards
+can replay trial 1's teacher logits instead of running the teacher again.
+Within one run there is nothing to reuse (every epoch has new views), so the
+three-stage pipeline does not cache.
+
+Memory: 10 float32 logits per training image per epoch (400 KB per epoch of
+the quick preset's 10,000 images).
+
+The views must really be the same: `make_dataset`'s shuffle and crop seeds
+are combined with TensorFlow's global seed, so a pipeline made after another
+`keras.utils.set_random_seed` yields other views. `dataset()` therefore
+checks the first batch of every epoch it replays against a fresh teacher
+pass and raises `CacheMismatchError` if they differ.
+"""
+
+import numpy as np
+
+# Largest |cached - fresh| teacher logit accepted as the same batch. Cached
+# and fresh logits of one batch agree to float round-off (~1e-5); a
+# different crop or order of the images moves them by far more.
+_SAME_BATCH_TOLERANCE = 1e-3
+
+
+class CacheMismatchError(RuntimeError):
+    """The batches replayed are not the batches whose logits were cached."""
+
+
+class TeacherLogitCache:
+    """Teacher logits of a deterministic `(x, y)` batch pipeline, per epoch.
+
+    Args:
+        teacher: the frozen teacher, a `keras.Model` returning logits (use
+            `kd_keras.speed.teacher_for_inference` for the fast copy).
+        make_batches: `make_batches(epochs, start_epoch)` returning the
+            `tf.data` pipeline of the batches of epochs
+            `start_epoch .. epochs - 1`, back to back, the same batches on
+            every call (as `kd_keras.make_dataset(..., seed=, epochs=,
+            start_epoch=)` makes).
+        steps_per_epoch: batches per epoch.
+
+    Example:
+
+    >>> def make_batches(epochs, start_epoch):
+    ...     return make_dataset(x, y, batch_size=128, training=True, seed=0,
+    ...                         epochs=epochs, start_epoch=start_epoch)
+    >>> cache = TeacherLogitCache(teacher, make_batches, steps_per_epoch=79)
+    >>> distiller.fit(cache.dataset(epochs=4), steps_per_epoch=79, epochs=4)
+    """
+
+    def __init__(self, teacher, make_batches, *, steps_per_epoch):
+        self.teacher = teacher
+        self.make_batches = make_batches
+        self.steps_per_epoch = int(steps_per_epoch)
+        self._epochs = {}  # epoch -> list of (batch, classes) float32 arrays
+        self._forward = None
+
+    def _teacher_logits(self, images):
+        import tensorflow as tf
+
+        if self._forward is None:
+            self._forward = tf.function(
+                lambda x: self.teacher(x, training=False), reduce_retracing=True
+            )
+        return np.asarray(self._forward(images), dtype="float32")
+
+    def epoch_logits(self, epoch):
+        """The teacher's logits of every batch of `epoch` (computed on first
+        use, then kept)."""
+        if epoch not in self._epochs:
+            batches = self.make_batches(epoch + 1, epoch).take(self.steps_per_epoch)
+            self._epochs[epoch] = [self._teacher_logits(x) for x, _ in batches]
+        return self._epochs[epoch]
+
+    @property
+    def cached_epochs(self):
+        """The epochs whose logits are held, sorted."""
+        return sorted(self._epochs)
+
+    def check_epoch(self, epoch):
+        """Raises `CacheMismatchError` unless the first batch that
+        `make_batches` now yields for `epoch` has the cached logits."""
+        cached = self.epoch_logits(epoch)[0]
+        for images, _ in self.make_batches(epoch + 1, epoch).take(1):
+            fresh = self._teacher_logits(images)
+            difference = float(np.max(np.abs(fresh - cached))) if fresh.shape == cached.shape else np.inf
+            if difference > _SAME_BATCH_TOLERANCE:
+                raise CacheMismatchError(
+                    f"epoch {epoch}: the batches are not the ones whose teacher logits "
+                    f"were cached (largest logit difference {difference:.3g}). "
+                    "make_batches must yield the same batches on every call: make the "
+                    "pipelines under the same keras.utils.set_random_seed, or do not "
+                    "cache (cache_teacher_logits=False)."
+                )
+
+    def dataset(self, epochs, start_epoch=0):
+        """`make_batches(epochs, start_epoch)` with each batch's teacher
+        logits as a third element: `(x, y, teacher_logits)`, which
+        `kd_keras.Distiller` uses instead of running the teacher.
+
+        Raises:
+            CacheMismatchError: if `make_batches` no longer yields the
+                batches whose logits were cached (checked on the first
+                batch of each epoch).
+        """
+        for epoch in range(start_epoch, epochs):
+            self.check_epoch(epoch)
+
+        logits = [
+            batch
+            for epoch in range(start_epoch, epochs)
+            for batch in self.epoch_logits(epoch)
+        ]
+        return _zip_logits(self.make_batches(epochs, start_epoch), logits)
+
+
+def with_teacher_logits(dataset, teacher):
+    """A fixed `(x, y)` dataset (validation: no shuffling, no augmentation)
+    with the teacher's logits of each batch as a third element, computed
+    once. Iterating it again replays the same logits."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: teacher(x, training=False))
+    logits = [np.asarray(forward(x), dtype="float32") for x, _ in dataset]
+    return _zip_logits(dataset, logits)
+
+
+def _zip_logits(batches, logits):
+    """`(x, y, teacher_logits)` batches: `batches` zipped with `logits`, a
+    list of per-batch arrays in the same order."""
+    import tensorflow as tf
+
+    classes = logits[0].shape[-1] if logits else 0
+    replayed = tf.data.Dataset.from_generator(
+        lambda: iter(logits), output_signature=tf.TensorSpec((None, classes), tf.float32)
+    )
+    # A generator's length is unknown to tf.data; Keras's evaluate then
+    # counts one empty step past the end (its mean loss came out 3/4 of the
+    # true one on 3 batches). State the length.
+    replayed = replayed.apply(tf.data.experimental.assert_cardinality(len(logits)))
+    return (
+        tf.data.Dataset.zip((batches, replayed))
+        .map(lambda batch, teacher_logits: (batch[0], batch[1], teacher_logits))
+        .prefetch(tf.data.AUTOTUNE)
+    )

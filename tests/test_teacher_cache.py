@@ -1,0 +1,98 @@
+"""`TeacherLogitCache` and the Distiller's precomputed-logits batches."""
+
+import keras
+import numpy as np
+import pytest
+
+from kd_keras import Distiller, build_resnet, make_dataset
+from kd_keras.teacher_cache import (
+    CacheMismatchError,
+    TeacherLogitCache,
+    with_teacher_logits,
+)
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+LABELS = (np.arange(40) % 10).astype("int32")
+BATCH = 16  # 3 batches per epoch, the last one of 8 images.
+STEPS = 3
+
+
+def make_batches(epochs, start_epoch):
+    return make_dataset(
+        IMAGES, LABELS, batch_size=BATCH, training=True, seed=7,
+        epochs=epochs, start_epoch=start_epoch,
+    )
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    keras.utils.set_random_seed(11)
+    return build_resnet(8, width=4)
+
+
+def test_cached_logits_are_the_teachers_logits_of_the_very_same_batches(teacher):
+    cache = TeacherLogitCache(teacher, make_batches, steps_per_epoch=STEPS)
+    for start in (0, 1):  # From the start, and as a resumed trial would.
+        batches = list(cache.dataset(epochs=3, start_epoch=start))
+        assert len(batches) == (3 - start) * STEPS
+        assert [len(b[0]) for b in batches[:STEPS]] == [16, 16, 8]
+        for x, _, teacher_logits in batches:
+            np.testing.assert_allclose(
+                teacher_logits, teacher(x, training=False), atol=1e-5
+            )
+    assert cache.cached_epochs == [0, 1, 2]
+
+
+def test_epochs_are_computed_once_and_replayed(teacher):
+    cache = TeacherLogitCache(teacher, make_batches, steps_per_epoch=STEPS)
+    first = cache.epoch_logits(1)
+    assert cache.epoch_logits(1) is first  # Not recomputed.
+    assert cache.cached_epochs == [1]
+    # Different epochs are different views: different logits.
+    assert not np.allclose(cache.epoch_logits(0)[0], first[0])
+
+
+def _distiller(teacher):
+    keras.utils.set_random_seed(5)
+    student = build_resnet(8, width=4)
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), metrics=["accuracy"])
+    return distiller
+
+
+def test_replaying_other_batches_is_detected(teacher):
+    keras.utils.set_random_seed(1)
+    cache = TeacherLogitCache(teacher, make_batches, steps_per_epoch=STEPS)
+    cache.epoch_logits(0)
+    # make_dataset's seeds combine with TensorFlow's global seed: under
+    # another one, the same call yields other crops and another order.
+    keras.utils.set_random_seed(2)
+    with pytest.raises(CacheMismatchError, match="epoch 0: the batches are not"):
+        cache.dataset(epochs=1)
+
+
+def test_training_on_cached_logits_equals_training_with_the_teacher(teacher):
+    # The pipelines are made under one global seed, as the tuner makes them.
+    keras.utils.set_random_seed(0)
+    cache = TeacherLogitCache(teacher, make_batches, steps_per_epoch=STEPS)
+    val = make_dataset(IMAGES, LABELS, batch_size=BATCH, training=False)
+    cached_batches = cache.dataset(2)
+    cached_val = with_teacher_logits(val, teacher)
+    live_batches = make_batches(2, 0)
+    live, cached = _distiller(teacher), _distiller(teacher)
+    h_live = live.fit(live_batches, validation_data=val, epochs=2,
+                      steps_per_epoch=STEPS, verbose=0)
+    h_cached = cached.fit(cached_batches, validation_data=cached_val,
+                          epochs=2, steps_per_epoch=STEPS, verbose=0)
+    for key in ("loss", "distillation_loss", "val_loss", "val_distillation_loss"):
+        np.testing.assert_allclose(h_cached.history[key], h_live.history[key], rtol=1e-4)
+    for a, b in zip(live.student.get_weights(), cached.student.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_third_element_that_is_not_logits_is_refused(teacher):
+    distiller = _distiller(teacher)
+    x = IMAGES[:8].astype("float32")
+    with pytest.raises(ValueError, match=r"teacher's logits.*Sample weights are not supported"):
+        distiller.fit(x, LABELS[:8], sample_weight=np.ones(8, "float32"), verbose=0)
