@@ -182,7 +182,7 @@ def test_invalid_precision_flag_exits_2_with_the_value(capsys):
 def test_threads_and_steps_per_execution_do_not_block_a_resume():
     saved = RunConfig()
     assert saved.result_differences(RunConfig(threads=2, steps_per_execution=4)) == []
-    assert saved.result_differences(RunConfig(precision="mixed_bfloat16")) == ["precision"]
+    assert saved.result_differences(RunConfig(precision="float32")) == ["precision"]
 
 
 def test_threads_cannot_change_once_tensorflow_runs():

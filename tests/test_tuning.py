@@ -133,8 +133,9 @@ def test_search_space_declares_log_temperature_and_fixed_values():
 
 def test_every_trial_starts_from_the_same_student(teacher_path):
     teacher = kd_keras.load_teacher(teacher_path)
+    config = tiny_config(precision="float32", teacher_precision="float32")
     hypermodel = DistillationHyperModel(
-        teacher, steps_per_epoch=2, epochs=1, config=tiny_config(), space=SPACE
+        teacher, steps_per_epoch=2, epochs=1, config=config, space=SPACE
     )
     first = hypermodel.build(keras_tuner.HyperParameters())
     second = hypermodel.build(keras_tuner.HyperParameters())
