@@ -1,16 +1,17 @@
 """Speed options of a run, and a measured estimate of how long a run takes.
 
 Four `RunConfig` fields (and `kd_keras run` flags) trade nothing or a little
-numerical precision for speed. Their defaults keep the original behaviour:
+numerical precision for speed. The precision defaults are the fastest
+settings measured without an accuracy cost (README "Speed": three seeds of
+the quick preset); the others keep the original behaviour:
 
-* `precision` (`--precision`), default "float32": "mixed_bfloat16" makes
-  the trained models (teacher, both students) compute in bfloat16 and keep
-  float32 weights; their logits, the softmax and the losses stay float32.
-  Changes results slightly.
-* `teacher_precision` (`--teacher-precision`), default "float32":
-  "bfloat16" runs the frozen teacher in bfloat16 while distilling (a copy
-  with the same weights); the student is untouched. Changes the soft
-  targets slightly.
+* `precision` (`--precision`), default "mixed_bfloat16": the trained
+  models (teacher, both students) compute in bfloat16 and keep float32
+  weights; their logits, the softmax and the losses stay float32.
+  "float32" computes everything in float32.
+* `teacher_precision` (`--teacher-precision`), default "bfloat16": the
+  frozen teacher runs in bfloat16 while distilling (a copy with the same
+  weights, batch norm folded); "float32" keeps its own dtype.
 * `steps_per_execution` (`--steps-per-execution`), default 1: training
   steps per call into the compiled graph (less Python overhead). Does not
   change results.
@@ -26,25 +27,12 @@ value (`effective_steps_per_execution`), and says so when it differs.
 Which options are faster on a machine is measured, not assumed: run
 `python -m benchmarks.throughput` (see `benchmarks/README_SECTION.md`).
 
-Teacher-output caching is NOT implemented
------------------------------------------
-A frozen teacher's logits could be computed once per image and reused in
-every epoch, saving the teacher's forward pass (a large part of a
-distillation step when the teacher is deeper than the student). It is not
-done, on purpose: the training pipeline augments every batch (random crop
-and flip, different in every epoch), and the teacher must see exactly the
-augmented view the student sees, or the soft targets describe a different
-image than the one the student is graded on. Cached logits would only be
-valid
-
-* without augmentation (which costs the student accuracy), or
-* with a cached augmentation: a fixed, finite set of augmented views per
-  image, each with its teacher logits, stored (memory or disk grows with
-  the number of views) and replayed, which changes the training data
-  distribution compared with fresh augmentation every epoch.
-
-Both change what is trained, so neither is a pure speed option; the
-distillation step therefore always runs the teacher on the current batch.
+Teacher-output caching
+----------------------
+Within one run the teacher always runs on the current batch: every epoch
+has new crops and flips, and the teacher must see exactly the student's
+view. Where views repeat (the trials of a T/alpha search), the logits are
+cached: see `kd_keras.teacher_cache`.
 """
 
 import contextlib
