@@ -42,7 +42,7 @@ def read_progress_until(out, process, predicate, timeout=240):
         if path.exists():
             progress = json.loads(path.read_text())  # Never a torn file.
             reads += 1
-            for history in (out / "history").glob("*.csv"):
+            for history in (out / "history").glob("[!.]*.csv"):  # Not writers' temp files.
                 rows = list(csv.DictReader(history.open()))
                 assert all(len(row) == len(rows[0]) for row in rows)
             if predicate(progress):
