@@ -36,6 +36,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from kd_keras.hardware import auto_precisions, this_machine
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_CASE = "keras_distiller"
 DEFAULT_OUT = "runs/benchmark"
@@ -77,6 +79,10 @@ CASES = {
     "teacher_inference_bf16": {"kind": "forward", "model": "teacher",
                                "teacher_precision": "bfloat16",
                                "what": "teacher forward pass, folded, bfloat16 compute"},
+    "kd_distiller_auto": {"kind": "distill", "precision": "auto", "teacher_precision": "auto",
+                          "what": "the default step: kd_keras.Distiller with precision and "
+                          "teacher precision 'auto', resolved on this machine (fused batch "
+                          "norm, folded teacher)"},
     "kd_distiller": {"kind": "distill",
                      "what": "kd_keras.Distiller step, float32 (fused batch norm, "
                      "folded teacher)"},
@@ -353,7 +359,17 @@ def _keras_setup(case, args, images, labels):
 
 def run_worker(name, args):
     """Measures one case in this process; returns its result dict."""
-    case = CASES[name]
+    case = dict(CASES[name])
+    if "auto" in (case.get("precision"), case.get("teacher_precision")):
+        from kd_keras.hardware import resolve_precisions
+        from kd_keras.speed import local_machine
+
+        choice = resolve_precisions(
+            case.get("precision", "float32"), case.get("teacher_precision", "float32"),
+            local_machine(),
+        )
+        case.update(precision=choice.precision, teacher_precision=choice.teacher_precision)
+        case["what"] += f" [resolved: {choice.describe()}]"
     spe = case.get("spe", 1)
     steps = _round_up(args.steps, spe)
     warmup = _round_up(args.warmup_steps, spe)
@@ -441,28 +457,6 @@ def run_worker(name, args):
 # --------------------------------------------------------------------------
 # Parent: run every case, write the report
 # --------------------------------------------------------------------------
-def _cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-                return [flag for flag in wanted if flag in flags]
-    except OSError:
-        pass
-    return []
-
-
 def _version(package):
     try:
         return metadata.version(package)
@@ -472,9 +466,11 @@ def _version(package):
 
 def machine_info():
     """The machine and the library versions, without importing TensorFlow."""
+    machine = this_machine()
     return {
-        "cpu_model": _cpu_model(),
-        "cpu_flags": _cpu_flags(),
+        "cpu_model": machine.cpu_model or platform.processor() or platform.machine(),
+        "cpu_flags": machine.speed_flags(),
+        "auto_precision": auto_precisions(machine)[:2],
         "cpu_count": os.cpu_count(),
         "usable_cores": _usable_cores(),
         "platform": platform.platform(),
@@ -618,7 +614,8 @@ def write_report(out, machine, settings, results):
         "# Distillation step throughput",
         "",
         f"- Machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores "
-        f"(CPU flags: {flags})",
+        f"(CPU flags: {flags}); precision 'auto' here: "
+        f"{' / '.join(machine.get('auto_precision') or ('?', '?'))}",
         f"- TensorFlow {machine['tensorflow']}, Keras {machine['keras']}, "
         f"PyTorch {machine['torch'] or 'not installed'}, Python {machine['python']}",
         f"- Date: {machine['date']}",

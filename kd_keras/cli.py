@@ -29,9 +29,12 @@ RUN_OPTIONS = (
     ("--val-per-class", "val_per_class", int, "validation images per class (subset)"),
     ("--test-per-class", "test_per_class", int, "test images per class (subset)"),
     ("--precision", "precision", str,
-     "training precision of the models: float32 (default) or mixed_bfloat16"),
+     "training precision of the models: auto (default: bfloat16 where the "
+     "CPU/GPU has it natively, float16 on older GPUs, else float32), float32, "
+     "mixed_bfloat16 or mixed_float16"),
     ("--teacher-precision", "teacher_precision", str,
-     "teacher inference precision while distilling: float32 (default) or bfloat16"),
+     "teacher inference precision while distilling: auto (default), float32, "
+     "bfloat16 or float16"),
     ("--steps-per-execution", "steps_per_execution", int,
      "training steps per graph call (default 1; lowered to a divisor of the "
      "steps per epoch)"),
@@ -120,10 +123,16 @@ def _run(args):
     config = _config_from_args(args)
     out = Path(args.out or f"runs/{config.preset}")
     if args.dry_run:
-        from kd_keras.speed import apply_threading, estimate_run_seconds, format_estimate
+        from kd_keras.speed import (
+            apply_threading,
+            estimate_run_seconds,
+            format_estimate,
+            resolve_run_precisions,
+        )
 
         apply_threading(config)  # Before TensorFlow starts, as in a run.
-        print(config.to_json())
+        # Printed resolved, as a run would save it; the estimate says why.
+        print(resolve_run_precisions(config)[0].to_json())
         summary = describe_models(config)
         summary["estimate"] = estimate_run_seconds(config)
         print(json.dumps(summary, indent=2))

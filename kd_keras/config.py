@@ -15,8 +15,12 @@ from kd_keras.depth import stage_blocks
 
 DEFAULT_ALPHA = 0.3
 DEFAULT_TEMPERATURE = 4.0
-PRECISIONS = ("float32", "mixed_bfloat16")
-TEACHER_PRECISIONS = ("float32", "bfloat16")
+# "auto" picks from the machine (kd_keras/hardware.py) when a run starts;
+# a run folder's config.json always holds the resolved value.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+TEACHER_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+# Fields where "auto" is resolved per machine.
+AUTO_FIELDS = ("precision", "teacher_precision")
 
 
 def validate_alpha(alpha):
@@ -66,8 +70,11 @@ def validate_speed_options(precision, teacher_precision, steps_per_execution, th
 
 # Presets are named overrides of `RunConfig`'s defaults.
 PRESETS = {
-    # Seconds: a few hundred images and the smallest ResNets. For tests.
+    # Seconds: a few hundred images and the smallest ResNets. For tests; in
+    # float32, so it runs and gives the same numbers on any CPU.
     "smoke": {
+        "precision": "float32",
+        "teacher_precision": "float32",
         "train_per_class": 50,
         "val_size": 5000,
         "val_per_class": 20,
@@ -96,8 +103,20 @@ PRESETS = {
         "batch_size": 128,
         "warmup_epochs": 1,
     },
-    # The reference setting: teacher depth 30, student depth 15, all 45,000
-    # training images (5,000 held out for validation). Hours on a CPU; for a GPU.
+    # The reference setting at CPU scale: teacher depth 30, student depth 15,
+    # all 45,000 training images (5,000 held out for validation), the full
+    # test set; 40 epochs a stage with a short warm-up and cosine decay.
+    # About 2 hours on a 2-core CPU with native bfloat16 (README "Full scale").
+    "full": {
+        "teacher_depth": 30,
+        "student_depth": 15,
+        "teacher_epochs": 40,
+        "student_epochs": 40,
+        "batch_size": 128,
+        "warmup_epochs": 2,
+    },
+    # The same models and data with the long schedule (160 epochs a stage).
+    # Days on a 2-core CPU; for a GPU.
     "paper": {
         "teacher_depth": 30,
         "student_depth": 15,
@@ -151,9 +170,11 @@ class RunConfig:
     # --- Distillation ---
     temperature: float = 4.0
     alpha: float = 0.3
-    # --- Speed (see kd_keras/speed.py; defaults: the fastest measured without an accuracy cost) ---
-    precision: str = "mixed_bfloat16"  # Or "float32" (the trained models). Measured: README "Speed".
-    teacher_precision: str = "bfloat16"  # Or "float32" (teacher inference only).
+    # --- Speed (see kd_keras/speed.py and kd_keras/hardware.py) ---
+    # "auto": bfloat16 where the machine has native bfloat16, else float32
+    # (float16 on older GPUs); resolved when a run starts.
+    precision: str = "auto"  # Or float32, mixed_bfloat16, mixed_float16.
+    teacher_precision: str = "auto"  # Or float32, bfloat16, float16.
     steps_per_execution: int = 1
     threads: Optional[int] = None  # Intra-op threads (inter-op 1); None = TF's.
     # --- Display ---
@@ -190,11 +211,23 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def result_differences(self, other):
-        """Fields that differ between two configs and change results."""
+        """Fields that differ between two configs and change results.
+
+        A precision asked as "auto" matches whatever `self` resolved it to:
+        a resumed run keeps the precision it started with.
+        """
         mine, theirs = self.to_dict(), other.to_dict()
         return sorted(
-            k for k in mine if k not in NON_RESULT_FIELDS and mine[k] != theirs[k]
+            k
+            for k in mine
+            if k not in NON_RESULT_FIELDS
+            and mine[k] != theirs[k]
+            and not (k in AUTO_FIELDS and theirs[k] == "auto")
         )
+
+    def is_resolved(self):
+        """True once no field says "auto"."""
+        return all(getattr(self, k) != "auto" for k in AUTO_FIELDS)
 
     def validate(self):
         """Checks every field; returns self or raises `ConfigError`."""

@@ -49,6 +49,7 @@ from kd_keras.speed import (
     apply_threading,
     effective_steps_per_execution,
     precision_scope,
+    resolve_run_precisions,
     teacher_for_inference,
 )
 from kd_keras.stages import STAGES
@@ -240,6 +241,11 @@ def make_optimizer(config, steps_per_epoch, epochs):
         weight_decay=config.weight_decay or None,
     )
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    if config.precision == "mixed_float16":
+        # float16 gradients underflow without loss scaling. Keras wraps the
+        # optimizer of a mixed_float16 model itself; a Distiller keeps the
+        # float32 policy, so wrap here for every stage alike.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
 
@@ -589,6 +595,11 @@ def run_pipeline(config, out_dir, *, resume=False, overwrite=False):
             shutil.rmtree(out, ignore_errors=True)
         raise
     apply_threading(config)  # Before TensorFlow starts (the data loads next).
+    # "auto" precisions become what this machine runs fastest; a resumed run
+    # keeps its saved (resolved) values.
+    config, choice = resolve_run_precisions(config)
+    if config.verbose:
+        print(f"kd_keras: {choice.describe()}", flush=True)
     progress = ProgressFile(out)
     previous = {
         signum: signal.signal(signum, _raise_stop)

@@ -1,17 +1,19 @@
 """Speed options of a run, and a measured estimate of how long a run takes.
 
 Four `RunConfig` fields (and `kd_keras run` flags) trade nothing or a little
-numerical precision for speed. The precision defaults are the fastest
-settings measured without an accuracy cost (README "Speed": three seeds of
-the quick preset); the others keep the original behaviour:
+numerical precision for speed:
 
-* `precision` (`--precision`), default "mixed_bfloat16": the trained
-  models (teacher, both students) compute in bfloat16 and keep float32
-  weights; their logits, the softmax and the losses stay float32.
-  "float32" computes everything in float32.
-* `teacher_precision` (`--teacher-precision`), default "bfloat16": the
-  frozen teacher runs in bfloat16 while distilling (a copy with the same
-  weights, batch norm folded); "float32" keeps its own dtype.
+* `precision` (`--precision`), default "auto": the trained models
+  (teacher, both students) compute in "mixed_bfloat16" or
+  "mixed_float16" (float32 weights; logits, softmax and losses stay
+  float32) or in "float32". "auto" picks from the machine
+  (`kd_keras.hardware`): bfloat16 where the CPU or GPU computes it
+  natively, float16 on GPUs older than compute capability 8.0, float32
+  elsewhere. Emulated bfloat16 (a CPU without `avx512_bf16`/`amx_bf16`)
+  is several times slower than float32, so it is never chosen there.
+* `teacher_precision` (`--teacher-precision`), default "auto": the frozen
+  teacher runs in "bfloat16" or "float16" while distilling (a copy with
+  the same weights, batch norm folded), or "float32"; "auto" as above.
 * `steps_per_execution` (`--steps-per-execution`), default 1: training
   steps per call into the compiled graph (less Python overhead). Does not
   change results.
@@ -19,13 +21,17 @@ the quick preset); the others keep the original behaviour:
   intra-op threads, with inter-op threads 1. Does not change results
   beyond float round-off.
 
+"auto" is resolved once, when a run (or a search, a benchmark case, a dry
+run) starts (`resolve_run_precisions`); the run folder's `config.json`
+records the resolved values and the run prints why they were chosen.
+
 `steps_per_execution` must divide the steps of an epoch, or Keras would run
 past the epoch's end and shift every later batch; the pipeline therefore uses
 the largest divisor of the steps per epoch that is not above the requested
 value (`effective_steps_per_execution`), and says so when it differs.
 
 Which options are faster on a machine is measured, not assumed: run
-`python -m benchmarks.throughput` (see `benchmarks/README_SECTION.md`).
+`python -m benchmarks.throughput` (README "Speed").
 
 Teacher-output caching
 ----------------------
@@ -36,6 +42,7 @@ cached: see `kd_keras.teacher_cache`.
 """
 
 import contextlib
+import dataclasses
 import math
 import statistics
 import time
@@ -44,8 +51,9 @@ import warnings
 import keras
 import numpy as np
 
-from kd_keras.config import TEACHER_PRECISIONS
+from kd_keras.config import AUTO_FIELDS, TEACHER_PRECISIONS
 from kd_keras.folding import fold_batch_norm
+from kd_keras.hardware import resolve_precisions, this_machine
 
 # Inter-op threads when `threads` is set: on a few cores, independent ops
 # running side by side only oversubscribe the cores the intra-op pool uses.
@@ -95,6 +103,50 @@ def apply_threading(threads):
     return True
 
 
+def gpu_capabilities():
+    """`(major, minor)` compute capability of each GPU TensorFlow sees."""
+    import tensorflow as tf
+
+    capabilities = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        capability = details.get("compute_capability")
+        if capability:
+            capabilities.append(tuple(capability))
+        else:  # A GPU that does not say: assume the older, float16 kind.
+            capabilities.append((7, 0))
+    return tuple(capabilities)
+
+
+def local_machine():
+    """This process's `kd_keras.hardware.Machine`, GPUs included."""
+    return this_machine(gpu_capabilities())
+
+
+def resolve_run_precisions(config, machine=None):
+    """A copy of `config` with "auto" precisions resolved for `machine`.
+
+    Args:
+        config: a `RunConfig`.
+        machine: a `kd_keras.hardware.Machine`; default this machine.
+
+    Returns:
+        `(config, choice)`: the resolved config (the same object if nothing
+        was "auto") and the `PrecisionChoice` with its reason.
+    """
+    if config.is_resolved():
+        return config, resolve_precisions(
+            config.precision, config.teacher_precision, machine or this_machine()
+        )
+    choice = resolve_precisions(
+        config.precision, config.teacher_precision, machine or local_machine()
+    )
+    resolved = dataclasses.replace(
+        config, **{field: getattr(choice, field) for field in AUTO_FIELDS}
+    )
+    return resolved, choice
+
+
 @contextlib.contextmanager
 def precision_scope(policy):
     """Sets Keras's global dtype policy inside the block, restores it after.
@@ -116,6 +168,11 @@ def precision_scope(policy):
     if policy is None:
         yield
         return
+    if policy == "auto":
+        raise ValueError(
+            "precision 'auto' must be resolved before building models: "
+            "use kd_keras.speed.resolve_run_precisions(config)"
+        )
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
@@ -139,10 +196,10 @@ def teacher_for_inference(teacher, precision="float32", *, fold=True):
     Args:
         teacher: a trained `keras.Model` returning logits.
         precision: "float32" keeps the teacher's own compute dtype.
-            "bfloat16" makes its layers compute in bfloat16 (policy
-            `mixed_bfloat16`: weights stay float32), except the output
-            layer, which keeps its own policy (float32 logits for kd_keras
-            models).
+            "bfloat16" (or "float16") makes its layers compute in that
+            type (policy `mixed_bfloat16` / `mixed_float16`: weights stay
+            float32), except the output layer, which keeps its own policy
+            (float32 logits for kd_keras models).
         fold: fold batch norm into the convolutions before it
             (`kd_keras.fold_batch_norm`): the same outputs up to round-off,
             faster. A model that cannot be rebuilt from its config (a
@@ -156,10 +213,11 @@ def teacher_for_inference(teacher, precision="float32", *, fold=True):
         ValueError: for another precision, or a model Keras cannot clone
             in bfloat16 (a subclassed model).
     """
-    if precision not in TEACHER_PRECISIONS:
+    if precision not in TEACHER_PRECISIONS or precision == "auto":
         raise ValueError(
             "teacher_precision must be one of "
-            f"{', '.join(TEACHER_PRECISIONS)}, got {precision!r}"
+            f"{', '.join(p for p in TEACHER_PRECISIONS if p != 'auto')}, got "
+            f"{precision!r} (resolve 'auto' with resolve_run_precisions)"
         )
     if fold:
         try:
@@ -177,14 +235,14 @@ def teacher_for_inference(teacher, precision="float32", *, fold=True):
             and layer.name not in keep
             and not isinstance(layer, keras.layers.InputLayer)
         ):
-            config["dtype"] = "mixed_bfloat16"
+            config["dtype"] = f"mixed_{precision}"
         return layer.__class__.from_config(config)
 
     try:
         copy = keras.models.clone_model(teacher, clone_function=clone_layer)
     except Exception as error:  # Keras raises several types here.
         raise ValueError(
-            f"cannot run teacher '{teacher.name}' in bfloat16: Keras cannot "
+            f"cannot run teacher '{teacher.name}' in {precision}: Keras cannot "
             f"clone it ({error}); use teacher_precision='float32'"
         ) from None
     copy.set_weights(teacher.get_weights())
@@ -284,6 +342,8 @@ def estimate_run_seconds(config, calibration_steps=3):
     from kd_keras.pipeline import load_teacher
 
     config.validate()
+    machine = local_machine()
+    config, choice = resolve_run_precisions(config, machine)
     calibration_start = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     batch = config.batch_size
@@ -355,6 +415,10 @@ def estimate_run_seconds(config, calibration_steps=3):
         "steps_per_epoch": steps_per_epoch,
         "train_images": train_images,
         "val_images": val_images,
+        "precision": config.precision,
+        "teacher_precision": config.teacher_precision,
+        "precision_reason": choice.reason,
+        "machine": machine.describe(),
         "calibration": {
             "batch_size": batch,
             "steps": steps,
@@ -384,4 +448,10 @@ def format_estimate(estimate):
             f"{_clock(row['total_seconds']):>9}"
         )
     lines.append(f"  {'all stages':<18} {'':>6} {'':>10} {_clock(estimate['total_seconds']):>9}")
+    if "precision" in estimate:
+        lines.append(
+            f"Precision {estimate['precision']}, teacher precision "
+            f"{estimate['teacher_precision']} ({estimate['precision_reason']})"
+        )
+        lines.append(f"Machine: {estimate['machine']}")
     return "\n".join(lines)

@@ -19,8 +19,10 @@ from kd_keras.speed import (
     effective_steps_per_execution,
     estimate_run_seconds,
     precision_scope,
+    resolve_run_precisions,
     teacher_for_inference,
 )
+from kd_keras.hardware import Machine
 
 KEYS = {"loss", "student_loss", "distillation_loss", "accuracy"}
 IMAGES = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3)).astype("float32")
@@ -28,7 +30,9 @@ LABELS = np.arange(32, dtype="int32") % 10
 
 
 def _tiny_distiller(config, steps_per_epoch=4):
-    """A tiny Distiller set up the way `Pipeline` sets one up for `config`."""
+    """A tiny Distiller set up the way `Pipeline` sets one up for `config`
+    ("auto" resolved as on a CPU without native bfloat16: float32)."""
+    config, _ = resolve_run_precisions(config, Machine("no-bf16 CPU", frozenset({"avx2"})))
     keras.utils.set_random_seed(0)
     with precision_scope(config.precision):
         student = build_resnet(8, width=4)
@@ -49,9 +53,12 @@ def _tiny_distiller(config, steps_per_epoch=4):
     [
         {"precision": "mixed_bfloat16"},
         {"teacher_precision": "bfloat16"},
+        {"precision": "mixed_float16"},
+        {"teacher_precision": "float16"},
         {"steps_per_execution": 2},
     ],
-    ids=["mixed_bfloat16", "teacher_bfloat16", "steps_per_execution_2"],
+    ids=["mixed_bfloat16", "teacher_bfloat16", "mixed_float16", "teacher_float16",
+         "steps_per_execution_2"],
 )
 def test_each_speed_option_trains_to_finite_losses_with_the_same_keys(options):
     config = RunConfig(**options).validate()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from kd_keras import atomic  # First: kd_keras sets KERAS_BACKEND.
 from kd_keras import RunConfig, load_teacher, make_dataset, prepare_splits
+from kd_keras.speed import resolve_run_precisions
 
 import keras  # noqa: E402
 import keras_tuner  # noqa: E402
@@ -380,6 +381,8 @@ def run_search(
     check_tuner(tuner)
     max_trials = _int_at_least("max_trials", max_trials, 1)
     config = (config or RunConfig.from_preset("quick")).validate()
+    # "auto" precisions are resolved for this machine and saved resolved.
+    config, _ = resolve_run_precisions(config)
     epochs = _int_at_least("epochs", config.student_epochs if epochs is None else epochs, 1)
     try:
         space = (space or SearchSpace()).validate()
