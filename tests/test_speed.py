@@ -110,8 +110,14 @@ def test_bfloat16_teacher_is_a_frozen_copy_with_the_same_weights():
     logits = copy(IMAGES[:4], training=False)
     assert logits.dtype == "float32"
     np.testing.assert_allclose(logits, teacher(IMAGES[:4], training=False), atol=0.1)
-    with pytest.raises(ValueError, match="'float16'"):
-        teacher_for_inference(teacher, "float16")
+    # float16 is a teacher precision too (GPUs before compute capability 8.0).
+    half = teacher_for_inference(teacher, "float16")
+    assert half.get_layer("stem_conv").compute_dtype == "float16"
+    np.testing.assert_allclose(half(IMAGES[:4], training=False), logits, atol=0.1)
+    with pytest.raises(ValueError, match="'int8'"):
+        teacher_for_inference(teacher, "int8")
+    with pytest.raises(ValueError, match="'auto'.*resolve"):
+        teacher_for_inference(teacher, "auto")
 
 
 @pytest.mark.parametrize("precision, atol", [("float32", 1e-4), ("bfloat16", 0.1)])
