@@ -1,6 +1,14 @@
-"""`Distiller`: Hinton-style knowledge distillation as a `keras.Model`."""
+"""`Distiller`: Hinton-style knowledge distillation as a `keras.Model`.
+
+A drop-in for the `Distiller` of the keras.io example "Knowledge
+Distillation" (same constructor and `compile` keywords) that also takes
+subclassed models, teachers that end in a softmax, sample and class
+weights, precomputed teacher logits, Keras's callbacks and
+`tf.distribute` strategies.
+"""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kd_keras.config import (
@@ -9,26 +17,224 @@ from kd_keras.config import (
     validate_alpha,
     validate_temperature,
 )
+from kd_keras.teacher_cache import IMAGES, TEACHER_LOGITS
+
+# What the teacher's outputs are: "logits" (used as they are) or
+# "probabilities" (a softmax's output; distilled from their log).
+TEACHER_OUTPUTS = ("logits", "probabilities")
+
+# log(p) of a probability p = 0 would be -inf; it is taken as the log of
+# the smallest normal float32 instead (about -87.3), which softmax(. / T)
+# maps to (1.2e-38)**(1/T) before renormalising: nothing next to the other
+# classes' probabilities.
+_TINY = float(np.finfo("float32").tiny)
+
+# Largest |row sum - 1| (and most negative entry) of outputs taken for
+# probabilities. A softmax's rows sum to 1 within float round-off (~1e-3 in
+# float16 over many classes); logits essentially never do.
+_PROBABILITY_TOLERANCE = 1e-2
 
 
-def _output_shape(model, role):
+def _producer(tensor):
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else history.operation
+
+
+def _static_outputs_kind(model):
+    """"probabilities" if `model`'s single output is made by a softmax,
+    "logits" if by a layer with a linear activation (Dense, Conv...), else
+    None (not inspectable: a subclassed model, a Lambda, ...)."""
     outputs = getattr(model, "outputs", None)
     if not outputs or len(outputs) != 1:
+        return None
+    operation = _producer(outputs[0])
+    if operation is None or operation is model:
+        return None
+    if isinstance(operation, keras.Model):
+        return _static_outputs_kind(operation)
+    if type(operation).__name__ == "Softmax":  # The layer or keras.ops.softmax.
+        return "probabilities"
+    activation = getattr(getattr(operation, "activation", None), "__name__", None)
+    if activation == "softmax":
+        return "probabilities"
+    if activation == "linear" and not isinstance(operation, keras.layers.Activation):
+        # (A linear Activation layer only passes on what comes before it.)
+        return "logits"
+    return None
+
+
+def _rows_are_probabilities(outputs):
+    """True if every row of `outputs` (a NumPy array, classes last) is
+    non-negative and sums to 1, as a softmax's output does."""
+    outputs = np.asarray(outputs, dtype="float64")
+    if outputs.ndim < 2 or outputs.shape[-1] < 2 or not np.all(np.isfinite(outputs)):
+        return False
+    return bool(
+        outputs.min() >= -_PROBABILITY_TOLERANCE
+        and np.max(np.abs(outputs.sum(axis=-1) - 1.0)) <= _PROBABILITY_TOLERANCE
+    )
+
+
+def _input_shape(model):
+    """The shape of `model`'s single input, `(None, ...)`, if known: from
+    its `inputs` (functional, Sequential) or the shape it was built with
+    (a subclassed model that was built or called); else None."""
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        return tuple(inputs[0].shape) if len(inputs) == 1 else None
+    config = model.get_build_config() if model.built else None
+    shape = (config or {}).get("input_shape")
+    if isinstance(shape, (list, tuple)) and all(
+        d is None or isinstance(d, int) for d in shape
+    ):
+        return (None,) + tuple(shape[1:])
+    return None
+
+
+def _probe_outputs_kind(teacher, input_shape):
+    """Runs the teacher on two fixed synthetic inputs: "probabilities" if
+    its output rows are non-negative and sum to 1, else "logits"; None if
+    the input shape is not fully known. Being a probability row is a
+    property of the last layer, not of the input, so any input shows it."""
+    if input_shape is None or any(d is None for d in input_shape[1:]):
+        return None
+    inputs = getattr(teacher, "inputs", None)
+    dtype = keras.backend.standardize_dtype(inputs[0].dtype) if inputs else "float32"
+    rng = np.random.default_rng(0)
+    shape = (2,) + tuple(input_shape[1:])
+    if "int" in dtype:
+        probe = rng.integers(0, 256, shape).astype(dtype)
+    else:
+        probe = rng.uniform(0.0, 1.0, shape).astype("float32")
+    outputs = teacher(probe, training=False)
+    if not keras.ops.is_tensor(outputs):
+        return None  # Several outputs: refused by the shape checks.
+    return "probabilities" if _rows_are_probabilities(
+        keras.ops.convert_to_numpy(outputs)
+    ) else "logits"
+
+
+def _single_output_shape(outputs, role, model):
+    if isinstance(outputs, (list, tuple, dict)):
         raise ValueError(
-            f"The {role} must be a built keras.Model with one output (logits); "
-            f"got {type(model).__name__} with outputs {outputs}"
+            f"The {role} must return one tensor of logits; {model.name} "
+            f"({type(model).__name__}) returns a {type(outputs).__name__} of "
+            f"{len(outputs)}."
         )
-    return tuple(outputs[0].shape)
+    return tuple(outputs.shape)
 
 
-def _student_metric(metric):
-    if isinstance(metric, str) and metric in ("accuracy", "acc"):
-        # Labels are class indices, so "accuracy" means sparse accuracy.
-        return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    metric = keras.metrics.get(metric)
-    if isinstance(metric, keras.metrics.Metric):
-        return metric
-    return keras.metrics.MeanMetricWrapper(metric, name=metric.__name__)
+def _output_shape(model, role, input_shape):
+    """`model`'s output shape `(None, classes)`, or None if it cannot be
+    known before the model is built or called."""
+    outputs = getattr(model, "outputs", None)
+    if outputs:
+        if len(outputs) != 1:
+            raise ValueError(
+                f"The {role} must be a keras.Model with one output (logits); "
+                f"{model.name} has {len(outputs)} outputs."
+            )
+        return tuple(outputs[0].shape)
+    if not model.built or input_shape is None:
+        return None
+    return _single_output_shape(model(keras.KerasTensor(input_shape)), role, model)
+
+
+def _check_same_classes(student_shape, teacher_shape, cached=False):
+    if student_shape is None or teacher_shape is None:
+        return
+    if tuple(student_shape[1:]) == tuple(teacher_shape[1:]):
+        return
+    if cached:
+        raise ValueError(
+            f"x['{TEACHER_LOGITS}'] has shape {tuple(teacher_shape)}, but the "
+            f"student's logits have shape {tuple(student_shape)}: it must hold "
+            "the teacher's outputs of the very images of the batch."
+        )
+    raise ValueError(
+        f"The teacher's output shape {tuple(teacher_shape)} does not match the "
+        f"student's {tuple(student_shape)}: they must predict the same classes. "
+        "Build the student with num_classes equal to the teacher's."
+    )
+
+
+def split_teacher_logits(x):
+    """`(inputs, teacher_logits)` of a Distiller batch's `x`.
+
+    `x` is the student's input, or a dict `{"images": inputs,
+    "teacher_logits": logits}` carrying the teacher's precomputed outputs of
+    those inputs (`kd_keras.teacher_cache` makes such batches); other keys
+    next to `"teacher_logits"` are passed to the student as its (named)
+    inputs. `teacher_logits` is None when `x` carries none.
+    """
+    if not isinstance(x, dict) or TEACHER_LOGITS not in x:
+        return x, None
+    rest = {key: value for key, value in x.items() if key != TEACHER_LOGITS}
+    if not rest:
+        raise ValueError(
+            f"x has '{TEACHER_LOGITS}' but no inputs: pass "
+            f"{{'{IMAGES}': images, '{TEACHER_LOGITS}': logits}}."
+        )
+    inputs = rest[IMAGES] if list(rest) == [IMAGES] else rest
+    return inputs, x[TEACHER_LOGITS]
+
+
+def _check_sample_weight(sample_weight):
+    if sample_weight is None:
+        return None
+    shape = tuple(sample_weight.shape)
+    if len(shape) > 2 or (len(shape) == 2 and shape[-1] not in (1, None)):
+        raise ValueError(
+            f"sample_weight must have shape (batch,), got {shape}. The third "
+            "element of a batch is Keras's sample weights; the teacher's "
+            "logits, precomputed, go in x: "
+            f"{{'{IMAGES}': images, '{TEACHER_LOGITS}': logits}} "
+            "(kd_keras.teacher_cache makes such batches)."
+        )
+    return sample_weight
+
+
+class _PerSampleLoss(keras.losses.Loss):
+    """A loss function of per-example values (`fn(y_true, y_pred)` of shape
+    `(batch,)`) as a `keras.losses.Loss`: sample weights and the mean over
+    the batch (scaled for `tf.distribute`) as `keras.Model.compile` applies
+    them to a function."""
+
+    def __init__(self, fn):
+        super().__init__(name=getattr(fn, "__name__", type(fn).__name__))
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+def _as_loss(loss):
+    return loss if isinstance(loss, keras.losses.Loss) else _PerSampleLoss(loss)
+
+
+def _replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _scale_for_replicas(value):
+    # As keras.src.losses.loss.scale_loss_for_distribution: each replica's
+    # share of a loss that the replicas' gradients sum.
+    replicas = _replicas()
+    return value * (1.0 / replicas) if replicas > 1 else value
+
+
+def _unscale_for_replicas(value):
+    # As keras.src.losses.loss.unscale_loss_for_distribution: the value to
+    # report, whatever the number of replicas.
+    replicas = _replicas()
+    return value * float(replicas) if replicas > 1 else value
+
+
+def _scalar(value):
+    """A loss's value as a float32 scalar (the mean of a per-example
+    result, as Keras's own Distiller takes)."""
+    value = keras.ops.cast(value, "float32")
+    return keras.ops.mean(value) if len(value.shape) else value
 
 
 @keras.saving.register_keras_serializable(package="kd_keras")
@@ -50,36 +256,58 @@ class Distiller(keras.Model):
     student's weights get gradients. `call` returns the student's logits, so
     `predict` and `evaluate` behave like the student's.
 
-    The data are `(images, labels)` batches, or `(images, labels,
-    teacher_logits)` batches whose third element is the teacher's logits of
-    those very images, precomputed (`kd_keras.teacher_cache`); the teacher
-    then does not run. Sample weights are not supported.
+    Batches are Keras's: `(x, y)` or `(x, y, sample_weight)`, and `fit`'s
+    `sample_weight=` and `class_weight=` work as for any Keras model. A
+    weight `w_i` scales example i's CE *and* its KL term, and each term is
+    `sum_i(w_i * l_i) / batch_size`, as Keras weights a compiled per-example
+    loss. `x` is the student's input, or `{"images": inputs,
+    "teacher_logits": t}` with the teacher's outputs of those inputs,
+    precomputed (`kd_keras.teacher_cache`): the teacher then does not run.
 
-    `train_step` and `test_step` report `loss` (the blended loss),
-    `student_loss` (the CE term, unweighted), `distillation_loss` (the
-    T**2 * KL term, unweighted) and the metrics passed to `compile`.
+    `train_step` and `test_step` report `loss` (the blended loss plus the
+    student's regularisation losses, as Keras reports a model's loss),
+    `student_loss` (the CE term), `distillation_loss` (the T**2 * KL term)
+    and the metrics passed to `compile`. Under a `tf.distribute` strategy
+    they report the same values as on one device, and the regularisation
+    losses count once, not once per replica.
+
+    The student and teacher may be functional, Sequential or subclassed
+    models. A subclassed student that was never called is built, and its
+    output shape checked against the teacher's, when the Distiller first
+    sees data (or at `distiller.build(input_shape)`).
 
     Requires the TensorFlow backend.
 
     Args:
         student: a `keras.Model` returning logits.
-        teacher: a trained `keras.Model` returning logits of the same shape.
+        teacher: a trained (built) `keras.Model` returning one output of the
+            student's shape: logits, or probabilities with
+            `teacher_outputs="probabilities"`.
+        teacher_outputs: "logits" (default) or "probabilities": the
+            teacher's outputs are a softmax's (keras.applications models
+            by default). Probabilities `p` are distilled from `log(p)`,
+            which is exact: `softmax(log(p) / T)` is `p**(1/T)`
+            renormalised, what the logits would give.
         **kwargs: passed to `keras.Model`.
 
     Raises:
-        ValueError: if either model is not a single-output `keras.Model`, or
-            their input or output shapes differ.
+        ValueError: if either model is not a `keras.Model` with one output,
+            the teacher is unbuilt, their input or output shapes differ, the
+            student ends in a softmax, or the teacher's outputs are not what
+            `teacher_outputs` says (detected from its last layer, or else
+            from its outputs on a synthetic batch: rows >= 0 summing to 1).
 
     Example:
 
     >>> distiller = Distiller(student=build_resnet(8), teacher=teacher)
     >>> distiller.compile(optimizer="sgd", metrics=["accuracy"],
     ...                   alpha=0.3, temperature=4.0)
-    >>> distiller.fit(train_ds, validation_data=val_ds, epochs=10)
+    >>> distiller.fit(train_ds, validation_data=val_ds, epochs=10,
+    ...               callbacks=[keras.callbacks.EarlyStopping("val_accuracy")])
     >>> distiller.student.save("student.keras")
     """
 
-    def __init__(self, student, teacher, **kwargs):
+    def __init__(self, student, teacher, teacher_outputs="logits", **kwargs):
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(
                 "kd_keras.Distiller needs the TensorFlow backend, got "
@@ -90,31 +318,99 @@ class Distiller(keras.Model):
                 raise ValueError(
                     f"{role} must be a keras.Model, got {type(model).__name__}"
                 )
-        student_shape = _output_shape(student, "student")
-        teacher_shape = _output_shape(teacher, "teacher")
-        if student_shape[1:] != teacher_shape[1:]:
+        if teacher_outputs not in TEACHER_OUTPUTS:
             raise ValueError(
-                f"The teacher's output shape {teacher_shape} does not match the "
-                f"student's {student_shape}: they must predict the same classes. "
-                "Build the student with num_classes equal to the teacher's."
+                f"teacher_outputs must be one of {', '.join(TEACHER_OUTPUTS)}, "
+                f"got {teacher_outputs!r}"
             )
-        if tuple(student.inputs[0].shape[1:]) != tuple(teacher.inputs[0].shape[1:]):
+        if not teacher.built:
             raise ValueError(
-                f"The teacher's input shape {tuple(teacher.inputs[0].shape)} does "
-                f"not match the student's {tuple(student.inputs[0].shape)}."
+                f"The teacher must be a trained, built keras.Model; "
+                f"{teacher.name} ({type(teacher).__name__}) is unbuilt. Build it "
+                "(call it on a batch, or teacher.build(input_shape)) and load its "
+                "weights first."
             )
+        student_input = _input_shape(student)
+        teacher_input = _input_shape(teacher)
+        if (
+            student_input is not None
+            and teacher_input is not None
+            and student_input[1:] != teacher_input[1:]
+        ):
+            raise ValueError(
+                f"The teacher's input shape {teacher_input} does "
+                f"not match the student's {student_input}."
+            )
+        input_shape = student_input or teacher_input
+        _check_same_classes(
+            _output_shape(student, "student", input_shape),
+            _output_shape(teacher, "teacher", input_shape),
+        )
+        if _static_outputs_kind(student) == "probabilities":
+            raise ValueError(
+                f"The student {student.name} ends in a softmax: the Distiller "
+                "trains on its logits. Remove the softmax (activation=None on the "
+                "last layer); apply it at inference if needed."
+            )
+        kind = _static_outputs_kind(teacher) or _probe_outputs_kind(teacher, input_shape)
+        if kind is not None and kind != teacher_outputs:
+            raise ValueError(self._teacher_outputs_message(teacher, kind, teacher_outputs))
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher
         self.teacher.trainable = False
+        self.teacher_outputs = teacher_outputs
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
-        self.student_metrics = []
         self.alpha = DEFAULT_ALPHA
         self.temperature = DEFAULT_TEMPERATURE
         self.student_loss_fn = None
         self.distillation_loss_fn = None
+        self._student_loss = None
+        self._distillation_loss = None
+        self._metrics_config = {}
+        if student.built:
+            # Both models have their weights: so has the Distiller (what
+            # BackupAndRestore and save_weights ask before the first step).
+            self.built = True
+
+    @staticmethod
+    def _teacher_outputs_message(teacher, kind, teacher_outputs):
+        if kind == "probabilities":
+            return (
+                f"The teacher {teacher.name} outputs probabilities (it ends in a "
+                "softmax, or its output rows are >= 0 and sum to 1), not logits: "
+                "build it without the softmax (keras.applications: "
+                "classifier_activation=None), or pass "
+                "teacher_outputs='probabilities' to distil from log(probabilities)."
+            )
+        return (
+            f"teacher_outputs={teacher_outputs!r}, but the teacher {teacher.name} "
+            "outputs logits (its output rows are not probabilities): leave "
+            "teacher_outputs='logits'."
+        )
+
+    def build(self, input_shape):
+        """Builds the student (a subclassed student never called before) on
+        `input_shape` and checks that its logits match the teacher's.
+
+        Args:
+            input_shape: the shape of the student's input, `(batch, ...)`
+                (or a dict of them; a `"teacher_logits"` entry is ignored).
+
+        Raises:
+            ValueError: if the student's output is not one tensor of the
+                teacher's output shape.
+        """
+        if isinstance(input_shape, dict) and TEACHER_LOGITS in input_shape:
+            input_shape, _ = split_teacher_logits(input_shape)
+        symbolic = keras.tree.map_shape_structure(
+            lambda shape: keras.KerasTensor((None,) + tuple(shape)[1:]), input_shape
+        )
+        student_shape = _single_output_shape(self.student(symbolic), "student", self.student)
+        teacher_shape = _single_output_shape(self.teacher(symbolic), "teacher", self.teacher)
+        _check_same_classes(student_shape, teacher_shape)
 
     def compile(
         self,
@@ -124,27 +420,40 @@ class Distiller(keras.Model):
         distillation_loss_fn=None,
         alpha=DEFAULT_ALPHA,
         temperature=DEFAULT_TEMPERATURE,
+        weighted_metrics=None,
         **kwargs,
     ):
         """Configures the distiller for training.
 
+        The keywords of the keras.io example's `Distiller.compile`.
+
         Args:
             optimizer: optimizer of the student's weights.
             metrics: metrics of the student's predictions against the hard
-                labels, e.g. `["accuracy"]`.
+                labels, e.g. `["accuracy"]` (resolved from the labels' and
+                logits' shapes, as by `keras.Model.compile`), unweighted.
             student_loss_fn: hard-label loss on logits; defaults to
                 `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`.
+                A `keras.losses.Loss` or a function of per-example values.
             distillation_loss_fn: loss between the teacher's and the
                 student's *probabilities* at temperature T; defaults to
                 `keras.losses.KLDivergence()`. It is multiplied by T**2.
             alpha: weight of the hard-label loss, in [0, 1].
             temperature: softmax temperature T > 0.
+            weighted_metrics: metrics weighted by `sample_weight` or
+                `class_weight`.
             **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`,
                 `steps_per_execution`).
 
         Raises:
-            ValueError: for alpha outside [0, 1] or T <= 0.
+            ValueError: for alpha outside [0, 1], T <= 0, or a `loss`.
         """
+        for key in ("loss", "loss_weights"):
+            if key in kwargs:
+                raise ValueError(
+                    f"Distiller.compile takes student_loss_fn and "
+                    f"distillation_loss_fn, not {key}={kwargs[key]!r}."
+                )
         self.alpha = validate_alpha(alpha)
         self.temperature = validate_temperature(temperature)
         self.student_loss_fn = keras.losses.get(
@@ -153,99 +462,153 @@ class Distiller(keras.Model):
         self.distillation_loss_fn = keras.losses.get(
             distillation_loss_fn or keras.losses.KLDivergence()
         )
-        self.student_metrics = [_student_metric(m) for m in (metrics or [])]
-        super().compile(optimizer=optimizer, **kwargs)
+        self._student_loss = _as_loss(self.student_loss_fn)
+        self._distillation_loss = _as_loss(self.distillation_loss_fn)
+        self._metrics_config = {
+            key: keras.saving.serialize_keras_object(value)
+            for key, value in (("metrics", metrics), ("weighted_metrics", weighted_metrics))
+            if value is not None
+        }
+        super().compile(
+            optimizer=optimizer, metrics=metrics, weighted_metrics=weighted_metrics, **kwargs
+        )
 
     @property
     def metrics(self):
-        return [
-            self.loss_tracker,
-            self.student_loss_tracker,
-            self.distillation_loss_tracker,
-            *self.student_metrics,
-        ]
+        metrics = [self.loss_tracker, self.student_loss_tracker, self.distillation_loss_tracker]
+        # keras.Model.compile's metrics, in the container (CompileMetrics)
+        # where callbacks look up whether a metric improves up or down.
+        compiled = getattr(self, "_compile_metrics", None)
+        if self.compiled and compiled is not None:
+            metrics.append(compiled)
+        return metrics
 
     def call(self, inputs, training=None):
+        inputs, _ = split_teacher_logits(inputs)
         return self.student(inputs, training=training)
 
-    def compute_losses(self, y, teacher_logits, student_logits):
+    def compute_losses(self, y, teacher_logits, student_logits, sample_weight=None):
         """The two loss terms and their blend, all float32 scalars.
+
+        Backend-agnostic (`keras.ops`). Under a `tf.distribute` strategy the
+        values are each replica's share (divided by the number of replicas,
+        as Keras's losses are); `train_step` reports them whole.
 
         Args:
             y: int labels, shape `(batch,)`.
-            teacher_logits: `(batch, classes)`.
+            teacher_logits: the teacher's outputs, `(batch, classes)`: its
+                logits, or its probabilities if the Distiller was made with
+                `teacher_outputs="probabilities"`.
             student_logits: `(batch, classes)`.
+            sample_weight: optional `(batch,)` weights of the examples, in
+                both terms.
 
         Returns:
             `(loss, student_loss, distillation_loss)`, where `loss` is
             `alpha * student_loss + (1 - alpha) * distillation_loss` and
             `distillation_loss` already includes the T**2 factor.
+
+        Raises:
+            RuntimeError: if the Distiller is not compiled.
         """
+        if self._student_loss is None:
+            raise RuntimeError("Call Distiller.compile() before computing its losses.")
         # Softmax and KL in float32 even under mixed precision: the soft
         # targets' small probabilities carry the signal.
         teacher_logits = keras.ops.cast(teacher_logits, "float32")
         student_logits = keras.ops.cast(student_logits, "float32")
+        if self.teacher_outputs == "probabilities":
+            teacher_logits = keras.ops.log(keras.ops.maximum(teacher_logits, _TINY))
         temperature = self.temperature
-        student_loss = self.student_loss_fn(y, student_logits)
-        distillation_loss = temperature**2 * self.distillation_loss_fn(
-            keras.ops.softmax(teacher_logits / temperature, axis=-1),
-            keras.ops.softmax(student_logits / temperature, axis=-1),
+        student_loss = _scalar(
+            self._student_loss(y, student_logits, sample_weight=sample_weight)
+        )
+        distillation_loss = temperature**2 * _scalar(
+            self._distillation_loss(
+                keras.ops.softmax(teacher_logits / temperature, axis=-1),
+                keras.ops.softmax(student_logits / temperature, axis=-1),
+                sample_weight=sample_weight,
+            )
         )
         loss = self.alpha * student_loss + (1.0 - self.alpha) * distillation_loss
         return loss, student_loss, distillation_loss
 
-    def _update_metrics(self, y, student_logits, losses):
-        loss, student_loss, distillation_loss = losses
-        self.loss_tracker.update_state(loss)
-        self.student_loss_tracker.update_state(student_loss)
-        self.distillation_loss_tracker.update_state(distillation_loss)
-        for metric in self.student_metrics:
-            metric.update_state(y, student_logits)
-        return {m.name: m.result() for m in self.metrics}
+    def _regularised(self, loss):
+        """`loss` plus the student's regularisation losses, each replica's
+        share of them (as Keras's `compute_loss` adds `self.losses`)."""
+        if not self.student.losses:
+            return loss
+        regularisation = sum(
+            keras.ops.sum(keras.ops.cast(value, "float32")) for value in self.student.losses
+        )
+        return loss + _scale_for_replicas(regularisation)
 
-    def _teacher_logits(self, data):
-        # A third element holds precomputed teacher logits (see
-        # `kd_keras.teacher_cache`); otherwise the teacher runs on the batch.
-        if len(data) > 2 and data[2] is not None:
-            teacher_logits = data[2]
-            expected = tuple(self.teacher.outputs[0].shape[1:])
-            if tuple(teacher_logits.shape[1:]) != expected:
-                raise ValueError(
-                    "The third element of a Distiller batch must be the "
-                    f"teacher's logits, shape (batch,) + {expected}; got shape "
-                    f"{tuple(teacher_logits.shape)}. Sample weights are not "
-                    "supported: pass (images, labels) batches."
-                )
-            return teacher_logits
-        return self.teacher(data[0], training=False)
+    def _unpack(self, data):
+        """`(inputs, y, sample_weight, teacher_logits, cached)` of a batch;
+        the teacher runs here unless the batch carries its logits
+        (`cached`)."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        inputs, teacher_logits = split_teacher_logits(x)
+        sample_weight = _check_sample_weight(sample_weight)
+        if not self.built:
+            # A subclassed student seen for the first time (while tracing).
+            self.build(keras.tree.map_structure(lambda t: tuple(t.shape), inputs))
+        cached = teacher_logits is not None
+        if not cached:
+            teacher_logits = self.teacher(inputs, training=False)
+        return inputs, y, sample_weight, teacher_logits, cached
+
+    def _student_logits(self, inputs, teacher_logits, cached, training):
+        student_logits = self.student(inputs, training=training)
+        _check_same_classes(
+            _single_output_shape(student_logits, "student", self.student),
+            _single_output_shape(teacher_logits, "teacher", self.teacher),
+            cached=cached,
+        )
+        return student_logits
+
+    def _update_metrics(self, inputs, y, student_logits, losses, sample_weight):
+        # As keras.Model's train_step: each loss tracker gets the value
+        # whole (not a replica's share), weighted by the batch size.
+        batch_size = keras.ops.shape(student_logits)[0]
+        trackers = (self.loss_tracker, self.student_loss_tracker, self.distillation_loss_tracker)
+        for tracker, value in zip(trackers, losses):
+            tracker.update_state(_unscale_for_replicas(value), sample_weight=batch_size)
+        return self.compute_metrics(inputs, y, student_logits, sample_weight=sample_weight)
 
     def train_step(self, data):
-        x, y = data[0], data[1]
-        teacher_logits = self._teacher_logits(data)
+        inputs, y, sample_weight, teacher_logits, cached = self._unpack(data)
         with tf.GradientTape() as tape:
-            student_logits = self.student(x, training=True)
-            losses = self.compute_losses(y, teacher_logits, student_logits)
-            objective = losses[0]
-            if self.student.losses:  # Kernel regularisers, if any.
-                objective = objective + keras.ops.sum(self.student.losses)
-            objective = self.optimizer.scale_loss(objective)
+            student_logits = self._student_logits(inputs, teacher_logits, cached, training=True)
+            loss, student_loss, distillation_loss = self.compute_losses(
+                y, teacher_logits, student_logits, sample_weight=sample_weight
+            )
+            loss = self._regularised(loss)
+            objective = self.optimizer.scale_loss(loss)
         variables = self.student.trainable_variables
         gradients = tape.gradient(objective, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_metrics(y, student_logits, losses)
+        return self._update_metrics(
+            inputs, y, student_logits, (loss, student_loss, distillation_loss), sample_weight
+        )
 
     def test_step(self, data):
-        x, y = data[0], data[1]
-        teacher_logits = self._teacher_logits(data)
-        student_logits = self.student(x, training=False)
-        losses = self.compute_losses(y, teacher_logits, student_logits)
-        return self._update_metrics(y, student_logits, losses)
+        inputs, y, sample_weight, teacher_logits, cached = self._unpack(data)
+        student_logits = self._student_logits(inputs, teacher_logits, cached, training=False)
+        loss, student_loss, distillation_loss = self.compute_losses(
+            y, teacher_logits, student_logits, sample_weight=sample_weight
+        )
+        loss = self._regularised(loss)
+        return self._update_metrics(
+            inputs, y, student_logits, (loss, student_loss, distillation_loss), sample_weight
+        )
 
     def get_config(self):
         return {
             **super().get_config(),
             "student": keras.saving.serialize_keras_object(self.student),
             "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "teacher_outputs": self.teacher_outputs,
         }
 
     @classmethod
@@ -260,7 +623,7 @@ class Distiller(keras.Model):
             return None
         return {
             "optimizer": keras.saving.serialize_keras_object(self.optimizer),
-            "metrics": [keras.saving.serialize_keras_object(m) for m in self.student_metrics],
+            **self._metrics_config,
             "student_loss_fn": keras.saving.serialize_keras_object(self.student_loss_fn),
             "distillation_loss_fn": keras.saving.serialize_keras_object(
                 self.distillation_loss_fn
@@ -273,7 +636,13 @@ class Distiller(keras.Model):
         config = dict(config)
         for key in ("optimizer", "student_loss_fn", "distillation_loss_fn"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
-        config["metrics"] = [
-            keras.saving.deserialize_keras_object(m) for m in config["metrics"]
-        ]
+        for key in ("metrics", "weighted_metrics"):
+            if config.get(key) is not None:
+                config[key] = [
+                    keras.saving.deserialize_keras_object(m) for m in config[key]
+                ]
         self.compile(**config)
+        if self.built:
+            # As keras.Model.compile_from_config: the optimizer's variables
+            # exist, so a saved optimizer state loads into them.
+            self.optimizer.build(self.student.trainable_variables)

@@ -19,9 +19,20 @@ are combined with TensorFlow's global seed, so a pipeline made after another
 `keras.utils.set_random_seed` yields other views. `dataset()` therefore
 checks the first batch of every epoch it replays against a fresh teacher
 pass and raises `CacheMismatchError` if they differ.
+
+Batch layout: the logits ride in `x`, as `({"images": x, "teacher_logits":
+logits}, y)` (or `(..., y, sample_weight)` when the batches carry sample
+weights), which `kd_keras.Distiller` takes instead of running the teacher.
+The third element of a batch stays Keras's sample weights, so `fit`'s
+`sample_weight=` and `class_weight=` work on cached batches too.
 """
 
 import numpy as np
+
+# The keys of a Distiller batch's `x` that carries precomputed teacher
+# outputs: `{IMAGES: inputs, TEACHER_LOGITS: logits}`.
+IMAGES = "images"
+TEACHER_LOGITS = "teacher_logits"
 
 # Largest |cached - fresh| teacher logit accepted as the same batch. Cached
 # and fresh logits of one batch agree to float round-off (~1e-5); a
@@ -34,7 +45,8 @@ class CacheMismatchError(RuntimeError):
 
 
 class TeacherLogitCache:
-    """Teacher logits of a deterministic `(x, y)` batch pipeline, per epoch.
+    """Teacher logits of a deterministic `(x, y)` (or `(x, y,
+    sample_weight)`) batch pipeline, per epoch.
 
     Args:
         teacher: the frozen teacher, a `keras.Model` returning logits (use
@@ -76,7 +88,7 @@ class TeacherLogitCache:
         use, then kept)."""
         if epoch not in self._epochs:
             batches = self.make_batches(epoch + 1, epoch).take(self.steps_per_epoch)
-            self._epochs[epoch] = [self._teacher_logits(x) for x, _ in batches]
+            self._epochs[epoch] = [self._teacher_logits(batch[0]) for batch in batches]
         return self._epochs[epoch]
 
     @property
@@ -88,8 +100,8 @@ class TeacherLogitCache:
         """Raises `CacheMismatchError` unless the first batch that
         `make_batches` now yields for `epoch` has the cached logits."""
         cached = self.epoch_logits(epoch)[0]
-        for images, _ in self.make_batches(epoch + 1, epoch).take(1):
-            fresh = self._teacher_logits(images)
+        for batch in self.make_batches(epoch + 1, epoch).take(1):
+            fresh = self._teacher_logits(batch[0])
             difference = float(np.max(np.abs(fresh - cached))) if fresh.shape == cached.shape else np.inf
             if difference > _SAME_BATCH_TOLERANCE:
                 raise CacheMismatchError(
@@ -102,7 +114,8 @@ class TeacherLogitCache:
 
     def dataset(self, epochs, start_epoch=0):
         """`make_batches(epochs, start_epoch)` with each batch's teacher
-        logits as a third element: `(x, y, teacher_logits)`, which
+        logits in `x`: `({"images": x, "teacher_logits": logits}, y)` (and
+        the batches' sample weights, if any, third), which
         `kd_keras.Distiller` uses instead of running the teacher.
 
         Raises:
@@ -122,19 +135,21 @@ class TeacherLogitCache:
 
 
 def with_teacher_logits(dataset, teacher):
-    """A fixed `(x, y)` dataset (validation: no shuffling, no augmentation)
-    with the teacher's logits of each batch as a third element, computed
-    once. Iterating it again replays the same logits."""
+    """A fixed `(x, y)` or `(x, y, sample_weight)` dataset (validation: no
+    shuffling, no augmentation) with the teacher's logits of each batch in
+    `x`, `({"images": x, "teacher_logits": logits}, y)`, computed once.
+    Iterating it again replays the same logits."""
     import tensorflow as tf
 
     forward = tf.function(lambda x: teacher(x, training=False))
-    logits = [np.asarray(forward(x), dtype="float32") for x, _ in dataset]
+    logits = [np.asarray(forward(batch[0]), dtype="float32") for batch in dataset]
     return _zip_logits(dataset, logits)
 
 
 def _zip_logits(batches, logits):
-    """`(x, y, teacher_logits)` batches: `batches` zipped with `logits`, a
-    list of per-batch arrays in the same order."""
+    """`({"images": x, "teacher_logits": logits}, y[, sample_weight])`
+    batches: `batches` zipped with `logits`, a list of per-batch arrays in
+    the same order."""
     import tensorflow as tf
 
     classes = logits[0].shape[-1] if logits else 0
@@ -147,6 +162,11 @@ def _zip_logits(batches, logits):
     replayed = replayed.apply(tf.data.experimental.assert_cardinality(len(logits)))
     return (
         tf.data.Dataset.zip((batches, replayed))
-        .map(lambda batch, teacher_logits: (batch[0], batch[1], teacher_logits))
+        .map(
+            lambda batch, teacher_logits: (
+                {IMAGES: batch[0], TEACHER_LOGITS: teacher_logits},
+                *batch[1:],
+            )
+        )
         .prefetch(tf.data.AUTOTUNE)
     )

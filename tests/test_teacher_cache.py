@@ -36,8 +36,9 @@ def test_cached_logits_are_the_teachers_logits_of_the_very_same_batches(teacher)
     for start in (0, 1):  # From the start, and as a resumed trial would.
         batches = list(cache.dataset(epochs=3, start_epoch=start))
         assert len(batches) == (3 - start) * STEPS
-        assert [len(b[0]) for b in batches[:STEPS]] == [16, 16, 8]
-        for x, _, teacher_logits in batches:
+        assert [len(b[0]["images"]) for b in batches[:STEPS]] == [16, 16, 8]
+        for inputs, _ in batches:
+            x, teacher_logits = inputs["images"], inputs["teacher_logits"]
             np.testing.assert_allclose(
                 teacher_logits, teacher(x, training=False), atol=1e-5
             )
@@ -91,8 +92,42 @@ def test_training_on_cached_logits_equals_training_with_the_teacher(teacher):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_third_element_that_is_not_logits_is_refused(teacher):
+def test_teacher_logits_as_third_element_are_refused_naming_the_new_layout(teacher):
+    """The third element of a batch is Keras's sample weights; teacher
+    logits put there (the former layout) are refused, naming where they go."""
     distiller = _distiller(teacher)
     x = IMAGES[:8].astype("float32")
-    with pytest.raises(ValueError, match=r"teacher's logits.*Sample weights are not supported"):
-        distiller.fit(x, LABELS[:8], sample_weight=np.ones(8, "float32"), verbose=0)
+    logits = np.asarray(teacher(x, training=False))
+    message = r"sample_weight must have shape \(batch,\), got \(None, 10\).*teacher's logits"
+    with pytest.raises(ValueError, match=message):
+        distiller.fit(x, LABELS[:8], sample_weight=logits, verbose=0)
+
+
+def _with_weights(dataset, weights):
+    import tensorflow as tf
+
+    per_batch = tf.data.Dataset.from_tensor_slices(weights).batch(BATCH)
+    return tf.data.Dataset.zip((dataset, per_batch)).map(lambda b, w: (b[0], b[1], w))
+
+
+def test_cached_batches_keep_sample_weights_and_train_as_the_live_teacher(teacher):
+    weights = np.linspace(0.0, 2.0, 40).astype("float32")
+    val = _with_weights(make_dataset(IMAGES, LABELS, batch_size=BATCH, training=False), weights)
+    cached_val = with_teacher_logits(val, teacher)
+    for (inputs, y, w), (x, y_plain, w_plain) in zip(cached_val, val):
+        np.testing.assert_array_equal(inputs["images"], x)
+        np.testing.assert_array_equal(y, y_plain)
+        np.testing.assert_array_equal(w, w_plain)
+        np.testing.assert_allclose(inputs["teacher_logits"], teacher(x, training=False), atol=1e-5)
+    live, cached = _distiller(teacher), _distiller(teacher)
+    h_live = live.fit(val, validation_data=val, epochs=2, shuffle=False, verbose=0)
+    h_cached = cached.fit(
+        cached_val, validation_data=cached_val, epochs=2, shuffle=False, verbose=0
+    )
+    for key in ("loss", "student_loss", "distillation_loss", "val_loss"):
+        np.testing.assert_allclose(h_cached.history[key], h_live.history[key], rtol=1e-4)
+    # The weights count: unweighted training reports another loss.
+    unweighted = _distiller(teacher).fit(
+        val.map(lambda x, y, w: (x, y)), epochs=1, shuffle=False, verbose=0
+    )
+    assert abs(unweighted.history["loss"][0] - h_live.history["loss"][0]) > 1e-3
