@@ -13,6 +13,7 @@ Environment: `KD_KERAS_RUNS_DIR` (default `runs`) and `KD_KERAS_CIFAR10`
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import altair as alt
@@ -39,8 +40,11 @@ STATUS_ICONS = {
 }
 PRESET_NOTES = {
     "smoke": "seconds; a few hundred images and tiny ResNets (for tests)",
-    "quick": "about 15-20 min on a 2-core CPU; 10,000 images, ResNet-20 -> ResNet-8",
-    "paper": "hours; all images, teacher depth 30, student depth 15 (for a GPU)",
+    "quick": "6-10 min on a 2-core CPU with native bfloat16 (longer without); "
+    "10,000 images, ResNet-20 -> ResNet-8",
+    "full": "about 1 hour a stage on a 2-core CPU with native bfloat16; all images, "
+    "teacher depth 30, student depth 15",
+    "paper": "days on a CPU; the full setting with 160 epochs a stage (for a GPU)",
 }
 
 
@@ -201,6 +205,8 @@ def launch_options(runs_dir, data_path):
         train_per_class=s.get("train_per_class"),
         seed=s.get("seed"),
         teacher=teacher,
+        teacher_model=(s.get("teacher_model") or "").strip(),
+        student_model=(s.get("student_model") or "").strip(),
         if_exists=s.get("if_exists", "refuse"),
     )
 
@@ -283,6 +289,15 @@ def launch_tab(runs_dir, data_path):
                     placeholder=hint("train_per_class", "all (4500)"))
     c4.text_input("Run name", key="run_name", placeholder=f"auto: {preset}-<date>-<time>")
     teacher_picker(runs_dir, "teacher_choice", allow_new=True)
+    m1, m2 = st.columns(2)
+    model_help = ("Empty: a ResNet of the depth above. Or resnet<depth>, a "
+                  "keras.applications name (mobilenetv3small, mobilenetv3large, "
+                  "efficientnetb0-b7, efficientnetv2b0-b3, efficientnetv2s; options "
+                  "after a colon, e.g. mobilenetv3small:alpha=0.35), or a .keras file.")
+    m1.text_input("Teacher model", key="teacher_model", placeholder="resnet (depth above)",
+                  help=model_help)
+    m2.text_input("Student model", key="student_model", placeholder="resnet (depth above)",
+                  help=model_help)
     st.radio(
         "If the run folder exists",
         ["refuse", "resume", "overwrite"],
@@ -424,6 +439,65 @@ def watch_fragment(*args):
 # --------------------------------------------------------------------------
 
 
+def shipped_models(folder, run_name):
+    """The run's exported models (`python -m kd_keras export`): their
+    measurements against the Keras models, the teacher/student ratios as
+    shipped, and a download button per exported file."""
+    rows = kr.exported_models(folder)
+    if not rows:
+        st.caption(
+            "No exported models yet. `python -m kd_keras export "
+            f"{folder} --format saved_model litert --quantize none int8` ships "
+            "the distilled student as a SavedModel and LiteRT files, measured "
+            "on the test set; they then appear here."
+        )
+        return
+    st.markdown("**Shipped models** (`export/`, by `python -m kd_keras export`)")
+    table = kr.exported_table(rows)
+    formats = {
+        "size_mb": "{:.4f}",
+        "size_ratio": lambda v: f"{100 * v:.1f}%",
+        "test_accuracy": "{:.4f}",
+        "keras_test_accuracy": "{:.4f}",
+        "accuracy_delta_points": "{:+.2f}",
+        "agreement": lambda v: f"{100 * v:.2f}%",
+        "latency_ms": "{:.3f}",
+        "keras_latency_ms": "{:.3f}",
+        "speedup": "{:.2f}x",
+        "test_images": "{:.0f}",
+    }
+    styled = table.style.format(
+        {k: v for k, v in formats.items() if k in table.columns}, na_rep="-"
+    )
+    st.table(styled, hide_index=True)
+    st.caption(
+        "size_ratio: the file's size as a share of the stage's .keras file. "
+        "keras_test_accuracy, keras_latency_ms: the stage's Keras model on the "
+        "same test images, timed the same way (median one-image latency, warm) "
+        "in the same process. agreement: share of test images where the "
+        "exported model's top-1 class equals the Keras model's. io int8: the "
+        "file takes int8 pixels and returns int8 logits (see its row in "
+        "results.json for the scale and zero point)."
+    )
+    ratios = kr.teacher_vs_student(folder)
+    if ratios:
+        st.markdown("**Teacher vs distilled student**, as Keras models and as shipped")
+        frame = kr.ratios_table(ratios)
+        st.table(frame.style.format({c: "{:.2f}x" for c in frame.columns[1:3]}
+                                    | {frame.columns[3]: "{:+.2f}"}, na_rep="-"),
+                 hide_index=True)
+    columns = st.columns(3)
+    for index, row in enumerate(rows):
+        name = Path(row["file"]).name + (".zip" if row["path"].is_dir() else "")
+        columns[index % 3].download_button(
+            f"Download {row['stage']} ({name})",
+            partial(lambda path: kr.export_download(path)[0], row["path"]),
+            file_name=f"{run_name}-{row['source_stage']}-{name}",
+            mime="application/zip" if row["path"].is_dir() else "application/octet-stream",
+            key=f"download_export_{row['stage']}",
+        )
+
+
 def results_tab(runs_dir, run_name):
     if not run_name:
         st.info(f"No runs in '{runs_dir}' yet: start one in the Launch tab, or "
@@ -453,8 +527,11 @@ def results_tab(runs_dir, run_name):
             {k: v for k, v in formats.items() if k in shown.columns}, na_rep="-"
         )
         st.table(styled, hide_index=True)
+        exported = table["stage"].astype(str).str.contains("@").any()
         st.caption("size in MB, latency in ms per image (batch 1, CPU); "
-                   "accuracy as a fraction, loss as cross-entropy.")
+                   "accuracy as a fraction, loss as cross-entropy."
+                   + (" Rows <stage>@<variant> are exported models (below)."
+                      if exported else ""))
         gain = kr.distillation_gain(folder, table)
         if gain is not None:
             st.metric(
@@ -466,6 +543,7 @@ def results_tab(runs_dir, run_name):
                 "percentage points: same student, same initial weights and data "
                 "order; only the loss differs."
             )
+        shipped_models(folder, run_name)
     c1, c2 = st.columns(2)
     bar = folder / "test_accuracy_bar.png"
     if bar.is_file():

@@ -88,7 +88,7 @@ CASES = {
                      "folded teacher)"},
     "kd_distiller_keras_bn": {"kind": "distill", "fused": False, "fold": False,
                               "what": "kd_keras.Distiller step, float32, stock keras "
-                              "BatchNormalization, unfolded teacher (the 0.1 default)"},
+                              "BatchNormalization, unfolded teacher"},
     "keras_distiller": {
         "kind": "keras_distill",
         "what": "keras.distillation.Distiller + LogitsDistillation(T=4, KLDivergence), "

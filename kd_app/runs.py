@@ -13,7 +13,9 @@ app instead
   (or a T/alpha search, `python -m tuning ...`), in its own session, so it
   survives page reloads and even a restart of the app;
 * stops one with SIGTERM, which kd_keras turns into a clean stop
-  (`progress.json` status "stopped").
+  (`progress.json` status "stopped");
+* lists a run's exported models (`export/`, written by
+  `python -m kd_keras export`) and offers them for download.
 
 Each process started by the app leaves two files beside its folder:
 `<folder>.log` (its stdout and stderr) and `<folder>.launch.json` (pid,
@@ -22,6 +24,7 @@ kd_keras refuses to start in a non-empty folder and `--overwrite` empties it.
 """
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -30,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,7 +41,9 @@ import pandas as pd
 
 # Only Keras-free modules of kd_keras (its package imports TensorFlow lazily).
 from kd_keras import atomic
-from kd_keras.config import PRESETS, RunConfig
+from kd_keras.config import PRESETS, RunConfig, validate_temperature
+from kd_keras.model_specs import parse_model_spec
+from kd_keras.export_spec import read_export_rows, run_stages
 from kd_keras.stages import STAGE_COLORS, STAGES  # noqa: F401 (used by app.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +64,21 @@ TABLE_COLUMNS = (
     "val_accuracy",
     "val_loss",
     "latency_ms",
+)
+# The columns of the app's table of exported models (rows `<stage>@<variant>`).
+EXPORT_TABLE_COLUMNS = (
+    "stage",
+    "io",
+    "size_mb",
+    "size_ratio",
+    "test_accuracy",
+    "keras_test_accuracy",
+    "accuracy_delta_points",
+    "agreement",
+    "latency_ms",
+    "keras_latency_ms",
+    "speedup",
+    "test_images",
 )
 # Launch-form fields: (RunConfig field, CLI flag).
 RUN_FLAGS = (
@@ -289,25 +310,50 @@ class RunState(_ProcessState):
         return self.progress.get("error")
 
 
-def lock_owner(folder):
-    """The pid in `<folder>/run.lock`, or None."""
+def lock_owner(folder, *, lock_path=None):
+    """The pid of the process holding `folder`'s lock, or None.
+
+    Decided by `kd_keras.atomic.lock_holder`, as kd_keras decides it: the
+    kernel's lock on the file, not the pid written in it (which a stranger
+    may have reused after the owner died).
+    """
+    holder = atomic.lock_holder(folder, path=lock_path)
+    return None if holder is None else holder.get("pid")
+
+
+def runs_module_on(pid, module, folder):
+    """True if `pid` is alive, is `python -m <module> ...`, and its `--out`
+    is `folder`: a reused pid, even of another kd_keras process, is not."""
+    if not runs_module(pid, module):
+        return False
+    args = process_args(pid)
+    if args is None:  # No /proc (not Linux): trust the pid.
+        return True
+    out = next((b for a, b in zip(args, args[1:]) if a == "--out"), None)
+    if out is None:
+        return False
     try:
-        return int((Path(folder) / "run.lock").read_text().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        cwd = Path.cwd()
+    return (cwd / out).resolve() == Path(folder).resolve()
 
 
 def live_pid(folder, progress=None, launch=None, module="kd_keras"):
     """The pid of the live process writing `folder`, or None."""
     folder = Path(folder)
     owner = lock_owner(folder)
-    if owner and pid_alive(owner):
-        return owner  # As kd_keras itself decides: a live lock owner holds it.
+    if owner:
+        return owner  # As kd_keras itself decides: the holder of the lock.
+    # Before it takes the lock (it checks its inputs first), a run is known
+    # by its progress or launch record, if that pid still runs on this folder.
     progress = read_json(folder / "progress.json", {}) if progress is None else progress
-    if progress.get("status") == "running" and runs_module(progress.get("pid"), module):
+    if progress.get("status") == "running" and runs_module_on(
+        progress.get("pid"), module, folder
+    ):
         return progress["pid"]
     launch = read_json(launch_files(folder)[1]) if launch is None else launch
-    if launch and runs_module(launch.get("pid"), module):
+    if launch and runs_module_on(launch.get("pid"), module, folder):
         return launch["pid"]
     return None
 
@@ -399,6 +445,8 @@ class LaunchOptions:
     train_per_class: int = None
     seed: int = None
     teacher: str = ""
+    teacher_model: str = ""  # "" = resnet<depth>; see kd_keras/model_specs.py.
+    student_model: str = ""
     if_exists: str = "refuse"  # "refuse", "resume" or "overwrite".
 
 
@@ -425,9 +473,28 @@ def check_data_path(data):
         return [
             f"The CIFAR-10 dataset path '{path}' does not exist. Point "
             "'CIFAR-10 archive' in the sidebar at cifar-10-python.tar.gz or a "
-            "cifar-10-batches-py/ folder."
+            "cifar-10-batches-py/ folder (or your own image folder with one "
+            "subfolder per class, or a .npz file)."
         ]
     return []
+
+
+def check_models(teacher_model, student_model):
+    """Errors about the teacher and student model names (Keras-free: the
+    names and options of `kd_keras.model_specs`; a .keras file must exist)."""
+    errors = []
+    for role, value in (("teacher", teacher_model), ("student", student_model)):
+        value = str(value or "").strip()
+        if not value:
+            continue
+        try:
+            spec = parse_model_spec(value, role=role)
+        except ValueError as error:
+            errors.append(f"{str(error)[0].upper()}{str(error)[1:]}.")
+            continue
+        if spec["kind"] == "file" and not Path(value).expanduser().is_file():
+            errors.append(f"The {role} model file '{value}' does not exist.")
+    return errors
 
 
 def check_hyperparameters(temperature, alpha):
@@ -440,6 +507,11 @@ def check_hyperparameters(temperature, alpha):
             f"Temperature T must be a number > 0 (got {temperature}); 1 means "
             "plain softmax, Hinton et al. use 2-20 (kd_keras default 4)."
         )
+    elif temperature is not None:
+        try:
+            validate_temperature(temperature)  # kd_keras's own range.
+        except ValueError as error:
+            errors.append(f"Temperature T: {error}.")
     if alpha is not None and not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
         errors.append(
             f"alpha must be in [0, 1] (got {alpha}): it weights the hard-label "
@@ -489,6 +561,7 @@ def validate_launch(options, runs_dir):
     ):
         errors.append("Train images per class must be at most 5000 (CIFAR-10 has 5000 per class).")
     errors += check_teacher(options.teacher)
+    errors += check_models(options.teacher_model, options.student_model)
     if options.if_exists not in ("refuse", "resume", "overwrite"):
         errors.append(f"Unknown choice '{options.if_exists}' for an existing folder.")
     if options.name and not errors:
@@ -528,6 +601,13 @@ def run_command(options, out):
                 argv += [flag, str(int(value))]
     if options.teacher:
         argv += ["--teacher", str(Path(options.teacher).expanduser().resolve())]
+    for flag, value in (("--teacher-model", options.teacher_model),
+                        ("--student-model", options.student_model)):
+        value = str(value or "").strip()
+        if value.endswith(".keras"):
+            value = str(Path(value).expanduser().resolve())
+        if value:
+            argv += [flag, value]
     if options.if_exists == "overwrite":
         argv.append("--overwrite")
     return argv
@@ -774,6 +854,56 @@ def results_table(folder):
     return pd.DataFrame(rows) if rows else None
 
 
+def exported_models(folder):
+    """The run's current exported models: the rows of
+    `export/<stage>/<variant>.json` whose file exists and whose source model
+    is unchanged, in stage then variant order, each with `path`, the
+    exported file's (or SavedModel folder's) absolute path."""
+    folder = Path(folder)
+    rows = read_export_rows(folder, run_stages(folder))
+    return [{**row, "path": folder / row["file"]} for row in rows]
+
+
+def exported_table(rows):
+    """`exported_models` rows as a DataFrame of `EXPORT_TABLE_COLUMNS`."""
+    frame = pd.DataFrame(rows)
+    return frame[[c for c in EXPORT_TABLE_COLUMNS if c in frame.columns]]
+
+
+def export_download(path):
+    """`(bytes, file name, mime type)` of an exported model: a `.tflite` file
+    as it is, a SavedModel folder as a zip of the folder."""
+    path = Path(path)
+    if path.is_dir():
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for child in sorted(path.rglob("*")):
+                if child.is_file():
+                    archive.write(child, Path(path.name) / child.relative_to(path))
+        return buffer.getvalue(), f"{path.name}.zip", "application/zip"
+    return path.read_bytes(), path.name, "application/octet-stream"
+
+
+def teacher_vs_student(folder):
+    """The teacher/distilled-student size and latency ratios of
+    `results.json` (`kd_keras.results.shipping_ratios`), or []."""
+    saved = read_json(Path(folder) / "results.json", {}) or {}
+    ratios = saved.get("teacher_vs_student")
+    return [r for r in ratios if isinstance(r, dict)] if isinstance(ratios, list) else []
+
+
+def ratios_table(ratios):
+    """`teacher_vs_student` ratios as a DataFrame: the variant, how many
+    times larger and slower the teacher is, and the student's test-accuracy
+    points minus the teacher's."""
+    return pd.DataFrame({
+        "as": [r.get("variant") for r in ratios],
+        "teacher / student size": [r.get("size_ratio") for r in ratios],
+        "teacher / student latency": [r.get("latency_ratio") for r in ratios],
+        "student - teacher accuracy (points)": [r.get("accuracy_points") for r in ratios],
+    })
+
+
 def distillation_gain(folder, table=None):
     """Test-accuracy points of the distilled student over its baseline."""
     saved = read_json(Path(folder) / "results.json", {}) or {}
@@ -975,8 +1105,13 @@ def search_state(folder):
     launch = read_json(record_path)
     argv = (launch or {}).get("argv")
     settings = read_json(folder / "search.json", {}) or {}
-    pid = launch.get("pid") if launch else None
-    alive = bool(pid) and runs_module(pid, "tuning")
+    launch_pid = launch.get("pid") if launch else None
+    # The search's lock decides, as `python -m tuning` itself does; before
+    # the lock is taken, the launched process if it still runs this search.
+    pid = lock_owner(folder, lock_path=atomic.sibling_lock_path(folder)) or (
+        launch_pid if launch_pid and runs_module_on(launch_pid, "tuning", folder) else None
+    )
+    alive = bool(pid)
     trials = read_trials(folder)
     best = best_params(folder, trials)
     completed = 0
@@ -1007,7 +1142,7 @@ def search_state(folder):
         preset=_flag_value(argv, "--preset"),
         planned=planned,
         completed=completed,
-        exit_code=exit_code(pid) if pid else None,
+        exit_code=exit_code(launch_pid) if launch_pid else None,
         log_path=log_path if log_path.exists() else None,
     )
 

@@ -40,6 +40,11 @@ _EXPORTS = {
     "run_pipeline": "kd_keras.pipeline",
     "format_table": "kd_keras.results",
     "load_stage_rows": "kd_keras.results",
+    "ExportError": "kd_keras.export_spec",
+    "export_model": "kd_keras.export",
+    "export_run": "kd_keras.export",
+    "evaluate_litert": "kd_keras.export",
+    "evaluate_saved_model": "kd_keras.export",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,15 +1,28 @@
-"""Atomic file writes and the run-folder lock.
+"""Atomic file writes, damaged-file errors and the folder lock.
 
 Every file in a run folder is written under a temporary name in the same
 folder and renamed over its final name, so a reader (the app, another
 process) never sees a half-written file and a crash never leaves one.
+
+A folder is owned by one process at a time through `RunLock`: an exclusive
+`fcntl.flock` on a lock file, held for the owner's life and released by the
+kernel when it exits (SIGKILL included). Whether a folder is locked is
+decided by the kernel's lock alone, never by the pid written in the file, so
+a lock can neither outlive its owner nor be claimed by a stranger that reused
+its pid.
 """
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -62,18 +75,99 @@ def write_json(path, value):
     write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read_json(path, default=None):
-    """Reads JSON from `path`, or returns `default` if it does not exist."""
+class DamagedFileError(ValueError):
+    """A file that exists but cannot be parsed (truncated, emptied, edited).
+
+    The message names the file, what is wrong with it and how to fix it.
+
+    Args:
+        path: the damaged file.
+        problem: what is wrong, e.g. the parser's complaint.
+        fix: what to do; defaults to the fix for that file of a run or
+            search folder (see `damaged_file_fix`).
+    """
+
+    def __init__(self, path, problem, fix=None):
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix or damaged_file_fix(path)
+        super().__init__(f"'{path}' is damaged ({problem}); {self.fix}")
+
+
+def damaged_file_fix(path):
+    """What to do about a damaged file of a run folder, by its place in it."""
+    path = Path(path)
+    in_stage_folder = path.parent.name in ("stages", "history")
+    in_checkpoint = path.parent.parent.name == "checkpoints"
+    if in_checkpoint:
+        run_dir = path.parent.parent.parent
+    elif in_stage_folder:
+        run_dir = path.parent.parent
+    else:
+        run_dir = path.parent
+    resume = f"python -m kd_keras run --resume --out {run_dir}"
+    if path.name == "config.json":
+        return (
+            "it holds the run's settings and cannot be rebuilt: restore it from a "
+            "copy, or start the run again in a new --out folder"
+        )
+    if path.name == "progress.json":
+        return f"delete it; '{resume}' rebuilds it"
+    if in_stage_folder:
+        return (
+            f"'{resume}' rebuilds it from the stage's checkpoint (a stage added by "
+            "tuning needs 'python -m tuning ... --apply-to' again)"
+        )
+    if in_checkpoint:
+        return (
+            f"the stage's checkpoint cannot be used: delete the folder '{path.parent}' "
+            f"and run '{resume}'; stage '{path.parent.name}' then trains again from "
+            "its first epoch (finished stages are kept)"
+        )
+    return "restore it from a copy, or delete it"
+
+
+def read_json(path, default=None, *, fix=None):
+    """Reads JSON from `path`, or returns `default` if it does not exist.
+
+    Raises:
+        DamagedFileError: the file exists but is not valid JSON (truncated,
+            empty, not UTF-8), naming the file and the fix.
+    """
     try:
-        with open(path) as file:
-            return json.load(file)
+        with open(path, "rb") as file:
+            raw = file.read()
     except FileNotFoundError:
         return default
+    except IsADirectoryError:
+        raise DamagedFileError(path, "a folder where a file belongs", fix) from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        problem = "empty" if not raw.strip() else f"not valid JSON: {error}"
+        raise DamagedFileError(path, problem, fix) from None
+
+
+def read_json_object(path, default=None, *, keys=(), fix=None):
+    """Like `read_json`, but the content must be a dict holding `keys`."""
+    value = read_json(path, default, fix=fix)
+    if value is default:
+        return value
+    if not isinstance(value, dict):
+        raise DamagedFileError(path, f"a JSON {type(value).__name__}, not an object", fix)
+    missing = [k for k in keys if k not in value]
+    if missing:
+        raise DamagedFileError(path, f"no {', '.join(map(repr, missing))} entry", fix)
+    return value
 
 
 def pid_alive(pid):
-    """True if a process with this pid exists (and is not a zombie)."""
-    if not isinstance(pid, int) or pid <= 0:
+    """True if a process with this pid exists (and is not a zombie).
+
+    Says nothing about *which* process it is: pids are reused. Folder
+    ownership is decided by `RunLock`/`lock_holder`, not by this.
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -89,11 +183,113 @@ def pid_alive(pid):
 
 
 class RunLockedError(RuntimeError):
-    """Another live process holds the run folder."""
+    """Another live process holds the folder's lock."""
+
+
+LOCK_FILE = "run.lock"
+# A reader (`lock_holder`, e.g. the app polling) holds a shared lock for a
+# few microseconds; `acquire` retries for this long before calling the
+# folder taken, so a poll never makes a start fail.
+_ACQUIRE_GRACE_S = 0.2
+
+
+def _command_line():
+    try:
+        with open("/proc/self/cmdline", "rb") as file:
+            parts = [p.decode(errors="replace") for p in file.read().split(b"\0") if p]
+    except OSError:
+        parts = [sys.executable, *sys.argv]
+    return " ".join(parts)
+
+
+def _same_file(fd, path):
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _parse_lock_record(raw):
+    text = raw.decode("utf-8", errors="replace").strip()
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if isinstance(record, int) and not isinstance(record, bool):
+        record = {"pid": record}  # An older kd_keras wrote the bare pid.
+    if not isinstance(record, dict):
+        return {"pid": None}
+    if not isinstance(record.get("pid"), int) or isinstance(record.get("pid"), bool):
+        record["pid"] = None
+    return record
+
+
+def sibling_lock_path(folder):
+    """The lock file beside `folder`, `.<name>.lock`, for folders that are
+    deleted whole (a Keras Tuner search folder on `--overwrite`), where a
+    lock file inside would go with them."""
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.lock"
+
+
+def lock_holder(folder=None, *, path=None):
+    """Who holds a folder's lock right now, or `None` if nobody does.
+
+    Decided by the kernel: the lock file's `flock` is tested with a shared,
+    non-blocking lock that is dropped at once. A lock file left by a process
+    that died (however it died) is not held, whatever pid it names.
+
+    Args:
+        folder: the locked folder (its lock file is `<folder>/run.lock`).
+        path: the lock file itself, instead of `folder`.
+
+    Returns:
+        `None`, or the holder's record: a dict with `pid` (an int, or None
+        if the holder has not written it yet) and, when written by this
+        version, `command`, `folder`, `started_at`, `host` and `token`.
+    """
+    path = Path(path) if path is not None else Path(folder) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None  # No lock file (or an unreadable one: nobody can hold it).
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _parse_lock_record(os.pread(fd, 65536, 0))
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 class RunLock:
-    """A lock file holding the owner's pid; a stale lock (dead pid) is taken over.
+    """An exclusive lock on a folder, held until `release()` or the process ends.
+
+    `acquire()` takes an exclusive `fcntl.flock` on the lock file (created if
+    needed) and then writes who holds it (pid, command line, folder, start
+    time, host, a random token) into the file, for people and for the app's
+    "who is running this" display. The kernel drops the lock when the
+    process exits, however it exits, so there is never a stale lock to clear:
+    a lock file whose holder is gone is simply taken by the next `acquire()`,
+    even if its pid now belongs to another live process. Two processes that
+    call `acquire()` at the same instant cannot both succeed.
+
+    Args:
+        folder: the folder to lock; created if missing.
+        path: the lock file; defaults to `<folder>/run.lock`. (A search
+            folder uses a file beside it, because Keras Tuner deletes the
+            folder itself on `--overwrite`.)
+
+    Raises:
+        RunLockedError: from `acquire()`, when another process (or another
+            `RunLock` of this process) holds the lock; the message names the
+            holder's pid and command.
 
     Example:
 
@@ -101,37 +297,100 @@ class RunLock:
     ...     ...  # Only this process writes runs/quick.
     """
 
-    def __init__(self, folder):
-        self.path = Path(folder) / "run.lock"
+    def __init__(self, folder, *, path=None):
+        self.folder = Path(folder)
+        self.path = Path(path) if path is not None else self.folder / LOCK_FILE
+        self._fd = None
+        self._pid = None
 
     def acquire(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self.owner()
-                if owner is not None and owner != os.getpid() and pid_alive(owner):
-                    raise RunLockedError(
-                        f"run folder '{self.path.parent}' is in use by process "
-                        f"{owner}; wait for it to finish or stop it first"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # Stale: its owner is gone.
-                continue
-            with os.fdopen(fd, "w") as file:
-                file.write(str(os.getpid()))
+        """Takes the lock or raises `RunLockedError`; returns self."""
+        if self._fd is not None and self._pid == os.getpid():
             return self
-        raise RunLockedError(f"could not take the lock '{self.path}'")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + _ACQUIRE_GRACE_S
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                raise self._locked_error() from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if not _same_file(fd, self.path):
+                # The previous holder removed the file between our open and
+                # our lock: this inode is no longer the lock. Start over.
+                os.close(fd)
+                continue
+            try:
+                self._write_record(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd, self._pid = fd, os.getpid()
+            return self
+
+    def _write_record(self, fd):
+        record = {
+            "pid": os.getpid(),
+            "command": _command_line(),
+            "folder": str(self.folder.resolve()),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(),
+            "token": uuid.uuid4().hex,
+        }
+        data = (json.dumps(record, indent=2) + "\n").encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+
+    def _locked_error(self):
+        holder = lock_holder(path=self.path) or {}
+        pid = holder.get("pid")
+        if pid == os.getpid():
+            who = "this process (another RunLock on the same folder)"
+        elif pid is not None:
+            command = holder.get("command")
+            since = holder.get("started_at")
+            who = f"process {pid}" + (f" ({command}" + (f", since {since}" if since else "") + ")"
+                                       if command else "")
+        else:
+            who = "another process"
+        stop = f" (kill -TERM {pid})" if pid is not None and pid != os.getpid() else ""
+        return RunLockedError(
+            f"'{self.folder}' is in use by {who}; wait for it to finish or stop it "
+            f"first{stop}: the lock ends with its process, there is nothing to delete"
+        )
+
+    @property
+    def held(self):
+        """True while this object holds the lock."""
+        return self._fd is not None and self._pid == os.getpid()
 
     def owner(self):
-        try:
-            return int(self.path.read_text().strip() or 0)
-        except (OSError, ValueError):
-            return None
+        """The pid of the process holding the lock now, or `None`."""
+        holder = lock_holder(path=self.path)
+        return None if holder is None else holder.get("pid")
 
     def release(self):
-        if self.owner() == os.getpid():
-            self.path.unlink(missing_ok=True)
+        """Drops the lock and removes the lock file (no-op if not held)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if self._pid == os.getpid() and _same_file(fd, self.path):
+                # Removed while still locked: a process waiting on this inode
+                # sees it is gone (`_same_file`) and locks a new file.
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def __enter__(self):
         return self.acquire()

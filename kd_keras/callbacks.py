@@ -1,5 +1,6 @@
 """Callbacks of the pipeline: progress file, history, checkpoints, NaN guard."""
 
+import contextlib
 import csv
 import io
 import math
@@ -41,30 +42,79 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
             )
 
 
+def epoch_row(model, epoch, logs):
+    """The history row of a finished epoch: `epoch` (from 1), every log
+    value as a float, and the optimizer's learning rate."""
+    row = {"epoch": epoch + 1}
+    row.update({k: float(v) for k, v in (logs or {}).items()})
+    row["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    return row
+
+
 class HistoryWriter(keras.callbacks.Callback):
     """Writes `history/<stage>.csv` atomically after every epoch.
 
     On resume, rows of epochs that will be retrained are dropped, so the file
-    always holds one row per completed epoch.
+    always holds one row per completed epoch. With a `checkpoint`, the rows
+    of the epochs it recorded are taken from its record: a kill between the
+    checkpoint's write and this file's loses no row, and a damaged file is
+    rebuilt.
+
+    Args:
+        path: the CSV file.
+        checkpoint: the stage's `TrainingCheckpoint`, or `None`.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, checkpoint=None):
         super().__init__()
         self.path = Path(path)
+        self.checkpoint = checkpoint
         self.rows = []
 
     def on_train_begin(self, logs=None):
         initial_epoch = getattr(self.model, "_initial_epoch", None) or 0
-        self.rows = [r for r in read_history(self.path) if int(r["epoch"]) <= initial_epoch]
+        self.rows = repair_history(self.path, self.checkpoint, initial_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1}
-        row.update({k: float(v) for k, v in (logs or {}).items()})
-        row["learning_rate"] = float(
-            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-        )
+        row = epoch_row(self.model, epoch, logs)
         self.rows = [r for r in self.rows if int(r["epoch"]) != epoch + 1] + [row]
         write_history(self.path, self.rows)
+
+
+def repair_history(path, checkpoint, completed_epochs):
+    """Makes a history CSV hold exactly epochs 1..`completed_epochs`.
+
+    Rows beyond `completed_epochs` (epochs that will be trained again) are
+    dropped; rows the checkpoint recorded replace missing or damaged ones.
+    The file is rewritten only if it changes.
+
+    Args:
+        path: the CSV file.
+        checkpoint: a `TrainingCheckpoint` (its `history()`), or `None`.
+        completed_epochs: the epochs completed so far.
+
+    Returns:
+        The rows, in epoch order.
+
+    Raises:
+        DamagedFileError: the CSV is damaged and the checkpoint cannot
+            replace it (a checkpoint written by kd_keras 0.1 holds no rows).
+    """
+    recorded = {int(r["epoch"]): r for r in (checkpoint.history() if checkpoint else [])}
+    try:
+        rows = read_history(path)
+    except atomic.DamagedFileError:
+        if not all(e in recorded for e in range(1, completed_epochs + 1)):
+            raise
+        rows = []
+    by_epoch = {int(r["epoch"]): r for r in rows if int(r["epoch"]) <= completed_epochs}
+    for epoch, row in recorded.items():
+        if epoch <= completed_epochs:
+            by_epoch[epoch] = row
+    repaired = [by_epoch[e] for e in sorted(by_epoch)]
+    if repaired != rows and (repaired or path.exists()):
+        write_history(path, repaired)
+    return repaired
 
 
 def write_history(path, rows):
@@ -80,17 +130,32 @@ def write_history(path, rows):
 
 
 def read_history(path):
-    """Reads a history CSV into a list of dicts of floats (empty if absent)."""
+    """Reads a history CSV into a list of dicts of floats (empty if absent).
+
+    Raises:
+        DamagedFileError: the file exists but is not a history CSV (a row
+            with missing or extra cells, a value that is not a number, no
+            `epoch` column), naming the file and the fix.
+    """
     try:
         with open(path, newline="") as file:
-            rows = [
-                {k: float(v) for k, v in row.items() if v not in ("", None)}
-                for row in csv.DictReader(file)
-            ]
+            text = file.read()
     except FileNotFoundError:
         return []
-    for row in rows:
-        row["epoch"] = int(row["epoch"])
+    except (OSError, UnicodeDecodeError) as error:
+        raise atomic.DamagedFileError(path, f"unreadable: {error}") from None
+    rows = []
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        for line, raw in enumerate(reader, start=2):
+            if None in raw or None in raw.values():
+                raise ValueError(f"line {line} has {len(raw)} cells, not {len(reader.fieldnames)}")
+            row = {k: float(v) for k, v in raw.items() if v != ""}
+            row["epoch"] = int(row["epoch"])
+            rows.append(row)
+    except (ValueError, KeyError, csv.Error) as error:
+        problem = f"no {error} column" if isinstance(error, KeyError) else str(error)
+        raise atomic.DamagedFileError(path, problem) from None
     return rows
 
 
@@ -101,11 +166,24 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     Everything is written atomically (`.npz` and JSON), so a kill at any
     moment leaves either the previous or the new checkpoint, never a torn one.
+    `meta.json`, written last, commits the epoch: it records the epoch, the
+    best score and epoch, the stage's training time so far (summed over every
+    process that worked on the stage) and every completed epoch's history
+    row (from which `HistoryWriter` restores rows a kill kept it from
+    writing).
 
     Args:
         folder: where the checkpoint lives (one folder per stage).
         monitor: the validation metric that picks the best weights.
+
+    Raises:
+        DamagedFileError: from `completed_epochs()`, `on_train_begin()` or
+            `restore_best()`, when a checkpoint file cannot be read or
+            belongs to another model; the message names the file and says
+            to delete the stage's checkpoint folder and resume.
     """
+
+    _META_KEYS = ("epoch", "best", "best_epoch")
 
     def __init__(self, folder, monitor="val_accuracy"):
         super().__init__()
@@ -113,6 +191,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.monitor = monitor
         self.best = -math.inf
         self.best_epoch = None
+        self._clock = time.time()  # This process's share of the stage starts now.
+        self._previous_seconds = None
 
     @property
     def _state_path(self):
@@ -126,23 +206,77 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     def _meta_path(self):
         return self.folder / "meta.json"
 
+    def _meta(self):
+        meta = atomic.read_json_object(self._meta_path, keys=self._META_KEYS)
+        if meta is None:
+            return None
+        epoch, best, best_epoch = meta["epoch"], meta["best"], meta["best_epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise atomic.DamagedFileError(self._meta_path, f"epoch {epoch!r}")
+        if isinstance(best, bool) or not isinstance(best, (int, float)):
+            raise atomic.DamagedFileError(self._meta_path, f"best {best!r}")
+        if best_epoch is not None and (
+            isinstance(best_epoch, bool) or not isinstance(best_epoch, int)
+        ):
+            raise atomic.DamagedFileError(self._meta_path, f"best_epoch {best_epoch!r}")
+        return meta
+
     def completed_epochs(self):
         """Epochs completed by an earlier, interrupted fit (0 if none)."""
-        return (atomic.read_json(self._meta_path) or {}).get("epoch", 0)
+        return (self._meta() or {}).get("epoch", 0)
+
+    def history(self):
+        """The history rows of the completed epochs, as recorded (a list of
+        dicts, columns in their CSV order)."""
+        recorded = (self._meta() or {}).get("history") or []
+        try:
+            # Pairs, not objects: JSON objects are written with sorted keys.
+            rows = [dict(pairs) for pairs in recorded]
+        except (TypeError, ValueError):
+            raise atomic.DamagedFileError(self._meta_path, "a malformed 'history' entry") from None
+        return [r for r in rows if "epoch" in r]
+
+    def train_seconds(self):
+        """Wall time spent on the stage so far, over every process: the
+        recorded time of the completed epochs of earlier processes plus this
+        process's time since the checkpoint was made."""
+        if self._previous_seconds is None:
+            self._previous_seconds = float((self._meta() or {}).get("train_seconds", 0.0))
+        return self._previous_seconds + (time.time() - self._clock)
 
     def on_train_begin(self, logs=None):
-        meta = atomic.read_json(self._meta_path)
+        meta = self._meta()
+        self.train_seconds()  # Reads the earlier processes' time once.
         if meta is None:
             return
         optimizer = self.model.optimizer
         if not optimizer.built:
             optimizer.build(self.model.trainable_variables)
-        with np.load(self._state_path) as state:
-            _assign(self.model.weights, state, "w")
-            _assign(optimizer.variables, state, "o")
+        with self._load(self._state_path) as state:
+            self._assign(self.model.weights, state, "w", self._state_path)
+            self._assign(optimizer.variables, state, "o", self._state_path)
         self.best = meta["best"]
         self.best_epoch = meta["best_epoch"]
         self.model._initial_epoch = meta["epoch"]
+
+    @contextlib.contextmanager
+    def _load(self, path):
+        try:
+            state = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise atomic.DamagedFileError(
+                self._meta_path, f"it records an epoch but '{path.name}' is missing"
+            ) from None
+        except Exception as error:  # NumPy raises many types for bad files.
+            raise atomic.DamagedFileError(path, f"not a readable .npz: {error}") from None
+        with state:
+            yield state
+
+    def _assign(self, variables, state, prefix, path):
+        try:
+            _assign(variables, state, prefix)
+        except (ValueError, KeyError, OSError, EOFError) as error:
+            raise atomic.DamagedFileError(path, str(error).splitlines()[0]) from None
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -155,16 +289,24 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             self.best, self.best_epoch = float(value), epoch + 1
             _save(self._best_path, w=self.model.weights)
         _save(self._state_path, w=self.model.weights, o=self.model.optimizer.variables)
+        history = [r for r in self.history() if int(r["epoch"]) < epoch + 1]
+        history.append(epoch_row(self.model, epoch, logs))
         atomic.write_json(
             self._meta_path,
-            {"epoch": epoch + 1, "best": self.best, "best_epoch": self.best_epoch},
+            {
+                "epoch": epoch + 1,
+                "best": self.best,
+                "best_epoch": self.best_epoch,
+                "train_seconds": round(self.train_seconds(), 3),
+                "history": [list(map(list, row.items())) for row in history],
+            },
         )
 
     def restore_best(self):
         """Loads the best-validation weights into the model."""
         if self._best_path.exists():
-            with np.load(self._best_path) as state:
-                _assign(self.model.weights, state, "w")
+            with self._load(self._best_path) as state:
+                self._assign(self.model.weights, state, "w", self._best_path)
 
 
 def _save(path, **groups):

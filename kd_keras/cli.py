@@ -1,4 +1,4 @@
-"""Command line: `python -m kd_keras run | evaluate | report`."""
+"""Command line: `python -m kd_keras run | evaluate | report | export`."""
 
 import argparse
 import json
@@ -28,6 +28,15 @@ RUN_OPTIONS = (
     ("--train-per-class", "train_per_class", int, "training images per class (subset)"),
     ("--val-per-class", "val_per_class", int, "validation images per class (subset)"),
     ("--test-per-class", "test_per_class", int, "test images per class (subset)"),
+    ("--teacher-model", "teacher_model", str,
+     "teacher architecture: resnet<depth> (default, with --teacher-depth), a "
+     "keras.applications name (mobilenetv3small, mobilenetv3large, efficientnetb0-b7, "
+     "efficientnetv2b0-b3, efficientnetv2s; options after a colon, e.g. "
+     "mobilenetv3small:alpha=0.35,minimalistic=true or efficientnetb0:weights=FILE.weights.h5) "
+     "or a .keras file to train from"),
+    ("--student-model", "student_model", str, "student architecture (as --teacher-model)"),
+    ("--image-size", "image_size", int,
+     "resize every image to this square size (default: the data's own size)"),
     ("--precision", "precision", str,
      "training precision of the models: auto (default: bfloat16 where the "
      "CPU/GPU has it natively, float16 on older GPUs, else float32), float32, "
@@ -40,7 +49,21 @@ RUN_OPTIONS = (
      "steps per epoch)"),
     ("--threads", "threads", int,
      "TensorFlow intra-op threads, inter-op 1 (default: TensorFlow's choice)"),
+    ("--strategy", "strategy", str,
+     "tf.distribute strategy: default (one device), mirrored (several devices "
+     "of this machine) or multi_worker (one process per machine, each with "
+     "its TF_CONFIG); --batch-size stays the global batch"),
 )
+
+
+def _device_list(text):
+    """`--devices`: a comma-separated list of device names."""
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    if not devices:
+        raise argparse.ArgumentTypeError(
+            f"--devices needs device names such as /gpu:0,/gpu:1, got {text!r}"
+        )
+    return devices
 
 
 def get_args(argv=None):
@@ -60,10 +83,15 @@ def get_args(argv=None):
     )
     run.add_argument("--preset", choices=sorted(PRESETS),
                      help="named settings: smoke (seconds, for tests), quick "
-                     "(the default; ~20 min on a 2-core CPU), paper (reference "
-                     "depths, for a GPU). With --resume: the run's own settings")
+                     "(the default; 6-10 min on a 2-core CPU with native bfloat16), "
+                     "full (all images, teacher depth 30, student depth 15; about an "
+                     "hour a stage there), paper (full with 160 epochs, for a GPU). "
+                     "With --resume: the run's own settings")
     run.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ "
-                     "(default: $KD_KERAS_CIFAR10, the Keras cache, then download)")
+                     "(default: $KD_KERAS_CIFAR10, the Keras cache, then download), "
+                     "an image folder with one subfolder per class (or train/ and "
+                     "test/ with class subfolders), or a .npz file with x_train, "
+                     "y_train[, x_test, y_test, class_names]")
     run.add_argument("--out", help="run folder (default: runs/<preset>; required "
                      "with --resume)")
     run.add_argument("--teacher", help="reuse this trained teacher .keras file")
@@ -81,6 +109,12 @@ def get_args(argv=None):
                      "each stage's time (a few measured steps), train nothing")
     run.add_argument("--quiet", action="store_true",
                      help="one line per epoch instead of Keras progress bars")
+    run.add_argument("--devices", type=_device_list,
+                     help="with --strategy mirrored: comma-separated devices, e.g. "
+                     "/gpu:0,/gpu:1 (default: every GPU)")
+    run.add_argument("--sync-batch-norm", action="store_true", default=None,
+                     help="batch-norm statistics over the global batch, not each "
+                     "replica's part (changes results; kept on --resume)")
 
     evaluate = commands.add_parser("evaluate", help="test accuracy of a saved model")
     evaluate.add_argument("model", help="a .keras model file")
@@ -89,6 +123,49 @@ def get_args(argv=None):
 
     report = commands.add_parser("report", help="rebuild the table and plots of a run folder")
     report.add_argument("run_dir", help="a run folder")
+
+    export = commands.add_parser(
+        "export",
+        help="ship a run's models as SavedModel / LiteRT files, measured",
+        description="Export stages of a run folder into RUN_DIR/export/ as a "
+        "TensorFlow SavedModel and/or LiteRT (.tflite) files, quantised as "
+        "asked; evaluate each on the run's test set (LiteRT files through the "
+        "LiteRT interpreter) against the Keras model, and add the rows "
+        "(<stage>@<variant>) to the run's results. Lists take several names "
+        "(space- or comma-separated).",
+    )
+    export.add_argument("run_dir", help="a finished run folder (put it first)")
+    export.add_argument("--stage", nargs="+", default=["student_distilled"],
+                        help="stages to export (default student_distilled; also "
+                        "teacher, student_baseline or an added stage)")
+    export.add_argument("--format", dest="formats", nargs="+", default=["litert"],
+                        help="saved_model and/or litert (default litert); the "
+                        "SavedModel is always float32")
+    export.add_argument("--quantize", nargs="+",
+                        help="LiteRT quantisations: none (float32), float16, dynamic "
+                        "(int8 weights), int8 (full integer, calibrated); default "
+                        "int8 (none for a SavedModel alone)")
+    export.add_argument("--io", nargs="+", default=["float32"],
+                        help="input/output type of int8 files: float32 (default: "
+                        "float pixels in, float logits out) and/or int8 (int8 "
+                        "pixels in, q = pixel - 128 for the usual scale 1 and zero "
+                        "point -128; int8 logits out)")
+    export.add_argument("--calibration-images", type=int, default=256,
+                        help="training images of the run that calibrate int8 "
+                        "(a seeded sample; default 256)")
+    export.add_argument("--seed", type=int,
+                        help="seed of the calibration sample (default: the run's seed)")
+    export.add_argument("--data", help="CIFAR-10 archive or folder (default: the "
+                        "run's config.json)")
+    export.add_argument("--limit", type=int,
+                        help="evaluate on the first N test images (default: the "
+                        "run's whole test set)")
+    export.add_argument("--latency-repeats", type=int, default=200,
+                        help="timed one-image calls per model (median; default 200)")
+    export.add_argument("--threads", type=int,
+                        help="LiteRT interpreter threads (default 1, LiteRT's default)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace exports that exist")
     return parser.parse_args(argv)
 
 
@@ -105,13 +182,18 @@ def _config_from_args(args):
         overrides["teacher_epochs"] = overrides["teacher_epochs"] or args.epochs
         overrides["student_epochs"] = overrides["student_epochs"] or args.epochs
     overrides.update(data=args.data, teacher=args.teacher,
-                     verbose=2 if args.quiet else 1)
+                     verbose=2 if args.quiet else 1, devices=args.devices,
+                     sync_batch_norm=args.sync_batch_norm)
     saved = Path(args.out or "", "config.json")
     if args.resume and args.out and saved.is_file():
-        base = RunConfig.load(saved).to_dict()
+        from kd_keras.pipeline import load_run_config
+
+        base = load_run_config(saved).to_dict()  # A damaged file: one line, the fix.
         if args.preset is not None:
             base["preset"] = args.preset
         base.update({k: v for k, v in overrides.items() if v is not None})
+        if base.get("strategy") != "mirrored" and args.devices is None:
+            base["devices"] = None  # Resumed on other hardware: the saved devices go.
         return RunConfig.from_dict(base)
     return RunConfig.from_preset(args.preset or "quick", **overrides)
 
@@ -150,6 +232,8 @@ def _evaluate(args):
     from kd_keras.data import make_dataset, prepare_splits
     from kd_keras.pipeline import evaluate_model, load_teacher
 
+    if args.test_per_class is not None and args.test_per_class < 1:
+        raise ConfigError(f"--test-per-class must be >= 1, got {args.test_per_class}")
     model = load_teacher(args.model)
     splits = prepare_splits(args.data, test_per_class=args.test_per_class)
     images, labels = splits["test"]
@@ -170,22 +254,78 @@ def _report(args):
     return 0
 
 
+def _export(args):
+    from kd_keras.export_spec import (
+        ExportError,
+        export_specs,
+        plan_exports,
+        validate_options,
+    )
+
+    try:
+        # Checked before any data loads or model converts.
+        validate_options(calibration_images=args.calibration_images,
+                         max_images=args.limit, latency_repeats=args.latency_repeats,
+                         threads=args.threads, seed=args.seed)
+        plan_exports(args.run_dir, args.stage,
+                     export_specs(args.formats, args.quantize, args.io),
+                     overwrite=args.overwrite)
+        from kd_keras.export import export_run
+        from kd_keras.results import format_export_table, load_stage_rows
+
+        rows = export_run(
+            args.run_dir,
+            stages=args.stage,
+            formats=args.formats,
+            quantizations=args.quantize,
+            io=args.io,
+            calibration_images=args.calibration_images,
+            seed=args.seed,
+            data=args.data,
+            max_images=args.limit,
+            latency_repeats=args.latency_repeats,
+            threads=args.threads,
+            overwrite=args.overwrite,
+            log=lambda line: print(f"kd_keras: {line}", flush=True),
+        )
+    except ExportError as error:
+        print(f"kd_keras: error: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(format_export_table(rows, load_stage_rows(args.run_dir)))
+    print("\nfiles:")
+    for row in rows:
+        print(f"  {Path(args.run_dir) / row['file']}")
+    return 0
+
+
 def main(argv=None):
     """Runs the CLI; returns the exit code (0 ok, 1 run failed, 2 bad input)."""
     args = get_args(argv)
-    from kd_keras.atomic import DiskWriteError, RunLockedError
+    from kd_keras.atomic import DamagedFileError, DiskWriteError, RunLockedError
     from kd_keras.callbacks import NonFiniteLossError
     from kd_keras.data import DatasetError
     from kd_keras.pipeline import RunFolderError, RunStopped, TeacherError
 
-    handlers = {"run": _run, "evaluate": _evaluate, "report": _report}
+    handlers = {"run": _run, "evaluate": _evaluate, "report": _report, "export": _export}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DatasetError, RunFolderError, TeacherError, RunLockedError) as error:
+    except (ConfigError, DatasetError, RunFolderError, TeacherError, RunLockedError,
+            DamagedFileError) as error:
         print(f"kd_keras: error: {error}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, DiskWriteError) as error:
         print(f"kd_keras: error: {error}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("kd_keras: error: out of memory; use smaller models or batches "
+              "(--batch-size, --teacher-width) or free memory", file=sys.stderr)
+        return 1
+    except Exception as error:
+        if type(error).__name__ != "ResourceExhaustedError":  # TensorFlow's OOM.
+            raise
+        print("kd_keras: error: out of memory in TensorFlow; use smaller models or "
+              "batches (--batch-size, --teacher-width) or free memory", file=sys.stderr)
         return 1
     except (RunStopped, KeyboardInterrupt) as error:
         print(f"kd_keras: stopped: {error or 'interrupted'}", file=sys.stderr)

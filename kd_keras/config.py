@@ -9,9 +9,11 @@ the settings that produced it. Presets are plain dicts of field overrides.
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Optional
 
 from kd_keras.depth import stage_blocks
+from kd_keras.model_specs import MIN_APPLICATION_SIZE, parse_model_spec
 
 DEFAULT_ALPHA = 0.3
 DEFAULT_TEMPERATURE = 4.0
@@ -21,6 +23,8 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 TEACHER_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # Fields where "auto" is resolved per machine.
 AUTO_FIELDS = ("precision", "teacher_precision")
+# tf.distribute strategies (see kd_keras/distribute.py).
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 def validate_alpha(alpha):
@@ -35,11 +39,23 @@ def validate_alpha(alpha):
 
 
 def validate_temperature(temperature):
-    """Raises `ValueError` unless `temperature` is a finite number > 0."""
+    """Raises `ValueError` unless `temperature` is a number in [0.01, 100].
+
+    T divides the logits and T**2 scales the distillation term: below 0.01
+    the softened targets are one-hot for any logits (and tiny values reach
+    float32's underflow), above 100 they are uniform, and values such as
+    1e300 overflow T**2. Hinton et al. use 1-20; kd_keras's default is 4.
+    """
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
     if not temperature > 0 or temperature == float("inf"):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    low, high = 0.01, 100.0
+    if not low <= temperature <= high:
+        raise ValueError(
+            f"temperature must be in [{low:g}, {high:g}] (1-20 is usual; the "
+            f"default is 4), got {temperature:g}"
+        )
     return float(temperature)
 
 
@@ -68,6 +84,32 @@ def validate_speed_options(precision, teacher_precision, steps_per_execution, th
         raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
 
 
+def validate_devices(strategy, devices, sync_batch_norm):
+    """Raises `ConfigError`, naming the bad value, for an invalid strategy,
+    device list or `sync_batch_norm`."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(
+            f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
+        )
+    if devices is not None:
+        if not isinstance(devices, (list, tuple)) or not devices or not all(
+            isinstance(d, str) and d.strip() for d in devices
+        ):
+            raise ConfigError(
+                "devices must be a non-empty list of device names such as "
+                f"['/gpu:0', '/gpu:1'], got {devices!r}"
+            )
+        if strategy != "mirrored":
+            raise ConfigError(
+                f"devices {list(devices)!r} apply to --strategy mirrored only, not "
+                f"{strategy!r}; drop --devices or use --strategy mirrored"
+            )
+        if len(set(devices)) != len(devices):
+            raise ConfigError(f"devices lists a device twice: {list(devices)!r}")
+    if not isinstance(sync_batch_norm, bool):
+        raise ConfigError(f"sync_batch_norm must be true or false, got {sync_batch_norm!r}")
+
+
 # Presets are named overrides of `RunConfig`'s defaults.
 PRESETS = {
     # Seconds: a few hundred images and the smallest ResNets. For tests; in
@@ -90,8 +132,8 @@ PRESETS = {
         "warmup_epochs": 0,
     },
     # Real CIFAR-10 at reduced scale: 10,000 training images, a ResNet-20
-    # teacher and a ResNet-8 student; shows the distillation gain in about
-    # 15-20 minutes on a 2-core CPU.
+    # teacher and a ResNet-8 student; shows the distillation gain in 6-10
+    # minutes on a 2-core CPU with native bfloat16 (longer in float32).
     "quick": {
         "train_per_class": 1000,
         "val_size": 5000,
@@ -134,7 +176,34 @@ PRESETS = {
 
 # Fields that do not change a run's results (where it is, how it is shown,
 # how fast it runs).
-NON_RESULT_FIELDS = ("data", "verbose", "steps_per_execution", "threads")
+# `strategy` and `devices` say where the same recipe runs (`batch_size` is the
+# global batch, the learning rate is not scaled), so a run may resume on
+# other devices; with per-replica batch norm the replica count still moves
+# the batch statistics (see kd_keras/distribute.py). `sync_batch_norm`
+# changes the models' layers and is a result field.
+NON_RESULT_FIELDS = (
+    "data", "verbose", "steps_per_execution", "threads", "strategy", "devices",
+)
+
+
+def data_kind(source):
+    """What a `--data` value names, from the path alone (nothing is read;
+    see `kd_keras.data_sources`).
+
+    Returns:
+        `"npz"` for a path ending in `.npz`, `"folder"` for a folder that is
+        not a CIFAR-10 batches folder, else `"cifar10"` (also for `None`).
+    """
+    if source is None or not str(source).strip():
+        return "cifar10"
+    path = Path(str(source).strip()).expanduser()
+    if path.suffix.lower() == ".npz":
+        return "npz"
+    if path.is_dir() and not (
+        (path / "cifar-10-batches-py").is_dir() or (path / "data_batch_1").exists()
+    ):
+        return "folder"
+    return "cifar10"
 
 
 class ConfigError(ValueError):
@@ -164,6 +233,11 @@ class RunConfig:
     student_depth: int = 15
     student_width: int = 16
     teacher: Optional[str] = None  # A trained teacher .keras file to reuse.
+    # Architectures (kd_keras/model_specs.py): None = resnet<depth> with the
+    # depth and width above; a keras.applications name; a .keras file.
+    teacher_model: Optional[str] = None
+    student_model: Optional[str] = None
+    image_size: Optional[int] = None  # Square side to resize to; None = the data's.
     # --- Training recipe (SGD + momentum, warm-up + cosine) ---
     teacher_epochs: int = 160
     student_epochs: int = 160
@@ -182,6 +256,10 @@ class RunConfig:
     teacher_precision: str = "auto"  # Or float32, bfloat16, float16.
     steps_per_execution: int = 1
     threads: Optional[int] = None  # Intra-op threads (inter-op 1); None = TF's.
+    # --- Devices (see kd_keras/distribute.py) ---
+    strategy: str = "default"  # Or "mirrored", "multi_worker".
+    devices: Optional[list] = None  # Mirrored devices, e.g. ["/gpu:0", "/gpu:1"].
+    sync_batch_norm: bool = False  # Batch-norm statistics over the global batch.
     # --- Display ---
     verbose: int = 1
 
@@ -234,6 +312,29 @@ class RunConfig:
         """True once no field says "auto"."""
         return all(getattr(self, k) != "auto" for k in AUTO_FIELDS)
 
+    def _validate_models(self):
+        """Checks `teacher_model`, `student_model` and `image_size` (names
+        and numbers only; the models are built when the run starts)."""
+        size = self.image_size
+        if size is not None and (
+            isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 1024
+        ):
+            raise ConfigError(f"image_size must be an int in [8, 1024] or None, got {size!r}")
+        for role in ("teacher", "student"):
+            value = getattr(self, f"{role}_model")
+            if value is None:
+                continue
+            try:
+                spec = parse_model_spec(value, role=role)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+            size = self.image_size
+            if spec["kind"] == "application" and size is not None and size < MIN_APPLICATION_SIZE:
+                raise ConfigError(
+                    f"{role} model {value!r} needs images of at least "
+                    f"{MIN_APPLICATION_SIZE}x{MIN_APPLICATION_SIZE}; got image_size {size}"
+                )
+
     def validate(self):
         """Checks every field; returns self or raises `ConfigError`."""
         try:
@@ -249,34 +350,84 @@ class RunConfig:
             )
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        validate_devices(self.strategy, self.devices, self.sync_batch_norm)
+        if isinstance(self.devices, tuple):
+            self.devices = list(self.devices)
+        for name in ("preset", "data", "teacher"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) or (value is None and name != "preset")):
+                raise ConfigError(f"{name} must be a string, got {value!r}")
+        # Upper limits keep every accepted value runnable: the input
+        # pipeline is built per epoch, widths allocate width**2 weights,
+        # and seeds feed NumPy's 32-bit seeding (the student uses seed + 1).
+        max_epochs, max_width, max_seed = 1000, 256, 2**31 - 2
         positive = {
-            "teacher_width": self.teacher_width,
-            "student_width": self.student_width,
-            "batch_size": self.batch_size,
-            "student_epochs": self.student_epochs,
+            "teacher_width": (self.teacher_width, max_width),
+            "student_width": (self.student_width, max_width),
+            "batch_size": (self.batch_size, None),
+            "student_epochs": (self.student_epochs, max_epochs),
         }
-        for name, value in positive.items():
+        for name, (value, high) in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+            if high is not None and value > high:
+                raise ConfigError(f"{name} must be at most {high}, got {value}")
         non_negative = {
-            "teacher_epochs": self.teacher_epochs,
-            "warmup_epochs": self.warmup_epochs,
-            "val_size": self.val_size,
-            "seed": self.seed,
+            "teacher_epochs": (self.teacher_epochs, max_epochs),
+            "warmup_epochs": (self.warmup_epochs, max_epochs),
+            "val_size": (self.val_size, None),
+            "seed": (self.seed, max_seed),
         }
-        for name, value in non_negative.items():
+        for name, (value, high) in non_negative.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
+            if high is not None and value > high:
+                raise ConfigError(f"{name} must be at most {high}, got {value}")
         if self.teacher_epochs == 0 and not self.teacher:
             raise ConfigError(
                 "teacher_epochs is 0 but no --teacher file was given to reuse"
             )
-        if not 0 < self.val_size < 50000:
+        self._validate_models()
+        # An image folder's or .npz file's counts are checked when it loads.
+        cifar = data_kind(self.data) == "cifar10"
+        if not 0 < self.val_size < (50000 if cifar else float("inf")):
             raise ConfigError(f"val_size must be in [1, 49999], got {self.val_size}")
-        for name in ("train_per_class", "val_per_class", "test_per_class"):
+        # CIFAR-10: 5,000 training images per class (the validation split is
+        # carved from them, spread evenly; earlier classes take the
+        # remainder) and 1,000 test images per class.
+        train_left = 5000 - -(-self.val_size // 10) if cifar else float("inf")
+        min_train = 10
+        if train_left < min_train:
+            raise ConfigError(
+                f"val_size {self.val_size} leaves {max(train_left, 0)} training images "
+                f"per class; at most {50000 - 10 * min_train} keeps {min_train} per class"
+            )
+        available = {
+            "train_per_class": (train_left, "after the validation split"),
+            "val_per_class": (self.val_size // 10, f"in a validation split of {self.val_size}"),
+            "test_per_class": (1000, "in the test set"),
+        }
+        for name, (count, where) in available.items():
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ConfigError(f"{name} must be an int >= 1 or None, got {value!r}")
+            if value is not None and cifar and value > count:
+                raise ConfigError(
+                    f"{name} {value} > {count} images per class available {where}; "
+                    f"ask for at most {count} (or leave it unset for all)"
+                )
+        numbers = {
+            "learning_rate": self.learning_rate,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+        }
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                value != value or value in (float("inf"), float("-inf"))
+            ):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.momentum < 1:

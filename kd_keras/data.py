@@ -5,19 +5,32 @@ The loader reads the official "python version" archive
 without downloading anything, so tests and CI run offline. The archive is
 never extracted into the user's folder: its batches are read straight out of
 the tar stream and cached as one `.npz` file in a cache folder, written under
-a temporary name and renamed, so a failure never leaves a half-written cache.
+a temporary name and renamed, so a failure never leaves a half-written cache
+(and a writer killed mid-write leaves a temporary file that the next load
+removes).
+
+Every read is bounded before it happens: the source must be a regular file
+or a folder (a FIFO or device is refused, it could block forever), an
+archive at most `MAX_ARCHIVE_BYTES` with at most `MAX_ARCHIVE_MEMBERS`
+members, and each batch at most `MAX_BATCH_BYTES` (a full CIFAR batch of
+10,000 images is about 31 MB), checked from the tar header or the file's
+size before a byte of it is read.
 """
 
+import fcntl
 import hashlib
 import io
 import os
 import pickle
+import stat
 import tarfile
 import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from kd_keras.config import ConfigError
 
 DATA_ENV_VAR = "KD_KERAS_CIFAR10"
 CACHE_ENV_VAR = "KD_KERAS_CACHE"
@@ -35,6 +48,12 @@ CLASS_NAMES = (
     "ship",
     "truck",
 )
+# Bounds on what the loader reads. The official archive is 170.5 MB with 9
+# members; its batches are 31.0 MB (10,000 images of 3,072 bytes, labels and
+# file names, pickled).
+MAX_BATCH_BYTES = 10_000 * 3072 + (1 << 20)
+MAX_ARCHIVE_BYTES = 512 << 20
+MAX_ARCHIVE_MEMBERS = 64
 # Per-channel statistics of the CIFAR-10 training set, in 0..255 pixel units.
 CIFAR10_MEAN = (125.3, 123.0, 113.9)
 CIFAR10_STD = (63.0, 62.1, 66.7)
@@ -125,6 +144,38 @@ def _concat(batches):
     return images, labels
 
 
+def _open_regular(path, max_bytes, what="file"):
+    """Opens `path` for reading if it is a regular file of at most `max_bytes`.
+
+    Opened without blocking (a FIFO would otherwise wait for a writer
+    forever) and checked on the open descriptor, so the path cannot be
+    swapped for something else between the check and the read.
+
+    Returns:
+        `(file, size)`: a binary file object and its size in bytes.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise DatasetError(path, f"cannot read the {what} ({error.strerror or error})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise DatasetError(
+            path, f"the {what} is not a regular file (a FIFO, socket or device): "
+            "refusing to read it"
+        )
+    if info.st_size > max_bytes:
+        os.close(fd)
+        raise DatasetError(
+            path, f"the {what} has {info.st_size:,} bytes, more than a CIFAR-10 "
+            f"{what} can have ({max_bytes:,})"
+        )
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+    return os.fdopen(fd, "rb"), info.st_size
+
+
 def _load_from_folder(folder):
     folder = Path(folder)
     if (folder / _BATCH_DIR).is_dir():
@@ -132,9 +183,12 @@ def _load_from_folder(folder):
     batches = []
     for name in _TRAIN_BATCHES + (_TEST_BATCH,):
         path = folder / name
-        if not path.is_file():
+        if not path.exists():
             raise DatasetError(folder, f"missing batch file '{name}'")
-        batches.append(_parse_batch(path.read_bytes(), path))
+        file, _ = _open_regular(path, MAX_BATCH_BYTES, "batch file")
+        with file:
+            raw = file.read()
+        batches.append(_parse_batch(raw, path))
     return _concat(batches[:5]), batches[5]
 
 
@@ -151,18 +205,33 @@ def _check_member(member, archive):
         )
     if not (member.isfile() or member.isdir()):
         raise DatasetError(archive, f"refusing special archive member '{name}'")
+    if member.size > MAX_BATCH_BYTES:
+        # Checked from the header, before the member is read or skipped.
+        raise DatasetError(
+            archive,
+            f"refusing archive member '{name}' of {member.size:,} bytes, more than "
+            f"a CIFAR-10 batch can have ({MAX_BATCH_BYTES:,})",
+        )
 
 
 def _read_archive(archive):
     """Reads the six batches out of the tar stream, validating every member."""
     wanted = {f"{_BATCH_DIR}/{n}" for n in _TRAIN_BATCHES + (_TEST_BATCH,)}
     found = {}
+    source, _ = _open_regular(archive, MAX_ARCHIVE_BYTES, "archive")
     try:
-        with tarfile.open(archive, mode="r:*") as tar:
-            for member in tar:
+        with source, tarfile.open(fileobj=source, mode="r:*") as tar:
+            for count, member in enumerate(tar, start=1):
+                if count > MAX_ARCHIVE_MEMBERS:
+                    raise DatasetError(
+                        archive, f"the archive has more than {MAX_ARCHIVE_MEMBERS} "
+                        "members; the official one has 9"
+                    )
                 _check_member(member, archive)
                 name = member.name.lstrip("./")
                 if name in wanted:
+                    if name in found:
+                        raise DatasetError(archive, f"the archive holds '{name}' twice")
                     found[name] = tar.extractfile(member).read()
     except DatasetError:
         raise
@@ -183,37 +252,72 @@ def _read_archive(archive):
 def default_cache_dir():
     """The folder that holds kd_keras's decoded dataset cache.
 
-    `$KD_KERAS_CACHE` if set, else `~/.cache/kd_keras`.
+    `$KD_KERAS_CACHE` if set and not empty, else `~/.cache/kd_keras`. (An
+    empty value is "unset", not the current folder.)
     """
-    return Path(os.environ.get(CACHE_ENV_VAR, Path.home() / ".cache" / "kd_keras"))
+    value = os.environ.get(CACHE_ENV_VAR, "").strip()
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "kd_keras"
 
 
 def _file_digest(path):
+    file, _ = _open_regular(path, MAX_ARCHIVE_BYTES, "archive")
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
+    with file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
+_TEMP_PREFIX = ".tmp-"
+
+
+def sweep_stale_temporaries(folder):
+    """Removes cache files left half-written by a killed writer.
+
+    A writer holds an exclusive `flock` on its temporary file until it has
+    renamed it, so a temporary that can be locked has no live writer.
+
+    Returns:
+        The number of files removed.
+    """
+    removed = 0
+    for path in Path(folder).glob(f"{_TEMP_PREFIX}*.npz"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)
+            removed += 1
+        except OSError:
+            pass  # Locked: a live writer is still at work.
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _save_npz_atomically(path, **arrays):
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    sweep_stale_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=".npz")
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # Ours until renamed (see the sweep).
         with os.fdopen(fd, "wb") as file:
             np.savez(file, **arrays)
-        os.replace(tmp, path)
+            file.flush()
+            os.fsync(file.fileno())
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def _load_archive_cached(archive, cache_dir):
-    try:
-        digest = _file_digest(archive)
-    except OSError as error:
-        raise DatasetError(archive, f"cannot read the file ({error})") from None
+    digest = _file_digest(archive)
     cache_file = Path(cache_dir) / f"cifar10-{digest[:16]}.npz"
+    if cache_file.parent.is_dir():
+        sweep_stale_temporaries(cache_file.parent)
     if cache_file.is_file():
         try:
             with np.load(cache_file, allow_pickle=False) as npz:
@@ -252,14 +356,21 @@ def resolve_source(source=None):
 
     Raises:
         DatasetError: if an explicitly given path (argument or environment
-            variable) does not exist.
+            variable) does not exist, or is neither a regular file nor a
+            folder (a FIFO, socket or device, which could block a read
+            forever).
     """
-    if source is None and os.environ.get(DATA_ENV_VAR):
-        source = os.environ[DATA_ENV_VAR]
+    if source is None and os.environ.get(DATA_ENV_VAR, "").strip():
+        source = os.environ[DATA_ENV_VAR].strip()
     if source is not None:
         path = Path(source).expanduser()
         if not path.exists():
             raise DatasetError(path, "no such file or folder")
+        if not (path.is_file() or path.is_dir()):
+            raise DatasetError(
+                path, "not a regular file or folder (a FIFO, socket or device): "
+                "refusing to read it"
+            )
         return path
     for candidate in _keras_cache_candidates():
         if candidate.exists():
@@ -356,8 +467,10 @@ def prepare_splits(
     test_per_class=None,
     seed=0,
     cache_dir=None,
+    image_size=None,
 ):
-    """Loads CIFAR-10 and carves train / validation / test splits.
+    """Loads the data (CIFAR-10, an image folder or a `.npz` file; see
+    `kd_keras.data_sources`) and carves train / validation / test splits.
 
     The validation split is stratified and seeded and comes out of the
     training set, never the test set.
@@ -371,12 +484,29 @@ def prepare_splits(
         test_per_class: likewise for the test set (for fast smoke runs).
         seed: seed of the split and subsets.
         cache_dir: see `load_cifar10`.
+        image_size: resize every image to this square size (`None`: the
+            data's own size).
 
     Returns:
         A dict with keys `"train"`, `"val"`, `"test"`, each an
-        `(images, labels)` tuple.
+        `(images, labels)` tuple, and `"classes"`, the class names.
+
+    Raises:
+        DatasetError: see `load_cifar10`.
+        ConfigError: `val_size` is not below the training set's size, or a
+            per-class request exceeds what a class has (after the
+            validation split, for the training split); the message names
+            the count available.
     """
-    (x_train, y_train), (x_test, y_test) = load_cifar10(source, cache_dir=cache_dir)
+    from kd_keras.data_sources import load_source
+
+    (x_train, y_train), (x_test, y_test), classes = load_source(
+        source, image_size=image_size, seed=seed, cache_dir=cache_dir
+    )
+    if not 0 <= val_size < len(y_train):
+        raise ConfigError(
+            f"val_size {val_size} must be below the {len(y_train)} training images"
+        )
     val_idx, train_idx = stratified_split(y_train, val_size, seed=seed)
     splits = {
         "train": (x_train[train_idx], y_train[train_idx]),
@@ -390,8 +520,22 @@ def prepare_splits(
     ):
         if per_class is not None:
             images, labels = splits[name]
+            available = int(np.bincount(labels, minlength=len(classes)).min())
+            if per_class > available:
+                where = " after the validation split" if name == "train" else ""
+                raise ConfigError(
+                    f"{name}_per_class {per_class} > {available} images per class "
+                    f"available in the {name} split{where}; ask for at most {available}"
+                )
             keep = per_class_subset(labels, per_class, seed=seed)
             splits[name] = (images[keep], labels[keep])
+    left = np.bincount(splits["train"][1], minlength=len(classes))
+    if left.min() < 1:
+        raise ConfigError(
+            f"class '{classes[int(left.argmin())]}' has no training image left after "
+            f"the validation split of {val_size}; lower --val-size"
+        )
+    splits["classes"] = tuple(classes)
     return splits
 
 
@@ -412,7 +556,7 @@ def make_dataset(
     batches the uninterrupted run would have seen.
 
     Args:
-        images: uint8 array `(N, 32, 32, 3)`.
+        images: uint8 array `(N, height, width, 3)`.
         labels: int array `(N,)`.
         batch_size: batch size.
         training: shuffle and augment if True; keep order otherwise.
@@ -439,11 +583,15 @@ def make_dataset(
             .prefetch(tf.data.AUTOTUNE)
         )
 
+    shape = tuple(images.shape[1:])
+    pad = max(1, shape[0] // 8)
+
     def augment(example, op_seed):
         image, label = example
         image = tf.cast(image, tf.float32)
-        image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
-        image = tf.image.stateless_random_crop(image, (32, 32, 3), seed=op_seed)
+        # Pad by 1/8 of the side (4 pixels at 32x32) and crop back.
+        image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+        image = tf.image.stateless_random_crop(image, shape, seed=op_seed)
         image = tf.image.stateless_random_flip_left_right(image, seed=op_seed + 1)
         return image, label
 

@@ -27,7 +27,8 @@ from kd_keras.data import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE, NUM_CLASSES
 from kd_keras.depth import stage_blocks
 from kd_keras.fused_batch_norm import FusedBatchNormalization
 
-def _conv_bn_relu(x, filters, strides, weight_decay, name, relu=True, fused=True):
+def _conv_bn_relu(x, filters, strides, weight_decay, name, relu=True, fused=True,
+                  synchronized=False):
     x = keras.layers.Conv2D(
         filters,
         3,
@@ -42,8 +43,14 @@ def _conv_bn_relu(x, filters, strides, weight_decay, name, relu=True, fused=True
     )(x)
     # Momentum 0.9 (PyTorch's 0.1): with few steps per epoch, Keras's default
     # 0.99 lets the moving statistics lag the weights for several epochs.
-    batch_norm = FusedBatchNormalization if fused else keras.layers.BatchNormalization
-    x = batch_norm(momentum=0.9, name=f"{name}_bn")(x)
+    if synchronized:
+        # Statistics of the global batch under tf.distribute (no fused kernel).
+        x = keras.layers.BatchNormalization(
+            momentum=0.9, synchronized=True, name=f"{name}_bn"
+        )(x)
+    else:
+        batch_norm = FusedBatchNormalization if fused else keras.layers.BatchNormalization
+        x = batch_norm(momentum=0.9, name=f"{name}_bn")(x)
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x
@@ -55,20 +62,22 @@ def _shortcut_option_a(x, filters, name):
     Built from stock layers only, so saved models load in Keras's safe mode
     without any kd_keras code.
     """
-    height, width, channels = x.shape[1:]
     x = keras.layers.MaxPooling2D(pool_size=1, strides=2, name=f"{name}_subsample")(x)
+    height, width, channels = x.shape[1:]  # ceil(side / 2), as the strided conv.
     pad = filters - channels
-    x = keras.layers.Reshape((height // 2, width // 2, channels, 1), name=f"{name}_r1")(x)
+    x = keras.layers.Reshape((height, width, channels, 1), name=f"{name}_r1")(x)
     x = keras.layers.ZeroPadding3D(
         ((0, 0), (0, 0), (pad // 2, pad - pad // 2)), name=f"{name}_pad"
     )(x)
-    return keras.layers.Reshape((height // 2, width // 2, filters), name=f"{name}_r2")(x)
+    return keras.layers.Reshape((height, width, filters), name=f"{name}_r2")(x)
 
 
-def _basic_block(x, filters, strides, weight_decay, name, fused):
+def _basic_block(x, filters, strides, weight_decay, name, fused, synchronized=False):
     shortcut = x
-    y = _conv_bn_relu(x, filters, strides, weight_decay, f"{name}_a", fused=fused)
-    y = _conv_bn_relu(y, filters, 1, weight_decay, f"{name}_b", relu=False, fused=fused)
+    y = _conv_bn_relu(x, filters, strides, weight_decay, f"{name}_a", fused=fused,
+                      synchronized=synchronized)
+    y = _conv_bn_relu(y, filters, 1, weight_decay, f"{name}_b", relu=False, fused=fused,
+                      synchronized=synchronized)
     if strides != 1 or x.shape[-1] != filters:
         shortcut = _shortcut_option_a(x, filters, f"{name}_short")
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
@@ -82,7 +91,9 @@ def build_resnet(
     num_classes=NUM_CLASSES,
     weight_decay=0.0,
     fused_batch_norm=True,
+    synchronized_batch_norm=False,
     name=None,
+    input_shape=IMAGE_SHAPE,
 ):
     """Builds a CIFAR ResNet that maps raw pixels to logits.
 
@@ -99,8 +110,15 @@ def build_resnet(
             weights and results, faster training); False uses stock
             `keras.layers.BatchNormalization`. `with_keras_batch_norm`
             converts a trained model to stock layers for shipping.
+        synchronized_batch_norm: True builds stock `BatchNormalization(
+            synchronized=True)` layers (overriding `fused_batch_norm`): under
+            a `tf.distribute` strategy they normalise with the statistics of
+            the global batch, not each replica's part; on one device they
+            compute what the other layers do.
         name: model name; defaults to `"resnet{depth}"` (with the width if
             it is not 16).
+        input_shape: `(height, width, 3)` of the images (default CIFAR's
+            32x32); the model pools globally, so any size of at least 8 works.
 
     Returns:
         A functional `keras.Model` taking float images of shape
@@ -124,7 +142,7 @@ def build_resnet(
     if name is None:
         name = f"resnet{depth}" + ("" if width == 16 else f"_w{width}")
 
-    inputs = keras.Input(shape=IMAGE_SHAPE, name="image")
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
     # --- Fixed normalisation: the model takes raw 0..255 pixels. ---
     x = keras.layers.Normalization(
         mean=list(CIFAR10_MEAN),
@@ -132,17 +150,21 @@ def build_resnet(
         name="normalize",
     )(inputs)
     # --- Stem. ---
-    x = _conv_bn_relu(x, width, 1, weight_decay, "stem", fused=fused_batch_norm)
+    sync = synchronized_batch_norm
+    x = _conv_bn_relu(x, width, 1, weight_decay, "stem", fused=fused_batch_norm,
+                      synchronized=sync)
     # --- Three stages of basic blocks. ---
     for stage, count in enumerate(blocks):
         filters = width * 2**stage
         for block in range(count):
             strides = 2 if stage > 0 and block == 0 else 1
             x = _basic_block(
-                x, filters, strides, weight_decay, f"s{stage + 1}b{block + 1}", fused_batch_norm
+                x, filters, strides, weight_decay, f"s{stage + 1}b{block + 1}",
+                fused_batch_norm, synchronized=sync,
             )
     if extra_conv:
-        x = _conv_bn_relu(x, x.shape[-1], 1, weight_decay, "extra", fused=fused_batch_norm)
+        x = _conv_bn_relu(x, x.shape[-1], 1, weight_decay, "extra", fused=fused_batch_norm,
+                          synchronized=sync)
     # --- Head: logits, no softmax. ---
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(
@@ -172,7 +194,11 @@ def count_flops(model):
     """
     flops = 0
     for layer in _all_layers(model):
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kernel_h, kernel_w = layer.kernel_size
+            out_h, out_w, out_c = layer.output.shape[1:]
+            flops += 2 * out_h * out_w * out_c * kernel_h * kernel_w
+        elif isinstance(layer, keras.layers.Conv2D):
             kernel_h, kernel_w = layer.kernel_size
             in_channels = layer.input.shape[-1]
             out_h, out_w, out_c = layer.output.shape[1:]

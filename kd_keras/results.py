@@ -1,4 +1,10 @@
-"""Results table and plots of a run folder."""
+"""Results table and plots of a run folder.
+
+A run's rows are its stages' (`stages/<stage>.json`: the pipeline's three,
+then any added stage such as a tuned distillation), then its exported
+models' (`export/<stage>/<variant>.json`, rows named `<stage>@<variant>`,
+see `kd_keras.export_spec`).
+"""
 
 import csv
 import io
@@ -6,6 +12,13 @@ from pathlib import Path
 
 from kd_keras import atomic
 from kd_keras.callbacks import read_history
+from kd_keras.export_spec import (
+    EXPORT_COLUMNS,
+    VARIANTS,
+    is_export_row,
+    read_export_rows,
+    split_row_name,
+)
 from kd_keras.stages import EXTRA_STAGE_COLOR, STAGE_COLORS
 from kd_keras.stages import STAGES as STAGE_ORDER
 
@@ -32,13 +45,15 @@ TABLE_COLUMNS = (
 
 def stage_color(stage):
     """The plot colour of a stage; stages added later (e.g. a tuned
-    distillation) are green."""
-    return STAGE_COLORS.get(stage, EXTRA_STAGE_COLOR)
+    distillation) are green. An exported model (`<stage>@<variant>`) has
+    its stage's colour."""
+    return STAGE_COLORS.get(split_row_name(stage)[0], EXTRA_STAGE_COLOR)
 
 
 def load_stage_rows(run_dir):
-    """The result rows of a run folder's completed stages: the three
-    pipeline stages in order, then any added stage (e.g. by `tuning`)."""
+    """The result rows of a run folder: its completed stages (the three
+    pipeline stages in order, then any added stage, e.g. by `tuning`), then
+    the rows of its current exports (`<stage>@<variant>`, in stage order)."""
     folder = Path(run_dir) / "stages"
     extra = sorted(p.stem for p in folder.glob("*.json") if p.stem not in STAGE_ORDER)
     rows = []
@@ -46,7 +61,7 @@ def load_stage_rows(run_dir):
         row = atomic.read_json(folder / f"{stage}.json")
         if row is not None:
             rows.append(row)
-    return rows
+    return rows + read_export_rows(run_dir, [r["stage"] for r in rows])
 
 
 def distillation_gain(rows):
@@ -70,30 +85,134 @@ def gains_over_baseline(rows):
     return {
         r["stage"]: 100 * (r["test_accuracy"] - baseline["test_accuracy"])
         for r in rows
-        if r["stage"] not in ("teacher", "student_baseline")
+        if r["stage"] not in ("teacher", "student_baseline") and not is_export_row(r)
     }
 
 
-def format_table(rows):
-    """A fixed-width text table of the headline columns."""
-    columns = ("stage", "depth", "params", "size_mb", "test_accuracy", "test_loss",
-               "val_accuracy", "val_loss", "latency_ms")
+def _ratio(numerator, denominator, *columns):
+    """`numerator[c] / denominator[c]` for the first column `c` both rows
+    have (rounded), or None."""
+    for column in columns:
+        a, b = numerator.get(column), denominator.get(column)
+        if a is not None and b:
+            return round(a / b, 3)
+    return None
+
+
+def shipping_ratios(rows, large="teacher", small="student_distilled"):
+    """The teacher against the distilled student, as trained and as shipped.
+
+    For the Keras models (`variant` "keras") and every export variant both
+    stages have: how many times larger and slower the teacher is, and the
+    student's test-accuracy points over the teacher's.
+
+    Returns:
+        A list of dicts: `variant`, `teacher`, `student` (row names),
+        `size_ratio`, `latency_ratio`, `accuracy_points` (None where a
+        number is missing).
+    """
+    by_stage = {r["stage"]: r for r in rows}
+    ratios = []
+    for variant in ("keras", *VARIANTS):
+        names = (large, small) if variant == "keras" else (
+            f"{large}@{variant}", f"{small}@{variant}")
+        if not all(name in by_stage for name in names):
+            continue
+        teacher, student = (by_stage[name] for name in names)
+        accuracy = None
+        if teacher.get("test_accuracy") is not None and student.get("test_accuracy") is not None:
+            accuracy = round(100 * (student["test_accuracy"] - teacher["test_accuracy"]), 3)
+        ratios.append({
+            "variant": variant,
+            "teacher": names[0],
+            "student": names[1],
+            "size_ratio": _ratio(teacher, student, "size_bytes", "size_mb"),
+            "latency_ratio": _ratio(teacher, student, "latency_ms"),
+            "accuracy_points": accuracy,
+        })
+    return ratios
+
+
+def _format_cells(rows, columns, formats):
     cells = [list(columns)]
     for row in rows:
         line = []
         for column in columns:
             value = row.get(column)
-            if isinstance(value, float):
+            if column in formats and value is not None:
+                value = formats[column](value)
+            elif isinstance(value, float):
                 value = f"{value:.4f}" if "accuracy" in column or "loss" in column else f"{value:g}"
             line.append("" if value is None else str(value))
         cells.append(line)
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _ratio_lines(rows):
+    lines = []
+    for r in shipping_ratios(rows):
+        what = "Keras models" if r["variant"] == "keras" else r["variant"]
+        size = "-" if r["size_ratio"] is None else f"{r['size_ratio']:.2f}x"
+        latency = "-" if r["latency_ratio"] is None else f"{r['latency_ratio']:.2f}x"
+        accuracy = "" if r["accuracy_points"] is None else (
+            f"; student minus teacher test accuracy: {r['accuracy_points']:+.2f} points")
+        lines.append(f"teacher vs distilled student ({what}): the teacher is {size} "
+                     f"the size and {latency} the latency{accuracy}")
+    return lines
+
+
+def format_table(rows):
+    """A fixed-width text table of the headline columns (exported models'
+    rows included), the distillation gain and the teacher/student ratios."""
+    columns = ("stage", "depth", "params", "size_mb", "test_accuracy", "test_loss",
+               "val_accuracy", "val_loss", "latency_ms")
+    lines = _format_cells(rows, columns, {})
     gain = distillation_gain(rows)
     if gain is not None:
         lines.append(f"distilled student vs baseline: {gain:+.2f} points of test accuracy")
+    if any(map(is_export_row, rows)):
+        lines += _ratio_lines(rows)
     return "\n".join(lines)
+
+
+def format_export_table(rows, all_rows=None):
+    """A fixed-width text table of exported models' rows: size (KB and
+    share of the `.keras` file), test accuracy against the Keras model's on
+    the same images, top-1 agreement, and one-image latency against the
+    Keras model's measured the same way; then the teacher/student ratios
+    of `all_rows` (default `rows`: pass the run's rows to compare with
+    exports made earlier)."""
+    exported = [r for r in rows if is_export_row(r)]
+    columns = ("stage", "io", "size_kb", "of_keras", "test_accuracy", "keras_accuracy",
+               "delta_points", "agreement", "latency_ms", "keras_ms", "speedup")
+    shown = [{
+        **r,
+        "size_kb": r.get("size_bytes", 0) / 1024 if r.get("size_bytes") is not None else None,
+        "of_keras": r.get("size_ratio"),
+        "keras_accuracy": r.get("keras_test_accuracy"),
+        "delta_points": r.get("accuracy_delta_points"),
+        "keras_ms": r.get("keras_latency_ms"),
+    } for r in exported]
+    formats = {
+        "size_kb": lambda v: f"{v:.1f}",
+        "of_keras": lambda v: f"{100 * v:.1f}%",
+        "delta_points": lambda v: f"{v:+.2f}",
+        "agreement": lambda v: f"{100 * v:.2f}%",
+        "latency_ms": lambda v: f"{v:.3f}",
+        "keras_ms": lambda v: f"{v:.3f}",
+        "speedup": lambda v: f"{v:.2f}x",
+    }
+    lines = _format_cells(shown, columns, formats)
+    if exported:
+        lines.append(
+            f"test images: {exported[0].get('test_images')}; latency: median of "
+            f"{exported[0].get('latency_repeats')} warm one-image calls, the Keras "
+            "model's measured the same way in the same process"
+        )
+    return "\n".join(lines + _ratio_lines(rows if all_rows is None else all_rows))
 
 
 def write_results(run_dir, rows, **summary):
@@ -106,16 +225,20 @@ def write_results(run_dir, rows, **summary):
     """
     run_dir = Path(run_dir)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
+    # Exported models' columns only in runs that have exports.
+    columns = TABLE_COLUMNS + (EXPORT_COLUMNS if any(map(is_export_row, rows)) else ())
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(run_dir / "results.csv", buffer.getvalue())
+    exported = any(map(is_export_row, rows))
     atomic.write_json(
         run_dir / "results.json",
         {
             "rows": rows,
             "distillation_gain_points": distillation_gain(rows),
             "gain_over_baseline_points": gains_over_baseline(rows),
+            **({"teacher_vs_student": shipping_ratios(rows)} if exported else {}),
             **summary,
         },
     )
@@ -150,19 +273,47 @@ def _save_figure(figure, path):
         figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
+def bar_entries(rows):
+    """What the test-accuracy bar chart draws, one dict per row: `label`,
+    `value` (percent), `color`, `hatch` (exported models are hatched in
+    their stage's colour) and `note` (T and alpha of a distillation; size
+    and latency of an exported model)."""
+    entries = []
+    for row in rows:
+        exported = is_export_row(row)
+        note = ""
+        if exported:
+            size = row.get("size_bytes")
+            parts = [f"{size / 1024:.0f} KB" if size is not None else None,
+                     f"{row['latency_ms']:.3f} ms" if row.get("latency_ms") is not None else None]
+            parts = [p for p in parts if p]
+            note = f"  ({', '.join(parts)})" if parts else ""
+        elif row.get("temperature") is not None:
+            note = f"  (T={row['temperature']:.3g}, alpha={row['alpha']:.3g})"
+        entries.append({
+            "label": row["stage"] if exported else f"{row['stage']} ({row['model']})",
+            "value": 100 * row["test_accuracy"],
+            "color": stage_color(row["stage"]),
+            "hatch": "//" if exported else None,
+            "note": note,
+        })
+    return entries
+
+
 def plot_test_accuracy(rows, path):
-    """Horizontal bars of each stage's test accuracy."""
+    """Horizontal bars of each row's test accuracy (exported models hatched)."""
     plt = _figure()
     figure, axis = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.2))
-    labels = [f"{r['stage']} ({r['model']})" for r in rows]
-    values = [100 * r["test_accuracy"] for r in rows]
-    bars = axis.barh(labels, values, color=[stage_color(r["stage"]) for r in rows])
-    for bar, value, row in zip(bars, values, rows):
-        note = ""
-        if row.get("temperature") is not None:
-            note = f"  (T={row['temperature']:.3g}, alpha={row['alpha']:.3g})"
-        axis.text(value, bar.get_y() + bar.get_height() / 2, f" {value:.2f}%{note}",
-                  va="center", fontsize=8)
+    entries = bar_entries(rows)
+    values = [e["value"] for e in entries]
+    bars = axis.barh([e["label"] for e in entries], values,
+                     color=[e["color"] for e in entries])
+    for bar, entry in zip(bars, entries):
+        if entry["hatch"]:
+            bar.set_hatch(entry["hatch"])
+            bar.set_edgecolor("white")
+        axis.text(entry["value"], bar.get_y() + bar.get_height() / 2,
+                  f" {entry['value']:.2f}%{entry['note']}", va="center", fontsize=8)
     axis.invert_yaxis()
     axis.set_xlim(0, 100)
     axis.set_xlabel("test accuracy (%)")
@@ -195,12 +346,35 @@ def history_curves(history):
     }
 
 
+def validation_gap(baseline, other):
+    """Per-epoch validation accuracy of `other` minus `baseline`, in points.
+
+    Args:
+        baseline, other: history rows (`read_history`) of two stages.
+
+    Returns:
+        `(epochs, points)`: the epochs both stages have, and
+        `100 * (other val_accuracy - baseline val_accuracy)` at each.
+    """
+    base = {row.get("epoch"): row.get("val_accuracy") for row in baseline}
+    epochs, points = [], []
+    for row in other:
+        epoch, value = row.get("epoch"), row.get("val_accuracy")
+        if epoch in base and value is not None and base[epoch] is not None:
+            epochs.append(epoch)
+            points.append(100.0 * (value - base[epoch]))
+    return epochs, points
+
+
 def plot_report(run_dir, path):
-    """Training and validation cross-entropy and accuracy of every stage."""
+    """Training and validation cross-entropy and accuracy of every stage, and
+    each student's validation accuracy minus the baseline's, epoch by epoch
+    (above zero early on: the distilled student learns faster)."""
     plt = _figure()
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4))
     history_dir = Path(run_dir) / "history"
     extra = sorted(p.stem for p in history_dir.glob("*.csv") if p.stem not in STAGE_ORDER)
+    baseline = read_history(history_dir / "student_baseline.csv")
     for stage in (*STAGE_ORDER, *extra):
         history = read_history(history_dir / f"{stage}.csv")
         if not history:
@@ -214,11 +388,18 @@ def plot_report(run_dir, path):
                      label=f"{stage} train")
         axes[1].plot(curves["epoch"], curves["val_accuracy"], color=color,
                      label=f"{stage} val")
+        if baseline and stage not in ("teacher", "student_baseline"):
+            epochs, points = validation_gap(baseline, history)
+            axes[2].plot(epochs, points, color=color, marker=".", label=stage)
+    axes[2].axhline(0.0, color="#888888", lw=1)
     axes[0].set_title("cross-entropy (dashed: train, solid: validation)")
     axes[1].set_title("accuracy (dashed: train, solid: validation)")
+    axes[2].set_title("validation accuracy minus the baseline's (points)")
     for axis in axes:
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="lower right")
+    if axes[2].get_legend_handles_labels()[0]:
+        axes[2].legend(fontsize=7, loc="best")
     _save_figure(figure, path)
     plt.close(figure)

@@ -4,12 +4,15 @@ The app runs in this process (AppTest); training it starts runs as separate
 `python -m kd_keras run` processes, exactly as under `streamlit run`.
 """
 
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -109,7 +112,8 @@ def test_app_never_imports_tensorflow_or_keras(app_env):
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'})\n"
         "assert not loaded, loaded\n"
         "ours = sorted(m for m in sys.modules if m.startswith('kd_keras.'))\n"
-        "assert ours == ['kd_keras.atomic', 'kd_keras.config', 'kd_keras.depth', 'kd_keras.stages'], ours\n"
+        "assert ours == ['kd_keras.atomic', 'kd_keras.config', 'kd_keras.depth', "
+        "'kd_keras.export_spec', 'kd_keras.model_specs', 'kd_keras.stages'], ours\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=APP.parent,
                             capture_output=True, text=True, timeout=300)
@@ -141,6 +145,61 @@ def test_renders_smoke_run_with_the_numbers_of_results_csv(smoke_run_dir, monkey
     assert "Download the distilled student (.keras)" in labels
     config = json.loads((smoke_run_dir / "config.json").read_text())
     assert json.loads(at.json[0].value) == config
+
+
+@pytest.fixture
+def shipped_run_dir(smoke_run, tmp_path):
+    """A copy of the session's smoke run (the shared one keeps its three
+    rows) with the teacher and the distilled student exported as SavedModel
+    and int8 LiteRT files, evaluated on 40 test images."""
+    from kd_keras.export import export_run
+
+    folder = tmp_path / "runs" / "shipped"
+    shutil.copytree(smoke_run[0], folder)
+    export_run(folder, stages=["teacher", "student_distilled"],
+               formats=["saved_model", "litert"], quantizations=["int8"],
+               calibration_images=32, max_images=40, latency_repeats=3)
+    return folder
+
+
+@pytest.mark.slow
+def test_results_tab_shows_exported_models_and_offers_their_files(
+        shipped_run_dir, monkeypatch, cifar10_archive):
+    monkeypatch.setenv(kr.RUNS_ENV_VAR, str(shipped_run_dir.parent))
+    monkeypatch.setenv(kr.DATA_ENV_VAR, str(cifar10_archive))
+    at = run_app()
+    assert_no_exception(at)
+    assert not at.error, texts(at.error)
+    exported = ["teacher@saved_model", "teacher@int8",
+                "student_distilled@saved_model", "student_distilled@int8"]
+    # The run's table holds the new rows, with the numbers of results.csv.
+    expected = pd.read_csv(shipped_run_dir / "results.csv")
+    shown = at.table[0].value
+    assert list(shown["stage"]) == ["teacher", "student_baseline", "student_distilled", *exported]
+    for column in kr.TABLE_COLUMNS:
+        assert list(shown[column].fillna(-1)) == list(expected[column].fillna(-1)), column
+    # The shipped-models table: the measurements of each export.
+    shipped = at.table[1].value
+    assert list(shipped.columns) == list(kr.EXPORT_TABLE_COLUMNS)
+    assert list(shipped["stage"]) == exported
+    row = json.loads((shipped_run_dir / "export" / "student_distilled" / "int8.json").read_text())
+    int8 = shipped.set_index("stage").loc["student_distilled@int8"]
+    assert (int8["agreement"], int8["speedup"], int8["test_images"]) == (
+        row["agreement"], row["speedup"], 40)
+    ratios = at.table[2].value
+    assert list(ratios["as"]) == ["keras", "saved_model", "int8"]
+    labels = [b.label for b in at.download_button]
+    for name in ("student_distilled@int8 (int8.tflite)", "teacher@int8 (int8.tflite)",
+                 "student_distilled@saved_model (saved_model.zip)"):
+        assert f"Download {name}" in labels, labels
+    # What the buttons hand out: the .tflite file, the SavedModel zipped.
+    tflite = shipped_run_dir / "export" / "student_distilled" / "int8.tflite"
+    assert kr.export_download(tflite) == (tflite.read_bytes(), "int8.tflite",
+                                          "application/octet-stream")
+    data, name, mime = kr.export_download(tflite.parent / "saved_model")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert "saved_model/saved_model.pb" in archive.namelist()
+    assert (name, mime) == ("saved_model.zip", "application/zip")
 
 
 def test_progress_summary_estimates_time_left():
@@ -250,6 +309,7 @@ def test_tuning_tab_shows_trials_and_best(app_env):
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_start_smoke_run_from_the_ui(real_runs):
     runs = real_runs
     at = run_app()
@@ -284,6 +344,7 @@ def test_start_smoke_run_from_the_ui(real_runs):
     assert list(shown["test_accuracy"]) == list(expected["test_accuracy"])
 
 
+@pytest.mark.slow
 def test_stop_button_stops_the_run_cleanly(real_runs):
     runs = real_runs
     at = run_app()

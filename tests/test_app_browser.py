@@ -143,6 +143,7 @@ class Chromium:
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs /usr/bin/chromium "
                     "(apt-get install chromium) for the end-to-end browser test")
+@pytest.mark.slow
 def test_browser_shows_the_results_of_a_smoke_run(streamlit_server, tmp_path):
     url, run = streamlit_server
     expected = pd.read_csv(run / "results.csv")

@@ -34,6 +34,18 @@ def test_epochs_sets_both_stages_and_flags_override_the_preset():
         (["run", "--data", "/no/such/cifar.tar.gz", "--preset", "smoke"], "/no/such/cifar.tar.gz"),
         (["evaluate", "/no/such/model.keras"], "does not exist"),
         (["report", "/no/such/run"], "holds no completed stage"),
+        # Values that used to pass validation and crash later.
+        (["run", "--temperature", "1e300"], "temperature must be in [0.01, 100]"),
+        (["run", "--temperature", "1e-300"], "temperature must be in [0.01, 100]"),
+        (["run", "--teacher-depth", "1000"], "depth must be at most 200"),
+        (["run", "--student-epochs", "1000000"], "student_epochs must be at most 1000"),
+        (["run", "--seed", "99999999999"], "seed must be at most 2147483646"),
+        (["run", "--teacher-width", "100000"], "teacher_width must be at most 256"),
+        # Requests larger than CIFAR-10, once silently shrunk.
+        (["run", "--train-per-class", "6000"],
+         "train_per_class 6000 > 4500 images per class available after the validation split"),
+        (["run", "--val-size", "49995"], "val_size 49995 leaves 0 training images per class"),
+        (["run", "--test-per-class", "1001"], "test_per_class 1001 > 1000"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, fragment, capsys, tmp_path):
@@ -71,6 +83,7 @@ def test_evaluate_and_report_on_a_real_run(smoke_run, cifar10_archive, capsys):
     assert (out / "report.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_run_command_end_to_end(cifar10_archive, tmp_path, capsys):
     argv = ["run", "--preset", "smoke", "--data", str(cifar10_archive), "--out",
             str(tmp_path / "run"), "--epochs", "1", "--quiet"]
@@ -86,3 +99,21 @@ def test_run_command_end_to_end(cifar10_archive, tmp_path, capsys):
     assert main(["run", "--resume", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert main(["run", "--resume", "--out", str(tmp_path / "run"), "--alpha", "0.9"]) == 2
     assert "alpha (saved 0.3, asked 0.9)" in capsys.readouterr().err
+
+
+def test_special_files_as_inputs_are_one_line_and_leave_nothing(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "cifar.tar.gz"
+    os.mkfifo(fifo)
+    saved_model = tmp_path / "teacher"
+    saved_model.mkdir()
+    for argv, fragment in (
+        (["--data", str(fifo)], "not a regular file or folder"),
+        (["--teacher", str(saved_model)], "is a folder (a TensorFlow SavedModel?)"),
+    ):
+        assert main(["run", "--preset", "smoke", "--out", str(tmp_path / "run"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("kd_keras: error: ") and err.count("\n") == 1, err
+        assert fragment in err
+        assert not (tmp_path / "run").exists()

@@ -44,7 +44,7 @@ def test_bad_values_are_refused_with_the_value(field, value, fragment):
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown preset 'fast'; choose one of smoke, quick, paper"):
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; choose one of smoke, quick, full, paper"):
         RunConfig.from_preset("fast")
 
 

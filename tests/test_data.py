@@ -237,3 +237,148 @@ def test_epoch_datasets_work_under_a_global_seed():
     images = np.zeros((4, 32, 32, 3), np.uint8)
     dataset = make_dataset(images, np.arange(4), batch_size=2, training=True, seed=1, epochs=2)
     assert len(list(dataset)) == 4
+
+
+# --- Bounded reads and special files. ---
+
+
+def _in_thread(function, timeout=60):
+    """Runs `function`, failing (instead of hanging the suite) if it blocks."""
+    import threading
+
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # Handed to the test below.
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"blocked for {timeout} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def test_fifo_as_data_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "cifar-10-python.tar.gz"
+    os.mkfifo(fifo)
+    with pytest.raises(DatasetError, match="not a regular file or folder"):
+        _in_thread(lambda: load_cifar10(fifo, cache_dir=tmp_path / "cache"))
+    with pytest.raises(DatasetError, match="not a regular file or folder"):
+        _in_thread(lambda: prepare_splits(fifo))
+
+
+def test_fifo_in_place_of_a_batch_file_is_refused_at_once(fake_archive, tmp_path):
+    with tarfile.open(fake_archive) as tar:
+        tar.extractall(tmp_path / "extracted", filter="data")
+    batch = tmp_path / "extracted" / "cifar-10-batches-py" / "data_batch_2"
+    batch.unlink()
+    os.mkfifo(batch)
+    with pytest.raises(DatasetError, match="data_batch_2.*not a regular file"):
+        _in_thread(lambda: load_cifar10(tmp_path / "extracted"))
+
+
+def test_oversized_archive_member_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from kd_keras import data
+
+    # An 8 MB member that gzip squeezes into a few KB, under a 1 MB limit:
+    # the same shape as a 2 MB archive whose batch claims 2 GB.
+    big = write_fake_archive(tmp_path / "bomb.tar.gz", replace={
+        "data_batch_1": batch_bytes(8 * 1024 * 1024 // 3072, 0, data=np.zeros(
+            (8 * 1024 * 1024 // 3072, 3072), np.uint8)),
+    })
+    assert big.stat().st_size < 1 << 20  # Smaller than the limit it breaks.
+    monkeypatch.setattr(data, "MAX_BATCH_BYTES", 1 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError) as info:
+            load_cifar10(big, cache_dir=tmp_path / "cache")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert "member 'cifar-10-batches-py/data_batch_1' of 8,39" in message
+    assert "more than a CIFAR-10 batch can have (1,048,576)" in message
+    assert peak < 2 << 20, peak  # Never decompressed into memory.
+
+
+def test_archive_with_too_many_members_is_refused(tmp_path, monkeypatch):
+    from kd_keras import data
+
+    extra = []
+    for index in range(5):
+        info = tarfile.TarInfo(f"cifar-10-batches-py/junk{index}")
+        info.size = 1
+        extra.append((info, b"x"))
+    archive = write_fake_archive(tmp_path / "a.tar.gz", extra=extra)
+    monkeypatch.setattr(data, "MAX_ARCHIVE_MEMBERS", 8)
+    assert_refused(archive, tmp_path / "cache", "more than 8 members")
+
+
+def test_oversized_files_are_refused_by_their_size(fake_archive, tmp_path, monkeypatch):
+    from kd_keras import data
+
+    with tarfile.open(fake_archive) as tar:
+        tar.extractall(tmp_path / "extracted", filter="data")
+    monkeypatch.setattr(data, "MAX_BATCH_BYTES", 1000)
+    with pytest.raises(DatasetError, match="data_batch_1.*61,679 bytes, more than"):
+        load_cifar10(tmp_path / "extracted")
+    monkeypatch.setattr(data, "MAX_ARCHIVE_BYTES", 1000)
+    assert_refused(fake_archive, tmp_path / "cache", "archive has", "more than a CIFAR-10")
+
+
+# --- Cache leftovers and settings. ---
+
+
+def test_half_written_cache_of_a_killed_writer_is_removed(fake_archive, tmp_path):
+    import fcntl
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = cache / ".tmp-k1ll3d.npz"
+    stale.write_bytes(b"half of a cache")  # What a kill mid-write leaves.
+    writing = cache / ".tmp-l1ve.npz"
+    writing.write_bytes(b"being written")
+    with open(writing, "rb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)  # A live writer holds its temporary file.
+        load_cifar10(fake_archive, cache_dir=cache)
+        assert not stale.exists() and writing.exists()
+    assert len(list(cache.glob("cifar10-*.npz"))) == 1
+    load_cifar10(fake_archive, cache_dir=cache)  # Its writer is gone now.
+    assert not writing.exists()
+
+
+def test_empty_cache_variable_means_the_default_not_the_current_folder(monkeypatch):
+    from pathlib import Path
+
+    from kd_keras.data import default_cache_dir
+
+    monkeypatch.setenv("KD_KERAS_CACHE", "")
+    assert default_cache_dir() == Path.home() / ".cache" / "kd_keras"
+    monkeypatch.setenv("KD_KERAS_CACHE", "  ")
+    assert default_cache_dir() == Path.home() / ".cache" / "kd_keras"
+
+
+# --- Requests larger than the data: refused, not silently shrunk. ---
+
+
+def test_per_class_requests_beyond_the_data_name_the_available_count(fake_archive):
+    from kd_keras.config import ConfigError
+
+    # The fake archive: 10 training images per class; 2 per class go to validation.
+    with pytest.raises(ConfigError, match=r"train_per_class 9 > 8 images per class "
+                                          r"available in the train split after the validation"):
+        prepare_splits(fake_archive, val_size=20, train_per_class=9)
+    with pytest.raises(ConfigError, match="val_per_class 3 > 2"):
+        prepare_splits(fake_archive, val_size=20, val_per_class=3)
+    with pytest.raises(ConfigError, match="test_per_class 3 > 2"):
+        prepare_splits(fake_archive, val_size=20, test_per_class=3)
+    with pytest.raises(ConfigError, match="val_size 100 must be below the 100"):
+        prepare_splits(fake_archive, val_size=100)
+    assert len(prepare_splits(fake_archive, val_size=20, train_per_class=8)["train"][1]) == 80

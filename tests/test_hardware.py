@@ -89,6 +89,7 @@ def test_run_config_resolution_and_resume_rule():
     assert same is resolved
 
 
+@pytest.mark.slow
 def test_run_records_resolved_precisions(tmp_path, cifar10_archive, monkeypatch):
     """A run started with "auto" writes the resolved values to config.json."""
     from kd_keras import speed

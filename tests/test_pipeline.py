@@ -7,7 +7,7 @@ import pytest
 
 from kd_keras import RunConfig, RunFolderError, TeacherError, build_resnet, run_pipeline
 from kd_keras.callbacks import NonFiniteLossError, NonFiniteLossGuard, read_history
-from kd_keras.data import make_dataset, prepare_splits
+from kd_keras.data import DatasetError, make_dataset, prepare_splits
 from kd_keras.pipeline import Pipeline, ProgressFile, evaluate_model, load_teacher
 from kd_keras.results import read_results_csv
 
@@ -139,6 +139,7 @@ def test_teacher_needing_unsafe_deserialisation_is_refused(tmp_path):
         load_teacher(path)
 
 
+@pytest.mark.slow
 def test_reused_teacher_skips_teacher_training(smoke_run, tmp_path):
     out, rows = smoke_run
     config = RunConfig.from_preset(
@@ -170,3 +171,112 @@ def test_progress_file_is_replaced_atomically(tmp_path):
     progress.update(epoch=2)
     assert json.loads((tmp_path / "progress.json").read_text())["epoch"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["progress.json"]
+
+
+# --- A teacher's contract, checked once when it is loaded. ---
+
+
+def _save(model, path):
+    model.save(path)
+    return path
+
+
+def test_teacher_with_a_per_pixel_output_is_refused(tmp_path):
+    inputs = keras.Input((32, 32, 3))
+    path = _save(keras.Model(inputs, keras.layers.Conv2D(10, 1)(inputs)), tmp_path / "t.keras")
+    with pytest.raises(TeacherError, match=r"outputs shape \(None, 32, 32, 10\); a teacher "
+                                           r"must output logits of shape \(batch, 10\)"):
+        load_teacher(path)
+
+
+def test_teacher_with_two_inputs_is_refused(tmp_path):
+    a, b = keras.Input((32, 32, 3)), keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, b]))
+    path = _save(keras.Model([a, b], keras.layers.Dense(10)(x)), tmp_path / "t.keras")
+    with pytest.raises(TeacherError, match="takes 2 inputs"):
+        load_teacher(path)
+
+
+@pytest.mark.filterwarnings("ignore:You are saving a model that has not yet been built")
+def test_unbuilt_sequential_teacher_is_refused(tmp_path):
+    path = _save(keras.Sequential([keras.layers.Dense(10)]), tmp_path / "t.keras")
+    with pytest.raises(TeacherError, match="no defined inputs or outputs .*unbuilt Sequential"):
+        load_teacher(path)
+
+
+def test_teacher_that_fails_on_cifar_images_is_refused(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 40)(inputs)  # Needs images of at least 40x40.
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    path = _save(keras.Model(inputs, keras.layers.Dense(10)(x)), tmp_path / "t.keras")
+    with pytest.raises(TeacherError, match=r"fails on a batch of \(32, 32, 3\) images"):
+        load_teacher(path)
+
+
+def test_teacher_of_any_image_size_that_takes_32x32_is_accepted(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    path = _save(keras.Model(inputs, keras.layers.Dense(10)(x)), tmp_path / "t.keras")
+    assert load_teacher(path).output_shape == (None, 10)
+
+
+def test_savedmodel_folder_or_fifo_as_teacher_says_what_it_is(tmp_path):
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(TeacherError, match="is a folder .*SavedModel.*model.save"):
+        load_teacher(folder)
+    import os
+
+    fifo = tmp_path / "teacher.keras"
+    os.mkfifo(fifo)
+    with pytest.raises(TeacherError, match="not a regular file"):
+        load_teacher(fifo)
+
+
+# --- A start that fails leaves nothing behind. ---
+
+
+def _tiny_config(data, **fields):
+    return RunConfig(preset="custom", data=str(data), val_size=20, teacher_depth=8,
+                     student_depth=8, teacher_width=4, student_width=4, teacher_epochs=1,
+                     student_epochs=1, batch_size=10, verbose=0, **fields).validate()
+
+
+def test_bad_teacher_or_data_fails_before_the_folder_is_made(fake_archive, tmp_path):
+    bad_teacher = tmp_path / "bad.keras"
+    bad_teacher.write_bytes(b"PK\x03\x04 not a model")
+    out = tmp_path / "run"
+    with pytest.raises(TeacherError):
+        run_pipeline(_tiny_config(fake_archive, teacher=str(bad_teacher)), out)
+    assert not out.exists()
+    not_data = tmp_path / "cifar.tar.gz"
+    not_data.write_text("not an archive")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder in (out, empty):
+        with pytest.raises(DatasetError):
+            run_pipeline(_tiny_config(not_data), folder)
+    assert not out.exists() and list(empty.iterdir()) == []
+    # So the corrected command is not refused as "not empty".
+    from kd_keras.pipeline import check_run_folder
+
+    assert check_run_folder(out, _tiny_config(fake_archive)).data == str(fake_archive)
+
+
+def test_failure_after_the_folder_is_made_but_before_training_removes_it(
+    fake_archive, tmp_path, monkeypatch
+):
+    def broken(self):
+        raise RuntimeError("no datasets today")
+
+    monkeypatch.setattr(Pipeline, "load_data", broken)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="no datasets today"):
+        run_pipeline(_tiny_config(fake_archive), out)
+    assert not out.exists()
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # Not a fresh folder: refused, untouched.
+    with pytest.raises(RunFolderError, match="not empty"):
+        run_pipeline(_tiny_config(fake_archive), out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from kd_keras import RunConfig, run_pipeline
-from kd_keras.atomic import DiskWriteError, RunLock, RunLockedError, atomic_path, write_json
+from kd_keras.atomic import (
+    DiskWriteError,
+    RunLock,
+    RunLockedError,
+    atomic_path,
+    lock_holder,
+    write_json,
+)
 
 REPO = Path(__file__).parents[1]
 # Resumed runs replay the same batches from the same weights and optimizer
@@ -56,6 +63,7 @@ def read_progress_until(out, process, predicate, timeout=240):
     "stage, epoch",
     [("teacher", 2), ("student_distilled", 1)],
 )
+@pytest.mark.slow
 def test_sigkill_mid_stage_then_resume_equals_uninterrupted_run(
     smoke_run, cifar10_archive, tmp_path, stage, epoch
 ):
@@ -74,6 +82,8 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted_run(
     assert reads > 3
     killed = json.loads((out / "progress.json").read_text())
     assert killed["status"] == "running"  # SIGKILL leaves no chance to say more.
+    meta = json.loads((out / "checkpoints" / stage / "meta.json").read_text())
+    assert [dict(row)["epoch"] for row in meta["history"]] == list(range(1, meta["epoch"] + 1))
 
     # The stale lock of the dead process does not block the resume.
     config = RunConfig.load(out / "config.json")
@@ -81,6 +91,9 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted_run(
     rows = run_pipeline(config, out, resume=True)
     assert json.loads((out / "progress.json").read_text())["status"] == "finished"
     assert list(out.rglob(".*.tmp*")) == []  # Leftovers of the kill are swept.
+    by_stage = {row["stage"]: row for row in rows}
+    # The killed process's completed epochs count towards the stage's time.
+    assert by_stage[stage]["train_seconds"] > meta["train_seconds"] > 0
     for resumed, uninterrupted in zip(rows, reference):
         assert resumed["stage"] == uninterrupted["stage"]
         assert resumed["test_accuracy"] == pytest.approx(
@@ -92,6 +105,7 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted_run(
         assert epochs == ["1", "2", "3", "4"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_and_marks_the_run_stopped(cifar10_archive, tmp_path):
     out = tmp_path / "run"
     process = start_run(out, cifar10_archive)
@@ -104,18 +118,35 @@ def test_sigterm_stops_cleanly_and_marks_the_run_stopped(cifar10_archive, tmp_pa
     assert not (out / "run.lock").exists()
 
 
+def hold_lock(folder, *, search=False):
+    """A process that holds the folder's lock (the run's or a search's)
+    until it is killed."""
+    path = "sibling_lock_path(sys.argv[1])" if search else "None"  # As tuning.search_lock.
+    take = (
+        "from kd_keras.atomic import RunLock, sibling_lock_path; "
+        f"RunLock(sys.argv[1], path={path}).acquire()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys, time; {take}; print('locked', flush=True); "
+         "time.sleep(120)", str(folder)],
+        cwd=REPO, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert holder.stdout.readline().strip() == b"locked"
+    return holder
+
+
 def test_second_run_on_a_live_folder_is_refused(tmp_path):
     out = tmp_path / "run"
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    holder = hold_lock(out)
     try:
-        out.mkdir()
-        (out / "run.lock").write_text(str(sleeper.pid))
-        with pytest.raises(RunLockedError, match=f"in use by process {sleeper.pid}"):
+        with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}"):
             RunLock(out).acquire()
+        assert lock_holder(out)["pid"] == holder.pid
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    # Once its owner is gone, the lock is stale and is taken over.
+        holder.kill()  # SIGKILL: no chance to clean up; the kernel drops the lock.
+        holder.wait()
+    assert (out / "run.lock").exists() and lock_holder(out) is None
+    # Once its owner is gone, the lock is taken over.
     with RunLock(out) as lock:
         assert lock.owner() == os.getpid()
 
@@ -159,3 +190,326 @@ def test_unwritable_output_folder_is_refused_early(cifar10_archive, tmp_path):
 
     code = main(["run", "--preset", "smoke", "--data", str(cifar10_archive), "--out", str(out)])
     assert code == 2
+
+
+# --- The folder lock: ownership by the kernel, not by a pid in a file. ---
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "1",  # The bare-pid format of kd_keras 0.1, naming a live stranger (init).
+        json.dumps({"pid": 1, "command": "python -m kd_keras run --out run"}),
+        "",  # A lock file emptied by a crash of an older version.
+        "not a pid",
+    ],
+)
+def test_lock_file_naming_a_live_stranger_does_not_block(tmp_path, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.lock").write_text(content)
+    assert lock_holder(out) is None  # Nobody holds it, whatever it says.
+    with RunLock(out) as lock:
+        assert lock.owner() == os.getpid()
+        record = json.loads((out / "run.lock").read_text())
+        assert record["pid"] == os.getpid() and record["folder"] == str(out.resolve())
+        assert record["command"] and record["started_at"] and len(record["token"]) == 32
+    assert not (out / "run.lock").exists()
+
+
+def test_app_sees_no_run_behind_a_stale_lock_and_progress(tmp_path, monkeypatch):
+    from kd_app import runs
+
+    folder = tmp_path / "runs" / "old"
+    folder.mkdir(parents=True)
+    (folder / "run.lock").write_text("1")
+    write_json(folder / "progress.json", {"status": "running", "pid": 1})
+    write_json(folder / "config.json", {"preset": "smoke"})
+    state = runs.run_state(folder)
+    assert state.status == "died" and not state.alive and state.pid is None
+    runs._refuse_if_busy(tmp_path / "runs")  # "A run is already going" would raise.
+    # A live kd_keras process is not enough either: it must run on this folder.
+    monkeypatch.setattr(runs, "runs_module", lambda pid, module: True)
+    monkeypatch.setattr(runs, "process_args",
+                        lambda pid: ["python", "-m", "kd_keras", "run", "--out", "/elsewhere"])
+    assert runs.live_pid(folder) is None
+    monkeypatch.setattr(runs, "process_args",
+                        lambda pid: ["python", "-m", "kd_keras", "run", "--out", str(folder)])
+    assert runs.live_pid(folder) == 1
+
+
+def test_app_sees_the_process_that_holds_the_lock(tmp_path):
+    from kd_app import runs
+
+    folder = tmp_path / "runs" / "live"
+    holder = hold_lock(folder)
+    try:
+        assert runs.lock_owner(folder) == holder.pid
+        assert runs.live_pid(folder) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    assert runs.lock_owner(folder) is None and runs.live_pid(folder) is None
+
+
+def _race(folder, barrier, results, done):
+    lock = RunLock(folder)
+    barrier.wait()  # Both processes leave this line together.
+    try:
+        lock.acquire()
+        results.put("won")
+    except RunLockedError:
+        results.put("lost")
+    done.wait()
+    lock.release()
+
+
+def test_two_processes_acquiring_at_the_same_instant_never_both_win(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from kd_keras import atomic
+
+    monkeypatch.setattr(atomic, "_ACQUIRE_GRACE_S", 0.0)  # Refuse at once (forked too).
+    context = multiprocessing.get_context("fork")
+    outcomes = []
+    for trial in range(30):
+        barrier, results, done = context.Barrier(2), context.Queue(), context.Event()
+        workers = [
+            context.Process(target=_race, args=(tmp_path / f"run{trial}", barrier, results, done))
+            for _ in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        outcomes.append(sorted(results.get(timeout=30) for _ in workers))
+        done.set()
+        for worker in workers:
+            worker.join(timeout=30)
+    assert outcomes == [["lost", "won"]] * 30
+
+
+def test_a_reader_polling_the_lock_never_makes_a_start_fail(tmp_path):
+    import threading
+
+    folder = tmp_path / "run"
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            lock_holder(folder)  # What the app does every second, here nonstop.
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        for _ in range(50):
+            RunLock(folder).acquire().release()
+    finally:
+        stop.set()
+        poller.join()
+
+
+def test_second_search_on_the_same_folder_is_refused(tmp_path):
+    from tuning.search import run_search
+
+    folder = tmp_path / "search"
+    holder = hold_lock(folder, search=True)
+    try:
+        with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}"):
+            run_search(tmp_path / "teacher.keras", None, folder, max_trials=1, epochs=1)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not folder.exists()  # Refused before anything was made.
+    assert (tmp_path / ".search.lock").exists()  # Beside it: --overwrite deletes the folder.
+
+
+# --- A kill between the checkpoint's write and the history's. ---
+
+
+class _KillAtEpoch(BaseException):
+    """Stands in for SIGKILL: nothing after it runs (not an Exception)."""
+
+
+def _tiny_fit(folder, epochs, *, kill_history_at=None, clock=None, on_epoch=None):
+    import keras
+    import numpy as np
+
+    from kd_keras.callbacks import HistoryWriter, TrainingCheckpoint
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    checkpoint = TrainingCheckpoint(folder / "checkpoint")
+    history = HistoryWriter(folder / "history.csv", checkpoint)
+    if kill_history_at is not None:
+        write_row = history.on_epoch_end
+
+        def on_epoch_end(epoch, logs=None):
+            if epoch + 1 == kill_history_at:
+                raise _KillAtEpoch()  # The checkpoint has committed this epoch.
+            write_row(epoch, logs)
+
+        history.on_epoch_end = on_epoch_end
+    callbacks = [on_epoch] if on_epoch else []
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.arange(32) % 3
+    model.fit(x, y, validation_data=(x, y), epochs=epochs, batch_size=8, verbose=0,
+              shuffle=False, callbacks=callbacks + [checkpoint, history])
+    return checkpoint
+
+
+def test_kill_between_checkpoint_and_history_loses_no_row(tmp_path):
+    from kd_keras.callbacks import read_history
+
+    with pytest.raises(_KillAtEpoch):
+        _tiny_fit(tmp_path, 4, kill_history_at=2)
+    assert [r["epoch"] for r in read_history(tmp_path / "history.csv")] == [1]
+    recorded = json.loads((tmp_path / "checkpoint" / "meta.json").read_text())
+    assert recorded["epoch"] == 2
+    _tiny_fit(tmp_path, 4)  # The resume.
+    rows = read_history(tmp_path / "history.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[1]["val_loss"] == pytest.approx(dict(recorded["history"][1])["val_loss"])
+    assert rows[1]["learning_rate"] == pytest.approx(0.1)
+
+
+def test_history_of_a_stage_killed_after_its_last_epoch_is_completed(tmp_path):
+    from kd_keras.callbacks import TrainingCheckpoint, read_history, repair_history
+
+    with pytest.raises(_KillAtEpoch):
+        _tiny_fit(tmp_path, 3, kill_history_at=3)
+    checkpoint = TrainingCheckpoint(tmp_path / "checkpoint")
+    assert checkpoint.completed_epochs() == 3  # Complete: fit will not run again.
+    repair_history(tmp_path / "history.csv", checkpoint, 3)  # What Pipeline.fit does then.
+    assert [r["epoch"] for r in read_history(tmp_path / "history.csv")] == [1, 2, 3]
+
+
+def test_train_seconds_add_up_over_the_processes_of_a_stage(tmp_path, monkeypatch):
+    import keras
+
+    from kd_keras import callbacks
+
+    now = [1000.0]
+    monkeypatch.setattr(callbacks.time, "time", lambda: now[0])
+
+    class Tick(keras.callbacks.Callback):  # Each epoch takes 10 s.
+        def on_epoch_end(self, epoch, logs=None):
+            now[0] += 10.0
+
+    with pytest.raises(_KillAtEpoch):
+        _tiny_fit(tmp_path, 4, kill_history_at=3, on_epoch=Tick())
+    # The killed process trained 3 epochs; then 500 s pass before the resume.
+    assert json.loads((tmp_path / "checkpoint" / "meta.json").read_text())["train_seconds"] == 30.0
+    now[0] += 500.0
+    checkpoint = _tiny_fit(tmp_path, 4, on_epoch=Tick())
+    assert checkpoint.train_seconds() == pytest.approx(40.0)  # Not 10: the first 30 count.
+
+
+# --- Damaged files of a run folder: one line naming the file and the fix,
+# or rebuilt where they can be derived. ---
+
+
+@pytest.fixture
+def run_copy(smoke_run, tmp_path):
+    import shutil
+
+    out, rows = smoke_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    return copy, rows
+
+
+def _cli(argv, capsys):
+    from kd_keras.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def _one_line_error(err):
+    assert err.startswith("kd_keras: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_truncated_config_json_on_resume_is_one_line(run_copy, capsys):
+    out, _ = run_copy
+    text = (out / "config.json").read_text()
+    (out / "config.json").write_text(text[: len(text) // 2])
+    code, err = _cli(["run", "--resume", "--out", str(out), "--quiet"], capsys)
+    assert code == 2
+    assert f"'{out / 'config.json'}' is damaged" in _one_line_error(err)
+    assert "cannot be rebuilt: restore it from a copy" in err
+    config = RunConfig.from_dict(json.loads(text))
+    from kd_keras.atomic import DamagedFileError
+
+    with pytest.raises(DamagedFileError, match="config.json"):
+        run_pipeline(config, out, resume=True)
+
+
+def test_empty_checkpoint_meta_on_resume_names_it_and_the_fix(run_copy, capsys):
+    out, _ = run_copy
+    meta = out / "checkpoints" / "student_baseline" / "meta.json"
+    meta.write_text("")
+    # A finished stage does not need its checkpoint: reported, and the run goes on.
+    code, err = _cli(["run", "--resume", "--out", str(out), "--quiet"], capsys)
+    assert code == 0 and f"'{meta}' is damaged (empty)" in err
+    # An unfinished one does: one line, the file, the fix.
+    (out / "stages" / "student_baseline.json").unlink()
+    code, err = _cli(["run", "--resume", "--out", str(out), "--quiet"], capsys)
+    assert code == 2
+    _one_line_error(err)
+    assert f"'{meta}' is damaged (empty)" in err
+    assert f"delete the folder '{meta.parent}'" in err
+    meta.write_text("[]")  # Valid JSON, wrong shape: the same.
+    code, err = _cli(["run", "--resume", "--out", str(out), "--quiet"], capsys)
+    assert code == 2 and f"'{meta}' is damaged (a JSON list" in _one_line_error(err)
+
+
+def test_damaged_history_is_one_line_in_report_and_rebuilt_on_resume(run_copy, capsys):
+    out, _ = run_copy
+    history = out / "history" / "teacher.csv"
+    good = history.read_text()
+    history.write_text(good.replace("\n2,", "\n2,garbage,", 1))
+    code, err = _cli(["report", str(out)], capsys)
+    assert code == 2
+    assert f"'{history}' is damaged" in _one_line_error(err)
+    assert "--resume" in err
+    history.write_text(good.splitlines()[0] + "\n1,0.5\n")  # A torn copy: cells missing.
+    assert _cli(["run", "--resume", "--out", str(out), "--quiet"], capsys)[0] == 0
+    assert history.read_text() == good
+
+
+def test_damaged_progress_stage_row_and_derivable_files_are_rebuilt(run_copy, capsys):
+    out, rows = run_copy
+    (out / "progress.json").write_text('{"status": "runn')
+    (out / "stages" / "student_distilled.json").write_text("")
+    (out / "models" / "teacher.keras").write_bytes(b"PK\x03\x04 torn")
+    (out / "checkpoints" / "student_init.weights.h5").write_bytes(b"\x89HDF torn")
+    code, err = _cli(["run", "--resume", "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    for name in ("progress.json", "student_distilled.json", "teacher.keras",
+                 "student_init.weights.h5"):
+        assert name in err  # Each rebuild is reported.
+    assert json.loads((out / "progress.json").read_text())["status"] == "finished"
+    rebuilt = json.loads((out / "results.json").read_text())["rows"]
+    # Finished again from their checkpoints: no epoch retrained, same numbers.
+    for new, old in zip(rebuilt, rows):
+        assert new["stage"] == old["stage"]
+        assert new["test_accuracy"] == pytest.approx(old["test_accuracy"])
+        assert new["best_epoch"] == old["best_epoch"]
+    import keras
+
+    keras.saving.load_model(out / "models" / "teacher.keras")
+
+
+def test_report_with_a_damaged_stage_row_is_one_line(run_copy, capsys):
+    out, _ = run_copy
+    (out / "stages" / "teacher.json").write_text('{"stage": "teacher", "test_acc')
+    code, err = _cli(["report", str(out)], capsys)
+    assert code == 2
+    assert f"'{out / 'stages' / 'teacher.json'}' is damaged" in _one_line_error(err)
+    assert f"python -m kd_keras run --resume --out {out}" in err

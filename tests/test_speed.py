@@ -242,6 +242,7 @@ def test_torch_reference_has_the_keras_models_trainable_parameters():
         assert sum(p.numel() for p in torch_model.parameters()) == trainable
 
 
+@pytest.mark.slow
 def test_benchmark_writes_json_and_markdown_with_one_row_per_case(tmp_path):
     from benchmarks.throughput import main as bench_main
 

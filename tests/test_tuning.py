@@ -224,6 +224,7 @@ def test_search_writes_one_row_per_trial(finished_search):
     assert saved["tuner"] == "random" and saved["objective"] == "val_accuracy"
 
 
+@pytest.mark.slow
 def test_cached_teacher_logits_give_the_trials_of_an_uncached_search(
     finished_search, teacher_path, tiny_splits, tmp_path
 ):
@@ -306,8 +307,10 @@ def test_overwrite_refuses_a_folder_that_is_not_a_search(teacher_path, tmp_path)
 
 
 def test_run_best_adds_a_tuned_row_matching_the_run_recipe(
-    cifar10_archive, teacher_path, tmp_path
+    cifar10_archive, smoke_run, tmp_path
 ):
+    # A trained teacher: a run refuses a brought teacher that is near chance.
+    teacher_path = smoke_run[0] / "models" / "teacher.keras"
     config = tiny_config(teacher=str(teacher_path), teacher_epochs=0,
                          data=str(cifar10_archive))
     run_dir = tmp_path / "run"
@@ -404,6 +407,7 @@ def test_cli_missing_teacher_and_missing_data_exit_2(teacher_path, tmp_path, cap
     assert "--teacher is required" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_resumes_refuses_other_settings_and_overwrites(
     finished_search, cifar10_archive, teacher_path, tmp_path, capsys
 ):

@@ -11,6 +11,12 @@ _CONFIG_OPTIONS = (
     ("--seed", "seed", int, "seed of the data split, student init, data order and tuner"),
     ("--student-depth", "student_depth", int, "student ResNet depth"),
     ("--student-width", "student_width", int, "student first-stage filters"),
+    ("--student-model", "student_model", str,
+     "student architecture: resnet<depth> (default), a keras.applications name "
+     "such as mobilenetv3small:alpha=0.35 or efficientnetb0, or a .keras file "
+     "(see python -m kd_keras run --help)"),
+    ("--image-size", "image_size", int, "resize every image to this square size"),
+    ("--val-size", "val_size", int, "training images held out for validation"),
     ("--train-per-class", "train_per_class", int, "training images per class (subset)"),
     ("--val-per-class", "val_per_class", int, "validation images per class (subset)"),
     ("--batch-size", "batch_size", int, "batch size"),
@@ -29,8 +35,10 @@ def get_args(argv=None):
     )
     parser.add_argument("--teacher", help="the trained teacher .keras file (default with "
                         "--apply-to: RUN_DIR/models/teacher.keras)")
-    parser.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ "
-                        "(default: the --apply-to run's data, then $KD_KERAS_CIFAR10)")
+    parser.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/, "
+                        "an image folder of class subfolders or a .npz file (as for "
+                        "python -m kd_keras run; default: the --apply-to run's data, "
+                        "then $KD_KERAS_CIFAR10)")
     parser.add_argument("--out", required=True, help="the search folder (resumed if it "
                         "holds a search)")
     parser.add_argument("--tuner", default="random", choices=("random", "bayesian", "hyperband"),

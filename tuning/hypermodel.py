@@ -12,6 +12,8 @@ import numbers
 from typing import Optional
 
 from kd_keras import Distiller, RunConfig, build_resnet  # First: sets KERAS_BACKEND.
+from kd_keras.config import validate_temperature
+from kd_keras.zoo import build_model
 from kd_keras.pipeline import make_optimizer
 from kd_keras.speed import precision_scope, teacher_for_inference
 from kd_keras.teacher_cache import TeacherLogitCache, with_teacher_logits
@@ -87,6 +89,7 @@ class SearchSpace:
             value = _number("fixed_temperature", self.fixed_temperature)
             if value <= 0:
                 raise ValueError(f"fixed_temperature must be > 0, got {value:g}")
+            validate_temperature(value)
         else:
             low = _number("temperature_min", self.temperature_min)
             high = _number("temperature_max", self.temperature_max)
@@ -99,6 +102,8 @@ class SearchSpace:
                     f"temperature range [{low:g}, {high:g}] is empty: the minimum must "
                     "be below the maximum (use a fixed temperature to hold T constant)"
                 )
+            validate_temperature(low)  # Every trial's T must pass the Distiller's range.
+            validate_temperature(high)
             if self.temperature_step is not None:
                 step = _number("temperature_step", self.temperature_step)
                 if step <= 1:
@@ -267,9 +272,13 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         # The same seeding as kd_keras's Pipeline.build_student: a search and
         # a run with the same seed, depth and width start from one student.
         keras.utils.set_random_seed(c.seed + 1)
+        # The student takes the teacher's images and predicts its classes.
+        input_shape = tuple(self.teacher.inputs[0].shape[1:])
+        num_classes = int(self.teacher.outputs[0].shape[-1])
         with precision_scope(c.precision):
-            return build_resnet(
-                c.student_depth, width=c.student_width, name=f"student_resnet{c.student_depth}"
+            return build_model(
+                c.student_model, role="student", depth=c.student_depth,
+                width=c.student_width, input_shape=input_shape, num_classes=num_classes,
             )
 
     def build(self, hp):

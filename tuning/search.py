@@ -14,6 +14,7 @@ Running the same search again resumes it: finished trials are kept, an
 interrupted one is re-run, and only the missing trials are trained.
 """
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -24,6 +25,9 @@ from pathlib import Path
 
 from kd_keras import atomic  # First: kd_keras sets KERAS_BACKEND.
 from kd_keras import RunConfig, load_teacher, make_dataset, prepare_splits
+from kd_keras.config import data_kind
+from kd_keras.data import NUM_CLASSES
+from kd_keras.pipeline import teacher_sanity_check
 from kd_keras.speed import resolve_run_precisions
 
 import keras  # noqa: E402
@@ -60,6 +64,8 @@ CONFIG_FIELDS = (
     "val_per_class",
     "student_depth",
     "student_width",
+    "student_model",
+    "image_size",
     "batch_size",
     "learning_rate",
     "momentum",
@@ -389,73 +395,120 @@ def run_search(
     except ValueError as error:
         raise SearchError(str(error)) from None
     folder = Path(out_dir).expanduser().resolve()
-    saved = check_search_folder(folder, overwrite=overwrite)
+    # One process per search folder: a second identical command is refused
+    # instead of training every trial again beside the first.
+    with hold_search_lock(folder):
+        saved = check_search_folder(folder, overwrite=overwrite)
 
-    if isinstance(teacher, keras.Model):
-        teacher_model = teacher
-    else:
-        teacher_model = load_teacher(teacher)
-    settings = search_settings(
-        tuner=tuner,
-        epochs=epochs,
-        max_trials=max_trials,
-        config=config,
-        space=space,
-        teacher_sha256=teacher_fingerprint(teacher_model),
-    )
-    if saved is not None:
-        differences = _settings_differences(saved, settings)
-        if differences:
-            raise SearchError(
-                f"cannot resume the search in '{folder}': it was started with other "
-                f"settings: {'; '.join(differences)}. Run it with the saved settings, "
-                "pass --overwrite to start over, or choose another --out"
+        teacher_model = teacher if isinstance(teacher, keras.Model) else None
+        if teacher_model is None and not isinstance(data, dict) and (
+            data_kind(data) == "cifar10" and config.image_size is None
+        ):
+            teacher_model = load_teacher(teacher)  # Checked before the data loads.
+        if isinstance(data, dict):
+            splits = data
+        else:
+            splits = prepare_splits(
+                data,
+                val_size=config.val_size,
+                train_per_class=config.train_per_class,
+                val_per_class=config.val_per_class,
+                test_per_class=1,  # Never used by a search; keep it tiny.
+                seed=config.seed,
+                image_size=config.image_size,
+            )
+        if teacher_model is None:
+            teacher_model = load_teacher(
+                teacher,
+                len(splits.get("classes") or range(NUM_CLASSES)),
+                image_shape=tuple(splits["train"][0].shape[1:]),
+            )
+        settings = search_settings(
+            tuner=tuner,
+            epochs=epochs,
+            max_trials=max_trials,
+            config=config,
+            space=space,
+            teacher_sha256=teacher_fingerprint(teacher_model),
+        )
+        if saved is not None:
+            differences = _settings_differences(saved, settings)
+            if differences:
+                raise SearchError(
+                    f"cannot resume the search in '{folder}': it was started with other "
+                    f"settings: {'; '.join(differences)}. Run it with the saved settings, "
+                    "pass --overwrite to start over, or choose another --out"
+                )
+        # Printed before any trial, with a warning and the likely causes if
+        # near chance (a search also serves to probe untrained teachers).
+        teacher_sanity_check(teacher_model, splits, verbose=verbose, refuse=False,
+                             name=teacher if isinstance(teacher, str) else teacher_model.name)
+
+        train_images, train_labels = splits["train"]
+        val_images, val_labels = splits["val"]
+
+        def train_dataset(epochs, start_epoch):
+            # Made per trial (see DistillationHyperModel.fit): epoch e's order
+            # and augmentation depend on (seed, e) only, as in kd_keras's runs.
+            return make_dataset(
+                train_images, train_labels, batch_size=config.batch_size, training=True,
+                seed=config.seed, epochs=epochs, start_epoch=start_epoch,
             )
 
-    if isinstance(data, dict):
-        splits = data
-    else:
-        splits = prepare_splits(
-            data,
-            val_size=config.val_size,
-            train_per_class=config.train_per_class,
-            val_per_class=config.val_per_class,
-            test_per_class=1,  # Never used by a search; keep it tiny.
-            seed=config.seed,
+        val_dataset = make_dataset(val_images, val_labels, batch_size=256, training=False)
+        hypermodel = DistillationHyperModel(
+            teacher_model,
+            steps_per_epoch=math.ceil(len(train_labels) / config.batch_size),
+            epochs=epochs,
+            config=config,
+            space=space,
+            cache_teacher_logits=cache_teacher_logits,
         )
-    train_images, train_labels = splits["train"]
-    val_images, val_labels = splits["val"]
-
-    def train_dataset(epochs, start_epoch):
-        # Made per trial (see DistillationHyperModel.fit): epoch e's order
-        # and augmentation depend on (seed, e) only, as in kd_keras's runs.
-        return make_dataset(
-            train_images, train_labels, batch_size=config.batch_size, training=True,
-            seed=config.seed, epochs=epochs, start_epoch=start_epoch,
+        # With overwrite, keras-tuner deletes the folder: check_search_folder
+        # made sure it holds a search and nothing else of the user's.
+        search_tuner = build_tuner(
+            tuner, hypermodel, folder, max_trials=max_trials, epochs=epochs,
+            seed=config.seed, overwrite=overwrite,
         )
+        search_tuner.kd_report = report
+        atomic.write_json(folder / SEARCH_FILE, settings)
+        search_tuner.search(
+            train_dataset, validation_data=val_dataset, epochs=epochs, verbose=verbose
+        )
+        rows = write_search_outputs(search_tuner)
+        return SearchResult(tuner=search_tuner, rows=rows, best=best_row(rows), folder=folder)
 
-    val_dataset = make_dataset(val_images, val_labels, batch_size=256, training=False)
-    hypermodel = DistillationHyperModel(
-        teacher_model,
-        steps_per_epoch=math.ceil(len(train_labels) / config.batch_size),
-        epochs=epochs,
-        config=config,
-        space=space,
-        cache_teacher_logits=cache_teacher_logits,
-    )
-    # With overwrite, keras-tuner deletes the folder: check_search_folder
-    # made sure it holds a search and nothing else of the user's.
-    search_tuner = build_tuner(
-        tuner, hypermodel, folder, max_trials=max_trials, epochs=epochs,
-        seed=config.seed, overwrite=overwrite,
-    )
-    search_tuner.kd_report = report
-    atomic.write_json(folder / SEARCH_FILE, settings)
-    search_tuner.search(
-        train_dataset, validation_data=val_dataset, epochs=epochs, verbose=verbose
-    )
-    rows = write_search_outputs(search_tuner)
-    return SearchResult(tuner=search_tuner, rows=rows, best=best_row(rows), folder=folder)
+
+def search_lock(folder):
+    """The lock that keeps a search folder to one process.
+
+    A `kd_keras.atomic.RunLock` on `.<name>.lock` beside the folder
+    (`kd_keras.atomic.sibling_lock_path`): inside it, the file would be
+    deleted with the folder by Keras Tuner's `overwrite`. The kernel
+    releases it when the process exits.
+    """
+    return atomic.RunLock(folder, path=atomic.sibling_lock_path(folder))
+
+
+@contextlib.contextmanager
+def hold_search_lock(folder):
+    """Holds `search_lock(folder)` for the block.
+
+    Raises:
+        kd_keras.atomic.RunLockedError: another process runs this search.
+        SearchError: the lock file cannot be created beside the folder.
+    """
+    lock = search_lock(folder)
+    try:
+        lock.acquire()
+    except OSError as error:
+        raise SearchError(
+            f"cannot write beside '{folder}': {error.strerror or error}; choose another --out"
+        ) from None
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def _metric(trial, name, best=False):

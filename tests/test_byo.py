@@ -1,0 +1,287 @@
+"""Runs on one's own data and models: image folders, .npz files, model
+names, and the teacher sanity check."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kd_keras.config import ConfigError, RunConfig
+from kd_keras.data_sources import (
+    DataSourceError,
+    carve_test_split,
+    data_kind,
+    load_image_folder,
+    load_npz,
+)
+
+TINY = dict(
+    teacher_depth=8, teacher_width=4, student_depth=8, student_width=4,
+    teacher_epochs=1, student_epochs=1, batch_size=50, verbose=0,
+)
+
+
+def tiny_config(**fields):
+    """The smoke preset on all of a small data set (no per-class subsets)."""
+    base = RunConfig.from_preset("smoke").to_dict()
+    base.update(train_per_class=None, val_per_class=None, test_per_class=None,
+                **TINY)
+    base.update(fields)
+    return RunConfig.from_dict(base)
+
+
+def write_images(root, per_class, size=(12, 12), classes=("cat", "dog", "emu")):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=size[::-1] + (3,), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+# --- Model names: validated without Keras ---
+
+def test_unknown_model_name_is_refused_with_the_valid_names():
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_preset("smoke", student_model="vgg16")
+    message = str(error.value)
+    assert "'vgg16'" in message
+    for name in ("resnet<depth>", "mobilenetv3small", "efficientnetb0", ".keras"):
+        assert name in message
+    with pytest.raises(ConfigError, match="unknown option 'beta=1'.*alpha="):
+        RunConfig.from_preset("smoke", teacher_model="mobilenetv3small:beta=1")
+    with pytest.raises(ConfigError, match="never downloads"):
+        RunConfig.from_preset("smoke", teacher_model="efficientnetb0:weights=imagenet")
+    with pytest.raises(ConfigError, match="at least 32x32"):
+        RunConfig.from_preset("smoke", student_model="efficientnetb0", image_size=16)
+    config = RunConfig.from_preset(
+        "smoke", student_model="mobilenetv3small:alpha=0.35,minimalistic=true", image_size=32
+    )
+    assert config.student_model.startswith("mobilenetv3small")
+
+
+def test_model_names_are_validated_without_importing_keras():
+    code = (
+        "import sys\n"
+        "from kd_keras.config import RunConfig, ConfigError\n"
+        "RunConfig.from_preset('smoke', teacher_model='resnet20', student_model='efficientnetb0')\n"
+        "try:\n"
+        "    RunConfig.from_preset('smoke', teacher_model='nosuchnet')\n"
+        "except ConfigError:\n"
+        "    pass\n"
+        "print('keras' in sys.modules, 'tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
+# --- Image folders ---
+
+def test_image_folder_reads_sorted_classes_and_carves_a_stratified_test_split(tmp_path):
+    write_images(tmp_path / "data", per_class=10)
+    assert data_kind(tmp_path / "data") == "folder"
+    (x_train, y_train), (x_test, y_test), names = load_image_folder(tmp_path / "data", seed=3)
+    assert names == ["cat", "dog", "emu"]
+    assert x_train.dtype == np.uint8 and x_train.shape[1:] == (12, 12, 3)
+    assert np.bincount(y_test).tolist() == [2, 2, 2]  # 20% of 10 per class.
+    assert np.bincount(y_train).tolist() == [8, 8, 8]
+    # The pixels are the files' (class "cat" image 0 is the first one written).
+    first = np.asarray(Image.open(tmp_path / "data" / "cat" / "0.png"))
+    stacked = np.concatenate([x_train, x_test])
+    assert any(np.array_equal(first, image) for image in stacked)
+    again = load_image_folder(tmp_path / "data", seed=3)
+    assert np.array_equal(again[1][0], x_test)  # Seeded.
+
+
+def test_image_folder_train_test_layout_and_resize(tmp_path):
+    write_images(tmp_path / "d" / "train", per_class=4, size=(20, 10))
+    write_images(tmp_path / "d" / "test", per_class=1, size=(7, 9))
+    (x_train, y_train), (x_test, y_test), names = load_image_folder(
+        tmp_path / "d", image_size=16
+    )
+    assert x_train.shape == (12, 16, 16, 3) and x_test.shape == (3, 16, 16, 3)
+    assert y_test.tolist() == [0, 1, 2]
+    with pytest.raises(DataSourceError, match="pass --image-size"):
+        load_image_folder(tmp_path / "d")
+
+
+def test_bad_image_folders_give_one_line_errors(tmp_path):
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(DataSourceError, match="no class subfolders"):
+        load_image_folder(tmp_path / "flat")
+
+    write_images(tmp_path / "notes", per_class=3)
+    (tmp_path / "notes" / "dog" / "readme.txt").write_text("hi")
+    with pytest.raises(DataSourceError, match=r"readme.txt.*not an image file"):
+        load_image_folder(tmp_path / "notes")
+
+    write_images(tmp_path / "broken", per_class=3)
+    (tmp_path / "broken" / "dog" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(DataSourceError, match=r"x.png.*not a readable image"):
+        load_image_folder(tmp_path / "broken")
+
+    write_images(tmp_path / "mixed", per_class=3)
+    Image.new("RGB", (30, 20)).save(tmp_path / "mixed" / "emu" / "big.png")
+    with pytest.raises(DataSourceError, match=r"30x20.*--image-size"):
+        load_image_folder(tmp_path / "mixed")
+    assert load_image_folder(tmp_path / "mixed", image_size=12)[0][0].shape[1:] == (12, 12, 3)
+
+    write_images(tmp_path / "few", per_class=3)
+    for extra in ("1.png", "2.png"):
+        (tmp_path / "few" / "emu" / extra).unlink()
+    with pytest.raises(DataSourceError, match=r"'emu' \(1\) have fewer than 3 images"):
+        load_image_folder(tmp_path / "few")
+    for error in (DataSourceError,):
+        message = str(pytest.raises(error, load_image_folder, tmp_path / "few").value)
+        assert "\n" not in message
+
+
+def test_carve_test_split_is_proportional_and_leaves_two_per_class():
+    labels = np.array([0] * 50 + [1] * 5 + [2] * 3)
+    test, rest = carve_test_split(labels, seed=0)
+    assert np.bincount(labels[test]).tolist() == [10, 1, 1]
+    assert sorted(np.concatenate([test, rest]).tolist()) == list(range(len(labels)))
+
+
+# --- .npz files ---
+
+def test_npz_keys_class_names_and_checks(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(30, 10, 10), dtype=np.uint8)  # Grey.
+    y = np.arange(30) % 3
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y.reshape(-1, 1),
+             class_names=np.array(["a", "b", "c"]))
+    assert data_kind(tmp_path / "d.npz") == "npz"
+    (x_train, y_train), (x_test, y_test), names = load_npz(tmp_path / "d.npz")
+    assert names == ["a", "b", "c"] and x_test is None
+    assert x_train.shape == (30, 10, 10, 3) and np.array_equal(x_train[..., 1], x)
+    assert y_train.dtype == np.int64 and y_train.shape == (30,)
+
+    np.savez(tmp_path / "float.npz", x_train=x / 255.0, y_train=y)
+    with pytest.raises(DataSourceError, match="scaled to 0-1"):
+        load_npz(tmp_path / "float.npz")
+    np.savez(tmp_path / "nolabels.npz", x_train=x)
+    with pytest.raises(DataSourceError, match="needs x_train and y_train"):
+        load_npz(tmp_path / "nolabels.npz")
+    np.savez(tmp_path / "range.npz", x_train=x, y_train=y, class_names=np.array(["a", "b"]))
+    with pytest.raises(DataSourceError, match=r"y_train' must lie in \[0, 1\]"):
+        load_npz(tmp_path / "range.npz")
+
+
+def test_prepare_splits_on_npz_records_classes(tmp_path):
+    from kd_keras.data import prepare_splits
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(60, 8, 8, 3), dtype=np.uint8)
+    y = np.arange(60) % 4
+    np.savez(tmp_path / "d.npz", x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
+    splits = prepare_splits(tmp_path / "d.npz", val_size=8, seed=0)
+    assert splits["classes"] == ("0", "1", "2", "3")
+    assert len(splits["val"][1]) == 8 and len(splits["train"][1]) == 32
+    assert np.bincount(splits["val"][1]).tolist() == [2, 2, 2, 2]
+    assert len(splits["test"][1]) == 20
+    with pytest.raises(ConfigError, match="lower --val-size"):
+        prepare_splits(tmp_path / "d.npz", val_size=39, seed=0)
+
+
+# --- Runs (TensorFlow) ---
+
+def constant_teacher(path, shape, classes):
+    """A teacher whose logits are all zero: it always predicts class 0."""
+    import keras
+
+    inputs = keras.Input(shape)
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    outputs = keras.layers.Dense(classes, kernel_initializer="zeros")(x)
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def balanced_npz(path, n=200, size=16, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    # Class c is brighter in channel c % 3: learnable in one epoch.
+    x = rng.integers(0, 120, size=(n, size, size, 3), dtype=np.uint8)
+    for c in range(classes):
+        x[y == c, :, :, c % 3] += np.uint8(40 * (c + 1) // 2)
+    np.savez(path, x_train=x[: n * 3 // 4], y_train=y[: n * 3 // 4],
+             x_test=x[n * 3 // 4:], y_test=y[n * 3 // 4:],
+             class_names=np.array([f"k{c}" for c in range(classes)]))
+    return path
+
+
+@pytest.mark.slow
+def test_near_chance_teacher_is_refused_with_the_causes(tmp_path):
+    from kd_keras.pipeline import TeacherError, run_pipeline
+
+    data = balanced_npz(tmp_path / "d.npz")
+    teacher = constant_teacher(tmp_path / "t.keras", (16, 16, 3), 4)
+    config = tiny_config(data=str(data), teacher=str(teacher), val_size=40, teacher_epochs=0)
+    with pytest.raises(TeacherError) as error:
+        run_pipeline(config, tmp_path / "run")
+    message = str(error.value)
+    assert "validation accuracy 0.2500 on 40 images, chance 0.2500" in message
+    for cause in ("preprocessing", "0-255", "Rescaling(1/255)", "class order", "k0, k1, k2, k3",
+                  "probabilities"):
+        assert cause in message
+    assert not (tmp_path / "run").exists()  # Refused before the folder is made.
+
+
+@pytest.mark.slow
+def test_npz_run_with_odd_image_size_records_classes(tmp_path):
+    from kd_keras.pipeline import run_pipeline
+
+    data = balanced_npz(tmp_path / "d.npz", size=20)
+    config = tiny_config(data=str(data), val_size=40, image_size=18)
+    rows = run_pipeline(config, tmp_path / "run")
+    classes = json.loads((tmp_path / "run" / "classes.json").read_text())
+    assert classes["classes"] == ["k0", "k1", "k2", "k3"]
+    assert classes["kind"] == "npz" and classes["image_shape"] == [18, 18, 3]
+    assert classes["images"] == {"train": 110, "val": 40, "test": 50}
+    teacher = json.loads((tmp_path / "run" / "stages" / "teacher.json").read_text())
+    assert teacher["chance_accuracy"] == 0.25
+    assert [r["stage"] for r in rows] == ["teacher", "student_baseline", "student_distilled"]
+    import keras
+
+    model = keras.saving.load_model(tmp_path / "run" / "models" / "student_distilled.keras")
+    assert tuple(model.input_shape) == (None, 18, 18, 3) and model.output_shape == (None, 4)
+
+
+@pytest.mark.slow
+def test_image_folder_run_with_a_keras_applications_student(tmp_path, cifar10_archive):
+    from kd_keras import load_cifar10
+    from kd_keras.data import CLASS_NAMES
+    from kd_keras.pipeline import run_pipeline
+
+    _, (x_test, y_test) = load_cifar10(cifar10_archive)
+    root = tmp_path / "images"
+    for c, name in enumerate(CLASS_NAMES):
+        (root / name).mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(y_test == c)[:30]):
+            Image.fromarray(x_test[index]).save(root / name / f"{i:03d}.png")
+    config = tiny_config(
+        data=str(root), val_size=50,
+        student_model="mobilenetv3small:alpha=0.35,minimalistic=true",
+    )
+    rows = run_pipeline(config, tmp_path / "run")
+    out = tmp_path / "run"
+    classes = json.loads((out / "classes.json").read_text())
+    assert classes["classes"] == list(CLASS_NAMES)  # Sorted folder names.
+    assert classes["images"] == {"train": 190, "val": 50, "test": 60}
+    assert classes["image_shape"] == [32, 32, 3]
+    by_stage = {r["stage"]: r for r in rows}
+    assert by_stage["student_distilled"]["model"] == "student_mobilenetv3small"
+    assert by_stage["student_distilled"]["depth"] is None
+    assert by_stage["teacher"]["depth"] == 8
+    assert 0.0 <= by_stage["student_distilled"]["test_accuracy"] <= 1.0
+    # The same student as the baseline: same architecture and parameter count.
+    assert by_stage["student_baseline"]["params"] == by_stage["student_distilled"]["params"]
+    assert json.loads((out / "config.json").read_text())["student_model"].startswith(
+        "mobilenetv3small"
+    )

@@ -1,0 +1,470 @@
+"""Tests of SavedModel / LiteRT export (`kd_keras.export`, `kd_keras.export_spec`).
+
+The real tests (marked slow: a smoke run, then a dozen conversions) export a
+copy of the session's smoke run (conftest's `smoke_run`), so the shared run
+folder keeps its three rows.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kd_keras.export_spec import (
+    EXPORT_COLUMNS,
+    VARIANTS,
+    ExportError,
+    ExportSpec,
+    export_specs,
+    file_sha256,
+    plan_exports,
+    read_export_rows,
+    row_name,
+    split_row_name,
+    validate_options,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_IMAGES = 100  # Of the smoke run's 200 test images.
+FLOAT_VARIANTS = ("saved_model", "float32", "float16")
+
+
+# --------------------------------------------------------------------------
+# Requests, names and run-folder checks (no Keras)
+# --------------------------------------------------------------------------
+
+
+def test_specs_cover_every_pair_in_variant_order():
+    specs = export_specs(["litert", "saved_model"], "none,float16, dynamic", ["float32"])
+    assert [s.variant for s in specs] == ["saved_model", "float32", "float16", "dynamic"]
+    specs = export_specs("litert", ["int8"], ["int8", "float32"])
+    assert [(s.variant, s.io, s.filename) for s in specs] == [
+        ("int8", "float32", "int8.tflite"), ("int8_io", "int8", "int8_io.tflite")]
+    # Defaults: full-integer LiteRT; a SavedModel alone is float.
+    assert [s.variant for s in export_specs("litert")] == ["int8"]
+    assert [s.variant for s in export_specs("saved_model")] == ["saved_model"]
+    assert export_specs(["saved_model", "litert"], ["int8"])[0].describe() == "SavedModel float32"
+
+
+@pytest.mark.parametrize(
+    "formats, quantizations, io, fragment",
+    [
+        (["onnx"], None, ["float32"], "unknown format 'onnx'; choose one of saved_model, litert"),
+        (["litert"], ["int4"], ["float32"], "unknown quantisation 'int4'; choose one of none,"),
+        (["litert"], ["int8"], ["uint8"], "unknown io type 'uint8'; choose one of float32, int8"),
+        (["saved_model"], ["int8"], ["float32"], "a SavedModel is not quantised (asked: int8)"),
+        (["litert"], ["dynamic"], ["int8"], "int8 inputs and outputs need a full-integer model"),
+        ([], None, ["float32"], "no format to export"),
+    ],
+)
+def test_bad_requests_name_the_value_and_the_fix(formats, quantizations, io, fragment):
+    with pytest.raises(ExportError) as info:
+        export_specs(formats, quantizations, io)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_spec_make_validates_each_keyword():
+    assert ExportSpec.make("litert", "int8", "int8").variant == "int8_io"
+    with pytest.raises(ExportError, match="unknown format 'tflite'"):
+        ExportSpec.make("tflite")
+    with pytest.raises(ExportError, match="a SavedModel is not quantised .*format='litert'"):
+        ExportSpec.make("saved_model", "float16")
+    with pytest.raises(ExportError, match="need full-integer quantisation .*quantize='int8'"):
+        ExportSpec.make("litert", "none", "int8")
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"calibration_images": 0}, "calibration_images must be an int >= 1, got 0"),
+        ({"max_images": -5}, "max_images must be an int >= 1 or None, got -5"),
+        ({"latency_repeats": 2.5}, "latency_repeats must be an int >= 1, got 2.5"),
+        ({"threads": True}, "threads must be an int >= 1 or None, got True"),
+        ({"seed": -1}, "seed must be an int >= 0 or None, got -1"),
+    ],
+)
+def test_bad_numbers_are_refused(options, fragment):
+    with pytest.raises(ExportError) as info:
+        validate_options(**options)
+    assert fragment in str(info.value)
+
+
+def test_row_names_round_trip():
+    assert row_name("student_distilled", "int8") == "student_distilled@int8"
+    assert split_row_name("student_distilled@int8_io") == ("student_distilled", "int8_io")
+    assert split_row_name("teacher") == ("teacher", None)
+
+
+def fake_run(folder, finished=("teacher",)):
+    """A run folder with config.json and the given stages finished (fake model files)."""
+    (folder / "stages").mkdir(parents=True)
+    (folder / "models").mkdir()
+    (folder / "config.json").write_text(json.dumps({"preset": "smoke"}))
+    for stage in finished:
+        (folder / "stages" / f"{stage}.json").write_text(json.dumps({"stage": stage}))
+        (folder / "models" / f"{stage}.keras").write_bytes(f"model of {stage}".encode())
+    return folder
+
+
+def test_plan_refuses_unknown_and_unfinished_stages(tmp_path):
+    run = fake_run(tmp_path / "run")
+    specs = export_specs("litert", "int8")
+    with pytest.raises(ExportError, match=r"stage 'studnet' is not in run .*; its stages are "
+                                          "teacher, student_baseline, student_distilled"):
+        plan_exports(run, ["studnet"], specs)
+    with pytest.raises(ExportError) as info:
+        plan_exports(run, ["student_distilled"], specs)
+    assert "has not finished stage 'student_distilled' (no stages/student_distilled.json)" in str(info.value)
+    assert f"python -m kd_keras run --resume --out {run}" in str(info.value)
+    with pytest.raises(ExportError, match="is not a kd_keras run folder"):
+        plan_exports(tmp_path / "nowhere", ["teacher"], specs)
+    assert plan_exports(run, ["teacher"], specs) == [("teacher", specs[0])]
+    assert not (run / "export").exists()  # Planning writes nothing.
+
+
+def test_plan_refuses_existing_exports_without_overwrite(tmp_path):
+    run = fake_run(tmp_path / "run")
+    target = run / "export" / "teacher" / "int8.tflite"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"shipped")
+    specs = export_specs("litert", ["none", "int8"])
+    with pytest.raises(ExportError) as info:
+        plan_exports(run, ["teacher"], specs)
+    message = str(info.value)
+    assert "export/teacher/int8.tflite already exists" in message and "--overwrite" in message
+    assert "float32" not in message
+    assert target.read_bytes() == b"shipped"
+    assert len(plan_exports(run, ["teacher"], specs, overwrite=True)) == 2
+
+
+def test_rows_of_changed_models_or_missing_files_are_left_out(tmp_path):
+    run = fake_run(tmp_path / "run", finished=("teacher", "student_distilled"))
+    for stage in ("student_distilled", "teacher"):
+        folder = run / "export" / stage
+        folder.mkdir(parents=True)
+        for variant in ("int8", "float32"):
+            (folder / f"{variant}.tflite").write_bytes(b"x")
+            (folder / f"{variant}.json").write_text(json.dumps({
+                "stage": row_name(stage, variant),
+                "file": f"export/{stage}/{variant}.tflite",
+                "source_sha256": file_sha256(run / "models" / f"{stage}.keras"),
+            }))
+    names = [r["stage"] for r in read_export_rows(run)]
+    assert names == ["teacher@float32", "teacher@int8",
+                     "student_distilled@float32", "student_distilled@int8"]
+    # The student is trained again: its exports are out of date.
+    (run / "models" / "student_distilled.keras").write_bytes(b"retrained")
+    (run / "export" / "teacher" / "float32.tflite").unlink()
+    assert [r["stage"] for r in read_export_rows(run)] == ["teacher@int8"]
+
+
+def test_export_spec_and_kd_keras_names_do_not_start_tensorflow():
+    code = (
+        "import sys, kd_keras, kd_keras.export_spec\n"
+        "assert 'export_model' in kd_keras.__all__ and 'evaluate_litert' in kd_keras.__all__\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'})\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------
+# Real exports of the smoke run
+# --------------------------------------------------------------------------
+
+
+def copy_run(smoke_run, folder):
+    shutil.copytree(smoke_run[0], folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported_run(smoke_run, tmp_path_factory):
+    """A copy of the smoke run with every variant of the distilled student
+    exported and evaluated on its first `EVAL_IMAGES` test images."""
+    from kd_keras.export import export_run
+
+    run = copy_run(smoke_run, tmp_path_factory.mktemp("export") / "run")
+    rows = export_run(
+        run,
+        formats=["saved_model", "litert"],
+        quantizations=["none", "float16", "dynamic", "int8"],
+        io=["float32", "int8"],
+        calibration_images=64,
+        max_images=EVAL_IMAGES,
+        latency_repeats=10,
+    )
+    return run, {split_row_name(r["stage"])[1]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def test_split(exported_run):
+    """The images the exports were evaluated on, and the Keras model."""
+    import keras
+
+    from kd_keras import RunConfig, prepare_splits
+
+    run, _ = exported_run
+    config = RunConfig.load(run / "config.json")
+    images, labels = prepare_splits(
+        config.data, val_size=config.val_size, train_per_class=config.train_per_class,
+        val_per_class=config.val_per_class, test_per_class=config.test_per_class,
+        seed=config.seed)["test"]
+    model = keras.saving.load_model(run / "models" / "student_distilled.keras")
+    return images[:EVAL_IMAGES].astype("float32"), labels[:EVAL_IMAGES], model
+
+
+@pytest.mark.slow
+def test_every_variant_exports_reloads_and_agrees_with_keras(exported_run, test_split):
+    from kd_keras.export import evaluate_litert, evaluate_saved_model
+
+    run, rows = exported_run
+    images, labels, model = test_split
+    keras_top1 = model.predict(images, verbose=0).argmax(axis=1)
+    assert list(rows) == list(VARIANTS)
+    for variant, row in rows.items():
+        path = run / row["file"]
+        assert path.exists(), variant
+        # Reload in a fresh interpreter (one image a call) or TensorFlow.
+        if row["format"] == "litert":
+            again = evaluate_litert(path, (images, labels), batch_size=1, latency_repeats=3)
+        else:
+            again = evaluate_saved_model(path, (images, labels), latency_repeats=3)
+        assert again["images"] == row["test_images"] == EVAL_IMAGES
+        assert again["accuracy"] == pytest.approx(row["test_accuracy"]), variant
+        assert np.mean(again["predictions"] == labels) == pytest.approx(row["test_accuracy"])
+        agreement = float(np.mean(again["predictions"] == keras_top1))
+        assert agreement == pytest.approx(row["agreement"]), variant
+        # Float exports compute what the (bfloat16) Keras model computes up
+        # to round-off; quantised ones still agree on most images.
+        assert agreement >= (0.95 if variant in FLOAT_VARIANTS else 0.8), (variant, agreement)
+        assert abs(row["accuracy_delta_points"]) <= (2 if variant in FLOAT_VARIANTS else 6)
+        assert row["keras_test_accuracy"] == pytest.approx(np.mean(keras_top1 == labels))
+        assert row["latency_ms"] > 0 and row["keras_latency_ms"] > 0
+        assert row["threads"] == (1 if row["format"] == "litert" else None)
+        assert row["speedup"] == pytest.approx(
+            row["keras_latency_ms"] / row["latency_ms"], rel=2e-3)
+
+
+@pytest.mark.slow
+def test_quantised_files_are_smaller(exported_run):
+    run, rows = exported_run
+    keras_size = (run / "models" / "student_distilled.keras").stat().st_size
+    sizes = {v: r["size_bytes"] for v, r in rows.items()}
+    assert sizes["int8"] < sizes["float16"] < sizes["float32"]
+    assert sizes["dynamic"] < sizes["float16"]
+    assert sizes["int8_io"] <= sizes["int8"]
+    assert sizes["int8"] == (run / rows["int8"]["file"]).stat().st_size
+    assert rows["int8"]["size_ratio"] == pytest.approx(sizes["int8"] / keras_size, abs=1e-4)
+    assert rows["int8"]["size_ratio"] < 0.3
+
+
+@pytest.mark.slow
+def test_int8_io_file_takes_quantised_pixels(exported_run, test_split):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kd_keras.export import evaluate_litert
+
+    run, rows = exported_run
+    images, labels, _ = test_split
+    row = rows["int8_io"]
+    assert row["input"] == {"dtype": "int8", "quantization": {"scale": pytest.approx(1.0, abs=0.01),
+                                                              "zero_point": -128}}
+    assert row["output"]["dtype"] == "int8" and row["output"]["quantization"]["scale"] > 0
+    assert rows["int8"]["input"] == {"dtype": "float32", "quantization": None}
+    assert row["calibration_images"] == 64 and row["calibration_seed"] == 0
+    # By hand: int8 pixels are pixel - 128; logits are (q - zero_point) * scale.
+    interpreter = Interpreter(model_path=str(run / row["file"]))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    top1 = []
+    for image in images[:20]:
+        interpreter.set_tensor(inp["index"], (image[None] - 128).astype(np.int8))
+        interpreter.invoke()
+        top1.append(int(interpreter.get_tensor(out["index"])[0].argmax()))
+    result = evaluate_litert(run / row["file"], (images[:20], labels[:20]), latency_repeats=2)
+    assert top1 == list(result["predictions"])
+    # The float-io int8 file computes the same integers inside.
+    same = evaluate_litert(run / rows["int8"]["file"], (images[:20], labels[:20]),
+                           latency_repeats=2)
+    assert list(same["predictions"]) == top1
+
+
+@pytest.mark.slow
+def test_rows_land_in_results_csv_json_and_chart(exported_run):
+    from kd_keras.results import (
+        bar_entries,
+        format_export_table,
+        format_table,
+        gains_over_baseline,
+        read_results_csv,
+    )
+    from kd_keras.stages import STAGE_COLORS
+
+    run, rows = exported_run
+    names = ["teacher", "student_baseline", "student_distilled"] + [
+        f"student_distilled@{v}" for v in VARIANTS]
+    csv_rows = read_results_csv(run / "results.csv")
+    assert [r["stage"] for r in csv_rows] == names
+    assert set(EXPORT_COLUMNS) <= set(csv_rows[0])
+    by_stage = {r["stage"]: r for r in csv_rows}
+    assert by_stage["student_distilled@int8"]["test_accuracy"] == pytest.approx(
+        rows["int8"]["test_accuracy"])
+    assert by_stage["student_distilled@int8"]["io"] == "float32"
+    assert by_stage["student_distilled@int8_io"]["io"] == "int8"
+    saved = json.loads((run / "results.json").read_text())
+    assert [r["stage"] for r in saved["rows"]] == names
+    assert set(saved["gain_over_baseline_points"]) == {"student_distilled"}
+    assert saved["teacher_vs_student"][0]["variant"] == "keras"
+    assert set(gains_over_baseline(saved["rows"])) == {"student_distilled"}
+    entries = {e["label"]: e for e in bar_entries(saved["rows"])}
+    shipped = entries["student_distilled@int8"]
+    assert shipped["hatch"] and shipped["color"] == STAGE_COLORS["student_distilled"]
+    assert shipped["value"] == pytest.approx(100 * rows["int8"]["test_accuracy"])
+    assert f"{rows['int8']['size_bytes'] / 1024:.0f} KB" in shipped["note"]
+    chart = run / "test_accuracy_bar.png"
+    assert chart.stat().st_mtime >= (run / rows["int8_io"]["file"]).stat().st_mtime
+    table = format_table(saved["rows"])
+    assert "student_distilled@int8_io" in table
+    export_table = format_export_table(saved["rows"])
+    assert "student_distilled@int8" in export_table and "teacher  " not in export_table
+
+
+@pytest.mark.slow
+def test_existing_exports_are_kept_unless_overwrite(exported_run):
+    from kd_keras.export import export_run
+
+    run, rows = exported_run
+    target = run / rows["int8"]["file"]
+    before = target.read_bytes()
+    row_file = run / "export" / "student_distilled" / "int8.json"
+    row_before = row_file.read_text()
+    with pytest.raises(ExportError, match="int8.tflite already exists .*--overwrite"):
+        export_run(run, quantizations=["int8"], max_images=10, latency_repeats=2)
+    assert target.read_bytes() == before and row_file.read_text() == row_before
+    new = export_run(run, quantizations=["int8"], calibration_images=64, max_images=EVAL_IMAGES,
+                     latency_repeats=2, overwrite=True)
+    assert [r["stage"] for r in new] == ["student_distilled@int8"]
+    assert json.loads(row_file.read_text())["latency_repeats"] == 2
+    # Same calibration sample, same converter: the same file again.
+    assert target.read_bytes() == before
+    leftovers = [p.name for p in (run / "export").rglob(".*")]
+    assert not leftovers, leftovers
+
+
+# --------------------------------------------------------------------------
+# export_model on its own
+# --------------------------------------------------------------------------
+
+
+def test_export_model_refuses_bad_arguments(tmp_path):
+    from kd_keras import build_resnet, export_model
+
+    model = build_resnet(8, width=2)
+    with pytest.raises(ExportError, match="unknown format 'onnx'"):
+        export_model(model, tmp_path / "m.onnx", format="onnx")
+    with pytest.raises(ExportError, match="must end in '.tflite', got"):
+        export_model(model, tmp_path / "m.lite")
+    with pytest.raises(ExportError, match="needs representative_images"):
+        export_model(model, tmp_path / "m.tflite", quantize="int8")
+    (tmp_path / "m.tflite").write_bytes(b"keep me")
+    with pytest.raises(ExportError, match="already exists; pass overwrite=True"):
+        export_model(model, tmp_path / "m.tflite")
+    assert (tmp_path / "m.tflite").read_bytes() == b"keep me"
+
+
+def test_a_model_the_converter_cannot_handle_gives_a_short_error(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from kd_keras import export_model
+
+    class MatrixInverse(keras.layers.Layer):
+        def call(self, x):
+            return tf.linalg.inv(x)
+
+    inputs = keras.Input((4, 4))
+    model = keras.Model(inputs, keras.layers.Flatten()(MatrixInverse()(inputs)), name="inverter")
+    with pytest.raises(ExportError) as info:
+        export_model(model, tmp_path / "inverter.tflite")
+    message = str(info.value)
+    assert message.startswith("the LiteRT converter cannot convert model 'inverter' to float32")
+    assert "ops with no LiteRT built-in kernel: MatrixInverse" in message
+    assert "build the model from stock Keras layers" in message
+    assert "\n" not in message and len(message) < 400
+    assert list(tmp_path.iterdir()) == []  # No file, no temporary left behind.
+
+
+def test_export_model_round_trip_on_a_tiny_model(tmp_path):
+    """export_model + evaluate_litert on a model built here: the float32
+    file reproduces the Keras logits' top-1."""
+    import keras
+
+    from kd_keras import build_resnet, evaluate_litert, export_model
+
+    keras.utils.set_random_seed(3)
+    model = build_resnet(8, width=2)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(16, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 10, size=16)
+    path = export_model(model, tmp_path / "tiny.tflite")
+    result = evaluate_litert(path, (images, labels), batch_size=5, latency_repeats=2)
+    expected = model.predict(images, verbose=0).argmax(axis=1)
+    np.testing.assert_array_equal(result["predictions"], expected)
+    assert result["size_bytes"] == path.stat().st_size
+    # A dataset of batches works like arrays.
+    from kd_keras import make_dataset
+
+    batched = evaluate_litert(path, make_dataset(images.astype("uint8"), labels, batch_size=4,
+                                                 training=False), latency_repeats=2)
+    np.testing.assert_array_equal(batched["predictions"], expected)
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--format", "onnx"], "unknown format 'onnx'; choose one of saved_model, litert"),
+        (["--stage", "studnet"], "stage 'studnet' is not in run"),
+        (["--stage", "student_distilled"], "has not finished stage 'student_distilled'"),
+        (["--quantize", "int4"], "unknown quantisation 'int4'"),
+        (["--limit", "0"], "max_images must be an int >= 1 or None, got 0"),
+    ],
+)
+def test_cli_refuses_bad_input_in_one_line(extra, fragment, tmp_path, capsys):
+    from kd_keras.cli import main
+
+    run = fake_run(tmp_path / "run")
+    assert main(["export", str(run), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kd_keras: error: ") and fragment in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (run / "export").exists()
+
+
+@pytest.mark.slow
+def test_cli_exports_teacher_and_student_and_prints_the_table(smoke_run, tmp_path, capsys):
+    from kd_keras.cli import main
+
+    run = copy_run(smoke_run, tmp_path / "run")
+    argv = ["export", str(run), "--stage", "teacher", "student_distilled", "--quantize", "int8",
+            "--limit", "40", "--latency-repeats", "5", "--calibration-images", "32"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "teacher@int8" in out and "student_distilled@int8" in out
+    assert "teacher vs distilled student (int8): the teacher is" in out
+    assert str(run / "export" / "teacher" / "int8.tflite") in out
+    saved = json.loads((run / "results.json").read_text())
+    assert [r["variant"] for r in saved["teacher_vs_student"]] == ["keras", "int8"]
+    assert main(argv) == 2  # Exists now.
+    assert "--overwrite" in capsys.readouterr().err
