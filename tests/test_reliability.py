@@ -74,7 +74,10 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted_run(
         _, reads = read_progress_until(
             out,
             process,
-            lambda p: p.get("stage") == stage and p.get("epoch") == epoch and p.get("batch", 0) > 0,
+            # Within epoch `epoch` (0-based) of the stage: progress says
+            # batch 0 from the epoch's start until its 10th batch, a window
+            # a fast machine does not close between two polls.
+            lambda p: p.get("stage") == stage and p.get("epoch") == epoch,
         )
     finally:
         process.kill()
