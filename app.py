@@ -1,11 +1,11 @@
 """Streamlit launcher for kd-keras: `streamlit run app.py`.
 
-A thin UI over the library. It never imports kd_keras, Keras or TensorFlow
-and trains nothing itself: a run is a separate `python -m kd_keras run ...`
-process (a T/alpha search a `python -m tuning ...` process) started in its own
+A thin UI over the library. It imports no Keras or TensorFlow and trains
+nothing itself: a run is a separate `python -m kd_keras run ...` process (a
+T/alpha search a `python -m tuning ...` process) started in its own
 session, so it survives page reloads; the app polls the run folder's
-`progress.json` and reads its results files. All file and process handling
-lives in `kd_app/runs.py`.
+`progress.json` and reads its results files. This file holds the page's
+widgets; everything else lives in `kd_app/` (see its `__init__.py`).
 
 Environment: `KD_KERAS_RUNS_DIR` (default `runs`) and `KD_KERAS_CIFAR10`
 (the CIFAR-10 archive) give the sidebar's defaults.
@@ -13,7 +13,6 @@ Environment: `KD_KERAS_RUNS_DIR` (default `runs`) and `KD_KERAS_CIFAR10`
 
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import altair as alt
@@ -21,9 +20,16 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kd_app import runs as kr  # noqa: E402
+from kd_app import checks, launching, results, searches, settings  # noqa: E402
+from kd_app import run_state as runs  # noqa: E402
+from kd_app.files import tail  # noqa: E402
+from kd_keras.errors import LaunchError  # noqa: E402
+from kd_keras.models.depth import MAX_DEPTH, MIN_DEPTH  # noqa: E402
+from kd_keras.run_folder import TUNERS, RunFolder, SearchFolder  # noqa: E402
+from kd_keras.stages import STAGE_COLORS  # noqa: E402
 
 TABS = ["Launch", "Watch", "Results", "Tuning"]
+POLL_S = 2.0  # A live run's or search's part of the page refreshes this often.
 STOP_GRACE_S = 20  # A run asked to stop that is still running after this is flagged.
 NEW_TEACHER = "Train a new teacher"
 OTHER_TEACHER = "Another .keras file..."
@@ -36,16 +42,31 @@ STATUS_ICONS = {
     "stopped": ":material/stop_circle:",
     "died": ":material/cancel:",
     "exited": ":material/warning:",
-    "empty": "",
 }
-PRESET_NOTES = {
-    "smoke": "seconds; a few hundred images and tiny ResNets (for tests)",
-    "quick": "6-10 min on a 2-core CPU with native bfloat16 (longer without); "
-    "10,000 images, ResNet-20 -> ResNet-8",
-    "full": "about 1 hour a stage on a 2-core CPU with native bfloat16; all images, "
-    "teacher depth 30, student depth 15",
-    "paper": "days on a CPU; the full setting with 160 epochs a stage (for a GPU)",
+# The launch form's number boxes, in form order: field -> (step, format, help).
+NUMBER_INPUTS = {
+    "epochs": (1, None, None),
+    "temperature": (0.5, "%.2f", "Softmax temperature of the soft targets; must be > 0."),
+    "alpha": (
+        0.05,
+        "%.2f",
+        "Weight of the hard-label loss, in [0, 1]; 1 - alpha weights the teacher's soft targets.",
+    ),
+    "seed": (1, None, None),
+    "teacher_depth": (
+        1,
+        None,
+        f"ResNet depth, {MIN_DEPTH} to {MAX_DEPTH}; 6n+2 gives ResNet-20/32/56.",
+    ),
+    "student_depth": (1, None, f"ResNet depth, {MIN_DEPTH} to {MAX_DEPTH}."),
+    "train_per_class": (1, None, None),
 }
+MODEL_HELP = (
+    "Empty: a ResNet of the depth above. Or resnet<depth>, a keras.applications "
+    "name (mobilenetv3small, mobilenetv3large, efficientnetb0-b7, "
+    "efficientnetv2b0-b3, efficientnetv2s; options after a colon, e.g. "
+    "mobilenetv3small:alpha=0.35), or a .keras file."
+)
 
 
 # --------------------------------------------------------------------------
@@ -65,12 +86,39 @@ def guarded(render, *args):
         )
 
 
-def show_message(key):
-    """Shows (once) a message a button callback left in session state."""
-    message = st.session_state.pop(key, None)
+def live_part(body, folder, was_alive, *args):
+    """`body(folder, was_alive, *args)` as a fragment that redraws itself
+    every POLL_S seconds while its run or search is alive."""
+    st.fragment(guarded, run_every=POLL_S if was_alive else None)(body, folder, was_alive, *args)
+
+
+def attempt(message_key, prefix, action, *args):
+    """`action(*args)`; on a `LaunchError`, None, with the error left for
+    `show_message(message_key)` after `prefix`."""
+    try:
+        return action(*args)
+    except LaunchError as error:
+        st.session_state[message_key] = ("error", f"{prefix}{error}")
+        return None
+
+
+def preset_box(column, label, key, default=None, **kwargs):
+    """A select box of the presets, on `default` (else "quick") until changed."""
+    names = list(settings.presets())
+    default = next((n for n in (default, "quick") if n in names), names[0])
+    return column.selectbox(label, names, key=key, index=names.index(default), **kwargs)
+
+
+def show(message):
+    """Shows a `(kind, text)` message (kind: st.info, st.error, ...), if any."""
     if message:
         kind, text = message
         getattr(st, kind)(text)
+
+
+def show_message(key):
+    """Shows (once) a message a button callback left in session state."""
+    show(st.session_state.pop(key, None))
 
 
 def show_errors(errors):
@@ -78,10 +126,23 @@ def show_errors(errors):
         st.error(error)
 
 
+def show_table(frame, formats=None):
+    st.table(results.styled(frame, formats), hide_index=True)
+
+
+def status_line(state, *extras):
+    """`**name**: icon status (process pid)` and any extra details."""
+    return (
+        f"**{state.name}**: {STATUS_ICONS.get(state.status, '')} {state.status}"
+        + (f" (process {state.pid})" if state.pid else "")
+        + "".join(extras)
+    )
+
+
 def teacher_picker(runs_dir, key, *, allow_new):
     """A select box of trained teachers found under the runs folder (plus
-    another path); returns the chosen .keras path, or '' for a new one."""
-    found = [str(p) for p in kr.find_teachers(runs_dir)]
+    another path); `chosen_teacher(key)` reads the choice."""
+    found = [str(p) for p in runs.find_teachers(runs_dir)]
     options = ([NEW_TEACHER] if allow_new else []) + found + [OTHER_TEACHER]
     choice = st.selectbox(
         "Teacher",
@@ -91,30 +152,38 @@ def teacher_picker(runs_dir, key, *, allow_new):
         "of runs under the runs folder are listed.",
     )
     if choice == OTHER_TEACHER:
-        return st.text_input("Teacher .keras path", key=f"{key}_path").strip()
+        st.text_input("Teacher .keras path", key=f"{key}_path")
+
+
+def chosen_teacher(key):
+    """The .keras path a `teacher_picker` holds, or '' for a new teacher."""
+    choice = st.session_state.get(key, NEW_TEACHER)
+    if choice == OTHER_TEACHER:
+        return st.session_state.get(f"{key}_path", "").strip()
     return "" if choice == NEW_TEACHER else choice
 
 
 def curves_chart(folder):
     """Loss and accuracy per epoch (teacher red, baseline blue, distilled
     orange; dashed train, solid validation)."""
-    frame = kr.curves_frame(folder)
+    frame = results.curves_frame(folder)
     if frame.empty:
         st.caption("No epoch finished yet: curves appear after the first epoch.")
         return
-    stages = list(kr.STAGE_COLORS)
-    columns = st.columns(2)
-    for column, metric in zip(columns, ("cross-entropy", "accuracy")):
-        data = frame[frame["metric"] == metric]
+    stages = list(STAGE_COLORS)
+    for column, metric in zip(st.columns(2), ("cross-entropy", "accuracy")):
         chart = (
-            alt.Chart(data, title=f"{metric} (dashed: train, solid: validation)")
+            alt.Chart(
+                frame[frame["metric"] == metric],
+                title=f"{metric} (dashed: train, solid: validation)",
+            )
             .mark_line(point=alt.OverlayMarkDef(size=20))
             .encode(
                 x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
                 y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
                 color=alt.Color(
                     "stage:N",
-                    scale=alt.Scale(domain=stages, range=[kr.STAGE_COLORS[s] for s in stages]),
+                    scale=alt.Scale(domain=stages, range=[STAGE_COLORS[s] for s in stages]),
                     legend=alt.Legend(orient="bottom"),
                 ),
                 strokeDash=alt.StrokeDash(
@@ -132,9 +201,8 @@ def curves_chart(folder):
 def log_tail(path, lines=30, expanded=False, label="Log (last lines)"):
     if path is None:
         return
-    text = kr.tail(path, lines)
     with st.expander(f"{label}: {path}", expanded=expanded):
-        st.code(text or "(empty)", language=None)
+        st.code(tail(path, lines) or "(empty)", language=None)
 
 
 # --------------------------------------------------------------------------
@@ -144,21 +212,24 @@ def log_tail(path, lines=30, expanded=False, label="Log (last lines)"):
 
 def sidebar():
     st.sidebar.header("kd-keras")
-    runs_dir = st.sidebar.text_input(
-        "Runs folder",
-        value=kr.default_runs_dir(),
-        key="runs_dir",
-        help=f"Where run folders live (default ${kr.RUNS_ENV_VAR} or 'runs').",
-    ).strip() or kr.DEFAULT_RUNS_DIR
+    runs_dir = (
+        st.sidebar.text_input(
+            "Runs folder",
+            value=settings.default_runs_dir(),
+            key="runs_dir",
+            help=f"Where run folders live (default ${settings.RUNS_ENV_VAR} or 'runs').",
+        ).strip()
+        or settings.DEFAULT_RUNS_DIR
+    )
     data_path = st.sidebar.text_input(
         "CIFAR-10 archive",
-        value=kr.default_data_path(),
+        value=settings.default_data_path(),
         key="data_path",
-        help=f"cifar-10-python.tar.gz or cifar-10-batches-py/ (default ${kr.DATA_ENV_VAR}).",
+        help=f"cifar-10-python.tar.gz or cifar-10-batches-py/ (default ${settings.DATA_ENV_VAR}).",
     ).strip()
     runs_path = Path(runs_dir).expanduser()
-    names = [p.name for p in kr.list_runs(runs_path)]
-    states = {name: kr.run_state(runs_path / name) for name in names}
+    names = [p.name for p in runs.list_runs(runs_path)]
+    states = {name: runs.run_state(runs_path / name) for name in names}
     wanted = st.query_params.get("run")
     if wanted in names and not st.session_state.get("_run_from_url"):
         st.session_state["_run_from_url"] = True  # Only on the first load.
@@ -185,39 +256,31 @@ def sidebar():
 # --------------------------------------------------------------------------
 
 
-def launch_options(runs_dir, data_path):
+def launch_options(data_path):
     """The launch form's values as `LaunchOptions` (from session state)."""
     s = st.session_state
-    teacher = s.get("teacher_choice", NEW_TEACHER)
-    if teacher == OTHER_TEACHER:
-        teacher = s.get("teacher_choice_path", "").strip()
-    elif teacher == NEW_TEACHER:
-        teacher = ""
-    return kr.LaunchOptions(
+    return launching.LaunchOptions(
         preset=s.get("preset", "quick"),
         name=(s.get("run_name") or "").strip(),
         data=data_path,
-        epochs=s.get("epochs"),
-        temperature=s.get("temperature"),
-        alpha=s.get("alpha"),
-        teacher_depth=s.get("teacher_depth"),
-        student_depth=s.get("student_depth"),
-        train_per_class=s.get("train_per_class"),
-        seed=s.get("seed"),
-        teacher=teacher,
+        teacher=chosen_teacher("teacher_choice"),
         teacher_model=(s.get("teacher_model") or "").strip(),
         student_model=(s.get("student_model") or "").strip(),
+        strategy="" if s.get("strategy", "default") == "default" else s["strategy"],
+        devices=(s.get("devices") or "").strip(),
+        sync_batch_norm=bool(s.get("sync_batch_norm")),
         if_exists=s.get("if_exists", "refuse"),
+        **{field: s.get(field) for field in NUMBER_INPUTS},
     )
 
 
 def on_start(runs_dir, data_path):
-    options = launch_options(runs_dir, data_path)
-    try:
-        folder, pid = kr.start_run(options, runs_dir)
-    except kr.LaunchError as error:
-        st.session_state["launch_msg"] = ("error", f"Not started. {error}")
+    started = attempt(
+        "launch_msg", "Not started. ", launching.start_run, launch_options(data_path), runs_dir
+    )
+    if not started:
         return
+    folder, pid = started
     st.session_state["run"] = folder.name
     st.session_state["launch_msg"] = (
         "success",
@@ -227,24 +290,23 @@ def on_start(runs_dir, data_path):
 
 
 def on_resume(folder, runs_dir, data_path):
-    try:
-        folder, pid = kr.resume_run(folder, runs_dir, data_path)
-    except kr.LaunchError as error:
-        st.session_state["watch_msg"] = ("error", f"Not resumed. {error}")
-        return
-    st.session_state["watch_msg"] = (
-        "success", f"Resumed run '{folder.name}' (process {pid}) from its last completed epoch.")
+    resumed = attempt(
+        "watch_msg", "Not resumed. ", launching.resume_run, folder, runs_dir, data_path
+    )
+    if resumed:
+        st.session_state["watch_msg"] = (
+            "success",
+            f"Resumed run '{resumed[0].name}' (process "
+            f"{resumed[1]}) from its last completed epoch.",
+        )
 
 
 def on_stop(folder, message_key):
-    pid = kr.run_state(folder).pid
-    try:
-        text = kr.stop_run(folder)
-    except kr.LaunchError as error:
-        st.session_state[message_key] = ("error", str(error))
-        return
-    st.session_state.setdefault("stop_requests", {})[str(folder)] = (time.time(), pid)
-    st.session_state[message_key] = ("info", text)
+    pid = runs.run_state(folder).pid
+    text = attempt(message_key, "", launching.stop_run, folder)
+    if text:
+        st.session_state.setdefault("stop_requests", {})[str(folder)] = (time.time(), pid)
+        st.session_state[message_key] = ("info", text)
 
 
 def launch_tab(runs_dir, data_path):
@@ -254,84 +316,87 @@ def launch_tab(runs_dir, data_path):
         "separate `python -m kd_keras run` process; leave a field empty to "
         "use the preset's value."
     )
-    all_presets = kr.presets()
-    names = list(all_presets)
-    preset = st.selectbox(
-        "Preset",
-        names,
-        index=names.index("quick") if "quick" in names else 0,
-        key="preset",
-        format_func=lambda n: f"{n}: {PRESET_NOTES[n]}" if n in PRESET_NOTES else n,
-    )
-    p = all_presets[preset]
-
-    def hint(field, fallback="preset default"):
-        value = p.get(field)
-        return f"{preset}: {value}" if value is not None else fallback
-
-    c1, c2, c3, c4 = st.columns(4)
-    c1.number_input("Epochs (every stage)", value=None, step=1, key="epochs",
-                    placeholder=f"{preset}: {p.get('teacher_epochs')} / {p.get('student_epochs')}")
-    c2.number_input("Temperature T", value=None, step=0.5, format="%.2f", key="temperature",
-                    placeholder=hint("temperature"),
-                    help="Softmax temperature of the soft targets; must be > 0.")
-    c3.number_input("alpha", value=None, step=0.05, format="%.2f", key="alpha",
-                    placeholder=hint("alpha"),
-                    help="Weight of the hard-label loss, in [0, 1]; 1 - alpha weights "
-                    "the teacher's soft targets.")
-    c4.number_input("Seed", value=None, step=1, key="seed", placeholder=hint("seed"))
-    c1, c2, c3, c4 = st.columns(4)
-    c1.number_input("Teacher depth", value=None, step=1, key="teacher_depth",
-                    placeholder=hint("teacher_depth"))
-    c2.number_input("Student depth", value=None, step=1, key="student_depth",
-                    placeholder=hint("student_depth"))
-    c3.number_input("Train images per class", value=None, step=1, key="train_per_class",
-                    placeholder=hint("train_per_class", "all (4500)"))
-    c4.text_input("Run name", key="run_name", placeholder=f"auto: {preset}-<date>-<time>")
+    preset = preset_box(st, "Preset", "preset", format_func=settings.describe_preset)
+    placeholders = launching.placeholders(preset)
+    columns = st.columns(4) + st.columns(4)
+    for column, (field, (step, number_format, text)) in zip(columns, NUMBER_INPUTS.items()):
+        column.number_input(
+            launching.NUMBER_LABELS[field],
+            value=None,
+            step=step,
+            format=number_format,
+            key=field,
+            placeholder=placeholders[field],
+            help=text,
+        )
+    columns[-1].text_input("Run name", key="run_name", placeholder=f"auto: {preset}-<date>-<time>")
     teacher_picker(runs_dir, "teacher_choice", allow_new=True)
     m1, m2 = st.columns(2)
-    model_help = ("Empty: a ResNet of the depth above. Or resnet<depth>, a "
-                  "keras.applications name (mobilenetv3small, mobilenetv3large, "
-                  "efficientnetb0-b7, efficientnetv2b0-b3, efficientnetv2s; options "
-                  "after a colon, e.g. mobilenetv3small:alpha=0.35), or a .keras file.")
-    m1.text_input("Teacher model", key="teacher_model", placeholder="resnet (depth above)",
-                  help=model_help)
-    m2.text_input("Student model", key="student_model", placeholder="resnet (depth above)",
-                  help=model_help)
+    m1.text_input(
+        "Teacher model", key="teacher_model", placeholder="resnet (depth above)", help=MODEL_HELP
+    )
+    m2.text_input(
+        "Student model", key="student_model", placeholder="resnet (depth above)", help=MODEL_HELP
+    )
+    with st.expander("Devices"):
+        d1, d2, d3 = st.columns([1, 2, 1])
+        d1.selectbox(
+            "Strategy",
+            ["default", "mirrored"],
+            key="strategy",
+            help="default: one device. mirrored: every GPU of this machine "
+            "(or the devices listed), one global batch split over them. "
+            "Several machines: `--strategy multi_worker` on the command line "
+            "(docs/distribute.md).",
+        )
+        d2.text_input(
+            "Devices (mirrored)",
+            key="devices",
+            placeholder="every GPU",
+            help="comma-separated, e.g. /gpu:0,/gpu:1",
+        )
+        d3.checkbox(
+            "Synchronised batch norm",
+            key="sync_batch_norm",
+            help="batch-norm statistics over the global batch (changes results)",
+        )
     st.radio(
         "If the run folder exists",
-        ["refuse", "resume", "overwrite"],
+        list(launching.IF_EXISTS),
         key="if_exists",
         horizontal=True,
-        help="resume continues an interrupted run from its last epoch; "
-        "overwrite replaces it.",
+        help="resume continues an interrupted run from its last epoch; overwrite replaces it.",
     )
 
-    options = launch_options(runs_dir, data_path)
+    options = launch_options(data_path)
     resume = options.if_exists == "resume"
     if resume:
-        st.info("Resume continues the run named in 'Run name' with the settings "
-                "saved in its config.json; the other fields are ignored.")
-        live_errors = kr.check_data_path(options.data) if options.data else []
-    else:
-        live_errors = kr.check_hyperparameters(options.temperature, options.alpha)
-        live_errors += kr.check_data_path(options.data)
-    show_errors(live_errors)
-    st.button("Start", type="primary", key="start", on_click=on_start,
-              args=(runs_dir, data_path))
+        st.info(
+            "Resume continues the run named in 'Run name' with the settings "
+            "saved in its config.json; the other fields are ignored."
+        )
+    show_errors(launching.form_errors(options))
+    st.button("Start", type="primary", key="start", on_click=on_start, args=(runs_dir, data_path))
     show_message("launch_msg")
 
-    busy = kr.alive_runs(runs_dir)
-    for state in busy:
+    for state in runs.alive_runs(runs_dir):
         c1, c2 = st.columns([4, 1])
         c1.info(f"Run '{state.name}' is {state.status} (process {state.pid}).")
-        c2.button("Stop", key=f"stop_launch_{state.name}", on_click=on_stop,
-                  args=(state.path, "launch_msg"))
+        c2.button(
+            "Stop",
+            key=f"stop_launch_{state.name}",
+            on_click=on_stop,
+            args=(state.path, "launch_msg"),
+        )
     with st.expander("Command line of this launch"):
         out = Path(runs_dir) / (options.name or f"{preset}-<date>-<time>")
         try:
-            argv = kr.resume_command(out, options.data) if resume else kr.run_command(options, out)
-        except kr.LaunchError as error:
+            argv = (
+                launching.resume_command(out, options.data)
+                if resume
+                else launching.run_command(options, out)
+            )
+        except ValueError as error:  # LaunchError, or a value of the wrong type.
             argv = [str(error)]
         st.code(" ".join(argv), language="bash")
 
@@ -342,78 +407,53 @@ def launch_tab(runs_dir, data_path):
 
 
 def watch_body(folder, was_alive, runs_dir, data_path):
-    state = kr.run_state(folder)
+    state = runs.run_state(folder)
     if was_alive and not state.alive:
         st.rerun()  # The run just ended: refresh the whole page once.
-    summary = kr.progress_summary(state)
-    st.markdown(f"**{state.name}**: {STATUS_ICONS.get(state.status, '')} {state.status}"
-                + (f" (process {state.pid})" if state.pid else ""))
-    if state.status == "starting":
-        st.info("Starting: the process is loading TensorFlow and the data.")
-    elif state.status == "failed":
-        st.error(f"The run failed: {state.error or 'no error message'}. "
-                 "Fix the cause, then Resume it (or start it again with 'overwrite').")
-    elif state.status == "died":
-        st.error(
-            f"The run's process ({state.progress.get('pid')}) is gone but it never "
-            "finished (killed, or the machine restarted). Resume continues it from "
-            "its last completed epoch."
-        )
-    elif state.status == "stopped":
-        st.warning(f"The run was stopped ({state.error or 'stopped'}). Resume continues "
-                   "it from its last completed epoch.")
-    elif state.status == "exited":
-        code = f" with exit code {state.exit_code}" if state.exit_code is not None else ""
-        st.error(f"The process ended{code} before the run could start; the log "
-                 "below says why.")
-    elif state.status == "finished":
-        st.success("Finished: see the Results tab.")
-
+    summary = runs.progress_summary(state)
+    st.markdown(status_line(state))
+    show(runs.status_message(state))
     stage = summary["stage"]
     if stage:
-        st.progress(
-            summary["overall_fraction"],
-            text=f"Overall: {int(summary['done_epochs'])} of {summary['total_epochs']} "
-            "epochs done",
-        )
-        epoch, epochs = summary["epoch"], summary["epochs"]
-        if state.alive and epoch < epochs:
-            where = f"epoch {epoch + 1}/{epochs}"
-            if summary["batches"]:
-                where += f", batch {summary['batch']}/{summary['batches']}"
-        else:
-            where = f"{epoch}/{epochs} epochs done"
-        st.progress(
-            summary["stage_fraction"],
-            text=f"Stage {summary['stage_index'] + 1}/{summary['stages']} {stage}: {where}",
-        )
+        overall, in_stage = runs.progress_texts(summary, state.alive)
+        st.progress(summary["overall_fraction"], text=overall)
+        st.progress(summary["stage_fraction"], text=in_stage)
         c1, c2, c3, c4 = st.columns(4)
-        c1.metric("Elapsed", kr.format_duration(summary["elapsed_s"]))
-        c2.metric("Time left (estimate)",
-                  kr.format_duration(summary["eta_s"]) if state.alive else "-")
+        c1.metric("Elapsed", runs.format_duration(summary["elapsed_s"]))
+        c2.metric(
+            "Time left (estimate)", runs.format_duration(summary["eta_s"]) if state.alive else "-"
+        )
         val_accuracy = (state.progress.get("metrics") or {}).get("val_accuracy")
         if val_accuracy is None:  # A new stage: its first epoch is not done yet.
-            val_accuracy = kr.last_value(folder, stage, "val_accuracy")
+            val_accuracy = results.last_value(folder, stage, "val_accuracy")
         c3.metric("Last val accuracy", "-" if val_accuracy is None else f"{val_accuracy:.4f}")
         c4.metric("Completed stages", f"{len(summary['completed_stages'])}/{summary['stages']}")
         if state.alive and summary["eta_s"] is not None:
             st.caption("Time left = elapsed time per completed epoch x epochs to go.")
-    asked, asked_pid = st.session_state.get("stop_requests", {}).get(str(folder), (None, None))
-    if (state.status == "running" and asked and asked_pid == state.pid
-            and time.time() - asked > STOP_GRACE_S):
+    request = st.session_state.get("stop_requests", {}).get(str(folder))
+    if launching.stop_overdue(state, request, STOP_GRACE_S, time.time()):
         st.warning(
-            f"Stop was asked {kr.format_duration(time.time() - asked)} ago but the "
+            f"Stop was asked {runs.format_duration(time.time() - request[0])} ago but the "
             "run is still going: a stop signal that arrives while kd_keras loads "
             "the data can be lost. Press Stop again."
         )
     if state.alive:
-        st.button("Stop", key="stop_watch", on_click=on_stop, args=(state.path, "watch_msg"),
-                  help="SIGTERM: the run stops cleanly after the current batch "
-                  "(status 'stopped'); resume it later.")
+        st.button(
+            "Stop",
+            key="stop_watch",
+            on_click=on_stop,
+            args=(state.path, "watch_msg"),
+            help="SIGTERM: the run stops cleanly after the current batch "
+            "(status 'stopped'); resume it later.",
+        )
     elif state.status in ("stopped", "failed", "died", "exited") and state.config:
-        st.button("Resume", key="resume_watch", on_click=on_resume,
-                  args=(state.path, runs_dir, data_path),
-                  help="python -m kd_keras run --resume with the run's saved settings.")
+        st.button(
+            "Resume",
+            key="resume_watch",
+            on_click=on_resume,
+            args=(state.path, runs_dir, data_path),
+            help="python -m kd_keras run --resume with the run's saved settings.",
+        )
     show_message("watch_msg")
     curves_chart(folder)
     log_tail(state.log_path, expanded=state.status in ("failed", "exited", "died"))
@@ -424,14 +464,7 @@ def watch_tab(runs_dir, run_name, data_path):
         st.info("No run yet: start one in the Launch tab.")
         return
     folder = Path(runs_dir) / run_name
-    alive = kr.run_state(folder).alive
-    st.fragment(watch_fragment, run_every=2.0 if alive else None)(
-        folder, alive, runs_dir, data_path
-    )
-
-
-def watch_fragment(*args):
-    guarded(watch_body, *args)
+    live_part(watch_body, folder, runs.run_state(folder).alive, runs_dir, data_path)
 
 
 # --------------------------------------------------------------------------
@@ -443,7 +476,7 @@ def shipped_models(folder, run_name):
     """The run's exported models (`python -m kd_keras export`): their
     measurements against the Keras models, the teacher/student ratios as
     shipped, and a download button per exported file."""
-    rows = kr.exported_models(folder)
+    rows = results.exported_models(folder)
     if not rows:
         st.caption(
             "No exported models yet. `python -m kd_keras export "
@@ -453,23 +486,7 @@ def shipped_models(folder, run_name):
         )
         return
     st.markdown("**Shipped models** (`export/`, by `python -m kd_keras export`)")
-    table = kr.exported_table(rows)
-    formats = {
-        "size_mb": "{:.4f}",
-        "size_ratio": lambda v: f"{100 * v:.1f}%",
-        "test_accuracy": "{:.4f}",
-        "keras_test_accuracy": "{:.4f}",
-        "accuracy_delta_points": "{:+.2f}",
-        "agreement": lambda v: f"{100 * v:.2f}%",
-        "latency_ms": "{:.3f}",
-        "keras_latency_ms": "{:.3f}",
-        "speedup": "{:.2f}x",
-        "test_images": "{:.0f}",
-    }
-    styled = table.style.format(
-        {k: v for k, v in formats.items() if k in table.columns}, na_rep="-"
-    )
-    st.table(styled, hide_index=True)
+    show_table(results.exported_table(rows), {"size_mb": "{:.4f}"})
     st.caption(
         "size_ratio: the file's size as a share of the stage's .keras file. "
         "keras_test_accuracy, keras_latency_ms: the stage's Keras model on the "
@@ -479,97 +496,89 @@ def shipped_models(folder, run_name):
         "file takes int8 pixels and returns int8 logits (see its row in "
         "results.json for the scale and zero point)."
     )
-    ratios = kr.teacher_vs_student(folder)
+    ratios = results.teacher_vs_student(folder)
     if ratios:
         st.markdown("**Teacher vs distilled student**, as Keras models and as shipped")
-        frame = kr.ratios_table(ratios)
-        st.table(frame.style.format({c: "{:.2f}x" for c in frame.columns[1:3]}
-                                    | {frame.columns[3]: "{:+.2f}"}, na_rep="-"),
-                 hide_index=True)
+        show_table(results.ratios_table(ratios), results.RATIO_FORMATS)
     columns = st.columns(3)
     for index, row in enumerate(rows):
-        name = Path(row["file"]).name + (".zip" if row["path"].is_dir() else "")
+        name, mime = results.download_name(row["path"])
         columns[index % 3].download_button(
             f"Download {row['stage']} ({name})",
-            partial(lambda path: kr.export_download(path)[0], row["path"]),
+            lambda path=row["path"]: results.export_download(path)[0],
             file_name=f"{run_name}-{row['source_stage']}-{name}",
-            mime="application/zip" if row["path"].is_dir() else "application/octet-stream",
+            mime=mime,
             key=f"download_export_{row['stage']}",
         )
 
 
 def results_tab(runs_dir, run_name):
     if not run_name:
-        st.info(f"No runs in '{runs_dir}' yet: start one in the Launch tab, or "
-                "point 'Runs folder' in the sidebar at a folder of runs.")
+        st.info(
+            f"No runs in '{runs_dir}' yet: start one in the Launch tab, or "
+            "point 'Runs folder' in the sidebar at a folder of runs."
+        )
         return
-    folder = Path(runs_dir) / run_name
-    state = kr.run_state(folder)
+    run = RunFolder(Path(runs_dir) / run_name)
+    state = runs.run_state(run.path)
     st.subheader(f"Results of {run_name}")
-    table = kr.results_table(folder)
+    table = results.results_table(run.path)
     if table is None:
         st.info(f"Run '{run_name}' has no completed stage yet ({state.status}).")
     else:
-        if not (folder / "results.csv").is_file():
+        if not run.results_csv.is_file():
             st.caption("Partial results: the completed stages so far.")
-        shown = table[[c for c in kr.TABLE_COLUMNS if c in table.columns]]
-        formats = {
-            "depth": "{:.0f}",
-            "params": "{:,.0f}",
-            "size_mb": "{:.3f}",
-            "test_accuracy": "{:.4f}",
-            "test_loss": "{:.4f}",
-            "val_accuracy": "{:.4f}",
-            "val_loss": "{:.4f}",
-            "latency_ms": "{:.3f}",
-        }
-        styled = shown.style.format(
-            {k: v for k, v in formats.items() if k in shown.columns}, na_rep="-"
-        )
-        st.table(styled, hide_index=True)
-        exported = table["stage"].astype(str).str.contains("@").any()
-        st.caption("size in MB, latency in ms per image (batch 1, CPU); "
-                   "accuracy as a fraction, loss as cross-entropy."
-                   + (" Rows <stage>@<variant> are exported models (below)."
-                      if exported else ""))
-        gain = kr.distillation_gain(folder, table)
-        if gain is not None:
-            st.metric(
-                "Distilled student vs its baseline (test accuracy)",
-                f"{gain:+.2f} points",
+        show_table(results.shown_table(table))
+        st.caption(
+            "size in MB, latency in ms per image (batch 1, CPU); "
+            "accuracy as a fraction, loss as cross-entropy."
+            + (
+                " Rows <stage>@<variant> are exported models (below)."
+                if results.has_export_rows(table)
+                else ""
             )
+        )
+        gain = results.distillation_gain(run.path, table)
+        if gain is not None:
+            st.metric("Distilled student vs its baseline (test accuracy)", f"{gain:+.2f} points")
             st.caption(
                 "student_distilled minus student_baseline test accuracy, in "
                 "percentage points: same student, same initial weights and data "
                 "order; only the loss differs."
             )
-        shipped_models(folder, run_name)
-    c1, c2 = st.columns(2)
-    bar = folder / "test_accuracy_bar.png"
-    if bar.is_file():
-        c1.image(str(bar), caption="Test accuracy", width="stretch")
-    report = folder / "report.png"
-    if report.is_file():
-        c2.image(str(report), caption="Training curves (kd_keras report.png)", width="stretch")
+        shipped_models(run.path, run_name)
+    images = (
+        (run.bar_plot, "Test accuracy"),
+        (run.report_plot, "Training curves (kd_keras report.png)"),
+    )
+    for column, (image, caption) in zip(st.columns(2), images):
+        if image.is_file():
+            column.image(str(image), caption=caption, width="stretch")
     st.markdown("**Curves** (teacher red, baseline blue, distilled orange)")
-    curves_chart(folder)
-    c1, c2 = st.columns(2)
-    csv_path = folder / "results.csv"
-    if csv_path.is_file():
-        c1.download_button("Download results.csv", csv_path.read_bytes(),
-                           file_name=f"{run_name}-results.csv", mime="text/csv",
-                           key="download_csv")
-    model_path = folder / "models" / "student_distilled.keras"
-    if model_path.is_file():
-        c2.download_button("Download the distilled student (.keras)", model_path.read_bytes(),
-                           file_name=f"{run_name}-student_distilled.keras",
-                           mime="application/octet-stream", key="download_model")
+    curves_chart(run.path)
+    downloads = (
+        (run.results_csv, "Download results.csv", "results.csv", "text/csv", "download_csv"),
+        (
+            run.model_file("student_distilled"),
+            "Download the distilled student (.keras)",
+            "student_distilled.keras",
+            "application/octet-stream",
+            "download_model",
+        ),
+    )
+    for column, (path, label, name, mime, key) in zip(st.columns(2), downloads):
+        if path.is_file():
+            column.download_button(
+                label, path.read_bytes(), file_name=f"{run_name}-{name}", mime=mime, key=key
+            )
     if state.config:
         with st.expander("Config (config.json)"):
             st.json(state.config)
     if state.status in ("failed", "died", "exited"):
-        st.error(f"This run did not finish ({state.status}): "
-                 f"{state.error or 'see the Watch tab and the log'}.")
+        st.error(
+            f"This run did not finish ({state.status}): "
+            f"{state.error or 'see the Watch tab and the log'}."
+        )
 
 
 # --------------------------------------------------------------------------
@@ -579,77 +588,99 @@ def results_tab(runs_dir, run_name):
 
 def on_start_search(runs_dir, data_path):
     s = st.session_state
-    teacher = s.get("tune_teacher", "")
-    if teacher == OTHER_TEACHER:
-        teacher = s.get("tune_teacher_path", "").strip()
-    options = kr.TuneOptions(
+    options = searches.TuneOptions(
         name=(s.get("search_name") or "").strip(),
-        teacher=teacher,
+        teacher=chosen_teacher("tune_teacher"),
         data=data_path,
         preset=s.get("tune_preset", "quick"),
-        tuner=s.get("tuner", "bayesian"),
+        tuner=s.get("tuner", searches.TuneOptions.tuner),
         trials=s.get("trials"),
         epochs=s.get("trial_epochs"),
     )
-    try:
-        folder, pid = kr.start_search(options, runs_dir)
-    except kr.LaunchError as error:
-        s["tune_msg"] = ("error", f"Search not started. {error}")
+    started = attempt("tune_msg", "Search not started. ", searches.start_search, options, runs_dir)
+    if not started:
         return
+    folder, pid = started
     s["search"] = folder.name
     s["tune_msg"] = ("success", f"Started search '{folder.name}' (process {pid}).")
 
 
 def on_stop_search(folder):
-    try:
-        st.session_state["tune_msg"] = ("info", kr.stop_search(folder))
-    except kr.LaunchError as error:
-        st.session_state["tune_msg"] = ("error", str(error))
+    text = attempt("tune_msg", "", searches.stop_search, folder)
+    if text:
+        st.session_state["tune_msg"] = ("info", text)
 
 
 def on_run_best(runs_dir, data_path, teacher, temperature, alpha):
     s = st.session_state
-    options = kr.LaunchOptions(
-        preset=s.get("best_preset", "quick"),
-        name=(s.get("best_run_name") or "").strip(),
-        data=data_path,
-        temperature=temperature,
-        alpha=alpha,
-        teacher=teacher or "",
+    started = attempt(
+        "tune_msg",
+        "Run not started. ",
+        searches.start_best_run,
+        teacher,
+        temperature,
+        alpha,
+        runs_dir,
+        data_path,
+        s.get("best_preset", "quick"),
+        (s.get("best_run_name") or "").strip(),
     )
-    if not options.teacher:
-        s["tune_msg"] = ("error", "This search names no teacher; start the run from "
-                                  "the Launch tab with its T and alpha.")
+    if not started:
         return
-    try:
-        folder, pid = kr.start_run(options, runs_dir)
-    except kr.LaunchError as error:
-        s["tune_msg"] = ("error", f"Run not started. {error}")
-        return
+    folder, pid = started
     s["run"] = folder.name
-    s["tune_msg"] = ("success", f"Started run '{folder.name}' (process {pid}) with "
-                                f"T={temperature:g}, alpha={alpha:g}: see the Watch tab.")
+    s["tune_msg"] = (
+        "success",
+        f"Started run '{folder.name}' (process {pid}) with "
+        f"T={temperature:g}, alpha={alpha:g}: see the Watch tab.",
+    )
+
+
+def best_run_form(state, runs_dir, data_path):
+    """The search's best T and alpha, and a button that starts a run with them."""
+    best = state.best
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Best T", f"{best['temperature']:g}")
+    c2.metric("Best alpha", f"{best['alpha']:g}")
+    c3.metric("Score", "-" if best.get("score") is None else f"{best['score']:.4f}")
+    st.caption(f"From {best['source']}" + (" (search still running)" if state.alive else ""))
+    errors = checks.check_hyperparameters(best["temperature"], best["alpha"])
+    show_errors(errors)
+    c1, c2 = st.columns(2)
+    preset_box(
+        c1,
+        "Preset of the run",
+        "best_preset",
+        default=state.preset,
+        help="The search's own preset gives the same data and recipe.",
+    )
+    c2.text_input("Run name", key="best_run_name", placeholder="auto")
+    st.button(
+        f"Start a distillation run with T={best['temperature']:g}, alpha={best['alpha']:g}",
+        key="run_best",
+        disabled=bool(errors),
+        on_click=on_run_best,
+        args=(runs_dir, data_path, state.teacher, best["temperature"], best["alpha"]),
+    )
 
 
 def search_body(folder, was_alive, runs_dir, data_path):
-    state = kr.search_state(folder)
+    state = searches.search_state(folder)
     if was_alive and not state.alive:
         st.rerun()
-    st.markdown(f"**{state.name}**: {STATUS_ICONS.get(state.status, '')} {state.status}"
-                + (f" (process {state.pid})" if state.pid else "")
-                + (f", preset {state.preset}" if state.preset else "")
-                + (f", teacher `{state.teacher}`" if state.teacher else ""))
+    st.markdown(
+        status_line(
+            state,
+            f", preset {state.preset}" if state.preset else "",
+            f", teacher `{state.teacher}`" if state.teacher else "",
+        )
+    )
     if state.planned:
-        st.progress(min(1.0, state.completed / state.planned),
-                    text=f"{state.completed} of {state.planned} trials completed")
-    if state.status == "exited":
-        code = f" (exit code {state.exit_code})" if state.exit_code is not None else ""
-        st.error(f"The search ended before any trial completed{code}; the log "
-                 "below says why.")
-    elif state.status == "incomplete":
-        st.warning("The search ended before all its trials (stopped, or a trial "
-                   "failed: see the log). Running `python -m tuning` again with the "
-                   "same settings resumes it; its best so far is below.")
+        st.progress(
+            min(1.0, state.completed / state.planned),
+            text=f"{state.completed} of {state.planned} trials completed",
+        )
+    show(searches.status_message(state))
     if state.alive:
         st.button("Stop search", key="stop_search", on_click=on_stop_search, args=(folder,))
     if state.trials is not None:
@@ -658,30 +689,10 @@ def search_body(folder, was_alive, runs_dir, data_path):
         st.caption("No trial finished yet (trials.csv appears after the first).")
     best = state.best
     if best and best.get("temperature") is not None and best.get("alpha") is not None:
-        c1, c2, c3 = st.columns(3)
-        c1.metric("Best T", f"{best['temperature']:g}")
-        c2.metric("Best alpha", f"{best['alpha']:g}")
-        c3.metric("Score", "-" if best.get("score") is None else f"{best['score']:.4f}")
-        st.caption(f"From {best['source']}" + (" (search still running)" if state.alive else ""))
-        errors = kr.check_hyperparameters(best["temperature"], best["alpha"])
-        show_errors(errors)
-        c1, c2 = st.columns(2)
-        names = list(kr.presets())
-        default = state.preset if state.preset in names else "quick"
-        c1.selectbox("Preset of the run", names, key="best_preset",
-                     index=names.index(default) if default in names else 0,
-                     help="The search's own preset gives the same data and recipe.")
-        c2.text_input("Run name", key="best_run_name", placeholder="auto")
-        st.button(
-            f"Start a distillation run with T={best['temperature']:g}, alpha={best['alpha']:g}",
-            key="run_best",
-            disabled=bool(errors),
-            on_click=on_run_best,
-            args=(runs_dir, data_path, state.teacher, best["temperature"], best["alpha"]),
-        )
-    image = folder / "search.png"
-    if image.is_file():
-        st.image(str(image), caption="search.png", width="stretch")
+        best_run_form(state, runs_dir, data_path)
+    plot = SearchFolder(folder).plot_file
+    if plot.is_file():
+        st.image(str(plot), caption=plot.name, width="stretch")
     log_tail(state.log_path, expanded=state.status == "exited")
 
 
@@ -692,41 +703,44 @@ def tuning_tab(runs_dir, data_path):
         "against one trained teacher, each with another temperature T and "
         "alpha; the trials arrive in trials.csv and the best in best.json."
     )
-    if not kr.tuning_available():
-        st.warning("The tuning package is not in this checkout (no tuning/ folder "
-                   "next to app.py): existing searches can be shown, new ones "
-                   "cannot be started.")
+    if not settings.tuning_available():
+        st.warning(
+            "The tuning package is not in this checkout (no tuning/ folder "
+            "next to app.py): existing searches can be shown, new ones "
+            "cannot be started."
+        )
     teacher_picker(runs_dir, "tune_teacher", allow_new=False)
     c1, c2, c3, c4, c5 = st.columns(5)
-    names = list(kr.presets())
-    c1.selectbox("Preset", names, key="tune_preset",
-                 index=names.index("quick") if "quick" in names else 0,
-                 help="The kd_keras preset giving the data subset and recipe of each trial.")
-    c2.selectbox("Tuner", list(kr.TUNERS), key="tuner",
-                 help="bayesian: Gaussian-process Bayesian optimisation; random; hyperband.")
+    preset_box(
+        c1,
+        "Preset",
+        "tune_preset",
+        help="The kd_keras preset giving the data subset and recipe of each trial.",
+    )
+    c2.selectbox(
+        "Tuner",
+        TUNERS,
+        key="tuner",
+        index=TUNERS.index(searches.TuneOptions.tuner),
+        help="bayesian: Gaussian-process Bayesian optimisation; random; hyperband.",
+    )
     c3.number_input("Trials", min_value=1, value=10, step=1, key="trials")
     c4.number_input("Epochs per trial", min_value=1, value=3, step=1, key="trial_epochs")
     c5.text_input("Search name", key="search_name", placeholder="auto: search-<date>-<time>")
-    st.button("Start search", key="start_search", on_click=on_start_search,
-              args=(runs_dir, data_path))
+    st.button(
+        "Start search", key="start_search", on_click=on_start_search, args=(runs_dir, data_path)
+    )
     show_message("tune_msg")
 
-    searches = [p.name for p in kr.list_searches(runs_dir)]
-    if not searches:
-        st.info(f"No searches in '{kr.searches_dir(runs_dir)}' yet.")
+    found = [p.name for p in searches.list_searches(runs_dir)]
+    if not found:
+        st.info(f"No searches in '{searches.searches_dir(runs_dir)}' yet.")
         return
-    if st.session_state.get("search") not in searches:
-        st.session_state["search"] = searches[0]
-    name = st.selectbox("Search", searches, key="search")
-    folder = kr.searches_dir(runs_dir) / name
-    alive = kr.search_state(folder).alive
-    st.fragment(search_fragment, run_every=2.0 if alive else None)(
-        folder, alive, runs_dir, data_path
-    )
-
-
-def search_fragment(*args):
-    guarded(search_body, *args)
+    if st.session_state.get("search") not in found:
+        st.session_state["search"] = found[0]
+    name = st.selectbox("Search", found, key="search")
+    folder = searches.searches_dir(runs_dir) / name
+    live_part(search_body, folder, searches.search_state(folder).alive, runs_dir, data_path)
 
 
 # --------------------------------------------------------------------------
@@ -740,22 +754,23 @@ def main():
     try:
         runs_dir, data_path, run_name = sidebar()
     except Exception as error:  # noqa: BLE001 - shown, not thrown.
-        st.error(f"The runs folder cannot be read: {type(error).__name__}: {error}. "
-                 "Set 'Runs folder' in the sidebar to a readable folder.")
+        st.error(
+            f"The runs folder cannot be read: {type(error).__name__}: {error}. "
+            "Set 'Runs folder' in the sidebar to a readable folder."
+        )
         return
     # `?tab=results&run=<name>` opens that tab on that run (a link to share).
     wanted = str(st.query_params.get("tab", "")).capitalize()
-    launch, watch, results, tuning = st.tabs(
-        TABS, default=wanted if wanted in TABS else None, key="tab"
+    tabs = st.tabs(TABS, default=wanted if wanted in TABS else None, key="tab")
+    parts = (
+        (launch_tab, runs_dir, data_path),
+        (watch_tab, runs_dir, run_name, data_path),
+        (results_tab, runs_dir, run_name),
+        (tuning_tab, runs_dir, data_path),
     )
-    with launch:
-        guarded(launch_tab, runs_dir, data_path)
-    with watch:
-        guarded(watch_tab, runs_dir, run_name, data_path)
-    with results:
-        guarded(results_tab, runs_dir, run_name)
-    with tuning:
-        guarded(tuning_tab, runs_dir, data_path)
+    for tab, part in zip(tabs, parts):
+        with tab:
+            guarded(*part)
 
 
 main()

@@ -20,7 +20,7 @@ Writes `results.json` (machine, versions, settings and every case's
 numbers) and `results.md` (a table with each distillation step's speed
 relative to `keras.distillation.Distiller`'s step in the same run, and to
 the best PyTorch variant when `--torch` ran) into `--out`, and prints the
-table. See `benchmarks/README_SECTION.md`.
+table. The cases and measured tables: `docs/speed.md`.
 """
 
 import argparse
@@ -58,70 +58,128 @@ def _usable_cores():
 # (steps_per_execution), jit (jit_compile), threads (intra-op; inter-op 1),
 # fused (FusedBatchNormalization, default True; the built-in Distiller's
 # models always use stock layers), fold (fold the teacher's batch norm,
-# default True).
+# default True). The models (seeded), the optimizer and the compile
+# arguments are a run's (kd_keras.train.recipe); only these options differ.
 CASES = {
     "input_pipeline": {
         "kind": "input",
         "what": "kd_keras.make_dataset alone (shuffle, pad-crop, flip, batch) "
         "on random uint8 images",
     },
-    "teacher_train": {"kind": "train", "model": "teacher",
-                      "what": "teacher, Keras fit, SGD + cross-entropy"},
-    "student_train": {"kind": "train", "model": "student",
-                      "what": "student, Keras fit, SGD + cross-entropy (fused batch norm)"},
-    "student_train_keras_bn": {"kind": "train", "model": "student", "fused": False,
-                               "what": "student_train with stock keras BatchNormalization"},
-    "teacher_inference": {"kind": "forward", "model": "teacher",
-                          "what": "teacher forward pass, tf.function, training=False, "
-                          "batch norm folded (as when distilling)"},
-    "teacher_inference_unfolded": {"kind": "forward", "model": "teacher", "fold": False,
-                                   "what": "teacher forward pass, batch norm not folded"},
-    "teacher_inference_bf16": {"kind": "forward", "model": "teacher",
-                               "teacher_precision": "bfloat16",
-                               "what": "teacher forward pass, folded, bfloat16 compute"},
-    "kd_distiller_auto": {"kind": "distill", "precision": "auto", "teacher_precision": "auto",
-                          "what": "the default step: kd_keras.Distiller with precision and "
-                          "teacher precision 'auto', resolved on this machine (fused batch "
-                          "norm, folded teacher)"},
-    "kd_distiller": {"kind": "distill",
-                     "what": "kd_keras.Distiller step, float32 (fused batch norm, "
-                     "folded teacher)"},
-    "kd_distiller_keras_bn": {"kind": "distill", "fused": False, "fold": False,
-                              "what": "kd_keras.Distiller step, float32, stock keras "
-                              "BatchNormalization, unfolded teacher"},
+    "teacher_train": {
+        "kind": "train",
+        "model": "teacher",
+        "what": "teacher, Keras fit, SGD + cross-entropy",
+    },
+    "student_train": {
+        "kind": "train",
+        "model": "student",
+        "what": "student, Keras fit, SGD + cross-entropy (fused batch norm)",
+    },
+    "student_train_keras_bn": {
+        "kind": "train",
+        "model": "student",
+        "fused": False,
+        "what": "student_train with stock keras BatchNormalization",
+    },
+    "teacher_inference": {
+        "kind": "forward",
+        "model": "teacher",
+        "what": "teacher forward pass, tf.function, training=False, "
+        "batch norm folded (as when distilling)",
+    },
+    "teacher_inference_unfolded": {
+        "kind": "forward",
+        "model": "teacher",
+        "fold": False,
+        "what": "teacher forward pass, batch norm not folded",
+    },
+    "teacher_inference_bf16": {
+        "kind": "forward",
+        "model": "teacher",
+        "teacher_precision": "bfloat16",
+        "what": "teacher forward pass, folded, bfloat16 compute",
+    },
+    "kd_distiller_auto": {
+        "kind": "distill",
+        "precision": "auto",
+        "teacher_precision": "auto",
+        "what": "the default step: kd_keras.Distiller with precision and "
+        "teacher precision 'auto', resolved on this machine (fused batch "
+        "norm, folded teacher)",
+    },
+    "kd_distiller": {
+        "kind": "distill",
+        "what": "kd_keras.Distiller step, float32 (fused batch norm, folded teacher)",
+    },
+    "kd_distiller_keras_bn": {
+        "kind": "distill",
+        "fused": False,
+        "fold": False,
+        "what": "kd_keras.Distiller step, float32, stock keras "
+        "BatchNormalization, unfolded teacher",
+    },
     "keras_distiller": {
         "kind": "keras_distill",
         "what": "keras.distillation.Distiller + LogitsDistillation(T=4, KLDivergence), "
         "student_loss_weight=0.3, stock Keras layers",
     },
-    "kd_distiller_bf16": {"kind": "distill", "precision": "mixed_bfloat16",
-                          "what": "student under mixed_bfloat16 (losses float32)"},
-    "kd_distiller_teacher_bf16": {"kind": "distill", "teacher_precision": "bfloat16",
-                                  "what": "student float32, teacher inference in bfloat16"},
-    "kd_distiller_bf16_both": {"kind": "distill", "precision": "mixed_bfloat16",
-                               "teacher_precision": "bfloat16",
-                               "what": "student mixed_bfloat16 + teacher bfloat16"},
+    "kd_distiller_bf16": {
+        "kind": "distill",
+        "precision": "mixed_bfloat16",
+        "what": "student under mixed_bfloat16 (losses float32)",
+    },
+    "kd_distiller_teacher_bf16": {
+        "kind": "distill",
+        "teacher_precision": "bfloat16",
+        "what": "student float32, teacher inference in bfloat16",
+    },
+    "kd_distiller_bf16_both": {
+        "kind": "distill",
+        "precision": "mixed_bfloat16",
+        "teacher_precision": "bfloat16",
+        "what": "student mixed_bfloat16 + teacher bfloat16",
+    },
     "kd_distiller_spe4": {"kind": "distill", "spe": 4, "what": "steps_per_execution=4"},
     "kd_distiller_jit": {"kind": "distill", "jit": True, "what": "jit_compile=True (XLA)"},
-    "kd_distiller_threads": {"kind": "distill", "threads": "cores",
-                             "what": "intra-op threads = cores, inter-op 1"},
-    "kd_distiller_spe4_threads": {"kind": "distill", "spe": 4, "threads": "cores",
-                                  "what": "steps_per_execution=4 + threads"},
+    "kd_distiller_threads": {
+        "kind": "distill",
+        "threads": "cores",
+        "what": "intra-op threads = cores, inter-op 1",
+    },
+    "kd_distiller_spe4_threads": {
+        "kind": "distill",
+        "spe": 4,
+        "threads": "cores",
+        "what": "steps_per_execution=4 + threads",
+    },
     "kd_distiller_teacher_bf16_spe4_threads": {
-        "kind": "distill", "teacher_precision": "bfloat16", "spe": 4, "threads": "cores",
+        "kind": "distill",
+        "teacher_precision": "bfloat16",
+        "spe": 4,
+        "threads": "cores",
         "what": "teacher bfloat16 + steps_per_execution=4 + threads",
     },
     "kd_distiller_bf16_all": {
-        "kind": "distill", "precision": "mixed_bfloat16", "teacher_precision": "bfloat16",
-        "spe": 4, "threads": "cores",
+        "kind": "distill",
+        "precision": "mixed_bfloat16",
+        "teacher_precision": "bfloat16",
+        "spe": 4,
+        "threads": "cores",
         "what": "student mixed_bfloat16 + teacher bfloat16 + steps_per_execution=4 + threads",
     },
-    "kd_distiller_jit_spe4": {"kind": "distill", "jit": True, "spe": 4,
-                              "what": "jit_compile=True + steps_per_execution=4"},
+    "kd_distiller_jit_spe4": {
+        "kind": "distill",
+        "jit": True,
+        "spe": 4,
+        "what": "jit_compile=True + steps_per_execution=4",
+    },
     "torch_nchw": {"kind": "torch", "what": "PyTorch loop, NCHW"},
     "torch_channels_last": {"kind": "torch", "what": "PyTorch loop, channels_last"},
-    "torch_channels_last_compile": {"kind": "torch",
-                                    "what": "PyTorch loop, channels_last + torch.compile"},
+    "torch_channels_last_compile": {
+        "kind": "torch",
+        "what": "PyTorch loop, channels_last + torch.compile",
+    },
 }
 TORCH_CASES = tuple(name for name, case in CASES.items() if case["kind"] == "torch")
 # Left out by default to keep a full run under ~8 minutes on 2 cores; `all`
@@ -142,27 +200,44 @@ def get_args(argv=None):
     )
     parser.add_argument("--steps", type=int, default=8, help="steps per timed repeat (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case (default 3)")
-    parser.add_argument("--warmup-steps", type=int, default=2,
-                        help="untimed steps first: tracing, first allocations (default 2)")
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=2,
+        help="untimed steps first: tracing, first allocations (default 2)",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--teacher-depth", type=int, default=32)
     parser.add_argument("--student-depth", type=int, default=14)
     parser.add_argument("--teacher-width", type=int, default=16)
     parser.add_argument("--student-width", type=int, default=16)
-    parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
-                        help="comma-separated case names, or 'all' "
-                        f"(default: all but {', '.join(OPTIONAL_CASES)} and the torch "
-                        f"ones). Cases: {', '.join(CASES)}")
-    parser.add_argument("--torch", action="store_true",
-                        help="add the PyTorch cases (needs torch: pip install -r "
-                        "requirements-bench.txt)")
+    parser.add_argument(
+        "--cases",
+        default=",".join(DEFAULT_CASES),
+        help="comma-separated case names, or 'all' "
+        f"(default: all but {', '.join(OPTIONAL_CASES)} and the torch "
+        f"ones). Cases: {', '.join(CASES)}",
+    )
+    parser.add_argument(
+        "--torch",
+        action="store_true",
+        help="add the PyTorch cases (needs torch: pip install -r requirements-bench.txt)",
+    )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run the whole list of cases this many times, interleaved "
-                        "(A B C A B C ...), and pool the repeats: a machine whose speed "
-                        "drifts then slows every case alike (default 1)")
-    parser.add_argument("--timeout", type=float, default=900,
-                        help="seconds before a case's process is killed (default 900)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the whole list of cases this many times, interleaved "
+        "(A B C A B C ...), and pool the repeats: a machine whose speed "
+        "drifts then slows every case alike (default 1)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900,
+        help="seconds before a case's process is killed (default 900)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -175,9 +250,11 @@ def get_args(argv=None):
 
 
 def _case_names(args):
-    names = list(CASES) if args.cases.strip() == "all" else [
-        name.strip() for name in args.cases.split(",") if name.strip()
-    ]
+    names = (
+        list(CASES)
+        if args.cases.strip() == "all"
+        else [name.strip() for name in args.cases.split(",") if name.strip()]
+    )
     unknown = [name for name in names if name not in CASES]
     if unknown:
         raise SystemExit(
@@ -210,119 +287,174 @@ def _synthetic_batch(batch_size, seed=0):
 
 
 def _keras_setup(case, args, images, labels):
-    """Builds the case's models; returns `run(steps)` and settings to report."""
-    import kd_keras  # First: sets KERAS_BACKEND.
-    import keras
-    import numpy as np
-    import tensorflow as tf
+    """Builds the case's models; returns `run(steps)` and settings to report.
 
-    from kd_keras.config import RunConfig
-    from kd_keras.pipeline import make_optimizer
-    from kd_keras.speed import precision_scope, teacher_for_inference
+    `run(steps)` returns the last step's logs; a Keras `fit` case also has
+    `run.timed(warmup, steps, repeats, batch_size)` (see `_fit_runner`).
+    """
+    import kd_keras  # noqa: F401  (first: sets KERAS_BACKEND)
 
     kind = case["kind"]
-    info = {}
     if kind == "input":
-        rng = np.random.default_rng(1)
-        count = 10000  # The quick preset's training set size.
-        data = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
-        targets = rng.integers(0, 10, size=(count,)).astype("int32")
-        dataset = kd_keras.make_dataset(
-            data, targets, batch_size=args.batch_size, training=True, seed=0
-        ).repeat()
-        iterator = iter(dataset)
-
-        def run(steps):
-            for _ in range(steps):
-                batch = next(iterator)
-            return {"first_pixel": float(batch[0][0, 0, 0, 0])}
-
-        return run, {"dataset_images": count}
-
-    def model(role, precision=None, fused=case.get("fused", True)):
-        depth, width = (
-            (args.teacher_depth, args.teacher_width)
-            if role == "teacher"
-            else (args.student_depth, args.student_width)
-        )
-        with precision_scope(precision):
-            return kd_keras.build_resnet(
-                depth, width=width, fused_batch_norm=fused, name=f"{role}_resnet{depth}"
-            )
-
-    def optimizer():
-        # The pipeline's recipe: SGD, Nesterov momentum, decoupled weight
-        # decay (not on batch-norm parameters), warm-up + cosine schedule.
-        return make_optimizer(RunConfig(batch_size=args.batch_size), 1000, 10)
-
-    x = tf.constant(images)
-    dataset = tf.data.Dataset.from_tensors((x, tf.constant(labels))).repeat()
-    spe = case.get("spe", 1)
-    jit = case.get("jit", False)
-
+        return _input_case(args)
+    config = _case_config(case, args)
     if kind == "forward":
-        teacher = teacher_for_inference(
-            model(case["model"]),
-            case.get("teacher_precision", "float32"),
-            fold=case.get("fold", True),
+        return _forward_case(case, config, images), {}
+    makers = {"train": _train_case, "distill": _distill_case, "keras_distill": _keras_distill_case}
+    if kind not in makers:
+        raise ValueError(
+            f"unknown case kind {kind!r}; choose from input, forward, {', '.join(makers)}"
         )
-        forward = tf.function(lambda batch: teacher(batch, training=False), jit_compile=jit)
+    return _fit_runner(makers[kind](case, config), images, labels), {}
 
-        def run(steps):
-            for _ in range(steps):
-                logits = forward(x)
-            return {"first_logit": float(logits.numpy()[0, 0])}
 
-        return run, info
+def _input_case(args):
+    """The `input` case: `kd_keras.make_dataset` alone, on random uint8 images."""
+    import numpy as np
 
-    if kind == "train":
-        trainable = model(case["model"], case.get("precision"))
-        trainable.compile(
-            optimizer=optimizer(),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            steps_per_execution=spe,
-            jit_compile=jit,
-        )
-    elif kind == "distill":
-        student = model("student", case.get("precision"))
-        teacher = teacher_for_inference(
-            model("teacher"),
-            case.get("teacher_precision", "float32"),
-            fold=case.get("fold", True),
-        )
-        trainable = kd_keras.Distiller(student=student, teacher=teacher)
-        trainable.compile(
-            optimizer=optimizer(),
-            metrics=["accuracy"],
-            alpha=0.3,
-            temperature=4.0,
-            steps_per_execution=spe,
-            jit_compile=jit,
-        )
-    elif kind == "keras_distill":
-        trainable = keras.distillation.Distiller(
-            teacher=model("teacher", fused=False),
-            student=model("student", fused=False),
-            distillation_losses=keras.distillation.LogitsDistillation(
-                temperature=4.0, loss=keras.losses.KLDivergence()
-            ),
-            student_loss_weight=0.3,
-        )
-        trainable.compile(
-            optimizer=optimizer(),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            steps_per_execution=spe,
-            jit_compile=jit,
-        )
-    else:
-        raise ValueError(f"unknown case kind {kind!r}")
+    import kd_keras
+
+    rng = np.random.default_rng(1)
+    count = 10000  # The quick preset's training set size.
+    data = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+    targets = rng.integers(0, 10, size=(count,)).astype("int32")
+    dataset = kd_keras.make_dataset(
+        data, targets, batch_size=args.batch_size, training=True, seed=0
+    ).repeat()
+    iterator = iter(dataset)
 
     def run(steps):
-        history = trainable.fit(
-            dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False
-        )
+        for _ in range(steps):
+            batch = next(iterator)
+        return {"first_pixel": float(batch[0][0, 0, 0, 0])}
+
+    return run, {"dataset_images": count}
+
+
+def _case_config(case, args):
+    """The `RunConfig` a case trains with: the benchmark's depths, widths and
+    batch size, the case's (resolved) precisions, and the recipe's defaults
+    for everything else (optimizer, T, alpha, seed)."""
+    from kd_keras.config import RunConfig
+
+    return RunConfig(
+        teacher_depth=args.teacher_depth,
+        teacher_width=args.teacher_width,
+        student_depth=args.student_depth,
+        student_width=args.student_width,
+        batch_size=args.batch_size,
+        precision=case.get("precision", "float32"),
+        teacher_precision=case.get("teacher_precision", "float32"),
+    )
+
+
+def _model(role, config, *, fused, precision=None):
+    """The recipe's seeded teacher or student of `config` (CIFAR-sized), with
+    `FusedBatchNormalization` or (`fused=False`) stock batch norm, built in
+    `precision` (default `config.precision`)."""
+    from kd_keras.train import recipe
+
+    build = recipe.build_teacher if role == "teacher" else recipe.build_student
+    return build(config, precision=precision, fused_batch_norm=fused)
+
+
+def _optimizer(config):
+    """The recipe's optimizer, its schedule sized as for 10 epochs of 1000
+    steps (the timed steps fall in the warm-up)."""
+    from kd_keras.train.recipe import make_optimizer
+
+    return make_optimizer(config, 1000, 10)
+
+
+def _compile_options(case):
+    return {"steps_per_execution": case.get("spe", 1), "jit_compile": case.get("jit", False)}
+
+
+def _inference_teacher(case, config):
+    """A float32-built teacher as it runs while distilling: batch norm folded
+    unless the case says not, in the case's teacher precision."""
+    from kd_keras.distill.teacher import teacher_for_inference
+
+    teacher = _model("teacher", config, fused=case.get("fused", True), precision="float32")
+    return teacher_for_inference(teacher, config.teacher_precision, fold=case.get("fold", True))
+
+
+def _forward_case(case, config, images):
+    """The `forward` case: the frozen teacher's compiled forward pass."""
+    import tensorflow as tf
+
+    teacher = _inference_teacher(case, config)
+    forward = tf.function(
+        lambda batch: teacher(batch, training=False), jit_compile=case.get("jit", False)
+    )
+    x = tf.constant(images)
+
+    def run(steps):
+        for _ in range(steps):
+            logits = forward(x)
+        return {"first_logit": float(logits.numpy()[0, 0])}
+
+    return run
+
+
+def _train_case(case, config):
+    """The `train` case: one model with the recipe's cross-entropy and
+    optimizer, as a pipeline stage trains it."""
+    from kd_keras.train.recipe import compile_classifier
+
+    model = _model(case["model"], config, fused=case.get("fused", True))
+    return compile_classifier(model, _optimizer(config), **_compile_options(case))
+
+
+def _distill_case(case, config):
+    """The `distill` case: `kd_keras.Distiller` compiled as the pipeline
+    compiles it (T and alpha of the config), with the student in the case's
+    precision and the teacher as `_inference_teacher` makes it."""
+    from kd_keras.train.recipe import compile_distiller
+
+    student = _model("student", config, fused=case.get("fused", True))
+    return compile_distiller(
+        student,
+        _inference_teacher(case, config),
+        config,
+        _optimizer(config),
+        **_compile_options(case),
+    )
+
+
+def _keras_distill_case(case, config):
+    """The reference: `keras.distillation.Distiller` with its own loss
+    (`LogitsDistillation`, KL divergence at the config's T, student loss
+    weight alpha), on stock Keras layers and an unfolded teacher."""
+    import keras
+
+    trainable = keras.distillation.Distiller(
+        teacher=_model("teacher", config, fused=False),
+        student=_model("student", config, fused=False),
+        distillation_losses=keras.distillation.LogitsDistillation(
+            temperature=config.temperature, loss=keras.losses.KLDivergence()
+        ),
+        student_loss_weight=config.alpha,
+    )
+    trainable.compile(
+        optimizer=_optimizer(config),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        **_compile_options(case),
+    )
+    return trainable
+
+
+def _fit_runner(trainable, images, labels):
+    """`run(steps)`, Keras `fit` of `trainable` on the one synthetic batch
+    repeated, with `run.timed` for the timed repeats."""
+    import keras
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensors((tf.constant(images), tf.constant(labels))).repeat()
+
+    def run(steps):
+        history = trainable.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
         return {key: float(values[-1]) for key, values in history.history.items()}
 
     def timed(warmup, steps, repeats, batch_size):
@@ -346,15 +478,12 @@ def _keras_setup(case, args, images, labels):
         )
         clock = dict(ends)  # Steps done -> time (one entry per execution).
         marks = [clock[warmup + r * steps] for r in range(repeats + 1)]
-        rates = [
-            steps * batch_size / (after - before)
-            for before, after in zip(marks, marks[1:])
-        ]
+        rates = [steps * batch_size / (after - before) for before, after in zip(marks, marks[1:])]
         logs = {key: float(values[-1]) for key, values in history.history.items()}
         return rates, logs
 
     run.timed = timed
-    return run, info
+    return run
 
 
 def run_worker(name, args):
@@ -362,10 +491,11 @@ def run_worker(name, args):
     case = dict(CASES[name])
     if "auto" in (case.get("precision"), case.get("teacher_precision")):
         from kd_keras.hardware import resolve_precisions
-        from kd_keras.speed import local_machine
+        from kd_keras.train.speed import local_machine
 
         choice = resolve_precisions(
-            case.get("precision", "float32"), case.get("teacher_precision", "float32"),
+            case.get("precision", "float32"),
+            case.get("teacher_precision", "float32"),
             local_machine(),
         )
         case.update(precision=choice.precision, teacher_precision=choice.teacher_precision)
@@ -416,7 +546,7 @@ def run_worker(name, args):
     else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import kd_keras  # noqa: F401  (sets KERAS_BACKEND before Keras loads)
-        from kd_keras.speed import apply_threading
+        from kd_keras.train.speed import apply_threading
 
         if threads is not None and not apply_threading(threads):
             raise RuntimeError(f"could not set threads={threads}")
@@ -484,12 +614,29 @@ def machine_info():
 
 def _worker_argv(name, args, result_file):
     return [
-        sys.executable, "-m", "benchmarks.throughput",
-        "--worker", name, "--result-file", str(result_file),
-        "--steps", str(args.steps), "--repeats", str(args.repeats),
-        "--warmup-steps", str(args.warmup_steps), "--batch-size", str(args.batch_size),
-        "--teacher-depth", str(args.teacher_depth), "--student-depth", str(args.student_depth),
-        "--teacher-width", str(args.teacher_width), "--student-width", str(args.student_width),
+        sys.executable,
+        "-m",
+        "benchmarks.throughput",
+        "--worker",
+        name,
+        "--result-file",
+        str(result_file),
+        "--steps",
+        str(args.steps),
+        "--repeats",
+        str(args.repeats),
+        "--warmup-steps",
+        str(args.warmup_steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--teacher-depth",
+        str(args.teacher_depth),
+        "--student-depth",
+        str(args.student_depth),
+        "--teacher-width",
+        str(args.teacher_width),
+        "--student-width",
+        str(args.student_width),
     ]
 
 
@@ -508,7 +655,10 @@ def run_case(name, args, out):
         try:
             code = subprocess.run(
                 _worker_argv(name, args, result_file),
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 timeout=args.timeout,
             ).returncode
         except subprocess.TimeoutExpired:
@@ -519,7 +669,9 @@ def run_case(name, args, out):
     else:
         tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
         result = {
-            "case": name, "kind": CASES[name]["kind"], "what": CASES[name]["what"],
+            "case": name,
+            "kind": CASES[name]["kind"],
+            "what": CASES[name]["what"],
             "status": "failed",
             "error": f"exit {code}: " + " | ".join(tail),
         }
@@ -564,8 +716,15 @@ def format_table(results):
     reference = by_name.get(REFERENCE_CASE, {}).get("median_images_per_s")
     torch_rows = [r for r in results if r.get("kind") == "torch" and r.get("status") == "ok"]
     best_torch = max(torch_rows, key=lambda r: r["median_images_per_s"], default=None)
-    header = ["case", "img/s (median)", "min–max", "step ms", "peak MiB",
-              "+MiB over import", f"vs {REFERENCE_CASE}"]
+    header = [
+        "case",
+        "img/s (median)",
+        "min–max",
+        "step ms",
+        "peak MiB",
+        "+MiB over import",
+        f"vs {REFERENCE_CASE}",
+    ]
     if best_torch:
         header.append(f"vs {best_torch['case']}")
     header.append("what")
@@ -591,7 +750,8 @@ def format_table(results):
         if best_torch:
             cells.append(
                 _ratio(r["median_images_per_s"], best_torch["median_images_per_s"])
-                if distill else "–"
+                if distill
+                else "–"
             )
         cells.append(r["what"])
         lines.append("| " + " | ".join(cells) + " |")
@@ -649,20 +809,37 @@ def main(argv=None):
     machine = machine_info()
     settings = {
         key: getattr(args, key)
-        for key in ("steps", "repeats", "rounds", "warmup_steps", "batch_size",
-                    "teacher_depth", "student_depth", "teacher_width", "student_width")
+        for key in (
+            "steps",
+            "repeats",
+            "rounds",
+            "warmup_steps",
+            "batch_size",
+            "teacher_depth",
+            "student_depth",
+            "teacher_width",
+            "student_width",
+        )
     }
     settings["cases"] = names
     if any(CASES[n]["kind"] == "torch" for n in names) and machine["torch"] is None:
-        print("benchmarks.throughput: torch is not installed; skipping the PyTorch "
-              "cases (pip install -r requirements-bench.txt)", flush=True)
+        print(
+            "benchmarks.throughput: torch is not installed; skipping the PyTorch "
+            "cases (pip install -r requirements-bench.txt)",
+            flush=True,
+        )
     by_case = {name: [] for name in names}
     skipped = {}
     for round_index in range(1, args.rounds + 1):
         for index, name in enumerate(names, 1):
             if CASES[name]["kind"] == "torch" and machine["torch"] is None:
-                skipped[name] = {"case": name, "kind": "torch", "what": CASES[name]["what"],
-                                 "status": "skipped", "error": "torch is not installed"}
+                skipped[name] = {
+                    "case": name,
+                    "kind": "torch",
+                    "what": CASES[name]["what"],
+                    "status": "skipped",
+                    "error": "torch is not installed",
+                }
                 continue
             prefix = f"[{index}/{len(names)}]" + (
                 f" round {round_index}/{args.rounds}" if args.rounds > 1 else ""
@@ -670,15 +847,15 @@ def main(argv=None):
             print(f"{prefix} {name} ...", end=" ", flush=True)
             result = run_case(name, args, out)
             if result.get("status") == "ok":
-                print(f"{result['median_images_per_s']:.1f} img/s, "
-                      f"{result['peak_rss_mib']:.0f} MiB peak ({result['wall_s']:.0f} s)",
-                      flush=True)
+                print(
+                    f"{result['median_images_per_s']:.1f} img/s, "
+                    f"{result['peak_rss_mib']:.0f} MiB peak ({result['wall_s']:.0f} s)",
+                    flush=True,
+                )
             else:
                 print(f"{result.get('status')}: {result.get('error', '')[:300]}", flush=True)
             by_case[name].append(result)
-    results = [
-        skipped[name] if name in skipped else merge_rounds(by_case[name]) for name in names
-    ]
+    results = [skipped[name] if name in skipped else merge_rounds(by_case[name]) for name in names]
     table = write_report(out, machine, settings, results)
     print()
     print(table)

@@ -26,7 +26,7 @@ VARIANTS = {
 
 
 def stage_blocks(depth):
-    """`kd_keras.models.stage_blocks` without importing Keras: the blocks of
+    """`kd_keras.models.resnet.stage_blocks` without importing Keras: the blocks of
     each stage and whether an extra conv is added."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < MIN_DEPTH:
         raise ValueError(f"depth must be an int >= {MIN_DEPTH}, got {depth!r}")
@@ -94,9 +94,19 @@ def build_resnet(depth, width=16, num_classes=10):
     return ResNet()
 
 
-def make_case(variant, images, labels, *, teacher_depth, student_depth,
-              teacher_width=16, student_width=16, temperature=4.0, alpha=0.3,
-              seed=0):
+def make_case(
+    variant,
+    images,
+    labels,
+    *,
+    teacher_depth,
+    student_depth,
+    teacher_width=16,
+    student_width=16,
+    temperature=4.0,
+    alpha=0.3,
+    seed=0,
+):
     """Builds a teacher, a student and one KD training step in `variant`.
 
     Args:
@@ -135,11 +145,14 @@ def make_case(variant, images, labels, *, teacher_depth, student_depth,
             teacher_logits = teacher_call(x)
         student_logits = student_call(x)
         hard = F.cross_entropy(student_logits, y)
-        soft = F.kl_div(
-            F.log_softmax(student_logits / temperature, dim=1),
-            F.softmax(teacher_logits / temperature, dim=1),
-            reduction="batchmean",
-        ) * temperature**2
+        soft = (
+            F.kl_div(
+                F.log_softmax(student_logits / temperature, dim=1),
+                F.softmax(teacher_logits / temperature, dim=1),
+                reduction="batchmean",
+            )
+            * temperature**2
+        )
         loss = alpha * hard + (1 - alpha) * soft
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,6 +1,19 @@
-"""Helpers of the Streamlit launcher (`app.py`).
+"""The Streamlit app's library (`app.py` is the page; this package is the rest).
 
-This package never imports `kd_keras`, Keras or TensorFlow: the app reads
-run folders as plain files and starts training as separate processes
-(`python -m kd_keras run ...`, `python -m tuning ...`).
+Nothing here imports Keras or TensorFlow: the app reads run and search
+folders through kd_keras's Keras-free modules (`kd_keras.run_folder`,
+`kd_keras.config`, `kd_keras.atomic`, `kd_keras.export.spec`) and starts
+training as separate processes (`python -m kd_keras run ...`,
+`python -m tuning ...`).
+
+| module | what it holds |
+|---|---|
+| `settings` | the runs folder, the dataset path, presets, environment variables |
+| `files` | tolerant reads of files another process is writing |
+| `processes` | spawning, reaping, pid checks, SIGTERM |
+| `checks` | the launch and search forms' checks (kd_keras's own validators) |
+| `run_state` | what a run folder says: status, progress, time left |
+| `launching` | starting, resuming and stopping runs; their command lines |
+| `results` | a run's results table, curves and exported models |
+| `searches` | T/alpha searches: state, trials, best T and alpha, launches |
 """

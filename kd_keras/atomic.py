@@ -25,9 +25,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-
-class DiskWriteError(OSError):
-    """A write failed (disk full, folder not writable); names the path."""
+from kd_keras.errors import DamagedFileError, DiskWriteError, RunLockedError
 
 
 @contextlib.contextmanager
@@ -73,58 +71,6 @@ def write_text(path, text):
 def write_json(path, value):
     """Writes `value` as indented JSON to `path` atomically."""
     write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-
-
-class DamagedFileError(ValueError):
-    """A file that exists but cannot be parsed (truncated, emptied, edited).
-
-    The message names the file, what is wrong with it and how to fix it.
-
-    Args:
-        path: the damaged file.
-        problem: what is wrong, e.g. the parser's complaint.
-        fix: what to do; defaults to the fix for that file of a run or
-            search folder (see `damaged_file_fix`).
-    """
-
-    def __init__(self, path, problem, fix=None):
-        self.path = str(path)
-        self.problem = problem
-        self.fix = fix or damaged_file_fix(path)
-        super().__init__(f"'{path}' is damaged ({problem}); {self.fix}")
-
-
-def damaged_file_fix(path):
-    """What to do about a damaged file of a run folder, by its place in it."""
-    path = Path(path)
-    in_stage_folder = path.parent.name in ("stages", "history")
-    in_checkpoint = path.parent.parent.name == "checkpoints"
-    if in_checkpoint:
-        run_dir = path.parent.parent.parent
-    elif in_stage_folder:
-        run_dir = path.parent.parent
-    else:
-        run_dir = path.parent
-    resume = f"python -m kd_keras run --resume --out {run_dir}"
-    if path.name == "config.json":
-        return (
-            "it holds the run's settings and cannot be rebuilt: restore it from a "
-            "copy, or start the run again in a new --out folder"
-        )
-    if path.name == "progress.json":
-        return f"delete it; '{resume}' rebuilds it"
-    if in_stage_folder:
-        return (
-            f"'{resume}' rebuilds it from the stage's checkpoint (a stage added by "
-            "tuning needs 'python -m tuning ... --apply-to' again)"
-        )
-    if in_checkpoint:
-        return (
-            f"the stage's checkpoint cannot be used: delete the folder '{path.parent}' "
-            f"and run '{resume}'; stage '{path.parent.name}' then trains again from "
-            "its first epoch (finished stages are kept)"
-        )
-    return "restore it from a copy, or delete it"
 
 
 def read_json(path, default=None, *, fix=None):
@@ -180,10 +126,6 @@ def pid_alive(pid):
             return file.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
-
-
-class RunLockedError(RuntimeError):
-    """Another live process holds the folder's lock."""
 
 
 LOCK_FILE = "run.lock"
@@ -357,8 +299,9 @@ class RunLock:
         elif pid is not None:
             command = holder.get("command")
             since = holder.get("started_at")
-            who = f"process {pid}" + (f" ({command}" + (f", since {since}" if since else "") + ")"
-                                       if command else "")
+            who = f"process {pid}" + (
+                f" ({command}" + (f", since {since}" if since else "") + ")" if command else ""
+            )
         else:
             who = "another process"
         stop = f" (kill -TERM {pid})" if pid is not None and pid != os.getpid() else ""

@@ -12,8 +12,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from kd_keras.depth import stage_blocks
-from kd_keras.model_specs import MIN_APPLICATION_SIZE, parse_model_spec
+from kd_keras.errors import ConfigError
+from kd_keras.models.depth import stage_blocks
+from kd_keras.models.specs import MIN_APPLICATION_SIZE, parse_model_spec
+
+# Environment variables: where CIFAR-10 is, and where its decoded cache goes.
+DATA_ENV_VAR = "KD_KERAS_CIFAR10"
+CACHE_ENV_VAR = "KD_KERAS_CACHE"
 
 DEFAULT_ALPHA = 0.3
 DEFAULT_TEMPERATURE = 4.0
@@ -23,7 +28,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 TEACHER_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # Fields where "auto" is resolved per machine.
 AUTO_FIELDS = ("precision", "teacher_precision")
-# tf.distribute strategies (see kd_keras/distribute.py).
+# tf.distribute strategies (see kd_keras/train/distribute.py).
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
@@ -32,9 +37,7 @@ def validate_alpha(alpha):
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(
-            f"alpha must be in [0, 1] (it weights the hard-label loss), got {alpha}"
-        )
+        raise ValueError(f"alpha must be in [0, 1] (it weights the hard-label loss), got {alpha}")
     return float(alpha)
 
 
@@ -62,9 +65,7 @@ def validate_temperature(temperature):
 def validate_speed_options(precision, teacher_precision, steps_per_execution, threads):
     """Raises `ValueError`, naming the bad value, for an invalid speed option."""
     if precision not in PRECISIONS:
-        raise ValueError(
-            f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-        )
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if teacher_precision not in TEACHER_PRECISIONS:
         raise ValueError(
             "teacher_precision must be one of "
@@ -75,9 +76,7 @@ def validate_speed_options(precision, teacher_precision, steps_per_execution, th
         or not isinstance(steps_per_execution, int)
         or steps_per_execution < 1
     ):
-        raise ValueError(
-            f"steps_per_execution must be an int >= 1, got {steps_per_execution!r}"
-        )
+        raise ValueError(f"steps_per_execution must be an int >= 1, got {steps_per_execution!r}")
     if threads is not None and (
         isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
     ):
@@ -88,12 +87,12 @@ def validate_devices(strategy, devices, sync_batch_norm):
     """Raises `ConfigError`, naming the bad value, for an invalid strategy,
     device list or `sync_batch_norm`."""
     if strategy not in STRATEGIES:
-        raise ConfigError(
-            f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
-        )
+        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if devices is not None:
-        if not isinstance(devices, (list, tuple)) or not devices or not all(
-            isinstance(d, str) and d.strip() for d in devices
+        if (
+            not isinstance(devices, (list, tuple))
+            or not devices
+            or not all(isinstance(d, str) and d.strip() for d in devices)
         ):
             raise ConfigError(
                 "devices must be a non-empty list of device names such as "
@@ -179,16 +178,22 @@ PRESETS = {
 # `strategy` and `devices` say where the same recipe runs (`batch_size` is the
 # global batch, the learning rate is not scaled), so a run may resume on
 # other devices; with per-replica batch norm the replica count still moves
-# the batch statistics (see kd_keras/distribute.py). `sync_batch_norm`
+# the batch statistics (see kd_keras/train/distribute.py). `sync_batch_norm`
 # changes the models' layers and is a result field.
 NON_RESULT_FIELDS = (
-    "data", "verbose", "steps_per_execution", "threads", "strategy", "devices",
+    "data",
+    "verbose",
+    "steps_per_execution",
+    "threads",
+    "strategy",
+    "devices",
+    "accept_weak_teacher",
 )
 
 
 def data_kind(source):
     """What a `--data` value names, from the path alone (nothing is read;
-    see `kd_keras.data_sources`).
+    see `kd_keras.data.sources`).
 
     Returns:
         `"npz"` for a path ending in `.npz`, `"folder"` for a folder that is
@@ -206,8 +211,21 @@ def data_kind(source):
     return "cifar10"
 
 
-class ConfigError(ValueError):
-    """Raised for a run configuration that cannot be run."""
+def _option(default, flag, help, choices=None):
+    """A `RunConfig` field that is a run option: set by the command-line
+    flag `flag` (see `kd_keras.options`).
+
+    Args:
+        default: the field's default.
+        flag: the flag, e.g. `"--seed"`.
+        help: the flag's help text.
+        choices: the accepted values, for front ends that offer a list
+            (checked by `RunConfig.validate`, not by the parser).
+    """
+    metadata = {"flag": flag, "help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
@@ -219,57 +237,138 @@ class RunConfig:
     `validate()` is called by both.
     """
 
-    preset: str = "custom"
-    data: Optional[str] = None
-    seed: int = 0
+    # Fields with a flag are run options: `python -m kd_keras run` takes them
+    # as flags, the app and `python -m tuning` through kd_keras/options.py.
+    preset: str = "custom"  # Set by --preset: the base, not an override.
+    data: Optional[str] = _option(
+        None,
+        "--data",
+        "cifar-10-python.tar.gz or cifar-10-batches-py/ "
+        "(default: $KD_KERAS_CIFAR10, the Keras cache, then download), "
+        "an image folder with one subfolder per class (or train/ and "
+        "test/ with class subfolders), or a .npz file with x_train, "
+        "y_train[, x_test, y_test, class_names]",
+    )
+    seed: int = _option(0, "--seed", "random seed of data split, init and order")
     # --- Data ---
-    val_size: int = 5000
-    train_per_class: Optional[int] = None
-    val_per_class: Optional[int] = None
-    test_per_class: Optional[int] = None
+    val_size: int = _option(5000, "--val-size", "training images held out for validation")
+    train_per_class: Optional[int] = _option(
+        None, "--train-per-class", "training images per class (subset)"
+    )
+    val_per_class: Optional[int] = _option(
+        None, "--val-per-class", "validation images per class (subset)"
+    )
+    test_per_class: Optional[int] = _option(
+        None, "--test-per-class", "test images per class (subset)"
+    )
     # --- Models ---
-    teacher_depth: int = 30
-    teacher_width: int = 16
-    student_depth: int = 15
-    student_width: int = 16
-    teacher: Optional[str] = None  # A trained teacher .keras file to reuse.
-    # Architectures (kd_keras/model_specs.py): None = resnet<depth> with the
+    teacher_depth: int = _option(
+        30, "--teacher-depth", "teacher ResNet depth (6n+2 or any int >= 8)"
+    )
+    teacher_width: int = _option(16, "--teacher-width", "teacher first-stage filters (16 = paper)")
+    student_depth: int = _option(15, "--student-depth", "student ResNet depth")
+    student_width: int = _option(16, "--student-width", "student first-stage filters")
+    # A trained teacher .keras file to reuse.
+    teacher: Optional[str] = _option(None, "--teacher", "reuse this trained teacher .keras file")
+    # A brought teacher near chance on the validation split is refused
+    # (wrong preprocessing, class order or data); this distils from it anyway.
+    accept_weak_teacher: bool = _option(
+        False,
+        "--accept-weak-teacher",
+        "distil from a --teacher even if it is near chance on the validation "
+        "split (refused by default: wrong preprocessing, class order or data)",
+    )
+    # Architectures (kd_keras/models/specs.py): None = resnet<depth> with the
     # depth and width above; a keras.applications name; a .keras file.
-    teacher_model: Optional[str] = None
-    student_model: Optional[str] = None
-    image_size: Optional[int] = None  # Square side to resize to; None = the data's.
+    teacher_model: Optional[str] = _option(
+        None,
+        "--teacher-model",
+        "teacher architecture: resnet<depth> (default, with --teacher-depth), a "
+        "keras.applications name (mobilenetv3small, mobilenetv3large, efficientnetb0-b7, "
+        "efficientnetv2b0-b3, efficientnetv2s; options after a colon, e.g. "
+        "mobilenetv3small:alpha=0.35,minimalistic=true or efficientnetb0:weights=FILE.weights.h5) "
+        "or a .keras file to train from",
+    )
+    student_model: Optional[str] = _option(
+        None, "--student-model", "student architecture (as --teacher-model)"
+    )
+    # Square side to resize to; None = the data's.
+    image_size: Optional[int] = _option(
+        None,
+        "--image-size",
+        "resize every image to this square size (default: the data's own size)",
+    )
     # --- Training recipe (SGD + momentum, warm-up + cosine) ---
-    teacher_epochs: int = 160
-    student_epochs: int = 160
-    batch_size: int = 128
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 5
+    teacher_epochs: int = _option(160, "--teacher-epochs", "teacher epochs")
+    student_epochs: int = _option(160, "--student-epochs", "epochs of each student stage")
+    batch_size: int = _option(128, "--batch-size", "batch size")
+    learning_rate: float = _option(0.1, "--learning-rate", "peak SGD learning rate")
+    momentum: float = _option(0.9, "--momentum", "SGD momentum (Nesterov)")
+    weight_decay: float = _option(5e-4, "--weight-decay", "decoupled weight decay")
+    warmup_epochs: int = _option(5, "--warmup-epochs", "linear warm-up epochs before cosine decay")
     # --- Distillation ---
-    temperature: float = 4.0
-    alpha: float = 0.3
-    # --- Speed (see kd_keras/speed.py and kd_keras/hardware.py) ---
+    temperature: float = _option(4.0, "--temperature", "distillation temperature T > 0 (default 4)")
+    alpha: float = _option(0.3, "--alpha", "weight of the hard-label loss, in [0, 1] (default 0.3)")
+    # --- Speed (see kd_keras/train/speed.py and kd_keras/hardware.py) ---
     # "auto": bfloat16 where the machine has native bfloat16, else float32
     # (float16 on older GPUs); resolved when a run starts.
-    precision: str = "auto"  # Or float32, mixed_bfloat16, mixed_float16.
-    teacher_precision: str = "auto"  # Or float32, bfloat16, float16.
-    steps_per_execution: int = 1
-    threads: Optional[int] = None  # Intra-op threads (inter-op 1); None = TF's.
-    # --- Devices (see kd_keras/distribute.py) ---
-    strategy: str = "default"  # Or "mirrored", "multi_worker".
-    devices: Optional[list] = None  # Mirrored devices, e.g. ["/gpu:0", "/gpu:1"].
-    sync_batch_norm: bool = False  # Batch-norm statistics over the global batch.
+    precision: str = _option(
+        "auto",
+        "--precision",
+        "training precision of the models: auto (default: bfloat16 where the "
+        "CPU/GPU has it natively, float16 on older GPUs, else float32), float32, "
+        "mixed_bfloat16 or mixed_float16",
+        choices=PRECISIONS,
+    )
+    teacher_precision: str = _option(
+        "auto",
+        "--teacher-precision",
+        "teacher inference precision while distilling: auto (default), float32, "
+        "bfloat16 or float16",
+        choices=TEACHER_PRECISIONS,
+    )
+    steps_per_execution: int = _option(
+        1,
+        "--steps-per-execution",
+        "training steps per graph call (default 1; lowered to a divisor of the steps per epoch)",
+    )
+    # Intra-op threads (inter-op 1); None = TF's.
+    threads: Optional[int] = _option(
+        None,
+        "--threads",
+        "TensorFlow intra-op threads, inter-op 1 (default: TensorFlow's choice)",
+    )
+    # --- Devices (see kd_keras/train/distribute.py) ---
+    strategy: str = _option(
+        "default",
+        "--strategy",
+        "tf.distribute strategy: default (one device), mirrored (several devices "
+        "of this machine) or multi_worker (one process per machine, each with "
+        "its TF_CONFIG); --batch-size stays the global batch",
+        choices=STRATEGIES,
+    )
+    # Mirrored devices, e.g. ["/gpu:0", "/gpu:1"].
+    devices: Optional[list] = _option(
+        None,
+        "--devices",
+        "with --strategy mirrored: comma-separated devices, e.g. "
+        "/gpu:0,/gpu:1 (default: every GPU)",
+    )
+    # Batch-norm statistics over the global batch.
+    sync_batch_norm: bool = _option(
+        False,
+        "--sync-batch-norm",
+        "batch-norm statistics over the global batch, not each "
+        "replica's part (changes results; kept on --resume)",
+    )
     # --- Display ---
-    verbose: int = 1
+    verbose: int = 1  # Set by --quiet (2: one line an epoch).
 
     @classmethod
     def from_preset(cls, name, **overrides):
         """A config from a named preset plus field overrides (None = keep)."""
         if name not in PRESETS:
-            raise ConfigError(
-                f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}"
-            )
+            raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
         fields = {"preset": name, **PRESETS[name]}
         fields.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**fields).validate()
@@ -351,6 +450,10 @@ class RunConfig:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         validate_devices(self.strategy, self.devices, self.sync_batch_norm)
+        if not isinstance(self.accept_weak_teacher, bool):
+            raise ConfigError(
+                f"accept_weak_teacher must be true or false, got {self.accept_weak_teacher!r}"
+            )
         if isinstance(self.devices, tuple):
             self.devices = list(self.devices)
         for name in ("preset", "data", "teacher"):
@@ -384,9 +487,7 @@ class RunConfig:
             if high is not None and value > high:
                 raise ConfigError(f"{name} must be at most {high}, got {value}")
         if self.teacher_epochs == 0 and not self.teacher:
-            raise ConfigError(
-                "teacher_epochs is 0 but no --teacher file was given to reuse"
-            )
+            raise ConfigError("teacher_epochs is 0 but no --teacher file was given to reuse")
         self._validate_models()
         # An image folder's or .npz file's counts are checked when it loads.
         cifar = data_kind(self.data) == "cifar10"
@@ -424,8 +525,10 @@ class RunConfig:
             "weight_decay": self.weight_decay,
         }
         for name, value in numbers.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                value != value or value in (float("inf"), float("-inf"))
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or (value != value or value in (float("inf"), float("-inf")))
             ):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if not self.learning_rate > 0:

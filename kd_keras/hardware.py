@@ -96,7 +96,7 @@ def read_cpu(cpuinfo="/proc/cpuinfo"):
 
 def this_machine(gpu_capabilities=()):
     """The `Machine` this process runs on (GPU capabilities passed in: finding
-    them needs TensorFlow, see `kd_keras.speed.local_machine`)."""
+    them needs TensorFlow, see `kd_keras.train.speed.local_machine`)."""
     model, flags = read_cpu()
     return Machine(model, flags, tuple(gpu_capabilities))
 

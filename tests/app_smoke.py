@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
 if str(REPO) not in sys.path:

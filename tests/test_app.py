@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from app_smoke import APP, subprocess_env
 from streamlit.testing.v1 import AppTest
 
-from app_smoke import APP, subprocess_env
-from kd_app import runs as kr
+from kd_app import results, searches, settings
+from kd_app import run_state as states
+from kd_app.files import tail
+from kd_app.processes import launch_files
+from kd_keras.atomic import read_json
 
 APP_TIMEOUT = 60  # Seconds per script run: the machine may be busy training.
 
@@ -37,8 +41,8 @@ def app_env(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     fake = tmp_path / "cifar-10-python.tar.gz"
     fake.write_bytes(b"")
-    monkeypatch.setenv(kr.RUNS_ENV_VAR, str(runs))
-    monkeypatch.setenv(kr.DATA_ENV_VAR, str(fake))
+    monkeypatch.setenv(settings.RUNS_ENV_VAR, str(runs))
+    monkeypatch.setenv(settings.DATA_ENV_VAR, str(fake))
     return runs
 
 
@@ -51,10 +55,10 @@ def real_runs(tmp_path, monkeypatch, cifar10_archive):
     for key, value in subprocess_env(tmp_path).items():
         if os.environ.get(key) != value:
             monkeypatch.setenv(key, value)
-    monkeypatch.setenv(kr.RUNS_ENV_VAR, str(runs))
-    monkeypatch.setenv(kr.DATA_ENV_VAR, str(archive))
+    monkeypatch.setenv(settings.RUNS_ENV_VAR, str(runs))
+    monkeypatch.setenv(settings.DATA_ENV_VAR, str(archive))
     yield runs
-    for state in kr.alive_runs(runs):
+    for state in states.alive_runs(runs):
         os.kill(state.pid, signal.SIGTERM)
 
 
@@ -77,14 +81,14 @@ def wait_for_status(folder, wanted, timeout, training=False):
     deadline = time.time() + timeout
     progress = {}
     while time.time() < deadline:
-        progress = kr.read_json(Path(folder) / "progress.json", {}) or {}
+        progress = read_json(Path(folder) / "progress.json", {}) or {}
         if progress.get("status") in wanted and (progress.get("stage") or not training):
             return progress
-        state = kr.run_state(folder)
+        state = states.run_state(folder)
         if state.status in ("exited", "died"):
             break
         time.sleep(1)
-    log = kr.tail(kr.launch_files(folder)[0], 40)
+    log = tail(launch_files(folder)[0], 40)
     pytest.fail(f"status {progress.get('status')!r}, wanted {wanted}; log:\n{log}")
 
 
@@ -112,17 +116,22 @@ def test_app_never_imports_tensorflow_or_keras(app_env):
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'})\n"
         "assert not loaded, loaded\n"
         "ours = sorted(m for m in sys.modules if m.startswith('kd_keras.'))\n"
-        "assert ours == ['kd_keras.atomic', 'kd_keras.config', 'kd_keras.depth', "
-        "'kd_keras.export_spec', 'kd_keras.model_specs', 'kd_keras.stages'], ours\n"
+        "assert ours == ['kd_keras.atomic', 'kd_keras.config', 'kd_keras.errors', "
+        "'kd_keras.export', 'kd_keras.export.spec', 'kd_keras.models', "
+        "'kd_keras.models.depth', 'kd_keras.models.specs', 'kd_keras.options', "
+        "'kd_keras.run_folder', 'kd_keras.stages'], ours\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=APP.parent,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=APP.parent, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_renders_smoke_run_with_the_numbers_of_results_csv(smoke_run_dir, monkeypatch, cifar10_archive):
-    monkeypatch.setenv(kr.RUNS_ENV_VAR, str(smoke_run_dir.parent))
-    monkeypatch.setenv(kr.DATA_ENV_VAR, str(cifar10_archive))
+def test_renders_smoke_run_with_the_numbers_of_results_csv(
+    smoke_run_dir, monkeypatch, cifar10_archive
+):
+    monkeypatch.setenv(settings.RUNS_ENV_VAR, str(smoke_run_dir.parent))
+    monkeypatch.setenv(settings.DATA_ENV_VAR, str(cifar10_archive))
     at = run_app()
     assert_no_exception(at)
     assert not at.error, texts(at.error)
@@ -130,9 +139,9 @@ def test_renders_smoke_run_with_the_numbers_of_results_csv(smoke_run_dir, monkey
 
     expected = pd.read_csv(smoke_run_dir / "results.csv")
     shown = at.table[0].value
-    assert list(shown.columns) == list(kr.TABLE_COLUMNS)
+    assert list(shown.columns) == list(results.SHOWN_COLUMNS)
     assert list(shown["stage"]) == ["teacher", "student_baseline", "student_distilled"]
-    for column in kr.TABLE_COLUMNS:
+    for column in results.SHOWN_COLUMNS:
         assert list(shown[column]) == list(expected[column]), column
 
     gain = json.loads((smoke_run_dir / "results.json").read_text())["distillation_gain_points"]
@@ -152,71 +161,74 @@ def shipped_run_dir(smoke_run, tmp_path):
     """A copy of the session's smoke run (the shared one keeps its three
     rows) with the teacher and the distilled student exported as SavedModel
     and int8 LiteRT files, evaluated on 40 test images."""
-    from kd_keras.export import export_run
+    from kd_keras.export.exporter import export_run
 
     folder = tmp_path / "runs" / "shipped"
     shutil.copytree(smoke_run[0], folder)
-    export_run(folder, stages=["teacher", "student_distilled"],
-               formats=["saved_model", "litert"], quantizations=["int8"],
-               calibration_images=32, max_images=40, latency_repeats=3)
+    export_run(
+        folder,
+        stages=["teacher", "student_distilled"],
+        formats=["saved_model", "litert"],
+        quantizations=["int8"],
+        calibration_images=32,
+        max_images=40,
+        latency_repeats=3,
+    )
     return folder
 
 
 @pytest.mark.slow
 def test_results_tab_shows_exported_models_and_offers_their_files(
-        shipped_run_dir, monkeypatch, cifar10_archive):
-    monkeypatch.setenv(kr.RUNS_ENV_VAR, str(shipped_run_dir.parent))
-    monkeypatch.setenv(kr.DATA_ENV_VAR, str(cifar10_archive))
+    shipped_run_dir, monkeypatch, cifar10_archive
+):
+    monkeypatch.setenv(settings.RUNS_ENV_VAR, str(shipped_run_dir.parent))
+    monkeypatch.setenv(settings.DATA_ENV_VAR, str(cifar10_archive))
     at = run_app()
     assert_no_exception(at)
     assert not at.error, texts(at.error)
-    exported = ["teacher@saved_model", "teacher@int8",
-                "student_distilled@saved_model", "student_distilled@int8"]
+    exported = [
+        "teacher@saved_model",
+        "teacher@int8",
+        "student_distilled@saved_model",
+        "student_distilled@int8",
+    ]
     # The run's table holds the new rows, with the numbers of results.csv.
     expected = pd.read_csv(shipped_run_dir / "results.csv")
     shown = at.table[0].value
     assert list(shown["stage"]) == ["teacher", "student_baseline", "student_distilled", *exported]
-    for column in kr.TABLE_COLUMNS:
+    for column in results.SHOWN_COLUMNS:
         assert list(shown[column].fillna(-1)) == list(expected[column].fillna(-1)), column
     # The shipped-models table: the measurements of each export.
     shipped = at.table[1].value
-    assert list(shipped.columns) == list(kr.EXPORT_TABLE_COLUMNS)
+    assert list(shipped.columns) == list(results.EXPORT_TABLE_COLUMNS)
     assert list(shipped["stage"]) == exported
     row = json.loads((shipped_run_dir / "export" / "student_distilled" / "int8.json").read_text())
     int8 = shipped.set_index("stage").loc["student_distilled@int8"]
     assert (int8["agreement"], int8["speedup"], int8["test_images"]) == (
-        row["agreement"], row["speedup"], 40)
+        row["agreement"],
+        row["speedup"],
+        40,
+    )
     ratios = at.table[2].value
     assert list(ratios["as"]) == ["keras", "saved_model", "int8"]
     labels = [b.label for b in at.download_button]
-    for name in ("student_distilled@int8 (int8.tflite)", "teacher@int8 (int8.tflite)",
-                 "student_distilled@saved_model (saved_model.zip)"):
+    for name in (
+        "student_distilled@int8 (int8.tflite)",
+        "teacher@int8 (int8.tflite)",
+        "student_distilled@saved_model (saved_model.zip)",
+    ):
         assert f"Download {name}" in labels, labels
     # What the buttons hand out: the .tflite file, the SavedModel zipped.
     tflite = shipped_run_dir / "export" / "student_distilled" / "int8.tflite"
-    assert kr.export_download(tflite) == (tflite.read_bytes(), "int8.tflite",
-                                          "application/octet-stream")
-    data, name, mime = kr.export_download(tflite.parent / "saved_model")
+    assert results.export_download(tflite) == (
+        tflite.read_bytes(),
+        "int8.tflite",
+        "application/octet-stream",
+    )
+    data, name, mime = results.export_download(tflite.parent / "saved_model")
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert "saved_model/saved_model.pb" in archive.namelist()
     assert (name, mime) == ("saved_model.zip", "application/zip")
-
-
-def test_progress_summary_estimates_time_left():
-    state = kr.RunState(
-        path=Path("x"),
-        status="running",
-        progress={"status": "running", "stage": "student_baseline", "stage_index": 1,
-                  "epoch": 2, "epochs": 4, "batch": 0, "batches": 10,
-                  "completed_stages": ["teacher"], "elapsed_s": 60.0,
-                  "updated_at": "2000-01-01T00:00:00+00:00"},
-        config={"teacher_epochs": 4, "student_epochs": 4},
-    )
-    summary = kr.progress_summary(state, now=946684800.0)  # = updated_at
-    assert summary["done_epochs"] == 6 and summary["total_epochs"] == 12
-    assert summary["stage_fraction"] == 0.5
-    assert summary["eta_s"] == pytest.approx(60.0)  # 10 s per epoch, 6 to go.
-    assert kr.format_duration(summary["eta_s"]) == "1 min 00 s"
 
 
 # --------------------------------------------------------------------------
@@ -226,7 +238,7 @@ def test_progress_summary_estimates_time_left():
 
 def test_missing_dataset_path_shows_an_error(app_env, tmp_path, monkeypatch):
     missing = tmp_path / "nowhere" / "cifar-10-python.tar.gz"
-    monkeypatch.setenv(kr.DATA_ENV_VAR, str(missing))
+    monkeypatch.setenv(settings.DATA_ENV_VAR, str(missing))
     at = run_app()
     assert_no_exception(at)
     assert any("does not exist" in t and str(missing) in t for t in texts(at.error))
@@ -244,7 +256,7 @@ def test_bad_temperature_and_alpha_show_errors(app_env):
     at.run()
     assert_no_exception(at)
     errors = texts(at.error)
-    assert any("Temperature T must be a number > 0" in t for t in errors)
+    assert any("Temperature T must be a finite number > 0" in t for t in errors)
     assert any("alpha must be in [0, 1]" in t for t in errors)
     at.button(key="start").click().run()
     assert_no_exception(at)
@@ -255,17 +267,31 @@ def test_bad_temperature_and_alpha_show_errors(app_env):
 def test_failed_run_shows_its_error_and_log_tail(app_env):
     folder = app_env / "broken"
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"preset": "smoke", "teacher_epochs": 4,
-                                                    "student_epochs": 4}))
-    (folder / "progress.json").write_text(json.dumps({
-        "status": "failed", "pid": 999999, "stage": "teacher", "stage_index": 0,
-        "epoch": 1, "epochs": 4, "completed_stages": [], "elapsed_s": 3.0,
-        "error": "NonFiniteLossError: stage 'teacher' epoch 2 batch 3: the loss is nan",
-    }))
-    log, record = kr.launch_files(folder)
+    (folder / "config.json").write_text(
+        json.dumps({"preset": "smoke", "teacher_epochs": 4, "student_epochs": 4})
+    )
+    (folder / "progress.json").write_text(
+        json.dumps(
+            {
+                "status": "failed",
+                "pid": 999999,
+                "stage": "teacher",
+                "stage_index": 0,
+                "epoch": 1,
+                "epochs": 4,
+                "completed_stages": [],
+                "elapsed_s": 3.0,
+                "error": "NonFiniteLossError: stage 'teacher' epoch 2 batch 3: the loss is nan",
+            }
+        )
+    )
+    log, record = launch_files(folder)
     log.write_text("Epoch 1/4\nkd_keras: error: the loss is nan (the last log line)\n")
-    record.write_text(json.dumps({"pid": 999999, "kind": "run", "argv": [],
-                                  "started_at": "2000-01-01T00:00:00+00:00"}))
+    record.write_text(
+        json.dumps(
+            {"pid": 999999, "kind": "run", "argv": [], "started_at": "2000-01-01T00:00:00+00:00"}
+        )
+    )
     at = run_app()
     assert_no_exception(at)
     assert any("The run failed" in t and "the loss is nan" in t for t in texts(at.error))
@@ -275,7 +301,7 @@ def test_failed_run_shows_its_error_and_log_tail(app_env):
 def test_tuning_tab_shows_trials_and_best(app_env):
     # The files of `python -m tuning` (tuning/search.py), for a search the
     # app launched (its launch record names the teacher) that ended early.
-    search = kr.searches_dir(app_env) / "search-a"
+    search = searches.searches_dir(app_env) / "search-a"
     search.mkdir(parents=True)
     (search / "trials.csv").write_text(
         "trial_id,temperature,alpha,val_accuracy,val_loss,epochs,seconds,best_epoch,"
@@ -283,14 +309,40 @@ def test_tuning_tab_shows_trials_and_best(app_env):
         "0,2.0,0.5,0.41,1.7,3,10.0,3,0.9,COMPLETED\n"
         "1,8.0,0.1,0.47,1.6,3,11.0,2,0.8,COMPLETED\n"
     )
-    (search / "best.json").write_text(json.dumps(
-        {"trial_id": "1", "temperature": 8.0, "alpha": 0.1, "score": 0.47,
-         "objective": "val_accuracy", "val_loss": 1.6, "epochs": 3, "completed_trials": 2}))
+    (search / "best.json").write_text(
+        json.dumps(
+            {
+                "trial_id": "1",
+                "temperature": 8.0,
+                "alpha": 0.1,
+                "score": 0.47,
+                "objective": "val_accuracy",
+                "val_loss": 1.6,
+                "epochs": 3,
+                "completed_trials": 2,
+            }
+        )
+    )
     teacher = app_env / "gone" / "teacher.keras"
-    kr.launch_files(search)[1].write_text(json.dumps({
-        "pid": 999999, "kind": "search",
-        "argv": ["python", "-m", "tuning", "--teacher", str(teacher), "--preset", "smoke",
-                 "--trials", "3"]}))
+    launch_files(search)[1].write_text(
+        json.dumps(
+            {
+                "pid": 999999,
+                "kind": "search",
+                "argv": [
+                    "python",
+                    "-m",
+                    "tuning",
+                    "--teacher",
+                    str(teacher),
+                    "--preset",
+                    "smoke",
+                    "--trials",
+                    "3",
+                ],
+            }
+        )
+    )
     at = run_app()
     assert_no_exception(at)
     trials = at.dataframe[0].value
@@ -330,11 +382,15 @@ def test_start_smoke_run_from_the_ui(real_runs):
 
     wait_for_status(folder, {"finished"}, timeout=240)
     config = json.loads((folder / "config.json").read_text())
-    assert (config["preset"], config["student_epochs"], config["temperature"],
-            config["alpha"]) == ("smoke", 1, 2.0, 0.5)
+    assert (config["preset"], config["student_epochs"], config["temperature"], config["alpha"]) == (
+        "smoke",
+        1,
+        2.0,
+        0.5,
+    )
     assert (folder / "results.csv").is_file()
     assert (folder / "models" / "student_distilled.keras").is_file()
-    assert "kd_keras run --preset smoke" in kr.launch_files(folder)[0].read_text()
+    assert "kd_keras run --preset smoke" in launch_files(folder)[0].read_text()
 
     at.run()
     assert_no_exception(at)
@@ -364,7 +420,7 @@ def test_stop_button_stops_the_run_cleanly(real_runs):
     progress = wait_for_status(folder, {"stopped"}, timeout=120)
     assert "SIGTERM" in (progress.get("error") or "")
     deadline = time.time() + 30
-    while kr.run_state(folder).alive and time.time() < deadline:
+    while states.run_state(folder).alive and time.time() < deadline:
         time.sleep(0.5)
     at.run()
     assert_no_exception(at)
@@ -375,7 +431,7 @@ def test_stop_button_stops_the_run_cleanly(real_runs):
     at.button(key="resume_watch").click().run()
     assert any("Resumed run 'to-stop'" in t for t in texts(at.success)), texts(at.error)
     wait_for_status(folder, {"running"}, timeout=180, training=True)
-    log = kr.launch_files(folder)[0].read_text()
+    log = launch_files(folder)[0].read_text()
     assert "--resume" in log and "--preset" not in log.rsplit("--resume", 1)[1].splitlines()[0]
     assert json.loads((folder / "progress.json").read_text())["epochs"] == 30
     at.run()

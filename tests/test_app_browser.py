@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from app_smoke import APP, REPO, subprocess_env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -71,15 +70,33 @@ def streamlit_server(smoke_run, tmp_path_factory, tmp_path):
     env["KD_KERAS_RUNS_DIR"] = str(runs)
     log = open(tmp_path / "streamlit.log", "wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP),
-         "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(APP),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_until(
-            lambda: server.poll() is not None or get(f"http://127.0.0.1:{port}/_stcore/health") == "ok",
-            60, "the Streamlit server",
+            lambda: (
+                server.poll() is not None or get(f"http://127.0.0.1:{port}/_stcore/health") == "ok"
+            ),
+            60,
+            "the Streamlit server",
         )
         assert server.poll() is None, (tmp_path / "streamlit.log").read_text()
         yield f"http://127.0.0.1:{port}", runs / "smoke"
@@ -98,18 +115,31 @@ class Chromium:
     def __init__(self, profile):
         self.profile = Path(profile)
         self.process = subprocess.Popen(
-            [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
-             "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(CHROMIUM),
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={self.profile}",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         port_file = self.profile / "DevToolsActivePort"
-        wait_until(lambda: port_file.is_file() and port_file.read_text().strip(), 60,
-                   "Chromium's DevTools port")
+        wait_until(
+            lambda: port_file.is_file() and port_file.read_text().strip(),
+            60,
+            "Chromium's DevTools port",
+        )
         port = int(port_file.read_text().split()[0])
         targets = wait_until(
-            lambda: [t for t in json.loads(get(f"http://127.0.0.1:{port}/json/list") or "[]")
-                     if t.get("type") == "page"],
-            30, "Chromium's page",
+            lambda: [
+                t
+                for t in json.loads(get(f"http://127.0.0.1:{port}/json/list") or "[]")
+                if t.get("type") == "page"
+            ],
+            30,
+            "Chromium's page",
         )
         from websockets.sync.client import connect
 
@@ -127,8 +157,9 @@ class Chromium:
                 return message["result"]
 
     def evaluate(self, expression):
-        return self.call("Runtime.evaluate", expression=expression,
-                         returnByValue=True)["result"].get("value")
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)[
+            "result"
+        ].get("value")
 
     def close(self):
         try:
@@ -141,8 +172,10 @@ class Chromium:
                 self.process.kill()
 
 
-@pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs /usr/bin/chromium "
-                    "(apt-get install chromium) for the end-to-end browser test")
+@pytest.mark.skipif(
+    not CHROMIUM.is_file(),
+    reason="needs /usr/bin/chromium (apt-get install chromium) for the end-to-end browser test",
+)
 @pytest.mark.slow
 def test_browser_shows_the_results_of_a_smoke_run(streamlit_server, tmp_path):
     url, run = streamlit_server
@@ -161,8 +194,13 @@ def test_browser_shows_the_results_of_a_smoke_run(streamlit_server, tmp_path):
             return browser.evaluate("document.body ? document.body.innerText : ''") or ""
 
         try:
-            wait_until(lambda: "Download results.csv" in page_text()
-                       and all(c in page_text() for c in cells), 120, "the results table")
+            wait_until(
+                lambda: (
+                    "Download results.csv" in page_text() and all(c in page_text() for c in cells)
+                ),
+                120,
+                "the results table",
+            )
         finally:
             dom = browser.evaluate("document.documentElement.outerHTML") or ""
             (tmp_path / "app.html").write_text(dom)

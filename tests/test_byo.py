@@ -9,26 +9,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kd_keras.config import ConfigError, RunConfig
-from kd_keras.data_sources import (
-    DataSourceError,
-    carve_test_split,
-    data_kind,
-    load_image_folder,
-    load_npz,
-)
+from kd_keras.config import RunConfig
+from kd_keras.data.sources import carve_test_split, data_kind, load_image_folder, load_npz
+from kd_keras.errors import ConfigError, DataSourceError
 
 TINY = dict(
-    teacher_depth=8, teacher_width=4, student_depth=8, student_width=4,
-    teacher_epochs=1, student_epochs=1, batch_size=50, verbose=0,
+    teacher_depth=8,
+    teacher_width=4,
+    student_depth=8,
+    student_width=4,
+    teacher_epochs=1,
+    student_epochs=1,
+    batch_size=50,
+    verbose=0,
 )
 
 
 def tiny_config(**fields):
     """The smoke preset on all of a small data set (no per-class subsets)."""
     base = RunConfig.from_preset("smoke").to_dict()
-    base.update(train_per_class=None, val_per_class=None, test_per_class=None,
-                **TINY)
+    base.update(train_per_class=None, val_per_class=None, test_per_class=None, **TINY)
     base.update(fields)
     return RunConfig.from_dict(base)
 
@@ -44,6 +44,7 @@ def write_images(root, per_class, size=(12, 12), classes=("cat", "dog", "emu")):
 
 
 # --- Model names: validated without Keras ---
+
 
 def test_unknown_model_name_is_refused_with_the_valid_names():
     with pytest.raises(ConfigError) as error:
@@ -75,12 +76,14 @@ def test_model_names_are_validated_without_importing_keras():
         "    pass\n"
         "print('keras' in sys.modules, 'tensorflow' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.split() == ["False", "False"]
 
 
 # --- Image folders ---
+
 
 def test_image_folder_reads_sorted_classes_and_carves_a_stratified_test_split(tmp_path):
     write_images(tmp_path / "data", per_class=10)
@@ -101,9 +104,7 @@ def test_image_folder_reads_sorted_classes_and_carves_a_stratified_test_split(tm
 def test_image_folder_train_test_layout_and_resize(tmp_path):
     write_images(tmp_path / "d" / "train", per_class=4, size=(20, 10))
     write_images(tmp_path / "d" / "test", per_class=1, size=(7, 9))
-    (x_train, y_train), (x_test, y_test), names = load_image_folder(
-        tmp_path / "d", image_size=16
-    )
+    (x_train, y_train), (x_test, y_test), names = load_image_folder(tmp_path / "d", image_size=16)
     assert x_train.shape == (12, 16, 16, 3) and x_test.shape == (3, 16, 16, 3)
     assert y_test.tolist() == [0, 1, 2]
     with pytest.raises(DataSourceError, match="pass --image-size"):
@@ -151,12 +152,17 @@ def test_carve_test_split_is_proportional_and_leaves_two_per_class():
 
 # --- .npz files ---
 
+
 def test_npz_keys_class_names_and_checks(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(30, 10, 10), dtype=np.uint8)  # Grey.
     y = np.arange(30) % 3
-    np.savez(tmp_path / "d.npz", x_train=x, y_train=y.reshape(-1, 1),
-             class_names=np.array(["a", "b", "c"]))
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=x,
+        y_train=y.reshape(-1, 1),
+        class_names=np.array(["a", "b", "c"]),
+    )
     assert data_kind(tmp_path / "d.npz") == "npz"
     (x_train, y_train), (x_test, y_test), names = load_npz(tmp_path / "d.npz")
     assert names == ["a", "b", "c"] and x_test is None
@@ -175,7 +181,7 @@ def test_npz_keys_class_names_and_checks(tmp_path):
 
 
 def test_prepare_splits_on_npz_records_classes(tmp_path):
-    from kd_keras.data import prepare_splits
+    from kd_keras.data.splits import prepare_splits
 
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, size=(60, 8, 8, 3), dtype=np.uint8)
@@ -191,6 +197,7 @@ def test_prepare_splits_on_npz_records_classes(tmp_path):
 
 
 # --- Runs (TensorFlow) ---
+
 
 def constant_teacher(path, shape, classes):
     """A teacher whose logits are all zero: it always predicts class 0."""
@@ -210,15 +217,21 @@ def balanced_npz(path, n=200, size=16, classes=4, seed=0):
     x = rng.integers(0, 120, size=(n, size, size, 3), dtype=np.uint8)
     for c in range(classes):
         x[y == c, :, :, c % 3] += np.uint8(40 * (c + 1) // 2)
-    np.savez(path, x_train=x[: n * 3 // 4], y_train=y[: n * 3 // 4],
-             x_test=x[n * 3 // 4:], y_test=y[n * 3 // 4:],
-             class_names=np.array([f"k{c}" for c in range(classes)]))
+    np.savez(
+        path,
+        x_train=x[: n * 3 // 4],
+        y_train=y[: n * 3 // 4],
+        x_test=x[n * 3 // 4 :],
+        y_test=y[n * 3 // 4 :],
+        class_names=np.array([f"k{c}" for c in range(classes)]),
+    )
     return path
 
 
 @pytest.mark.slow
 def test_near_chance_teacher_is_refused_with_the_causes(tmp_path):
-    from kd_keras.pipeline import TeacherError, run_pipeline
+    from kd_keras.errors import TeacherError
+    from kd_keras.train.pipeline import run_pipeline
 
     data = balanced_npz(tmp_path / "d.npz")
     teacher = constant_teacher(tmp_path / "t.keras", (16, 16, 3), 4)
@@ -227,15 +240,27 @@ def test_near_chance_teacher_is_refused_with_the_causes(tmp_path):
         run_pipeline(config, tmp_path / "run")
     message = str(error.value)
     assert "validation accuracy 0.2500 on 40 images, chance 0.2500" in message
-    for cause in ("preprocessing", "0-255", "Rescaling(1/255)", "class order", "k0, k1, k2, k3",
-                  "probabilities"):
+    for cause in (
+        "preprocessing",
+        "0-255",
+        "Rescaling(1/255)",
+        "class order",
+        "k0, k1, k2, k3",
+        "probabilities",
+    ):
         assert cause in message
     assert not (tmp_path / "run").exists()  # Refused before the folder is made.
+    assert "--accept-weak-teacher" in message
+    # Meant: the run goes ahead, warns, and records the teacher's chance level.
+    config.accept_weak_teacher = True
+    rows = run_pipeline(config, tmp_path / "run")
+    assert [r["stage"] for r in rows] == ["teacher", "student_baseline", "student_distilled"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["accept_weak_teacher"]
 
 
 @pytest.mark.slow
 def test_npz_run_with_odd_image_size_records_classes(tmp_path):
-    from kd_keras.pipeline import run_pipeline
+    from kd_keras.train.pipeline import run_pipeline
 
     data = balanced_npz(tmp_path / "d.npz", size=20)
     config = tiny_config(data=str(data), val_size=40, image_size=18)
@@ -256,8 +281,8 @@ def test_npz_run_with_odd_image_size_records_classes(tmp_path):
 @pytest.mark.slow
 def test_image_folder_run_with_a_keras_applications_student(tmp_path, cifar10_archive):
     from kd_keras import load_cifar10
-    from kd_keras.data import CLASS_NAMES
-    from kd_keras.pipeline import run_pipeline
+    from kd_keras.data.cifar10 import CLASS_NAMES
+    from kd_keras.train.pipeline import run_pipeline
 
     _, (x_test, y_test) = load_cifar10(cifar10_archive)
     root = tmp_path / "images"
@@ -266,7 +291,8 @@ def test_image_folder_run_with_a_keras_applications_student(tmp_path, cifar10_ar
         for i, index in enumerate(np.flatnonzero(y_test == c)[:30]):
             Image.fromarray(x_test[index]).save(root / name / f"{i:03d}.png")
     config = tiny_config(
-        data=str(root), val_size=50,
+        data=str(root),
+        val_size=50,
         student_model="mobilenetv3small:alpha=0.35,minimalistic=true",
     )
     rows = run_pipeline(config, tmp_path / "run")
@@ -285,3 +311,73 @@ def test_image_folder_run_with_a_keras_applications_student(tmp_path, cifar10_ar
     assert json.loads((out / "config.json").read_text())["student_model"].startswith(
         "mobilenetv3small"
     )
+
+
+def test_evaluate_uses_the_datas_classes_and_image_size(tmp_path, capsys):
+    from kd_keras.cli import main
+
+    data = balanced_npz(tmp_path / "d.npz", size=20)  # 4 classes, 50 test images.
+    model = constant_teacher(tmp_path / "m.keras", (18, 18, 3), 4)
+    assert main(["evaluate", str(model), "--data", str(data), "--image-size", "18"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # The model always says class 0: its accuracy is the share of class 0.
+    y_test = np.load(data)["y_test"]
+    assert result["test_images"] == len(y_test) == 50
+    assert result["accuracy"] == pytest.approx(np.mean(y_test == 0)) == 12 / 50
+    # Without --image-size the model's (18, 18) input does not fit 20x20 images.
+    assert main(["evaluate", str(model), "--data", str(data)]) == 2
+    assert "takes inputs of shape (18, 18, 3), not (20, 20, 3)" in capsys.readouterr().err
+
+
+def test_dry_run_describes_the_users_data_and_models(tmp_path, capsys):
+    from kd_keras.cli import main
+
+    data = balanced_npz(tmp_path / "d.npz", size=20)  # 150 train, 50 test, 4 classes.
+    assert (
+        main(
+            [
+                "run",
+                "--preset",
+                "smoke",
+                "--data",
+                str(data),
+                "--val-size",
+                "40",
+                "--train-per-class",
+                "20",
+                "--val-per-class",
+                "10",
+                "--test-per-class",
+                "10",
+                "--image-size",
+                "32",
+                "--student-model",
+                "mobilenetv3small:alpha=0.35",
+                "--precision",
+                "float32",
+                "--teacher-precision",
+                "float32",
+                "--out",
+                str(tmp_path / "run"),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("}\n{") + 2 :])  # The second JSON document.
+    assert summary["data"] == {
+        "kind": "npz",
+        "train_images": 80,
+        "val_images": 40,
+        "test_images": 40,
+        "image_shape": [32, 32, 3],
+        "num_classes": 4,
+    }
+    assert summary["student"]["model"] == "mobilenetv3small:alpha=0.35"
+    assert "blocks" not in summary["student"] and "blocks" in summary["teacher"]
+    assert summary["estimate"]["train_images"] == 80
+    assert summary["estimate"]["steps_per_epoch"] == -(
+        -80 // RunConfig.from_preset("smoke").batch_size
+    )
+    assert not (tmp_path / "run").exists()

@@ -10,16 +10,30 @@ def test_help_lists_every_command_and_run_option(capsys):
         get_args(["run", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--preset", "--data", "--out", "--epochs", "--temperature", "--alpha",
-                 "--teacher-depth", "--student-depth", "--seed", "--teacher", "--resume",
-                 "--overwrite", "--dry-run"):
+    for flag in (
+        "--preset",
+        "--data",
+        "--out",
+        "--epochs",
+        "--temperature",
+        "--alpha",
+        "--teacher-depth",
+        "--student-depth",
+        "--seed",
+        "--teacher",
+        "--resume",
+        "--overwrite",
+        "--dry-run",
+    ):
         assert flag in text
 
 
 def test_epochs_sets_both_stages_and_flags_override_the_preset():
     from kd_keras.cli import _config_from_args
 
-    config = _config_from_args(get_args(["run", "--preset", "quick", "--epochs", "3", "--alpha", "0.5"]))
+    config = _config_from_args(
+        get_args(["run", "--preset", "quick", "--epochs", "3", "--alpha", "0.5"])
+    )
     assert (config.teacher_epochs, config.student_epochs, config.alpha) == (3, 3, 0.5)
     config = _config_from_args(get_args(["run", "--epochs", "3", "--student-epochs", "7"]))
     assert (config.teacher_epochs, config.student_epochs) == (3, 7)
@@ -42,8 +56,10 @@ def test_epochs_sets_both_stages_and_flags_override_the_preset():
         (["run", "--seed", "99999999999"], "seed must be at most 2147483646"),
         (["run", "--teacher-width", "100000"], "teacher_width must be at most 256"),
         # Requests larger than CIFAR-10, once silently shrunk.
-        (["run", "--train-per-class", "6000"],
-         "train_per_class 6000 > 4500 images per class available after the validation split"),
+        (
+            ["run", "--train-per-class", "6000"],
+            "train_per_class 6000 > 4500 images per class available after the validation split",
+        ),
         (["run", "--val-size", "49995"], "val_size 49995 leaves 0 training images per class"),
         (["run", "--test-per-class", "1001"], "test_per_class 1001 > 1000"),
     ],
@@ -63,7 +79,7 @@ def test_dry_run_prints_config_and_model_sizes(capsys):
     assert main(["run", "--preset", "paper", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert '"teacher_depth": 30' in out and '"student_depth": 15' in out
-    sizes = json.loads(out[out.index("}\n{") + 2:])
+    sizes = json.loads(out[out.index("}\n{") + 2 :])
     assert sizes["teacher"]["blocks"] == [5, 5, 4]
     assert sizes["student"]["params"] < sizes["teacher"]["params"]
 
@@ -71,7 +87,10 @@ def test_dry_run_prints_config_and_model_sizes(capsys):
 def test_evaluate_and_report_on_a_real_run(smoke_run, cifar10_archive, capsys):
     out, rows = smoke_run
     model = out / "models" / "student_distilled.keras"
-    assert main(["evaluate", str(model), "--data", str(cifar10_archive), "--test-per-class", "20"]) == 0
+    assert (
+        main(["evaluate", str(model), "--data", str(cifar10_archive), "--test-per-class", "20"])
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["test_images"] == 200
     assert result["accuracy"] == pytest.approx(rows[2]["test_accuracy"])
@@ -85,8 +104,18 @@ def test_evaluate_and_report_on_a_real_run(smoke_run, cifar10_archive, capsys):
 
 @pytest.mark.slow
 def test_run_command_end_to_end(cifar10_archive, tmp_path, capsys):
-    argv = ["run", "--preset", "smoke", "--data", str(cifar10_archive), "--out",
-            str(tmp_path / "run"), "--epochs", "1", "--quiet"]
+    argv = [
+        "run",
+        "--preset",
+        "smoke",
+        "--data",
+        str(cifar10_archive),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--quiet",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "distilled student vs baseline" in out

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from kd_keras.config import PRESETS, ConfigError, RunConfig
+from kd_keras.config import PRESETS, RunConfig
+from kd_keras.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -44,7 +45,9 @@ def test_bad_values_are_refused_with_the_value(field, value, fragment):
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown preset 'fast'; choose one of smoke, quick, full, paper"):
+    with pytest.raises(
+        ConfigError, match="unknown preset 'fast'; choose one of smoke, quick, full, paper"
+    ):
         RunConfig.from_preset("fast")
 
 

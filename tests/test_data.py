@@ -8,14 +8,9 @@ import numpy as np
 import pytest
 from conftest import batch_bytes, write_fake_archive
 
-from kd_keras.data import (
-    DatasetError,
-    load_cifar10,
-    make_dataset,
-    per_class_subset,
-    prepare_splits,
-    stratified_split,
-)
+from kd_keras.data.cifar10 import load_cifar10
+from kd_keras.data.splits import make_dataset, per_class_subset, prepare_splits, stratified_split
+from kd_keras.errors import DatasetError
 
 
 def sha256(path):
@@ -31,9 +26,7 @@ def test_real_archive_loads_like_keras_load_data(cifar10_archive, shared_cache):
     assert np.bincount(y_test).tolist() == [1000] * 10
     # Channel-major rows become NHWC: compare with the raw first test row.
     with tarfile.open(cifar10_archive) as tar:
-        raw = pickle.load(
-            tar.extractfile("cifar-10-batches-py/test_batch"), encoding="bytes"
-        )
+        raw = pickle.load(tar.extractfile("cifar-10-batches-py/test_batch"), encoding="bytes")
     np.testing.assert_array_equal(x_test[0], raw[b"data"][0].reshape(3, 32, 32).transpose(1, 2, 0))
     assert y_test[0] == raw[b"labels"][0]
     assert sha256(cifar10_archive) == before  # The source is only read.
@@ -44,7 +37,9 @@ def test_cached_load_equals_first_load(fake_archive, tmp_path):
     first = load_cifar10(fake_archive, cache_dir=tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     second = load_cifar10(fake_archive, cache_dir=tmp_path / "cache")
-    for a, b in zip(np.concatenate([first[0][0], first[1][0]]), np.concatenate([second[0][0], second[1][0]])):
+    for a, b in zip(
+        np.concatenate([first[0][0], first[1][0]]), np.concatenate([second[0][0], second[1][0]])
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -194,7 +189,7 @@ def test_training_pipeline_augments_reproducibly_and_eval_is_exact():
         return any(
             np.array_equal(
                 x,
-                (padded[i, :, ::-1] if flip else padded[i])[dy:dy + 32, dx:dx + 32],
+                (padded[i, :, ::-1] if flip else padded[i])[dy : dy + 32, dx : dx + 32],
             )
             for i, flip, dy, dx in crops
             if labels[i] in y1
@@ -285,14 +280,18 @@ def test_fifo_in_place_of_a_batch_file_is_refused_at_once(fake_archive, tmp_path
 def test_oversized_archive_member_is_refused_before_it_is_read(tmp_path, monkeypatch):
     import tracemalloc
 
-    from kd_keras import data
+    from kd_keras.data import cifar10 as data
 
     # An 8 MB member that gzip squeezes into a few KB, under a 1 MB limit:
     # the same shape as a 2 MB archive whose batch claims 2 GB.
-    big = write_fake_archive(tmp_path / "bomb.tar.gz", replace={
-        "data_batch_1": batch_bytes(8 * 1024 * 1024 // 3072, 0, data=np.zeros(
-            (8 * 1024 * 1024 // 3072, 3072), np.uint8)),
-    })
+    big = write_fake_archive(
+        tmp_path / "bomb.tar.gz",
+        replace={
+            "data_batch_1": batch_bytes(
+                8 * 1024 * 1024 // 3072, 0, data=np.zeros((8 * 1024 * 1024 // 3072, 3072), np.uint8)
+            ),
+        },
+    )
     assert big.stat().st_size < 1 << 20  # Smaller than the limit it breaks.
     monkeypatch.setattr(data, "MAX_BATCH_BYTES", 1 << 20)
     tracemalloc.start()
@@ -309,7 +308,7 @@ def test_oversized_archive_member_is_refused_before_it_is_read(tmp_path, monkeyp
 
 
 def test_archive_with_too_many_members_is_refused(tmp_path, monkeypatch):
-    from kd_keras import data
+    from kd_keras.data import cifar10 as data
 
     extra = []
     for index in range(5):
@@ -322,7 +321,7 @@ def test_archive_with_too_many_members_is_refused(tmp_path, monkeypatch):
 
 
 def test_oversized_files_are_refused_by_their_size(fake_archive, tmp_path, monkeypatch):
-    from kd_keras import data
+    from kd_keras.data import cifar10 as data
 
     with tarfile.open(fake_archive) as tar:
         tar.extractall(tmp_path / "extracted", filter="data")
@@ -357,7 +356,7 @@ def test_half_written_cache_of_a_killed_writer_is_removed(fake_archive, tmp_path
 def test_empty_cache_variable_means_the_default_not_the_current_folder(monkeypatch):
     from pathlib import Path
 
-    from kd_keras.data import default_cache_dir
+    from kd_keras.data.cifar10 import default_cache_dir
 
     monkeypatch.setenv("KD_KERAS_CACHE", "")
     assert default_cache_dir() == Path.home() / ".cache" / "kd_keras"
@@ -369,11 +368,14 @@ def test_empty_cache_variable_means_the_default_not_the_current_folder(monkeypat
 
 
 def test_per_class_requests_beyond_the_data_name_the_available_count(fake_archive):
-    from kd_keras.config import ConfigError
+    from kd_keras.errors import ConfigError
 
     # The fake archive: 10 training images per class; 2 per class go to validation.
-    with pytest.raises(ConfigError, match=r"train_per_class 9 > 8 images per class "
-                                          r"available in the train split after the validation"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train_per_class 9 > 8 images per class "
+        r"available in the train split after the validation",
+    ):
         prepare_splits(fake_archive, val_size=20, train_per_class=9)
     with pytest.raises(ConfigError, match="val_per_class 3 > 2"):
         prepare_splits(fake_archive, val_size=20, val_per_class=3)

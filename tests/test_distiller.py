@@ -59,9 +59,7 @@ def test_reported_losses_match_hand_computation(alpha, temperature):
     logs = distiller.train_on_batch(x, y, return_dict=True)
     teacher_logits = np.asarray(distiller.teacher(x))
     student_logits = np.asarray(distiller.student(x))
-    loss, cross_entropy, soft = hand_losses(
-        teacher_logits, student_logits, y, alpha, temperature
-    )
+    loss, cross_entropy, soft = hand_losses(teacher_logits, student_logits, y, alpha, temperature)
     assert logs["student_loss"] == pytest.approx(cross_entropy, rel=1e-5)
     assert logs["distillation_loss"] == pytest.approx(soft, rel=1e-4)
     assert logs["loss"] == pytest.approx(loss, rel=1e-4)
@@ -127,8 +125,7 @@ def test_only_student_weights_change_and_teacher_is_frozen():
     for before, after in zip(teacher_before, distiller.teacher.get_weights()):
         np.testing.assert_array_equal(before, after)
     changed = [
-        not np.array_equal(b, a)
-        for b, a in zip(student_before, distiller.student.get_weights())
+        not np.array_equal(b, a) for b, a in zip(student_before, distiller.student.get_weights())
     ]
     assert all(changed)
 
@@ -145,9 +142,7 @@ def test_gradient_matches_hand_gradient_of_blended_loss():
     student_logits = np.asarray(distiller.student(x))
     distiller.train_on_batch(x, y)
     onehot = np.eye(NUM_CLASSES)[y]
-    grad_logits = alpha * (softmax(student_logits) - onehot) + (
-        1 - alpha
-    ) * temperature * (
+    grad_logits = alpha * (softmax(student_logits) - onehot) + (1 - alpha) * temperature * (
         softmax(student_logits / temperature) - softmax(teacher_logits / temperature)
     )
     expected = bias_before - lr * grad_logits.mean(axis=0)

@@ -235,8 +235,13 @@ def test_probabilities_teacher_is_accepted_when_declared(make_teacher):
 
 
 def test_keras_applications_teacher_needs_classifier_activation_none():
-    kwargs = dict(weights=None, input_shape=(32, 32, 3), classes=NUM_CLASSES, alpha=0.25,
-                  include_preprocessing=False)
+    kwargs = dict(
+        weights=None,
+        input_shape=(32, 32, 3),
+        classes=NUM_CLASSES,
+        alpha=0.25,
+        include_preprocessing=False,
+    )
     student = keras.applications.MobileNetV3Small(classifier_activation=None, **kwargs)
     with pytest.raises(ValueError, match="classifier_activation=None"):
         Distiller(student=student, teacher=keras.applications.MobileNetV3Small(**kwargs))
@@ -299,8 +304,13 @@ def test_distilling_from_probabilities_equals_distilling_from_the_logits():
 def test_config_round_trip_keeps_teacher_outputs_and_weighted_metrics(tmp_path):
     teacher = tiny_model(2, activation="softmax")
     distiller = Distiller(student=tiny_model(1), teacher=teacher, teacher_outputs="probabilities")
-    distiller.compile(optimizer="sgd", metrics=["accuracy"], weighted_metrics=["accuracy"],
-                      alpha=0.4, temperature=2.0)
+    distiller.compile(
+        optimizer="sgd",
+        metrics=["accuracy"],
+        weighted_metrics=["accuracy"],
+        alpha=0.4,
+        temperature=2.0,
+    )
     path = tmp_path / "distiller.keras"
     distiller.save(path)
     reloaded = keras.saving.load_model(path)
@@ -317,8 +327,9 @@ def test_loss_functions_are_averaged_over_the_batch_like_loss_instances():
     x, y = tiny_data()
     runs = []
     for loss in (keras.losses.KLDivergence(), "kl_divergence", keras.losses.kl_divergence):
-        distiller = compiled(tiny_model(1), tiny_model(2), learning_rate=0.5,
-                             distillation_loss_fn=loss)
+        distiller = compiled(
+            tiny_model(1), tiny_model(2), learning_rate=0.5, distillation_loss_fn=loss
+        )
         logs = distiller.train_on_batch(x, y, return_dict=True)
         runs.append((logs["distillation_loss"], distiller.student.get_weights()))
     (reference, weights), *others = runs
@@ -422,8 +433,14 @@ def callback_run(callbacks, epochs=3, learning_rate=0.1):
     x, y = tiny_data(16)
     distiller = compiled(tiny_model(1), tiny_model(2), learning_rate=learning_rate)
     history = distiller.fit(
-        x, y, validation_data=(x, y), epochs=epochs, batch_size=8, callbacks=callbacks,
-        shuffle=False, verbose=0,
+        x,
+        y,
+        validation_data=(x, y),
+        epochs=epochs,
+        batch_size=8,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=0,
     )
     return distiller, history
 
@@ -448,8 +465,15 @@ def test_backup_and_restore_resumes_an_interrupted_fit(tmp_path):
     x, y = tiny_data(16)
     first = compiled(tiny_model(1), tiny_model(2), learning_rate=0.1)
     with pytest.raises(RuntimeError, match="interrupted"):
-        first.fit(x, y, epochs=4, batch_size=8, verbose=0, shuffle=False,
-                  callbacks=[keras.callbacks.BackupAndRestore(backup), Interrupt()])
+        first.fit(
+            x,
+            y,
+            epochs=4,
+            batch_size=8,
+            verbose=0,
+            shuffle=False,
+            callbacks=[keras.callbacks.BackupAndRestore(backup), Interrupt()],
+        )
     after_two_epochs = first.student.get_weights()
     second = compiled(tiny_model(1), tiny_model(2), learning_rate=0.1)
     restored = []
@@ -458,8 +482,15 @@ def test_backup_and_restore_resumes_an_interrupted_fit(tmp_path):
         def on_train_begin(self, logs=None):
             restored.extend(self.model.student.get_weights())
 
-    history = second.fit(x, y, epochs=4, batch_size=8, verbose=0, shuffle=False,
-                         callbacks=[keras.callbacks.BackupAndRestore(backup), Record()])
+    history = second.fit(
+        x,
+        y,
+        epochs=4,
+        batch_size=8,
+        verbose=0,
+        shuffle=False,
+        callbacks=[keras.callbacks.BackupAndRestore(backup), Record()],
+    )
     assert len(history.history["loss"]) == 2  # Epochs 3 and 4 only.
     for a, b in zip(after_two_epochs, restored):
         np.testing.assert_array_equal(a, b)
@@ -468,10 +499,12 @@ def test_backup_and_restore_resumes_an_interrupted_fit(tmp_path):
 def test_model_checkpoint_saves_the_best_distiller_and_its_weights(tmp_path):
     best = tmp_path / "best.keras"
     weights = tmp_path / "last.weights.h5"
-    distiller, _ = callback_run([
-        keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", save_best_only=True),
-        keras.callbacks.ModelCheckpoint(weights, save_weights_only=True),
-    ])
+    distiller, _ = callback_run(
+        [
+            keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", save_best_only=True),
+            keras.callbacks.ModelCheckpoint(weights, save_weights_only=True),
+        ]
+    )
     reloaded = keras.saving.load_model(best)
     assert isinstance(reloaded, Distiller)
     fresh = Distiller(student=tiny_model(5), teacher=tiny_model(2))

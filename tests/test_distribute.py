@@ -91,7 +91,11 @@ def run(replicas):
     }
     return subprocess.Popen(
         [sys.executable, "-c", RUN, str(replicas)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -103,13 +107,20 @@ def runs():
         stdout, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-3000:]
         [line] = [row for row in stdout.splitlines() if row.startswith("RESULTS ")]
-        results[replicas] = json.loads(line[len("RESULTS "):])
+        results[replicas] = json.loads(line[len("RESULTS ") :])
     return results[1], results[2]
 
 
 CASES = ["plain", "l2", "weighted", "cached"]
-REPORTED = ["loss", "student_loss", "distillation_loss", "accuracy",
-            "val_loss", "val_student_loss", "val_distillation_loss"]
+REPORTED = [
+    "loss",
+    "student_loss",
+    "distillation_loss",
+    "accuracy",
+    "val_loss",
+    "val_student_loss",
+    "val_distillation_loss",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -143,3 +154,45 @@ def test_reported_loss_includes_the_regularisation_once(runs):
     # The L2 term is positive and the same on one device and on two.
     assert np.all(np.array(history["loss"]) > blend + 1e-3)
     np.testing.assert_allclose(runs[1]["l2"]["history"]["loss"], history["loss"], rtol=1e-5)
+
+
+AGREEMENT = r"""
+import tensorflow as tf
+[cpu] = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from kd_keras.config import PRECISIONS, TEACHER_PRECISIONS
+from kd_keras.errors import DistributeError
+from kd_keras.train.distribute import check_agreement
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+choices = {"precision": PRECISIONS, "teacher_precision": TEACHER_PRECISIONS}
+mine = {"precision": "float32", "teacher_precision": "bfloat16"}
+check_agreement(strategy, mine, choices, replica_values=lambda i: mine)
+print("same: ok")
+other = {"precision": "mixed_bfloat16", "teacher_precision": "bfloat16"}
+try:
+    check_agreement(strategy, mine, choices,
+                    replica_values=lambda i: mine if i == 0 else other)
+except DistributeError as error:
+    print("differ:", error)
+"""
+
+
+@pytest.mark.slow
+def test_workers_that_resolve_precision_differently_are_refused():
+    out = subprocess.run(
+        [sys.executable, "-c", AGREEMENT],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "same: ok"
+    assert lines[1] == (
+        "differ: the workers resolved precision differently (this worker: "
+        "precision=float32); their machines differ, so give it explicitly on every "
+        "worker, e.g. --precision float32"
+    )

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from kd_keras import distribute
 from kd_keras.cli import _config_from_args, get_args
-from kd_keras.config import ConfigError, RunConfig
+from kd_keras.config import RunConfig
+from kd_keras.errors import ConfigError
+from kd_keras.train import distribute
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = os.environ.get("KD_KERAS_CIFAR10", "/work/shared/datasets/cifar10/cifar-10-python.tar.gz")
@@ -58,8 +59,18 @@ def test_sync_batch_norm_changes_results_the_strategy_does_not():
 
 
 def test_cli_flags_set_the_fields():
-    args = get_args(["run", "--preset", "smoke", "--strategy", "mirrored",
-                     "--devices", "/gpu:0, /gpu:1", "--sync-batch-norm"])
+    args = get_args(
+        [
+            "run",
+            "--preset",
+            "smoke",
+            "--strategy",
+            "mirrored",
+            "--devices",
+            "/gpu:0, /gpu:1",
+            "--sync-batch-norm",
+        ]
+    )
     config = _config_from_args(args)
     assert config.strategy == "mirrored"
     assert config.devices == ["/gpu:0", "/gpu:1"]
@@ -68,25 +79,31 @@ def test_cli_flags_set_the_fields():
 
 
 def tf_config(ports, index, kind="worker"):
-    return json.dumps({
-        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-        "task": {"type": kind, "index": index},
-    })
+    return json.dumps(
+        {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": kind, "index": index},
+        }
+    )
 
 
 def test_the_chief_is_worker_zero_or_the_chief_task():
     assert distribute.is_chief({})
     assert distribute.is_chief({"TF_CONFIG": tf_config([1, 2], 0)})
     assert not distribute.is_chief({"TF_CONFIG": tf_config([1, 2], 1)})
-    with_chief = json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
-                             "task": {"type": "worker", "index": 0}})
+    with_chief = json.dumps(
+        {"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}}
+    )
     assert not distribute.is_chief({"TF_CONFIG": with_chief})
 
 
 @pytest.mark.parametrize(
     "raw, message",
-    [("{not json", "not JSON"), ('{"task": {}}', "'cluster' and 'task'"),
-     (tf_config([1, 2], 2), "not in its cluster")],
+    [
+        ("{not json", "not JSON"),
+        ('{"task": {}}', "'cluster' and 'task'"),
+        (tf_config([1, 2], 2), "not in its cluster"),
+    ],
 )
 def test_bad_tf_config_is_refused(raw, message):
     with pytest.raises(distribute.DistributeError, match=message):
@@ -102,8 +119,12 @@ def test_a_worker_copies_the_run_folder_only_to_resume(tmp_path):
     worker = distribute.WorkerFolder(run, resume=True)
     try:
         copied = sorted(str(p.relative_to(worker.path)) for p in worker.path.rglob("*"))
-        assert copied == ["checkpoints", "checkpoints/teacher",
-                          "checkpoints/teacher/meta.json", "config.json"]
+        assert copied == [
+            "checkpoints",
+            "checkpoints/teacher",
+            "checkpoints/teacher/meta.json",
+            "config.json",
+        ]
         assert not worker.path.is_relative_to(run)
     finally:
         worker.cleanup()
@@ -126,7 +147,7 @@ if mode == "mirrored":
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
     )
 from kd_keras.config import RunConfig
-from kd_keras.pipeline import run_pipeline
+from kd_keras.train.pipeline import run_pipeline
 overrides = dict(teacher_epochs=1, student_epochs=1, train_per_class=10,
                  sync_batch_norm=True, verbose=0)
 overrides.update(extra)
@@ -164,7 +185,11 @@ def start(mode, out, tmp, extra=None, env=None):
     environ.update(env or {})
     return subprocess.Popen(
         [sys.executable, "-c", RUN, mode, str(out), json.dumps(extra or {})],
-        cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
 
@@ -180,7 +205,7 @@ def finish(process, timeout=1500):
 
 def rows_of(stdout):
     [line] = [row for row in stdout.splitlines() if row.startswith("ROWS ")]
-    return {row["stage"]: row for row in json.loads(line[len("ROWS "):])}
+    return {row["stage"]: row for row in json.loads(line[len("ROWS ") :])}
 
 
 def history(folder, stage):
@@ -190,8 +215,13 @@ def history(folder, stage):
 
 def workers(ports, out, tmp, extra=None, env=None):
     return [
-        start("worker", out, tmp / f"worker{i}", extra,
-              {"TF_CONFIG": tf_config(ports, i), **(env or {})})
+        start(
+            "worker",
+            out,
+            tmp / f"worker{i}",
+            extra,
+            {"TF_CONFIG": tf_config(ports, i), **(env or {})},
+        )
         for i in range(len(ports))
     ]
 
@@ -211,8 +241,10 @@ def runs(tmp_path_factory):
         outcomes = [finish(p) for p in group]
         for code, _, stderr in outcomes:
             assert code == 0, f"{name}: {stderr[-3000:]}"
-        results[name] = {"folder": base / name,
-                         "rows": [rows_of(stdout) for _, stdout, _ in outcomes]}
+        results[name] = {
+            "folder": base / name,
+            "rows": [rows_of(stdout) for _, stdout, _ in outcomes],
+        }
     results["base"] = base
     return results
 
@@ -231,11 +263,14 @@ def test_two_replicas_match_one_device(runs, name):
         for stage in STAGES:
             for key in ("test_loss", "val_loss"):
                 assert rows[stage][key] == pytest.approx(one[stage][key], rel=LOSS_RTOL), (
-                    stage, key)
+                    stage,
+                    key,
+                )
             for key in ("test_accuracy", "val_accuracy", "params"):
                 assert rows[stage][key] == pytest.approx(one[stage][key], abs=0.011), (stage, key)
         assert rows["student_distilled"]["distiller_val_loss"] == pytest.approx(
-            one["student_distilled"]["distiller_val_loss"], rel=LOSS_RTOL)
+            one["student_distilled"]["distiller_val_loss"], rel=LOSS_RTOL
+        )
     for stage in STAGES:
         reference = history(runs["one"]["folder"], stage)
         rows = history(runs[name]["folder"], stage)
@@ -253,11 +288,11 @@ def test_two_workers_write_one_run_folder(runs):
     saved = json.loads((folder / "config.json").read_text())
     assert saved["strategy"] == "multi_worker"
     assert sorted(p.name for p in (folder / "stages").iterdir()) == [
-        f"{s}.json" for s in sorted(STAGES)]
+        f"{s}.json" for s in sorted(STAGES)
+    ]
     # The other worker's copy was temporary and is gone; nothing else was written.
     assert list((base / "worker1").iterdir()) == []
-    assert sorted(p.name for p in base.iterdir() if p.name.startswith("multi")) == [
-        "multi_worker"]
+    assert sorted(p.name for p in base.iterdir() if p.name.startswith("multi")) == ["multi_worker"]
 
 
 @pytest.mark.slow
@@ -266,8 +301,9 @@ def test_a_killed_worker_fails_the_run_and_leaves_it_resumable(tmp_path):
         pytest.skip(f"CIFAR-10 archive not found at {CIFAR}")
     out = tmp_path / "run"
     extra = {"teacher_epochs": 3}
-    chief, other = workers(free_ports(2), out, tmp_path, extra,
-                           env={distribute.TIMEOUT_ENV_VAR: "60"})
+    chief, other = workers(
+        free_ports(2), out, tmp_path, extra, env={distribute.TIMEOUT_ENV_VAR: "60"}
+    )
     meta = out / "checkpoints" / "teacher" / "meta.json"
     deadline = time.time() + 1200
     while not meta.exists():

@@ -1,4 +1,4 @@
-"""Tests of SavedModel / LiteRT export (`kd_keras.export`, `kd_keras.export_spec`).
+"""Tests of SavedModel / LiteRT export (`kd_keras.export.exporter`, `kd_keras.export.spec`).
 
 The real tests (marked slow: a smoke run, then a dozen conversions) export a
 copy of the session's smoke run (conftest's `smoke_run`), so the shared run
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kd_keras.export_spec import (
+from kd_keras.errors import ExportError
+from kd_keras.export.spec import (
     EXPORT_COLUMNS,
     VARIANTS,
-    ExportError,
     ExportSpec,
     export_specs,
     file_sha256,
@@ -43,7 +43,9 @@ def test_specs_cover_every_pair_in_variant_order():
     assert [s.variant for s in specs] == ["saved_model", "float32", "float16", "dynamic"]
     specs = export_specs("litert", ["int8"], ["int8", "float32"])
     assert [(s.variant, s.io, s.filename) for s in specs] == [
-        ("int8", "float32", "int8.tflite"), ("int8_io", "int8", "int8_io.tflite")]
+        ("int8", "float32", "int8.tflite"),
+        ("int8_io", "int8", "int8_io.tflite"),
+    ]
     # Defaults: full-integer LiteRT; a SavedModel alone is float.
     assert [s.variant for s in export_specs("litert")] == ["int8"]
     assert [s.variant for s in export_specs("saved_model")] == ["saved_model"]
@@ -113,12 +115,17 @@ def fake_run(folder, finished=("teacher",)):
 def test_plan_refuses_unknown_and_unfinished_stages(tmp_path):
     run = fake_run(tmp_path / "run")
     specs = export_specs("litert", "int8")
-    with pytest.raises(ExportError, match=r"stage 'studnet' is not in run .*; its stages are "
-                                          "teacher, student_baseline, student_distilled"):
+    with pytest.raises(
+        ExportError,
+        match=r"stage 'studnet' is not in run .*; its stages are "
+        "teacher, student_baseline, student_distilled",
+    ):
         plan_exports(run, ["studnet"], specs)
     with pytest.raises(ExportError) as info:
         plan_exports(run, ["student_distilled"], specs)
-    assert "has not finished stage 'student_distilled' (no stages/student_distilled.json)" in str(info.value)
+    assert "has not finished stage 'student_distilled' (no stages/student_distilled.json)" in str(
+        info.value
+    )
     assert f"python -m kd_keras run --resume --out {run}" in str(info.value)
     with pytest.raises(ExportError, match="is not a kd_keras run folder"):
         plan_exports(tmp_path / "nowhere", ["teacher"], specs)
@@ -148,14 +155,22 @@ def test_rows_of_changed_models_or_missing_files_are_left_out(tmp_path):
         folder.mkdir(parents=True)
         for variant in ("int8", "float32"):
             (folder / f"{variant}.tflite").write_bytes(b"x")
-            (folder / f"{variant}.json").write_text(json.dumps({
-                "stage": row_name(stage, variant),
-                "file": f"export/{stage}/{variant}.tflite",
-                "source_sha256": file_sha256(run / "models" / f"{stage}.keras"),
-            }))
+            (folder / f"{variant}.json").write_text(
+                json.dumps(
+                    {
+                        "stage": row_name(stage, variant),
+                        "file": f"export/{stage}/{variant}.tflite",
+                        "source_sha256": file_sha256(run / "models" / f"{stage}.keras"),
+                    }
+                )
+            )
     names = [r["stage"] for r in read_export_rows(run)]
-    assert names == ["teacher@float32", "teacher@int8",
-                     "student_distilled@float32", "student_distilled@int8"]
+    assert names == [
+        "teacher@float32",
+        "teacher@int8",
+        "student_distilled@float32",
+        "student_distilled@int8",
+    ]
     # The student is trained again: its exports are out of date.
     (run / "models" / "student_distilled.keras").write_bytes(b"retrained")
     (run / "export" / "teacher" / "float32.tflite").unlink()
@@ -164,13 +179,14 @@ def test_rows_of_changed_models_or_missing_files_are_left_out(tmp_path):
 
 def test_export_spec_and_kd_keras_names_do_not_start_tensorflow():
     code = (
-        "import sys, kd_keras, kd_keras.export_spec\n"
+        "import sys, kd_keras, kd_keras.export.spec\n"
         "assert 'export_model' in kd_keras.__all__ and 'evaluate_litert' in kd_keras.__all__\n"
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'})\n"
         "assert not loaded, loaded\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -188,7 +204,7 @@ def copy_run(smoke_run, folder):
 def exported_run(smoke_run, tmp_path_factory):
     """A copy of the smoke run with every variant of the distilled student
     exported and evaluated on its first `EVAL_IMAGES` test images."""
-    from kd_keras.export import export_run
+    from kd_keras.export.exporter import export_run
 
     run = copy_run(smoke_run, tmp_path_factory.mktemp("export") / "run")
     rows = export_run(
@@ -213,16 +229,20 @@ def test_split(exported_run):
     run, _ = exported_run
     config = RunConfig.load(run / "config.json")
     images, labels = prepare_splits(
-        config.data, val_size=config.val_size, train_per_class=config.train_per_class,
-        val_per_class=config.val_per_class, test_per_class=config.test_per_class,
-        seed=config.seed)["test"]
+        config.data,
+        val_size=config.val_size,
+        train_per_class=config.train_per_class,
+        val_per_class=config.val_per_class,
+        test_per_class=config.test_per_class,
+        seed=config.seed,
+    )["test"]
     model = keras.saving.load_model(run / "models" / "student_distilled.keras")
     return images[:EVAL_IMAGES].astype("float32"), labels[:EVAL_IMAGES], model
 
 
 @pytest.mark.slow
 def test_every_variant_exports_reloads_and_agrees_with_keras(exported_run, test_split):
-    from kd_keras.export import evaluate_litert, evaluate_saved_model
+    from kd_keras.export.exporter import evaluate_litert, evaluate_saved_model
 
     run, rows = exported_run
     images, labels, model = test_split
@@ -249,7 +269,8 @@ def test_every_variant_exports_reloads_and_agrees_with_keras(exported_run, test_
         assert row["latency_ms"] > 0 and row["keras_latency_ms"] > 0
         assert row["threads"] == (1 if row["format"] == "litert" else None)
         assert row["speedup"] == pytest.approx(
-            row["keras_latency_ms"] / row["latency_ms"], rel=2e-3)
+            row["keras_latency_ms"] / row["latency_ms"], rel=2e-3
+        )
 
 
 @pytest.mark.slow
@@ -269,13 +290,15 @@ def test_quantised_files_are_smaller(exported_run):
 def test_int8_io_file_takes_quantised_pixels(exported_run, test_split):
     from ai_edge_litert.interpreter import Interpreter
 
-    from kd_keras.export import evaluate_litert
+    from kd_keras.export.exporter import evaluate_litert
 
     run, rows = exported_run
     images, labels, _ = test_split
     row = rows["int8_io"]
-    assert row["input"] == {"dtype": "int8", "quantization": {"scale": pytest.approx(1.0, abs=0.01),
-                                                              "zero_point": -128}}
+    assert row["input"] == {
+        "dtype": "int8",
+        "quantization": {"scale": pytest.approx(1.0, abs=0.01), "zero_point": -128},
+    }
     assert row["output"]["dtype"] == "int8" and row["output"]["quantization"]["scale"] > 0
     assert rows["int8"]["input"] == {"dtype": "float32", "quantization": None}
     assert row["calibration_images"] == 64 and row["calibration_seed"] == 0
@@ -291,31 +314,34 @@ def test_int8_io_file_takes_quantised_pixels(exported_run, test_split):
     result = evaluate_litert(run / row["file"], (images[:20], labels[:20]), latency_repeats=2)
     assert top1 == list(result["predictions"])
     # The float-io int8 file computes the same integers inside.
-    same = evaluate_litert(run / rows["int8"]["file"], (images[:20], labels[:20]),
-                           latency_repeats=2)
+    same = evaluate_litert(
+        run / rows["int8"]["file"], (images[:20], labels[:20]), latency_repeats=2
+    )
     assert list(same["predictions"]) == top1
 
 
 @pytest.mark.slow
 def test_rows_land_in_results_csv_json_and_chart(exported_run):
-    from kd_keras.results import (
+    from kd_keras.report.results import (
         bar_entries,
         format_export_table,
         format_table,
         gains_over_baseline,
-        read_results_csv,
     )
+    from kd_keras.run_folder import read_results_csv
     from kd_keras.stages import STAGE_COLORS
 
     run, rows = exported_run
     names = ["teacher", "student_baseline", "student_distilled"] + [
-        f"student_distilled@{v}" for v in VARIANTS]
+        f"student_distilled@{v}" for v in VARIANTS
+    ]
     csv_rows = read_results_csv(run / "results.csv")
     assert [r["stage"] for r in csv_rows] == names
     assert set(EXPORT_COLUMNS) <= set(csv_rows[0])
     by_stage = {r["stage"]: r for r in csv_rows}
     assert by_stage["student_distilled@int8"]["test_accuracy"] == pytest.approx(
-        rows["int8"]["test_accuracy"])
+        rows["int8"]["test_accuracy"]
+    )
     assert by_stage["student_distilled@int8"]["io"] == "float32"
     assert by_stage["student_distilled@int8_io"]["io"] == "int8"
     saved = json.loads((run / "results.json").read_text())
@@ -338,7 +364,7 @@ def test_rows_land_in_results_csv_json_and_chart(exported_run):
 
 @pytest.mark.slow
 def test_existing_exports_are_kept_unless_overwrite(exported_run):
-    from kd_keras.export import export_run
+    from kd_keras.export.exporter import export_run
 
     run, rows = exported_run
     target = run / rows["int8"]["file"]
@@ -348,8 +374,14 @@ def test_existing_exports_are_kept_unless_overwrite(exported_run):
     with pytest.raises(ExportError, match="int8.tflite already exists .*--overwrite"):
         export_run(run, quantizations=["int8"], max_images=10, latency_repeats=2)
     assert target.read_bytes() == before and row_file.read_text() == row_before
-    new = export_run(run, quantizations=["int8"], calibration_images=64, max_images=EVAL_IMAGES,
-                     latency_repeats=2, overwrite=True)
+    new = export_run(
+        run,
+        quantizations=["int8"],
+        calibration_images=64,
+        max_images=EVAL_IMAGES,
+        latency_repeats=2,
+        overwrite=True,
+    )
     assert [r["stage"] for r in new] == ["student_distilled@int8"]
     assert json.loads(row_file.read_text())["latency_repeats"] == 2
     # Same calibration sample, same converter: the same file again.
@@ -421,8 +453,11 @@ def test_export_model_round_trip_on_a_tiny_model(tmp_path):
     # A dataset of batches works like arrays.
     from kd_keras import make_dataset
 
-    batched = evaluate_litert(path, make_dataset(images.astype("uint8"), labels, batch_size=4,
-                                                 training=False), latency_repeats=2)
+    batched = evaluate_litert(
+        path,
+        make_dataset(images.astype("uint8"), labels, batch_size=4, training=False),
+        latency_repeats=2,
+    )
     np.testing.assert_array_equal(batched["predictions"], expected)
 
 
@@ -457,8 +492,21 @@ def test_cli_exports_teacher_and_student_and_prints_the_table(smoke_run, tmp_pat
     from kd_keras.cli import main
 
     run = copy_run(smoke_run, tmp_path / "run")
-    argv = ["export", str(run), "--stage", "teacher", "student_distilled", "--quantize", "int8",
-            "--limit", "40", "--latency-repeats", "5", "--calibration-images", "32"]
+    argv = [
+        "export",
+        str(run),
+        "--stage",
+        "teacher",
+        "student_distilled",
+        "--quantize",
+        "int8",
+        "--limit",
+        "40",
+        "--latency-repeats",
+        "5",
+        "--calibration-images",
+        "32",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "teacher@int8" in out and "student_distilled@int8" in out

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kd_keras import build_resnet
-from kd_keras.folding import fold_batch_norm
+from kd_keras.models.folding import fold_batch_norm
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype("float32")
 
@@ -17,10 +17,14 @@ def _with_random_statistics(model, seed=0):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.gamma.shape[0]
-            layer.set_weights([
-                rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n),
-                rng.normal(0, 0.2, n), rng.uniform(0.5, 2.0, n),
-            ])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, n),
+                    rng.normal(0, 0.2, n),
+                    rng.normal(0, 0.2, n),
+                    rng.uniform(0.5, 2.0, n),
+                ]
+            )
     return model
 
 
@@ -28,7 +32,7 @@ def _with_random_statistics(model, seed=0):
 def test_folded_resnet_matches_the_original_in_inference(fused):
     model = _with_random_statistics(build_resnet(8, width=4, fused_batch_norm=fused))
     folded = fold_batch_norm(model)
-    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in folded.layers)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
     assert len(folded.layers) == len(model.layers) - 7  # Stem + 2 per block x 3.
     conv = folded.get_layer("stem_conv")
     assert conv.use_bias and not folded.trainable
@@ -67,14 +71,16 @@ def test_batch_norm_not_after_a_conv_is_kept():
 
 
 def test_sequential_model_is_folded():
-    model = keras.Sequential([
-        keras.Input((8, 8, 3)),
-        keras.layers.Conv2D(4, 3, padding="same", name="conv"),
-        keras.layers.BatchNormalization(name="bn"),
-        keras.layers.ReLU(),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(10),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, padding="same", name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+        ]
+    )
     _with_random_statistics(model)
     x = np.random.default_rng(1).normal(size=(4, 8, 8, 3)).astype("float32")
     folded = fold_batch_norm(model)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from kd_keras import build_resnet
-from kd_keras.fused_batch_norm import (
+from kd_keras.models.fused_batch_norm import (
     FusedBatchNormalization,
     with_fused_batch_norm,
     with_keras_batch_norm,
 )
-from kd_keras.speed import precision_scope
+from kd_keras.train.speed import precision_scope
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3)).astype("float32")
 LABELS = np.arange(16, dtype="int32") % 10
@@ -92,7 +92,7 @@ def test_conversions_keep_weights_and_predictions():
     fused, _ = _pair()
     _train_steps(fused, steps=2)
     stock = with_keras_batch_norm(fused)
-    assert not any(isinstance(l, FusedBatchNormalization) for l in stock.layers)
+    assert not any(isinstance(layer, FusedBatchNormalization) for layer in stock.layers)
     assert type(stock.get_layer("stem_bn")) is keras.layers.BatchNormalization
     assert stock.get_layer("stem_bn").momentum == 0.9
     np.testing.assert_allclose(
@@ -128,3 +128,34 @@ def test_converted_model_loads_without_kd_keras(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")
+
+
+def test_synchronized_batch_norm_ships_as_local_batch_norm(tmp_path):
+    from kd_keras.models.fused_batch_norm import with_local_batch_norm
+    from kd_keras.train.pipeline import save_model
+
+    model = build_resnet(8, width=4, synchronized_batch_norm=True)
+    rng = np.random.default_rng(0)
+    # Random weights, positive variances: the copy must carry real statistics.
+    model.set_weights(
+        [
+            np.abs(rng.normal(1, 0.3, w.shape)).astype("float32")
+            if "variance" in v.path
+            else rng.normal(0, 0.3, w.shape).astype("float32")
+            for v, w in zip(model.weights, model.get_weights())
+        ]
+    )
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(layer.synchronized for layer in bns)
+    save_model(model, tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    shipped = [
+        layer for layer in loaded.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert len(shipped) == len(bns) and not any(layer.synchronized for layer in shipped)
+    x = rng.integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )
+    plain = build_resnet(8, width=4)
+    assert with_local_batch_norm(plain) is plain  # Nothing to change.

@@ -32,8 +32,17 @@ AMX = Machine("Intel Xeon Sapphire Rapids", frozenset({"avx2", "amx_tile", "amx_
         # The weakest GPU decides; a GPU decides over the CPU's flags.
         (Machine("x", AVX512_BF16.cpu_flags, ((8, 0), (7, 0))), ("mixed_float16", "float16")),
     ],
-    ids=["avx2", "avx512-no-bf16", "avx512-bf16", "amx", "unknown", "gpu-8.0",
-         "gpus-9.0-8.6", "gpu-7.5", "mixed-gpus"],
+    ids=[
+        "avx2",
+        "avx512-no-bf16",
+        "avx512-bf16",
+        "amx",
+        "unknown",
+        "gpu-8.0",
+        "gpus-9.0-8.6",
+        "gpu-7.5",
+        "mixed-gpus",
+    ],
 )
 def test_auto_resolves_from_cpu_flags_and_gpu_capabilities(machine, expected):
     choice = resolve_precisions("auto", "auto", machine)
@@ -71,7 +80,7 @@ def test_cpuinfo_is_parsed_for_model_and_flags(tmp_path):
 
 
 def test_run_config_resolution_and_resume_rule():
-    from kd_keras.speed import resolve_run_precisions
+    from kd_keras.train.speed import resolve_run_precisions
 
     auto = RunConfig.from_preset("quick")
     assert (auto.precision, auto.teacher_precision) == ("auto", "auto")
@@ -82,9 +91,9 @@ def test_run_config_resolution_and_resume_rule():
     # A resumed run asked with "auto" keeps what it saved, on any machine.
     assert resolved.result_differences(auto) == []
     # An explicit different value is a difference.
-    assert resolved.result_differences(
-        RunConfig.from_preset("quick", precision="float32")
-    ) == ["precision"]
+    assert resolved.result_differences(RunConfig.from_preset("quick", precision="float32")) == [
+        "precision"
+    ]
     same, _ = resolve_run_precisions(resolved, AVX2_ONLY)
     assert same is resolved
 
@@ -92,13 +101,19 @@ def test_run_config_resolution_and_resume_rule():
 @pytest.mark.slow
 def test_run_records_resolved_precisions(tmp_path, cifar10_archive, monkeypatch):
     """A run started with "auto" writes the resolved values to config.json."""
-    from kd_keras import speed
-    from kd_keras.pipeline import run_pipeline
+    from kd_keras.train import speed
+    from kd_keras.train.pipeline import run_pipeline
 
     monkeypatch.setattr(speed, "local_machine", lambda: AVX2_ONLY)
     config = RunConfig.from_preset(
-        "smoke", data=str(cifar10_archive), precision="auto", teacher_precision="auto",
-        teacher_epochs=1, student_epochs=1, train_per_class=10, verbose=0,
+        "smoke",
+        data=str(cifar10_archive),
+        precision="auto",
+        teacher_precision="auto",
+        teacher_epochs=1,
+        student_epochs=1,
+        train_per_class=10,
+        verbose=0,
     )
     run_pipeline(config, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -106,12 +121,27 @@ def test_run_records_resolved_precisions(tmp_path, cifar10_archive, monkeypatch)
 
 
 def test_dry_run_says_what_auto_chose(capsys, monkeypatch):
-    from kd_keras import speed
     from kd_keras.cli import main
+    from kd_keras.train import speed
 
     monkeypatch.setattr(speed, "local_machine", lambda: AVX512_BF16)
-    assert main(["run", "--preset", "smoke", "--precision", "auto",
-                 "--teacher-precision", "auto", "--epochs", "1", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--preset",
+                "smoke",
+                "--precision",
+                "auto",
+                "--teacher-precision",
+                "auto",
+                "--epochs",
+                "1",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     config = json.loads(out[: out.index("}\n") + 1])
     assert (config["precision"], config["teacher_precision"]) == ("mixed_bfloat16", "bfloat16")
@@ -123,6 +153,7 @@ def test_hardware_and_config_import_no_tensorflow():
         "import sys, kd_keras.hardware, kd_keras.config;"
         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"

@@ -4,8 +4,9 @@ import sys
 
 import pytest
 
-from kd_keras.config import ConfigError, RunConfig
-from kd_keras.depth import MAX_DEPTH, stage_blocks
+from kd_keras.config import RunConfig
+from kd_keras.errors import ConfigError
+from kd_keras.models.depth import MAX_DEPTH, stage_blocks
 
 
 def test_depth_above_the_limit_is_refused_with_the_limit():
@@ -23,15 +24,17 @@ def test_deepest_accepted_teacher_trains_saves_and_loads_at_python_default_recur
     import keras
     import numpy as np
 
-    from kd_keras.models import build_resnet
-    from kd_keras.pipeline import load_teacher, save_model
+    from kd_keras.distill.teacher import load_teacher
+    from kd_keras.models.resnet import build_resnet
+    from kd_keras.train.pipeline import save_model
 
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(1000)  # Python's default (importing Keras may have raised it).
     try:
         model = build_resnet(MAX_DEPTH, width=1)
-        model.compile(optimizer="sgd",
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
         model.fit(np.zeros((2, 32, 32, 3), "float32"), np.zeros(2, "int32"), verbose=0)
         save_model(model, tmp_path / "deep.keras")
         assert load_teacher(tmp_path / "deep.keras").count_params() == model.count_params()
@@ -62,7 +65,14 @@ def test_values_that_would_crash_later_are_refused_up_front(fields, fragment):
 
 def test_largest_accepted_values_pass():
     config = RunConfig.from_preset(
-        "smoke", temperature=100.0, val_size=49900, train_per_class=10, val_per_class=4990,
-        test_per_class=1000, seed=2**31 - 2, teacher_depth=MAX_DEPTH, student_width=256,
+        "smoke",
+        temperature=100.0,
+        val_size=49900,
+        train_per_class=10,
+        val_per_class=4990,
+        test_per_class=1000,
+        seed=2**31 - 2,
+        teacher_depth=MAX_DEPTH,
+        student_width=256,
     )
     assert config.temperature == 100.0 and config.val_size == 49900

@@ -5,11 +5,13 @@ import keras
 import numpy as np
 import pytest
 
-from kd_keras import RunConfig, RunFolderError, TeacherError, build_resnet, run_pipeline
-from kd_keras.callbacks import NonFiniteLossError, NonFiniteLossGuard, read_history
-from kd_keras.data import DatasetError, make_dataset, prepare_splits
-from kd_keras.pipeline import Pipeline, ProgressFile, evaluate_model, load_teacher
-from kd_keras.results import read_results_csv
+from kd_keras import RunConfig, build_resnet, run_pipeline
+from kd_keras.data.splits import make_dataset, prepare_splits
+from kd_keras.distill.teacher import load_teacher
+from kd_keras.errors import DatasetError, NonFiniteLossError, RunFolderError, TeacherError
+from kd_keras.run_folder import read_history, read_results_csv
+from kd_keras.train.callbacks import NonFiniteLossGuard
+from kd_keras.train.pipeline import Pipeline, ProgressFile, evaluate_model
 
 STAGES = ["teacher", "student_baseline", "student_distilled"]
 
@@ -45,7 +47,9 @@ def test_results_rows_are_real_measurements(smoke_run, cifar10_archive):
     out, rows = smoke_run
     assert [r["stage"] for r in rows] == STAGES
     csv_rows = read_results_csv(out / "results.csv")
-    assert [r["test_accuracy"] for r in csv_rows] == pytest.approx([r["test_accuracy"] for r in rows])
+    assert [r["test_accuracy"] for r in csv_rows] == pytest.approx(
+        [r["test_accuracy"] for r in rows]
+    )
     # Above chance (10 %) on 200 test images: P(>= 15 % by chance) < 2 %.
     assert all(r["test_accuracy"] >= 0.15 for r in rows), rows
     # Reloading a saved model reproduces its row's test accuracy and loss.
@@ -161,8 +165,13 @@ def test_non_finite_loss_stops_the_stage_with_where_and_a_hint():
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     model.compile(optimizer="sgd", loss="mse")
     x = np.array([[np.nan, 1.0]] * 4, "float32")
-    with pytest.raises(NonFiniteLossError, match="stage 'teacher' epoch 1 batch 1: the loss is nan. Lower the learning rate"):
-        model.fit(x, np.zeros((4, 2)), epochs=1, verbose=0, callbacks=[NonFiniteLossGuard("teacher")])
+    with pytest.raises(
+        NonFiniteLossError,
+        match="stage 'teacher' epoch 1 batch 1: the loss is nan. Lower the learning rate",
+    ):
+        model.fit(
+            x, np.zeros((4, 2)), epochs=1, verbose=0, callbacks=[NonFiniteLossGuard("teacher")]
+        )
 
 
 def test_progress_file_is_replaced_atomically(tmp_path):
@@ -184,8 +193,11 @@ def _save(model, path):
 def test_teacher_with_a_per_pixel_output_is_refused(tmp_path):
     inputs = keras.Input((32, 32, 3))
     path = _save(keras.Model(inputs, keras.layers.Conv2D(10, 1)(inputs)), tmp_path / "t.keras")
-    with pytest.raises(TeacherError, match=r"outputs shape \(None, 32, 32, 10\); a teacher "
-                                           r"must output logits of shape \(batch, 10\)"):
+    with pytest.raises(
+        TeacherError,
+        match=r"outputs shape \(None, 32, 32, 10\); a teacher "
+        r"must output logits of shape \(batch, 10\)",
+    ):
         load_teacher(path)
 
 
@@ -238,9 +250,20 @@ def test_savedmodel_folder_or_fifo_as_teacher_says_what_it_is(tmp_path):
 
 
 def _tiny_config(data, **fields):
-    return RunConfig(preset="custom", data=str(data), val_size=20, teacher_depth=8,
-                     student_depth=8, teacher_width=4, student_width=4, teacher_epochs=1,
-                     student_epochs=1, batch_size=10, verbose=0, **fields).validate()
+    return RunConfig(
+        preset="custom",
+        data=str(data),
+        val_size=20,
+        teacher_depth=8,
+        student_depth=8,
+        teacher_width=4,
+        student_width=4,
+        teacher_epochs=1,
+        student_epochs=1,
+        batch_size=10,
+        verbose=0,
+        **fields,
+    ).validate()
 
 
 def test_bad_teacher_or_data_fails_before_the_folder_is_made(fake_archive, tmp_path):
@@ -259,7 +282,7 @@ def test_bad_teacher_or_data_fails_before_the_folder_is_made(fake_archive, tmp_p
             run_pipeline(_tiny_config(not_data), folder)
     assert not out.exists() and list(empty.iterdir()) == []
     # So the corrected command is not refused as "not empty".
-    from kd_keras.pipeline import check_run_folder
+    from kd_keras.train.pipeline import check_run_folder
 
     assert check_run_folder(out, _tiny_config(fake_archive)).data == str(fake_archive)
 

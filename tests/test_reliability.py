@@ -12,14 +12,8 @@ from pathlib import Path
 import pytest
 
 from kd_keras import RunConfig, run_pipeline
-from kd_keras.atomic import (
-    DiskWriteError,
-    RunLock,
-    RunLockedError,
-    atomic_path,
-    lock_holder,
-    write_json,
-)
+from kd_keras.atomic import RunLock, atomic_path, lock_holder, write_json
+from kd_keras.errors import DiskWriteError, RunLockedError
 
 REPO = Path(__file__).parents[1]
 # Resumed runs replay the same batches from the same weights and optimizer
@@ -31,8 +25,20 @@ ACCURACY_TOLERANCE = 0.01
 
 def start_run(out, archive, *extra):
     return subprocess.Popen(
-        [sys.executable, "-m", "kd_keras", "run", "--preset", "smoke", "--data",
-         str(archive), "--out", str(out), "--quiet", *extra],
+        [
+            sys.executable,
+            "-m",
+            "kd_keras",
+            "run",
+            "--preset",
+            "smoke",
+            "--data",
+            str(archive),
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -112,7 +118,9 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted_run(
 def test_sigterm_stops_cleanly_and_marks_the_run_stopped(cifar10_archive, tmp_path):
     out = tmp_path / "run"
     process = start_run(out, cifar10_archive)
-    read_progress_until(out, process, lambda p: p.get("stage") == "teacher" and p.get("epoch", 0) >= 1)
+    read_progress_until(
+        out, process, lambda p: p.get("stage") == "teacher" and p.get("epoch", 0) >= 1
+    )
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 130
     progress = json.loads((out / "progress.json").read_text())
@@ -130,9 +138,15 @@ def hold_lock(folder, *, search=False):
         f"RunLock(sys.argv[1], path={path}).acquire()"
     )
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, time; {take}; print('locked', flush=True); "
-         "time.sleep(120)", str(folder)],
-        cwd=REPO, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            "-c",
+            f"import sys, time; {take}; print('locked', flush=True); time.sleep(120)",
+            str(folder),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert holder.stdout.readline().strip() == b"locked"
     return holder
@@ -221,7 +235,8 @@ def test_lock_file_naming_a_live_stranger_does_not_block(tmp_path, content):
 
 
 def test_app_sees_no_run_behind_a_stale_lock_and_progress(tmp_path, monkeypatch):
-    from kd_app import runs
+    from kd_app import launching, processes
+    from kd_app import run_state as runs
 
     folder = tmp_path / "runs" / "old"
     folder.mkdir(parents=True)
@@ -230,29 +245,35 @@ def test_app_sees_no_run_behind_a_stale_lock_and_progress(tmp_path, monkeypatch)
     write_json(folder / "config.json", {"preset": "smoke"})
     state = runs.run_state(folder)
     assert state.status == "died" and not state.alive and state.pid is None
-    runs._refuse_if_busy(tmp_path / "runs")  # "A run is already going" would raise.
+    launching._refuse_if_busy(tmp_path / "runs")  # "A run is already going" would raise.
     # A live kd_keras process is not enough either: it must run on this folder.
-    monkeypatch.setattr(runs, "runs_module", lambda pid, module: True)
-    monkeypatch.setattr(runs, "process_args",
-                        lambda pid: ["python", "-m", "kd_keras", "run", "--out", "/elsewhere"])
+    monkeypatch.setattr(processes, "runs_module", lambda pid, module: True)
+    monkeypatch.setattr(
+        processes,
+        "process_args",
+        lambda pid: ["python", "-m", "kd_keras", "run", "--out", "/elsewhere"],
+    )
     assert runs.live_pid(folder) is None
-    monkeypatch.setattr(runs, "process_args",
-                        lambda pid: ["python", "-m", "kd_keras", "run", "--out", str(folder)])
+    monkeypatch.setattr(
+        processes,
+        "process_args",
+        lambda pid: ["python", "-m", "kd_keras", "run", "--out", str(folder)],
+    )
     assert runs.live_pid(folder) == 1
 
 
 def test_app_sees_the_process_that_holds_the_lock(tmp_path):
-    from kd_app import runs
+    from kd_app import run_state as runs
 
     folder = tmp_path / "runs" / "live"
     holder = hold_lock(folder)
     try:
-        assert runs.lock_owner(folder) == holder.pid
+        assert lock_holder(folder)["pid"] == holder.pid
         assert runs.live_pid(folder) == holder.pid
     finally:
         holder.kill()
         holder.wait()
-    assert runs.lock_owner(folder) is None and runs.live_pid(folder) is None
+    assert lock_holder(folder) is None and runs.live_pid(folder) is None
 
 
 def _race(folder, barrier, results, done):
@@ -336,14 +357,16 @@ def _tiny_fit(folder, epochs, *, kill_history_at=None, clock=None, on_epoch=None
     import keras
     import numpy as np
 
-    from kd_keras.callbacks import HistoryWriter, TrainingCheckpoint
+    from kd_keras.train.callbacks import HistoryWriter, TrainingCheckpoint
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
     checkpoint = TrainingCheckpoint(folder / "checkpoint")
     history = HistoryWriter(folder / "history.csv", checkpoint)
     if kill_history_at is not None:
@@ -358,13 +381,21 @@ def _tiny_fit(folder, epochs, *, kill_history_at=None, clock=None, on_epoch=None
     callbacks = [on_epoch] if on_epoch else []
     x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
     y = np.arange(32) % 3
-    model.fit(x, y, validation_data=(x, y), epochs=epochs, batch_size=8, verbose=0,
-              shuffle=False, callbacks=callbacks + [checkpoint, history])
+    model.fit(
+        x,
+        y,
+        validation_data=(x, y),
+        epochs=epochs,
+        batch_size=8,
+        verbose=0,
+        shuffle=False,
+        callbacks=callbacks + [checkpoint, history],
+    )
     return checkpoint
 
 
 def test_kill_between_checkpoint_and_history_loses_no_row(tmp_path):
-    from kd_keras.callbacks import read_history
+    from kd_keras.run_folder import read_history
 
     with pytest.raises(_KillAtEpoch):
         _tiny_fit(tmp_path, 4, kill_history_at=2)
@@ -379,7 +410,8 @@ def test_kill_between_checkpoint_and_history_loses_no_row(tmp_path):
 
 
 def test_history_of_a_stage_killed_after_its_last_epoch_is_completed(tmp_path):
-    from kd_keras.callbacks import TrainingCheckpoint, read_history, repair_history
+    from kd_keras.run_folder import read_history
+    from kd_keras.train.callbacks import TrainingCheckpoint, repair_history
 
     with pytest.raises(_KillAtEpoch):
         _tiny_fit(tmp_path, 3, kill_history_at=3)
@@ -392,7 +424,7 @@ def test_history_of_a_stage_killed_after_its_last_epoch_is_completed(tmp_path):
 def test_train_seconds_add_up_over_the_processes_of_a_stage(tmp_path, monkeypatch):
     import keras
 
-    from kd_keras import callbacks
+    from kd_keras.train import callbacks
 
     now = [1000.0]
     monkeypatch.setattr(callbacks.time, "time", lambda: now[0])
@@ -447,7 +479,7 @@ def test_truncated_config_json_on_resume_is_one_line(run_copy, capsys):
     assert f"'{out / 'config.json'}' is damaged" in _one_line_error(err)
     assert "cannot be rebuilt: restore it from a copy" in err
     config = RunConfig.from_dict(json.loads(text))
-    from kd_keras.atomic import DamagedFileError
+    from kd_keras.errors import DamagedFileError
 
     with pytest.raises(DamagedFileError, match="config.json"):
         run_pipeline(config, out, resume=True)
@@ -494,8 +526,12 @@ def test_damaged_progress_stage_row_and_derivable_files_are_rebuilt(run_copy, ca
     (out / "checkpoints" / "student_init.weights.h5").write_bytes(b"\x89HDF torn")
     code, err = _cli(["run", "--resume", "--out", str(out), "--quiet"], capsys)
     assert code == 0, err
-    for name in ("progress.json", "student_distilled.json", "teacher.keras",
-                 "student_init.weights.h5"):
+    for name in (
+        "progress.json",
+        "student_distilled.json",
+        "teacher.keras",
+        "student_init.weights.h5",
+    ):
         assert name in err  # Each rebuild is reported.
     assert json.loads((out / "progress.json").read_text())["status"] == "finished"
     rebuilt = json.loads((out / "results.json").read_text())["rows"]

@@ -2,15 +2,21 @@
 
 import pytest
 
-from kd_keras.callbacks import write_history
-from kd_keras.results import plot_report, validation_gap
+from kd_keras.report.results import plot_report, validation_gap
+from kd_keras.train.callbacks import write_history
 
 
 def test_validation_gap_is_the_per_epoch_difference_in_points():
-    baseline = [{"epoch": 1, "val_accuracy": 0.50}, {"epoch": 2, "val_accuracy": 0.60},
-                {"epoch": 3, "val_accuracy": 0.70}]
-    distilled = [{"epoch": 1, "val_accuracy": 0.55}, {"epoch": 2, "val_accuracy": 0.59},
-                 {"epoch": 4, "val_accuracy": 0.80}]  # Epoch 4: no baseline row.
+    baseline = [
+        {"epoch": 1, "val_accuracy": 0.50},
+        {"epoch": 2, "val_accuracy": 0.60},
+        {"epoch": 3, "val_accuracy": 0.70},
+    ]
+    distilled = [
+        {"epoch": 1, "val_accuracy": 0.55},
+        {"epoch": 2, "val_accuracy": 0.59},
+        {"epoch": 4, "val_accuracy": 0.80},
+    ]  # Epoch 4: no baseline row.
     epochs, points = validation_gap(baseline, distilled)
     assert epochs == [1, 2]
     assert points == pytest.approx([5.0, -1.0])
@@ -24,8 +30,9 @@ def test_report_has_a_baseline_gap_panel(tmp_path):
     ]
     write_history(history / "teacher.csv", rows([0.6, 0.7]))
     write_history(history / "student_baseline.csv", rows([0.4, 0.5]))
-    write_history(history / "student_distilled.csv", [
-        {**row, "student_loss": 1.0, "val_student_loss": 1.0} for row in rows([0.45, 0.52])
-    ])
+    write_history(
+        history / "student_distilled.csv",
+        [{**row, "student_loss": 1.0, "val_student_loss": 1.0} for row in rows([0.45, 0.52])],
+    )
     plot_report(tmp_path, tmp_path / "report.png")
     assert (tmp_path / "report.png").stat().st_size > 10_000

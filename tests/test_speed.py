@@ -10,19 +10,20 @@ import keras
 import numpy as np
 import pytest
 
-from kd_keras import ConfigError, Distiller, RunConfig, build_resnet
+from kd_keras import Distiller, RunConfig, build_resnet
 from kd_keras.cli import main as cli_main
-from kd_keras.models import stage_blocks
-from kd_keras.pipeline import Pipeline
-from kd_keras.speed import (
+from kd_keras.distill.teacher import teacher_for_inference
+from kd_keras.errors import ConfigError
+from kd_keras.hardware import Machine
+from kd_keras.models.resnet import stage_blocks
+from kd_keras.train.pipeline import Pipeline
+from kd_keras.train.speed import (
     apply_threading,
     effective_steps_per_execution,
     estimate_run_seconds,
     precision_scope,
     resolve_run_precisions,
-    teacher_for_inference,
 )
-from kd_keras.hardware import Machine
 
 KEYS = {"loss", "student_loss", "distillation_loss", "accuracy"}
 IMAGES = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3)).astype("float32")
@@ -57,8 +58,13 @@ def _tiny_distiller(config, steps_per_epoch=4):
         {"teacher_precision": "float16"},
         {"steps_per_execution": 2},
     ],
-    ids=["mixed_bfloat16", "teacher_bfloat16", "mixed_float16", "teacher_float16",
-         "steps_per_execution_2"],
+    ids=[
+        "mixed_bfloat16",
+        "teacher_bfloat16",
+        "mixed_float16",
+        "teacher_float16",
+        "steps_per_execution_2",
+    ],
 )
 def test_each_speed_option_trains_to_finite_losses_with_the_same_keys(options):
     config = RunConfig(**options).validate()
@@ -146,8 +152,13 @@ def test_precision_scope_restores_the_global_policy_even_on_error():
 
 
 def test_pipeline_builds_and_compiles_with_the_speed_options(tmp_path):
-    config = RunConfig(student_depth=8, student_width=4, batch_size=1,
-                       precision="mixed_bfloat16", steps_per_execution=4)
+    config = RunConfig(
+        student_depth=8,
+        student_width=4,
+        batch_size=1,
+        precision="mixed_bfloat16",
+        steps_per_execution=4,
+    )
     pipeline = Pipeline(config, tmp_path, progress=None)
     student = pipeline.build_student()
     assert student.get_layer("stem_conv").compute_dtype == "bfloat16"
@@ -247,9 +258,28 @@ def test_benchmark_writes_json_and_markdown_with_one_row_per_case(tmp_path):
     from benchmarks.throughput import main as bench_main
 
     cases = ["kd_distiller_threads", "input_pipeline"]
-    args = ["--steps", "2", "--repeats", "2", "--warmup-steps", "1", "--batch-size", "8",
-            "--teacher-depth", "8", "--student-depth", "8", "--teacher-width", "4",
-            "--student-width", "4", "--cases", ",".join(cases), "--out", str(tmp_path)]
+    args = [
+        "--steps",
+        "2",
+        "--repeats",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--teacher-depth",
+        "8",
+        "--student-depth",
+        "8",
+        "--teacher-width",
+        "4",
+        "--student-width",
+        "4",
+        "--cases",
+        ",".join(cases),
+        "--out",
+        str(tmp_path),
+    ]
     assert bench_main(args) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert list(results["cases"]) == cases
@@ -264,8 +294,11 @@ def test_benchmark_writes_json_and_markdown_with_one_row_per_case(tmp_path):
     assert threaded["options"]["threads"] >= 1
     assert set(threaded["logs"]) == KEYS
     assert all(math.isfinite(v) for v in threaded["logs"].values())
-    rows = [line for line in (tmp_path / "results.md").read_text().splitlines()
-            if line.startswith("| `")]
+    rows = [
+        line
+        for line in (tmp_path / "results.md").read_text().splitlines()
+        if line.startswith("| `")
+    ]
     assert [row.split("`")[1] for row in rows] == cases
 
 
@@ -273,9 +306,17 @@ def test_benchmark_rounds_pool_every_repeat():
     from benchmarks.throughput import merge_rounds
 
     def result(rates, peak):
-        return {"case": "c", "kind": "distill", "status": "ok", "batch_size": 100,
-                "images_per_s": rates, "median_images_per_s": float(np.median(rates)),
-                "peak_rss_mib": peak, "rss_after_import_mib": 10.0, "wall_s": 5.0}
+        return {
+            "case": "c",
+            "kind": "distill",
+            "status": "ok",
+            "batch_size": 100,
+            "images_per_s": rates,
+            "median_images_per_s": float(np.median(rates)),
+            "peak_rss_mib": peak,
+            "rss_after_import_mib": 10.0,
+            "wall_s": 5.0,
+        }
 
     merged = merge_rounds([result([100.0, 300.0], 50.0), result([200.0, 400.0], 70.0)])
     assert merged["images_per_s"] == [100.0, 300.0, 200.0, 400.0]

@@ -5,11 +5,8 @@ import numpy as np
 import pytest
 
 from kd_keras import Distiller, build_resnet, make_dataset
-from kd_keras.teacher_cache import (
-    CacheMismatchError,
-    TeacherLogitCache,
-    with_teacher_logits,
-)
+from kd_keras.distill.teacher_cache import TeacherLogitCache, with_teacher_logits
+from kd_keras.errors import CacheMismatchError
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
@@ -20,8 +17,13 @@ STEPS = 3
 
 def make_batches(epochs, start_epoch):
     return make_dataset(
-        IMAGES, LABELS, batch_size=BATCH, training=True, seed=7,
-        epochs=epochs, start_epoch=start_epoch,
+        IMAGES,
+        LABELS,
+        batch_size=BATCH,
+        training=True,
+        seed=7,
+        epochs=epochs,
+        start_epoch=start_epoch,
     )
 
 
@@ -39,9 +41,7 @@ def test_cached_logits_are_the_teachers_logits_of_the_very_same_batches(teacher)
         assert [len(b[0]["images"]) for b in batches[:STEPS]] == [16, 16, 8]
         for inputs, _ in batches:
             x, teacher_logits = inputs["images"], inputs["teacher_logits"]
-            np.testing.assert_allclose(
-                teacher_logits, teacher(x, training=False), atol=1e-5
-            )
+            np.testing.assert_allclose(teacher_logits, teacher(x, training=False), atol=1e-5)
     assert cache.cached_epochs == [0, 1, 2]
 
 
@@ -82,10 +82,10 @@ def test_training_on_cached_logits_equals_training_with_the_teacher(teacher):
     cached_val = with_teacher_logits(val, teacher)
     live_batches = make_batches(2, 0)
     live, cached = _distiller(teacher), _distiller(teacher)
-    h_live = live.fit(live_batches, validation_data=val, epochs=2,
-                      steps_per_epoch=STEPS, verbose=0)
-    h_cached = cached.fit(cached_batches, validation_data=cached_val,
-                          epochs=2, steps_per_epoch=STEPS, verbose=0)
+    h_live = live.fit(live_batches, validation_data=val, epochs=2, steps_per_epoch=STEPS, verbose=0)
+    h_cached = cached.fit(
+        cached_batches, validation_data=cached_val, epochs=2, steps_per_epoch=STEPS, verbose=0
+    )
     for key in ("loss", "distillation_loss", "val_loss", "val_distillation_loss"):
         np.testing.assert_allclose(h_cached.history[key], h_live.history[key], rtol=1e-4)
     for a, b in zip(live.student.get_weights(), cached.student.get_weights()):

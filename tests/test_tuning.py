@@ -18,9 +18,10 @@ import pytest
 
 import kd_keras
 from kd_keras import RunConfig
+from kd_keras.errors import SearchError
+from kd_keras.run_folder import TRIAL_COLUMNS
 from tuning import (
     DistillationHyperModel,
-    SearchError,
     SearchSpace,
     build_tuner,
     load_best,
@@ -29,7 +30,6 @@ from tuning import (
     run_best,
     run_search,
 )
-from tuning.search import TRIAL_COLUMNS
 
 SPACE = SearchSpace(temperature_min=2.0, temperature_max=8.0, alpha_min=0.2, alpha_max=0.6)
 
@@ -73,8 +73,9 @@ def tiny_splits(cifar10_archive, shared_cache):
 
 
 def search(folder, teacher_path, splits, **kwargs):
-    options = dict(config=tiny_config(), space=SPACE, tuner="random", max_trials=2,
-                   epochs=1, verbose=0)
+    options = dict(
+        config=tiny_config(), space=SPACE, tuner="random", max_trials=2, epochs=1, verbose=0
+    )
     options.update(kwargs)
     return run_search(teacher_path, splits, folder, **options)
 
@@ -144,7 +145,9 @@ def test_every_trial_starts_from_the_same_student(teacher_path):
     assert first.student is not second.student and first.teacher is second.teacher
     # The teacher runs as the pipeline runs it: batch norm folded, same logits.
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
-    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in first.teacher.layers)
+    assert not any(
+        isinstance(layer, keras.layers.BatchNormalization) for layer in first.teacher.layers
+    )
     np.testing.assert_allclose(
         first.teacher(images, training=False), teacher(images, training=False), atol=1e-4
     )
@@ -191,12 +194,18 @@ def test_tuners_are_selected_by_name(name, teacher_path, tmp_path):
     if name == "bayesian":
         pytest.importorskip("sklearn")
     hypermodel = DistillationHyperModel(
-        kd_keras.load_teacher(teacher_path), steps_per_epoch=2, epochs=3,
-        config=tiny_config(), space=SPACE,
+        kd_keras.load_teacher(teacher_path),
+        steps_per_epoch=2,
+        epochs=3,
+        config=tiny_config(),
+        space=SPACE,
     )
     tuner = build_tuner(name, hypermodel, tmp_path / name, max_trials=4, epochs=3)
-    expected = {"random": keras_tuner.RandomSearch, "bayesian": keras_tuner.BayesianOptimization,
-                "hyperband": keras_tuner.Hyperband}[name]
+    expected = {
+        "random": keras_tuner.RandomSearch,
+        "bayesian": keras_tuner.BayesianOptimization,
+        "hyperband": keras_tuner.Hyperband,
+    }[name]
     assert isinstance(tuner, expected)
     assert tuner.oracle.objective.name == "val_accuracy"
     assert tuner.oracle.objective.direction == "max"
@@ -233,12 +242,12 @@ def test_cached_teacher_logits_give_the_trials_of_an_uncached_search(
     assert hypermodel.cache_teacher_logits
     [(_, cache)] = hypermodel._train_caches.values()
     assert cache.cached_epochs == [0]
-    uncached = search(tmp_path / "uncached", teacher_path, tiny_splits,
-                      cache_teacher_logits=False)
+    uncached = search(tmp_path / "uncached", teacher_path, tiny_splits, cache_teacher_logits=False)
     assert not uncached.tuner.hypermodel._train_caches
     for cached_row, live_row in zip(finished_search.rows, uncached.rows):
         assert (cached_row["temperature"], cached_row["alpha"]) == (
-            live_row["temperature"], live_row["alpha"]
+            live_row["temperature"],
+            live_row["alpha"],
         )
         assert cached_row["val_loss"] == pytest.approx(live_row["val_loss"], rel=1e-4)
         assert cached_row["val_accuracy"] == pytest.approx(live_row["val_accuracy"], abs=1e-6)
@@ -306,13 +315,10 @@ def test_overwrite_refuses_a_folder_that_is_not_a_search(teacher_path, tmp_path)
 # --- Applying the best T and alpha to a run folder ---
 
 
-def test_run_best_adds_a_tuned_row_matching_the_run_recipe(
-    cifar10_archive, smoke_run, tmp_path
-):
+def test_run_best_adds_a_tuned_row_matching_the_run_recipe(cifar10_archive, smoke_run, tmp_path):
     # A trained teacher: a run refuses a brought teacher that is near chance.
     teacher_path = smoke_run[0] / "models" / "teacher.keras"
-    config = tiny_config(teacher=str(teacher_path), teacher_epochs=0,
-                         data=str(cifar10_archive))
+    config = tiny_config(teacher=str(teacher_path), teacher_epochs=0, data=str(cifar10_archive))
     run_dir = tmp_path / "run"
     kd_keras.run_pipeline(config, run_dir)
     # A "search" whose best is the run's own T and alpha: the tuned stage
@@ -320,10 +326,16 @@ def test_run_best_adds_a_tuned_row_matching_the_run_recipe(
     # uses the same student init, data order and recipe.
     search_dir = tmp_path / "search"
     search_dir.mkdir()
-    (search_dir / "best.json").write_text(json.dumps(
-        {"trial_id": "7", "temperature": config.temperature, "alpha": config.alpha,
-         "score": 0.5}
-    ))
+    (search_dir / "best.json").write_text(
+        json.dumps(
+            {
+                "trial_id": "7",
+                "temperature": config.temperature,
+                "alpha": config.alpha,
+                "score": 0.5,
+            }
+        )
+    )
     row = run_best(search_dir, run_dir, verbose=0)
     distilled = json.loads((run_dir / "stages" / "student_distilled.json").read_text())
     assert row["stage"] == "student_distilled_tuned"
@@ -332,7 +344,10 @@ def test_run_best_adds_a_tuned_row_matching_the_run_recipe(
         assert row[key] == pytest.approx(distilled[key], rel=1e-4, abs=1e-6), key
     results = json.loads((run_dir / "results.json").read_text())
     assert [r["stage"] for r in results["rows"]] == [
-        "teacher", "student_baseline", "student_distilled", "student_distilled_tuned"
+        "teacher",
+        "student_baseline",
+        "student_distilled",
+        "student_distilled_tuned",
     ]
     assert results["gain_over_baseline_points"]["student_distilled_tuned"] == pytest.approx(
         results["gain_over_baseline_points"]["student_distilled"], abs=1e-4
@@ -378,8 +393,17 @@ def bad_teacher(tmp_path):
 )
 def test_cli_bad_input_exits_2_with_one_line(extra, message, teacher_path, tmp_path, capsys):
     out = tmp_path / "search"
-    code = main(["--teacher", str(teacher_path), "--data", str(tmp_path / "none.tar.gz"),
-                 "--out", str(out), *extra])
+    code = main(
+        [
+            "--teacher",
+            str(teacher_path),
+            "--data",
+            str(tmp_path / "none.tar.gz"),
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("tuning: error: ") and err.count("\n") == 1
@@ -389,8 +413,16 @@ def test_cli_bad_input_exits_2_with_one_line(extra, message, teacher_path, tmp_p
 
 
 def test_cli_bad_teacher_file_exits_2(bad_teacher, tmp_path, capsys):
-    code = main(["--teacher", str(bad_teacher), "--data", str(tmp_path / "x.tar.gz"),
-                 "--out", str(tmp_path / "s")])
+    code = main(
+        [
+            "--teacher",
+            str(bad_teacher),
+            "--data",
+            str(tmp_path / "x.tar.gz"),
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "not a loadable Keras model" in err and str(bad_teacher) in err
@@ -399,8 +431,19 @@ def test_cli_bad_teacher_file_exits_2(bad_teacher, tmp_path, capsys):
 def test_cli_missing_teacher_and_missing_data_exit_2(teacher_path, tmp_path, capsys):
     assert main(["--teacher", str(tmp_path / "none.keras"), "--out", str(tmp_path / "a")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["--teacher", str(teacher_path), "--data", str(tmp_path / "none.tar.gz"),
-                 "--out", str(tmp_path / "b")]) == 2
+    assert (
+        main(
+            [
+                "--teacher",
+                str(teacher_path),
+                "--data",
+                str(tmp_path / "none.tar.gz"),
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("tuning: error: CIFAR-10 at") and err.count("\n") == 1
     assert main(["--out", str(tmp_path / "c")]) == 2
@@ -415,11 +458,37 @@ def test_cli_resumes_refuses_other_settings_and_overwrites(
     # test; the flags give exactly the settings it was made with.
     folder = tmp_path / "search"
     shutil.copytree(finished_search.folder, folder)
-    argv = ["--teacher", str(teacher_path), "--data", str(cifar10_archive),
-            "--out", str(folder), "--preset", "smoke", "--trials", "2", "--epochs", "1",
-            "--student-depth", "8", "--student-width", "4", "--train-per-class", "10",
-            "--val-per-class", "5", "--batch-size", "50", "--temperature-range", "2", "8",
-            "--alpha-range", "0.2", "0.6", "--quiet"]
+    argv = [
+        "--teacher",
+        str(teacher_path),
+        "--data",
+        str(cifar10_archive),
+        "--out",
+        str(folder),
+        "--preset",
+        "smoke",
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--student-depth",
+        "8",
+        "--student-width",
+        "4",
+        "--train-per-class",
+        "10",
+        "--val-per-class",
+        "5",
+        "--batch-size",
+        "50",
+        "--temperature-range",
+        "2",
+        "8",
+        "--alpha-range",
+        "0.2",
+        "0.6",
+        "--quiet",
+    ]
     before = (folder / "trials.csv").read_text()
     assert main(argv) == 0  # Resumes: both trials are done, none is trained.
     out = capsys.readouterr().out

@@ -10,11 +10,13 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kd_keras.errors import SearchError
+from tuning.apply import TUNED_STAGE, run_best  # noqa: E402
+from tuning.cli import main  # noqa: E402
 from tuning.hypermodel import DistillationHyperModel, SearchSpace  # noqa: E402
-from tuning.search import (  # noqa: E402
+from tuning.search import (
     OBJECTIVE,
     TUNERS,
-    SearchError,
     SearchResult,
     best_row,
     build_tuner,
@@ -25,8 +27,6 @@ from tuning.search import (  # noqa: E402
     trial_rows,
     write_search_outputs,
 )
-from tuning.apply import TUNED_STAGE, run_best  # noqa: E402
-from tuning.cli import main  # noqa: E402
 
 __all__ = [
     "DistillationHyperModel",

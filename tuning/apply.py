@@ -1,6 +1,6 @@
 """`run_best`: the full distillation stage of a run folder with tuned T, alpha.
 
-The stage is the run's own distilled stage (`kd_keras.pipeline.Pipeline.
+The stage is the run's own distilled stage (`kd_keras.train.pipeline.Pipeline.
 distill`: same student initial weights, data order, optimizer, schedule,
 resumable checkpoint and best-validation restore) with the search's best
 temperature and alpha, so its row compares directly with the run's
@@ -10,11 +10,15 @@ temperature and alpha, so its row compares directly with the run's
 import shutil
 from pathlib import Path
 
-from kd_keras import atomic  # First: kd_keras sets KERAS_BACKEND.
-from kd_keras import RunConfig, load_teacher
-from kd_keras.pipeline import STAGES, Pipeline, RunFolderError
-from kd_keras.results import load_stage_rows, write_results
-
+from kd_keras import (
+    atomic,  # First: kd_keras sets KERAS_BACKEND.
+    load_teacher,
+)
+from kd_keras.errors import RunFolderError
+from kd_keras.report.results import load_stage_rows, write_results
+from kd_keras.run_folder import RunFolder
+from kd_keras.stages import STAGES
+from kd_keras.train.pipeline import Pipeline
 from tuning.search import load_best
 
 TUNED_STAGE = "student_distilled_tuned"
@@ -23,13 +27,13 @@ TUNED_STAGE = "student_distilled_tuned"
 def check_run_folder(run_dir):
     """Raises `kd_keras.RunFolderError` unless `run_dir` is a kd_keras run
     folder with a teacher (`config.json`, `models/teacher.keras`)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    run = RunFolder(run_dir)
+    if not run.config_file.is_file():
         raise RunFolderError(
             f"'{run_dir}' is not a kd_keras run folder (no config.json); "
             "make one with 'python -m kd_keras run --out ...'"
         )
-    if not (run_dir / "models" / "teacher.keras").is_file():
+    if not run.model_file("teacher").is_file():
         raise RunFolderError(
             f"run folder '{run_dir}' has no models/teacher.keras: let its teacher "
             "stage finish first ('python -m kd_keras run --resume --out ...')"
@@ -69,7 +73,7 @@ def run_best(search_dir, run_dir, *, stage=TUNED_STAGE, data=None, verbose=None)
     Raises:
         SearchError: `search_dir` holds no `best.json`.
         kd_keras.RunFolderError: `run_dir` is not a run folder.
-        kd_keras.atomic.RunLockedError: another process is using the run.
+        kd_keras.errors.RunLockedError: another process is using the run.
         kd_keras.TeacherError, kd_keras.DatasetError: as for a run.
 
     Example:
@@ -84,12 +88,12 @@ def run_best(search_dir, run_dir, *, stage=TUNED_STAGE, data=None, verbose=None)
     check_run_folder(run_dir)
     temperature, alpha = float(best["temperature"]), float(best["alpha"])
     with atomic.RunLock(run_dir):
-        config = RunConfig.load(run_dir / "config.json")
+        config = RunFolder(run_dir).config()
         if data is not None:
             config.data = str(data)
         if verbose is not None:
             config.verbose = verbose
-        row = atomic.read_json(run_dir / "stages" / f"{stage}.json")
+        row = RunFolder(run_dir).stage_row(stage)
         if not (
             row is not None
             and row.get("temperature") == temperature
@@ -104,13 +108,14 @@ def run_best(search_dir, run_dir, *, stage=TUNED_STAGE, data=None, verbose=None)
 def _train_stage(config, run_dir, stage, temperature, alpha, best, search_dir):
     pipeline = Pipeline(config, run_dir, progress=None)  # The run's progress stays.
     pipeline.load_data()
-    teacher = load_teacher(run_dir / "models" / "teacher.keras")
-    checkpoint_dir = run_dir / "checkpoints" / stage
+    run = RunFolder(run_dir)
+    teacher = load_teacher(run.model_file("teacher"))
+    checkpoint_dir = run.checkpoint_dir(stage)
     params = {"temperature": temperature, "alpha": alpha, "epochs": config.student_epochs}
     if atomic.read_json(checkpoint_dir / "params.json") != params:
         # A checkpoint of other T/alpha (an older best) must not be resumed.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        (run_dir / "history" / f"{stage}.csv").unlink(missing_ok=True)
+        run.history_file(stage).unlink(missing_ok=True)
     atomic.write_json(checkpoint_dir / "params.json", params)
     student, extra = pipeline.distill(teacher, stage, temperature, alpha)
     extra.update(

@@ -2,26 +2,33 @@
 
 import argparse
 import sys
-from pathlib import Path
 
-from kd_keras.config import PRESETS, ConfigError, RunConfig
+from kd_keras.config import PRESETS, RunConfig
+from kd_keras.errors import run_command
+from kd_keras.options import add_run_options, overrides_from_args
+from kd_keras.run_folder import TRIAL_COMPLETED, RunFolder
 
-# Recipe options: (flag, RunConfig field, type, help).
-_CONFIG_OPTIONS = (
-    ("--seed", "seed", int, "seed of the data split, student init, data order and tuner"),
-    ("--student-depth", "student_depth", int, "student ResNet depth"),
-    ("--student-width", "student_width", int, "student first-stage filters"),
-    ("--student-model", "student_model", str,
-     "student architecture: resnet<depth> (default), a keras.applications name "
-     "such as mobilenetv3small:alpha=0.35 or efficientnetb0, or a .keras file "
-     "(see python -m kd_keras run --help)"),
-    ("--image-size", "image_size", int, "resize every image to this square size"),
-    ("--val-size", "val_size", int, "training images held out for validation"),
-    ("--train-per-class", "train_per_class", int, "training images per class (subset)"),
-    ("--val-per-class", "val_per_class", int, "validation images per class (subset)"),
-    ("--batch-size", "batch_size", int, "batch size"),
-    ("--learning-rate", "learning_rate", float, "peak SGD learning rate"),
+# Recipe options the search takes (run options, kd_keras/options.py); the
+# rest of the recipe comes from --preset or the --apply-to run.
+_CONFIG_FIELDS = (
+    "seed",
+    "student_depth",
+    "student_width",
+    "student_model",
+    "image_size",
+    "val_size",
+    "train_per_class",
+    "val_per_class",
+    "batch_size",
+    "learning_rate",
 )
+# Where the search's meaning differs from `python -m kd_keras run`'s.
+_CONFIG_HELP = {
+    "seed": "seed of the data split, student init, data order and tuner",
+    "student_model": "student architecture: resnet<depth> (default), a keras.applications "
+    "name such as mobilenetv3small:alpha=0.35 or efficientnetb0, or a .keras file "
+    "(see python -m kd_keras run --help)",
+}
 
 
 def get_args(argv=None):
@@ -33,56 +40,100 @@ def get_args(argv=None):
         "same data order) from a trained teacher and is scored by the student's "
         "validation accuracy. Running the same command again resumes the search.",
     )
-    parser.add_argument("--teacher", help="the trained teacher .keras file (default with "
-                        "--apply-to: RUN_DIR/models/teacher.keras)")
-    parser.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/, "
-                        "an image folder of class subfolders or a .npz file (as for "
-                        "python -m kd_keras run; default: the --apply-to run's data, "
-                        "then $KD_KERAS_CIFAR10)")
-    parser.add_argument("--out", required=True, help="the search folder (resumed if it "
-                        "holds a search)")
-    parser.add_argument("--tuner", default="random", choices=("random", "bayesian", "hyperband"),
-                        help="random search, Bayesian optimisation (needs scikit-learn) "
-                        "or Hyperband (default: random)")
-    parser.add_argument("--trials", type=int, default=10,
-                        help="number of trials; for hyperband a cap on them (default: 10)")
-    parser.add_argument("--epochs", type=int, help="epochs per trial; for hyperband the "
-                        "most one model trains (default: the recipe's student epochs)")
-    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS),
-                        help="kd_keras preset giving the data subset and training recipe "
-                        "(default: quick; with --apply-to the run's own config is used)")
-    for flag, field, kind, text in _CONFIG_OPTIONS:
-        parser.add_argument(flag, dest=field, type=kind, help=text)
-    parser.add_argument("--temperature-range", nargs=2, type=float, metavar=("MIN", "MAX"),
-                        default=None, help="range of T, sampled on a log scale (default: 1 20)")
-    parser.add_argument("--alpha-range", nargs=2, type=float, metavar=("MIN", "MAX"),
-                        default=None, help="range of alpha, the hard-label weight, in "
-                        "[0, 1] (default: 0 1)")
-    parser.add_argument("--alpha-step", type=float, help="only try alpha on this grid "
-                        "(e.g. 0.1); default: continuous")
-    parser.add_argument("--temperature", type=float, help="hold T at this value and tune "
-                        "only alpha")
-    parser.add_argument("--alpha", type=float, help="hold alpha at this value and tune "
-                        "only T")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="delete the search in --out and start over")
-    parser.add_argument("--apply-to", metavar="RUN_DIR",
-                        help="after the search, train the run folder's distilled stage "
-                        "again with the best T and alpha and add it to its results as "
-                        "'student_distilled_tuned'; the search then uses the run's "
-                        "config (recipe, data subset, student) unless flags override it")
-    parser.add_argument("--quiet", action="store_true",
-                        help="one line per trial instead of Keras progress bars")
-    parser.add_argument("--no-teacher-cache", dest="cache_teacher_logits",
-                        action="store_false",
-                        help="run the teacher in every trial instead of replaying the "
-                        "first trial's teacher logits (same results, slower)")
+    parser.add_argument(
+        "--teacher",
+        help="the trained teacher .keras file (default with "
+        "--apply-to: RUN_DIR/models/teacher.keras)",
+    )
+    parser.add_argument(
+        "--data",
+        help="cifar-10-python.tar.gz or cifar-10-batches-py/, "
+        "an image folder of class subfolders or a .npz file (as for "
+        "python -m kd_keras run; default: the --apply-to run's data, "
+        "then $KD_KERAS_CIFAR10)",
+    )
+    parser.add_argument(
+        "--out", required=True, help="the search folder (resumed if it holds a search)"
+    )
+    parser.add_argument(
+        "--tuner",
+        default="random",
+        choices=("random", "bayesian", "hyperband"),
+        help="random search, Bayesian optimisation (needs scikit-learn) "
+        "or Hyperband (default: random)",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=10,
+        help="number of trials; for hyperband a cap on them (default: 10)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="epochs per trial; for hyperband the "
+        "most one model trains (default: the recipe's student epochs)",
+    )
+    parser.add_argument(
+        "--preset",
+        default="quick",
+        choices=sorted(PRESETS),
+        help="kd_keras preset giving the data subset and training recipe "
+        "(default: quick; with --apply-to the run's own config is used)",
+    )
+    add_run_options(parser, _CONFIG_FIELDS, help_texts=_CONFIG_HELP)
+    parser.add_argument(
+        "--temperature-range",
+        nargs=2,
+        type=float,
+        metavar=("MIN", "MAX"),
+        default=None,
+        help="range of T, sampled on a log scale (default: 1 20)",
+    )
+    parser.add_argument(
+        "--alpha-range",
+        nargs=2,
+        type=float,
+        metavar=("MIN", "MAX"),
+        default=None,
+        help="range of alpha, the hard-label weight, in [0, 1] (default: 0 1)",
+    )
+    parser.add_argument(
+        "--alpha-step",
+        type=float,
+        help="only try alpha on this grid (e.g. 0.1); default: continuous",
+    )
+    parser.add_argument(
+        "--temperature", type=float, help="hold T at this value and tune only alpha"
+    )
+    parser.add_argument("--alpha", type=float, help="hold alpha at this value and tune only T")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete the search in --out and start over"
+    )
+    parser.add_argument(
+        "--apply-to",
+        metavar="RUN_DIR",
+        help="after the search, train the run folder's distilled stage "
+        "again with the best T and alpha and add it to its results as "
+        "'student_distilled_tuned'; the search then uses the run's "
+        "config (recipe, data subset, student) unless flags override it",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="one line per trial instead of Keras progress bars"
+    )
+    parser.add_argument(
+        "--no-teacher-cache",
+        dest="cache_teacher_logits",
+        action="store_false",
+        help="run the teacher in every trial instead of replaying the "
+        "first trial's teacher logits (same results, slower)",
+    )
     return parser.parse_args(argv)
 
 
 def _space_from_args(args):
+    from kd_keras.errors import SearchError
     from tuning.hypermodel import DEFAULT_ALPHA_RANGE, DEFAULT_TEMPERATURE_RANGE, SearchSpace
-    from tuning.search import SearchError
 
     t_min, t_max = args.temperature_range or DEFAULT_TEMPERATURE_RANGE
     a_min, a_max = args.alpha_range or DEFAULT_ALPHA_RANGE
@@ -101,32 +152,25 @@ def _space_from_args(args):
 
 
 def _config_from_args(args):
-    overrides = {field: getattr(args, field) for _, field, _, _ in _CONFIG_OPTIONS}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = overrides_from_args(args, _CONFIG_FIELDS)
     if args.apply_to:
         from tuning.apply import check_run_folder
 
         check_run_folder(args.apply_to)
         # Tune in the setting the tuned T and alpha will be used in.
-        fields = RunConfig.load(Path(args.apply_to) / "config.json").to_dict()
+        fields = RunFolder(args.apply_to).config().to_dict()
         fields.update(overrides)
         return RunConfig.from_dict(fields)
     return RunConfig.from_preset(args.preset, **overrides)
 
 
-def _one_line(error):
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    if len(lines) == 1:
-        return lines[0]
-    return f"{lines[0]} (last: {lines[-1].strip()})"
-
-
 def _print_trial(row):
     if row["val_accuracy"] is None:
-        print(f"trial {row['trial_id']}: T={row['temperature']:.3g} "
-              f"alpha={row['alpha']:.3g} {row['status']}", flush=True)
+        print(
+            f"trial {row['trial_id']}: T={row['temperature']:.3g} "
+            f"alpha={row['alpha']:.3g} {row['status']}",
+            flush=True,
+        )
         return
     print(
         f"trial {row['trial_id']}: T={row['temperature']:.3g} alpha={row['alpha']:.3g} "
@@ -137,8 +181,9 @@ def _print_trial(row):
 
 
 def _run(args):
+    from kd_keras.errors import SearchError
     from tuning.apply import run_best
-    from tuning.search import SearchError, run_search
+    from tuning.search import run_search
 
     if args.trials < 1:
         raise SearchError(f"--trials must be >= 1, got {args.trials}")
@@ -149,9 +194,10 @@ def _run(args):
     teacher = args.teacher
     if teacher is None:
         if not args.apply_to:
-            raise SearchError("--teacher is required (or --apply-to a run folder with "
-                              "models/teacher.keras)")
-        teacher = Path(args.apply_to) / "models" / "teacher.keras"
+            raise SearchError(
+                "--teacher is required (or --apply-to a run folder with models/teacher.keras)"
+            )
+        teacher = RunFolder(args.apply_to).model_file("teacher")
     data = args.data or (config.data if args.apply_to else None)
     result = run_search(
         teacher,
@@ -167,22 +213,30 @@ def _run(args):
         report=_print_trial,
         cache_teacher_logits=args.cache_teacher_logits,
     )
-    done = sum(r["status"] == "COMPLETED" for r in result.rows)
+    done = sum(r["status"] == TRIAL_COMPLETED for r in result.rows)
     print(f"\n{done} of {len(result.rows)} trials completed; search folder: {result.folder}")
     if result.best is None:
-        print("tuning: error: no trial completed (their errors are in "
-              f"{result.folder}/trial_*/trial.json); fix the cause and run again "
-              "with --overwrite", file=sys.stderr)
+        print(
+            "tuning: error: no trial completed (their errors are in "
+            f"{result.folder}/trial_*/trial.json); fix the cause and run again "
+            "with --overwrite",
+            file=sys.stderr,
+        )
         return 1
     best = result.best
-    print(f"best: T={best['temperature']:.4g} alpha={best['alpha']:.4g} "
-          f"val_accuracy={best['score']:.4f} (trial {best['trial_id']})")
+    print(
+        f"best: T={best['temperature']:.4g} alpha={best['alpha']:.4g} "
+        f"val_accuracy={best['score']:.4f} (trial {best['trial_id']})"
+    )
     if args.apply_to:
-        row = run_best(result.folder, args.apply_to, data=args.data,
-                       verbose=2 if args.quiet else None)
-        print(f"{row['stage']} in {args.apply_to}: test_accuracy={row['test_accuracy']:.4f} "
-              f"val_accuracy={row['val_accuracy']:.4f} (T={row['temperature']:.4g}, "
-              f"alpha={row['alpha']:.4g})")
+        row = run_best(
+            result.folder, args.apply_to, data=args.data, verbose=2 if args.quiet else None
+        )
+        print(
+            f"{row['stage']} in {args.apply_to}: test_accuracy={row['test_accuracy']:.4f} "
+            f"val_accuracy={row['val_accuracy']:.4f} (T={row['temperature']:.4g}, "
+            f"alpha={row['alpha']:.4g})"
+        )
     return 0
 
 
@@ -197,27 +251,12 @@ def main(argv=None):
     0
     """
     args = get_args(argv)
-    from kd_keras.atomic import DiskWriteError, RunLockedError
-    from kd_keras.callbacks import NonFiniteLossError
-    from kd_keras.data import DatasetError
-    from kd_keras.pipeline import RunFolderError, TeacherError
-    from tuning.search import SearchError
-
-    try:
-        return _run(args)
-    except (SearchError, ConfigError, DatasetError, RunFolderError, TeacherError,
-            RunLockedError) as error:
-        print(f"tuning: error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except (NonFiniteLossError, DiskWriteError) as error:
-        print(f"tuning: error: {_one_line(error)}", file=sys.stderr)
-        return 1
-    except RuntimeError as error:
-        # keras-tuner gives up after consecutive failed trials with a
-        # RuntimeError holding the last trial's traceback.
-        print(f"tuning: error: the search failed: {_one_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("tuning: stopped: interrupted (run the same command to resume)",
-              file=sys.stderr)
-        return 130
+    # keras-tuner gives up after consecutive failed trials with a
+    # RuntimeError holding the last trial's traceback: the search failed.
+    return run_command(
+        "tuning",
+        lambda: _run(args),
+        failures=(RuntimeError,),
+        failure_prefix="the search failed: ",
+        stop_hint=" (run the same command to resume)",
+    )

@@ -11,17 +11,16 @@ import math
 import numbers
 from typing import Optional
 
-from kd_keras import Distiller, RunConfig, build_resnet  # First: sets KERAS_BACKEND.
-from kd_keras.config import validate_temperature
-from kd_keras.zoo import build_model
-from kd_keras.pipeline import make_optimizer
-from kd_keras.speed import precision_scope, teacher_for_inference
-from kd_keras.teacher_cache import TeacherLogitCache, with_teacher_logits
-
 import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from kd_keras import RunConfig  # First: sets KERAS_BACKEND.
+from kd_keras.config import validate_temperature
+from kd_keras.distill.teacher import teacher_for_inference
+from kd_keras.distill.teacher_cache import TeacherLogitCache, with_teacher_logits
+from kd_keras.train import recipe
 
 DEFAULT_TEMPERATURE_RANGE = (1.0, 20.0)
 DEFAULT_ALPHA_RANGE = (0.0, 1.0)
@@ -196,8 +195,8 @@ class DistillationHyperModel(keras_tuner.HyperModel):
     Every trial starts from the same student: the student is built once,
     seeded as `kd_keras`'s pipeline seeds its students (`config.seed + 1`),
     and its initial weights are copied into each trial's fresh student. The
-    optimizer and learning-rate schedule are the pipeline's
-    (`kd_keras.pipeline.make_optimizer`), and `fit` makes each trial's
+    optimizer, schedule and compile arguments are the pipeline's
+    (`kd_keras.train.recipe`), and `fit` makes each trial's
     training data afresh from a seeded, per-epoch pipeline, so all trials
     see the same data order and augmentation: two trials differ only in T
     and alpha.
@@ -244,8 +243,17 @@ class DistillationHyperModel(keras_tuner.HyperModel):
     >>> tuner.search(train_data, validation_data=val_ds, epochs=5)
     """
 
-    def __init__(self, teacher, *, steps_per_epoch, epochs=None, config=None,
-                 space=None, cache_teacher_logits=True, name="kd_distillation"):
+    def __init__(
+        self,
+        teacher,
+        *,
+        steps_per_epoch,
+        epochs=None,
+        config=None,
+        space=None,
+        cache_teacher_logits=True,
+        name="kd_distillation",
+    ):
         super().__init__(name=name, tunable=True)
         if not isinstance(teacher, keras.Model):
             raise ValueError(f"teacher must be a keras.Model, got {type(teacher).__name__}")
@@ -268,18 +276,17 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         self.initial_weights = self._new_student().get_weights()
 
     def _new_student(self):
-        c = self.config
-        # The same seeding as kd_keras's Pipeline.build_student: a search and
-        # a run with the same seed, depth and width start from one student.
-        keras.utils.set_random_seed(c.seed + 1)
-        # The student takes the teacher's images and predicts its classes.
-        input_shape = tuple(self.teacher.inputs[0].shape[1:])
-        num_classes = int(self.teacher.outputs[0].shape[-1])
-        with precision_scope(c.precision):
-            return build_model(
-                c.student_model, role="student", depth=c.student_depth,
-                width=c.student_width, input_shape=input_shape, num_classes=num_classes,
-            )
+        # The pipeline's student (`recipe.build_student`, seeded with
+        # seed + 1): a search and a run with the same seed, depth and width
+        # start from one student. It takes the teacher's images and predicts
+        # its classes; a search trains on one device, so its batch norm is
+        # never synchronized.
+        return recipe.build_student(
+            self.config,
+            input_shape=tuple(self.teacher.inputs[0].shape[1:]),
+            num_classes=int(self.teacher.outputs[0].shape[-1]),
+            synchronized_batch_norm=False,
+        )
 
     def build(self, hp):
         """A compiled `Distiller` of a fresh student and the shared teacher.
@@ -293,12 +300,13 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         temperature, alpha = self.space.declare(hp)
         student = self._new_student()
         student.set_weights(self.initial_weights)
-        distiller = Distiller(student=student, teacher=self.teacher)
-        distiller.compile(
-            optimizer=make_optimizer(self.config, self.steps_per_epoch, self.epochs),
-            metrics=["accuracy"],
-            alpha=alpha,
+        distiller = recipe.compile_distiller(
+            student,
+            self.teacher,
+            self.config,
+            recipe.make_optimizer(self.config, self.steps_per_epoch, self.epochs),
             temperature=temperature,
+            alpha=alpha,
         )
         # keras-tuner checkpoints each trial with `save_weights` (and
         # Hyperband reloads with `load_weights`), which refuse an unbuilt
@@ -352,7 +360,7 @@ class DistillationHyperModel(keras_tuner.HyperModel):
             The `keras.callbacks.History` of `model.fit`.
         """
         # Same seed for every trial (the seed of anything drawn in fit).
-        keras.utils.set_random_seed(self.config.seed)
+        recipe.seed_training(self.config)
         epochs = int(kwargs.get("epochs", 1))
         initial_epoch = int(kwargs.get("initial_epoch") or 0)
         made = False
@@ -362,9 +370,7 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         elif callable(kwargs.get("x")):
             kwargs["x"] = self._training_data(kwargs["x"], epochs, initial_epoch)
             made = True
-        if self.cache_teacher_logits and isinstance(
-            kwargs.get("validation_data"), tf.data.Dataset
-        ):
+        if self.cache_teacher_logits and isinstance(kwargs.get("validation_data"), tf.data.Dataset):
             kwargs["validation_data"] = self._validation_data(kwargs["validation_data"])
         if made:
             # The pipeline holds the epochs back to back.

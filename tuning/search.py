@@ -23,38 +23,36 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kd_keras import atomic  # First: kd_keras sets KERAS_BACKEND.
-from kd_keras import RunConfig, load_teacher, make_dataset, prepare_splits
-from kd_keras.config import data_kind
-from kd_keras.data import NUM_CLASSES
-from kd_keras.pipeline import teacher_sanity_check
-from kd_keras.speed import resolve_run_precisions
-
 import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 
+from kd_keras import (
+    RunConfig,
+    atomic,  # First: kd_keras sets KERAS_BACKEND.
+    load_teacher,
+    make_dataset,
+)
+from kd_keras.config import data_kind
+from kd_keras.data.cifar10 import NUM_CLASSES
+from kd_keras.data.splits import splits_for
+from kd_keras.distill.teacher import teacher_sanity_check
+from kd_keras.errors import SearchError
+from kd_keras.run_folder import (
+    BEST_FILE,
+    OBJECTIVE,
+    SEARCH_FILE,
+    SEARCH_PLOT,
+    TRIAL_COLUMNS,
+    TRIAL_COMPLETED,
+    TRIAL_FILE,
+    TRIALS_FILE,
+    TUNERS,
+    SearchFolder,
+)
+from kd_keras.train.speed import resolve_run_precisions
 from tuning.hypermodel import DistillationHyperModel, SearchSpace  # noqa: E402
 
-TUNERS = ("random", "bayesian", "hyperband")
-OBJECTIVE = "val_accuracy"
-SEARCH_FILE = "search.json"
-TRIALS_FILE = "trials.csv"
-BEST_FILE = "best.json"
-PLOT_FILE = "search.png"
-TRIAL_FILE = "kd_trial.json"  # Per trial folder: wall time and epochs.
-TRIAL_COLUMNS = (
-    "trial_id",
-    "temperature",
-    "alpha",
-    "val_accuracy",
-    "val_loss",
-    "epochs",
-    "seconds",
-    "best_epoch",
-    "distiller_val_loss",
-    "status",
-)
 # RunConfig fields that change what a trial computes; a resumed search must
 # agree on them (the teacher's fields do not matter: the teacher is given).
 CONFIG_FIELDS = (
@@ -75,11 +73,6 @@ CONFIG_FIELDS = (
 # Hyperband: each model trains at most `epochs`; successive halving keeps
 # the best third of the models of each round.
 HYPERBAND_FACTOR = 3
-
-
-class SearchError(ValueError):
-    """A search that cannot run as asked: bad settings, a folder that is not
-    a search, or a resume whose settings differ from the saved ones."""
 
 
 def objective():
@@ -305,8 +298,7 @@ def check_search_folder(folder, *, overwrite=False):
     has_settings = (folder / SEARCH_FILE).is_file()
     if not has_settings and not (folder / "oracle.json").is_file():
         raise SearchError(
-            f"'{folder}' is not empty and holds no search (no {SEARCH_FILE}); "
-            "choose another --out"
+            f"'{folder}' is not empty and holds no search (no {SEARCH_FILE}); choose another --out"
         )
     if overwrite:
         return None
@@ -401,22 +393,17 @@ def run_search(
         saved = check_search_folder(folder, overwrite=overwrite)
 
         teacher_model = teacher if isinstance(teacher, keras.Model) else None
-        if teacher_model is None and not isinstance(data, dict) and (
-            data_kind(data) == "cifar10" and config.image_size is None
+        if (
+            teacher_model is None
+            and not isinstance(data, dict)
+            and (data_kind(data) == "cifar10" and config.image_size is None)
         ):
             teacher_model = load_teacher(teacher)  # Checked before the data loads.
         if isinstance(data, dict):
             splits = data
         else:
-            splits = prepare_splits(
-                data,
-                val_size=config.val_size,
-                train_per_class=config.train_per_class,
-                val_per_class=config.val_per_class,
-                test_per_class=1,  # Never used by a search; keep it tiny.
-                seed=config.seed,
-                image_size=config.image_size,
-            )
+            # The test split is never used by a search; keep it tiny.
+            splits = splits_for(config, data=data, test_per_class=1)
         if teacher_model is None:
             teacher_model = load_teacher(
                 teacher,
@@ -441,8 +428,13 @@ def run_search(
                 )
         # Printed before any trial, with a warning and the likely causes if
         # near chance (a search also serves to probe untrained teachers).
-        teacher_sanity_check(teacher_model, splits, verbose=verbose, refuse=False,
-                             name=teacher if isinstance(teacher, str) else teacher_model.name)
+        teacher_sanity_check(
+            teacher_model,
+            splits,
+            verbose=verbose,
+            refuse=False,
+            name=teacher if isinstance(teacher, str) else teacher_model.name,
+        )
 
         train_images, train_labels = splits["train"]
         val_images, val_labels = splits["val"]
@@ -451,8 +443,13 @@ def run_search(
             # Made per trial (see DistillationHyperModel.fit): epoch e's order
             # and augmentation depend on (seed, e) only, as in kd_keras's runs.
             return make_dataset(
-                train_images, train_labels, batch_size=config.batch_size, training=True,
-                seed=config.seed, epochs=epochs, start_epoch=start_epoch,
+                train_images,
+                train_labels,
+                batch_size=config.batch_size,
+                training=True,
+                seed=config.seed,
+                epochs=epochs,
+                start_epoch=start_epoch,
             )
 
         val_dataset = make_dataset(val_images, val_labels, batch_size=256, training=False)
@@ -467,8 +464,13 @@ def run_search(
         # With overwrite, keras-tuner deletes the folder: check_search_folder
         # made sure it holds a search and nothing else of the user's.
         search_tuner = build_tuner(
-            tuner, hypermodel, folder, max_trials=max_trials, epochs=epochs,
-            seed=config.seed, overwrite=overwrite,
+            tuner,
+            hypermodel,
+            folder,
+            max_trials=max_trials,
+            epochs=epochs,
+            seed=config.seed,
+            overwrite=overwrite,
         )
         search_tuner.kd_report = report
         atomic.write_json(folder / SEARCH_FILE, settings)
@@ -487,7 +489,7 @@ def search_lock(folder):
     deleted with the folder by Keras Tuner's `overwrite`. The kernel
     releases it when the process exits.
     """
-    return atomic.RunLock(folder, path=atomic.sibling_lock_path(folder))
+    return atomic.RunLock(folder, path=SearchFolder(folder).lock_file)
 
 
 @contextlib.contextmanager
@@ -495,7 +497,7 @@ def hold_search_lock(folder):
     """Holds `search_lock(folder)` for the block.
 
     Raises:
-        kd_keras.atomic.RunLockedError: another process runs this search.
+        kd_keras.errors.RunLockedError: another process runs this search.
         SearchError: the lock file cannot be created beside the folder.
     """
     lock = search_lock(folder)
@@ -531,33 +533,39 @@ def trial_rows(tuner):
     rows = []
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id)):
         values = trial.hyperparameters.values
-        extra = atomic.read_json(
-            Path(tuner.project_dir) / f"trial_{trial.trial_id}" / TRIAL_FILE, {}
-        ) or {}
-        completed = trial.status == "COMPLETED"
+        extra = (
+            atomic.read_json(Path(tuner.project_dir) / f"trial_{trial.trial_id}" / TRIAL_FILE, {})
+            or {}
+        )
+        completed = trial.status == TRIAL_COMPLETED
         best_step = getattr(trial, "best_step", None)
         initial_epoch = int(values.get("tuner/initial_epoch", 0))
-        rows.append({
-            "trial_id": trial.trial_id,
-            "temperature": float(values["temperature"]) if "temperature" in values else None,
-            "alpha": float(values["alpha"]) if "alpha" in values else None,
-            "val_accuracy": _metric(trial, OBJECTIVE, best=True) if completed else None,
-            # The metrics kept per trial are those of its best epoch.
-            "val_loss": _metric(trial, "val_student_loss") if completed else None,
-            "epochs": extra.get("epochs"),
-            "seconds": extra.get("seconds"),
-            "best_epoch": (initial_epoch + int(best_step) + 1)
-            if completed and best_step is not None else None,
-            "distiller_val_loss": _metric(trial, "val_loss") if completed else None,
-            "status": trial.status,
-        })
+        rows.append(
+            {
+                "trial_id": trial.trial_id,
+                "temperature": float(values["temperature"]) if "temperature" in values else None,
+                "alpha": float(values["alpha"]) if "alpha" in values else None,
+                "val_accuracy": _metric(trial, OBJECTIVE, best=True) if completed else None,
+                # The metrics kept per trial are those of its best epoch.
+                "val_loss": _metric(trial, "val_student_loss") if completed else None,
+                "epochs": extra.get("epochs"),
+                "seconds": extra.get("seconds"),
+                "best_epoch": (initial_epoch + int(best_step) + 1)
+                if completed and best_step is not None
+                else None,
+                "distiller_val_loss": _metric(trial, "val_loss") if completed else None,
+                "status": trial.status,
+            }
+        )
     return rows
 
 
 def best_row(rows):
     """The completed trial with the highest val accuracy (earliest on ties),
     as the `best.json` dict, or `None` if no trial completed."""
-    completed = [r for r in rows if r["status"] == "COMPLETED" and r["val_accuracy"] is not None]
+    completed = [
+        r for r in rows if r["status"] == TRIAL_COMPLETED and r["val_accuracy"] is not None
+    ]
     if not completed:
         return None
     best = max(completed, key=lambda r: (r["val_accuracy"], -int(r["trial_id"])))
@@ -593,7 +601,7 @@ def write_search_outputs(tuner, folder=None):
     best = best_row(rows)
     if best is not None:
         atomic.write_json(folder / BEST_FILE, best)
-    plot_search(rows, best, folder / PLOT_FILE)
+    plot_search(rows, best, folder / SEARCH_PLOT)
     return rows
 
 
@@ -619,8 +627,7 @@ def load_best(folder):
     best = atomic.read_json(Path(folder) / BEST_FILE)
     if best is None:
         raise SearchError(
-            f"'{folder}' holds no {BEST_FILE}: run the search first (or let one "
-            "trial complete)"
+            f"'{folder}' holds no {BEST_FILE}: run the search first (or let one trial complete)"
         )
     return best
 
@@ -653,17 +660,25 @@ def plot_search(rows, best, path):
         # Each panel colours the points by the other knob.
         t_norm = (
             matplotlib.colors.LogNorm(temps.min(), temps.max())
-            if temps.min() < temps.max() else None
+            if temps.min() < temps.max()
+            else None
         )
         panels = (
-            (axes[0], temps, alphas, None, "alpha", "viridis",
-             "temperature T (log scale)"),
-            (axes[1], alphas, temps, t_norm, "T", "plasma",
-             "alpha (weight of the hard-label loss)"),
+            (axes[0], temps, alphas, None, "alpha", "viridis", "temperature T (log scale)"),
+            (
+                axes[1],
+                alphas,
+                temps,
+                t_norm,
+                "T",
+                "plasma",
+                "alpha (weight of the hard-label loss)",
+            ),
         )
         for axis, x, colour, norm, colour_label, cmap, xlabel in panels:
-            points = axis.scatter(x, scores, c=colour, cmap=cmap, norm=norm, s=40,
-                                  edgecolors="black", linewidths=0.4)
+            points = axis.scatter(
+                x, scores, c=colour, cmap=cmap, norm=norm, s=40, edgecolors="black", linewidths=0.4
+            )
             bar = figure.colorbar(points, ax=axis, label=colour_label)
             if norm is not None:
                 bar.set_ticks(_log_ticks(colour.min(), colour.max()) or bar.get_ticks())
@@ -675,15 +690,21 @@ def plot_search(rows, best, path):
         axes[0].set_xscale("log")
         low, high = temps.min() / 1.5, temps.max() * 1.5
         axes[0].set_xlim(low, high)
-        axes[0].set_xticks(
-            _log_ticks(low, high) or sorted({float(f"{t:.3g}") for t in temps})[:8]
-        )
+        axes[0].set_xticks(_log_ticks(low, high) or sorted({float(f"{t:.3g}") for t in temps})[:8])
         axes[0].xaxis.set_major_formatter(plain)
         axes[0].xaxis.set_minor_formatter(NullFormatter())
         if best is not None:
             for axis, x in ((axes[0], best["temperature"]), (axes[1], best["alpha"])):
-                axis.scatter([x], [100 * best["score"]], marker="*", s=300, color="red",
-                             edgecolors="black", zorder=5, label="best")
+                axis.scatter(
+                    [x],
+                    [100 * best["score"]],
+                    marker="*",
+                    s=300,
+                    color="red",
+                    edgecolors="black",
+                    zorder=5,
+                    label="best",
+                )
                 axis.legend(loc="best", fontsize=8)
             figure.suptitle(
                 f"{len(done)} trials; best: T = {best['temperature']:.3g}, "
@@ -692,8 +713,14 @@ def plot_search(rows, best, path):
             )
     else:
         for axis in axes:
-            axis.text(0.5, 0.5, "no completed trial yet", ha="center", va="center",
-                      transform=axis.transAxes)
+            axis.text(
+                0.5,
+                0.5,
+                "no completed trial yet",
+                ha="center",
+                va="center",
+                transform=axis.transAxes,
+            )
     with atomic.atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(figure)

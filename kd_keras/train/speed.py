@@ -38,7 +38,7 @@ Teacher-output caching
 Within one run the teacher always runs on the current batch: every epoch
 has new crops and flips, and the teacher must see exactly the student's
 view. Where views repeat (the trials of a T/alpha search), the logits are
-cached: see `kd_keras.teacher_cache`.
+cached: see `kd_keras.distill.teacher_cache`.
 """
 
 import contextlib
@@ -51,8 +51,8 @@ import warnings
 import keras
 import numpy as np
 
-from kd_keras.config import AUTO_FIELDS, TEACHER_PRECISIONS
-from kd_keras.folding import fold_batch_norm
+from kd_keras.config import AUTO_FIELDS
+from kd_keras.distill.teacher import load_teacher, teacher_for_inference
 from kd_keras.hardware import resolve_precisions, this_machine
 
 # Inter-op threads when `threads` is set: on a few cores, independent ops
@@ -171,7 +171,7 @@ def precision_scope(policy):
     if policy == "auto":
         raise ValueError(
             "precision 'auto' must be resolved before building models: "
-            "use kd_keras.speed.resolve_run_precisions(config)"
+            "use kd_keras.train.speed.resolve_run_precisions(config)"
         )
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
@@ -179,75 +179,6 @@ def precision_scope(policy):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
-
-
-def _output_layer_names(model):
-    names = set()
-    for tensor in model.outputs or []:
-        history = getattr(tensor, "_keras_history", None)
-        if history is not None:
-            names.add(history.operation.name)
-    return names
-
-
-def teacher_for_inference(teacher, precision="float32", *, fold=True):
-    """The frozen teacher to run while distilling: folded, and in `precision`.
-
-    Args:
-        teacher: a trained `keras.Model` returning logits.
-        precision: "float32" keeps the teacher's own compute dtype.
-            "bfloat16" (or "float16") makes its layers compute in that
-            type (policy `mixed_bfloat16` / `mixed_float16`: weights stay
-            float32), except the output layer, which keeps its own policy
-            (float32 logits for kd_keras models).
-        fold: fold batch norm into the convolutions before it
-            (`kd_keras.fold_batch_norm`): the same outputs up to round-off,
-            faster. A model that cannot be rebuilt from its config (a
-            subclassed model) is used unfolded.
-
-    Returns:
-        `teacher` itself if there is nothing to change, else a frozen copy
-        (`trainable = False`) with the same weights, for inference only.
-
-    Raises:
-        ValueError: for another precision, or a model Keras cannot clone
-            in bfloat16 (a subclassed model).
-    """
-    if precision not in TEACHER_PRECISIONS or precision == "auto":
-        raise ValueError(
-            "teacher_precision must be one of "
-            f"{', '.join(p for p in TEACHER_PRECISIONS if p != 'auto')}, got "
-            f"{precision!r} (resolve 'auto' with resolve_run_precisions)"
-        )
-    if fold:
-        try:
-            teacher = fold_batch_norm(teacher)
-        except ValueError:
-            pass  # Not rebuildable: run it as it is.
-    if precision == "float32":
-        return teacher
-    keep = _output_layer_names(teacher)
-
-    def clone_layer(layer):
-        config = layer.get_config()
-        if (
-            "dtype" in config
-            and layer.name not in keep
-            and not isinstance(layer, keras.layers.InputLayer)
-        ):
-            config["dtype"] = f"mixed_{precision}"
-        return layer.__class__.from_config(config)
-
-    try:
-        copy = keras.models.clone_model(teacher, clone_function=clone_layer)
-    except Exception as error:  # Keras raises several types here.
-        raise ValueError(
-            f"cannot run teacher '{teacher.name}' in {precision}: Keras cannot "
-            f"clone it ({error}); use teacher_precision='float32'"
-        ) from None
-    copy.set_weights(teacher.get_weights())
-    copy.trainable = False
-    return copy
 
 
 def effective_steps_per_execution(requested, steps_per_epoch):
@@ -269,17 +200,6 @@ def effective_steps_per_execution(requested, steps_per_epoch):
 # --------------------------------------------------------------------------
 # Run-time estimate
 # --------------------------------------------------------------------------
-def _data_sizes(config):
-    train = (
-        config.train_per_class * 10
-        if config.train_per_class
-        else 50000 - config.val_size
-    )
-    val = config.val_per_class * 10 if config.val_per_class else config.val_size
-    test = config.test_per_class * 10 if config.test_per_class else 10000
-    return train, min(val, config.val_size), test
-
-
 def _time_calls(call, steps):
     """(seconds of the first call, median seconds of the next `steps`)."""
     start = time.perf_counter()
@@ -293,12 +213,10 @@ def _time_calls(call, steps):
     return first, statistics.median(times)
 
 
-def _calibrate_training(model, images, labels, steps):
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, nesterov=True),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
+def _calibrate_training(model, optimizer, images, labels, steps):
+    from kd_keras.train.recipe import compile_classifier
+
+    compile_classifier(model, optimizer)  # The run's loss, metric and optimizer.
     return _time_calls(lambda: model.train_on_batch(images, labels), steps)
 
 
@@ -310,11 +228,12 @@ def _calibrate_forward(model, images, steps):
     return _time_calls(lambda: forward(batch).numpy(), steps)
 
 
-def estimate_run_seconds(config, calibration_steps=3):
+def estimate_run_seconds(config, calibration_steps=3, data=None):
     """Estimated epoch time and total time of each stage of a run.
 
     Times `calibration_steps` training steps of the teacher and the student
-    (and as many teacher forward passes) on one synthetic batch of
+    (the run's models, optimizer and loss, from `kd_keras.train.recipe`),
+    and as many teacher forward passes, on one synthetic batch of
     `config.batch_size` images, after one warm-up step that traces the
     graph, with the config's precision options applied. Then, per stage:
 
@@ -331,6 +250,8 @@ def estimate_run_seconds(config, calibration_steps=3):
     Args:
         config: a `RunConfig`.
         calibration_steps: measured steps per model (after the warm-up).
+        data: `kd_keras.data.splits.data_summary(config)` (image counts,
+            image shape, classes), if already known.
 
     Returns:
         A dict: `stages` maps each stage name to `{"epochs", "epoch_seconds",
@@ -338,33 +259,52 @@ def estimate_run_seconds(config, calibration_steps=3):
         `train_images`, `val_images`, and `calibration` (the measured
         per-step seconds and how long the calibration took).
     """
-    from kd_keras.models import build_resnet
-    from kd_keras.pipeline import load_teacher
+    from kd_keras.data.splits import data_summary
+    from kd_keras.train import recipe
 
     config.validate()
+    data = data or data_summary(config)
+    shape = {"input_shape": tuple(data["image_shape"]), "num_classes": data["num_classes"]}
     machine = local_machine()
     config, choice = resolve_run_precisions(config, machine)
     calibration_start = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     batch = config.batch_size
-    images = rng.integers(0, 256, size=(batch, 32, 32, 3), dtype=np.uint8).astype("float32")
-    labels = rng.integers(0, 10, size=(batch,)).astype("int32")
-    train_images, val_images, _ = _data_sizes(config)
+    images = rng.integers(0, 256, size=(batch, *shape["input_shape"]), dtype=np.uint8).astype(
+        "float32"
+    )
+    labels = rng.integers(0, shape["num_classes"], size=(batch,)).astype("int32")
+    train_images, val_images = data["train_images"], data["val_images"]
     steps_per_epoch = math.ceil(train_images / batch)
     steps = max(1, int(calibration_steps))
 
-    with precision_scope(config.precision):
-        student = build_resnet(config.student_depth, width=config.student_width)
-        if config.teacher:
-            teacher = load_teacher(config.teacher)
-        else:
-            teacher = build_resnet(config.teacher_depth, width=config.teacher_width)
+    # The run's models, for its data, in its precision.
+    student = recipe.build_student(config, **shape)
+    if config.teacher:
+        with precision_scope(config.precision):
+            teacher = load_teacher(
+                config.teacher, shape["num_classes"], image_shape=shape["input_shape"]
+            )
+    else:
+        teacher = recipe.build_teacher(config, **shape)
 
     if config.teacher or config.teacher_epochs == 0:
         teacher_train = (0.0, 0.0)
     else:
-        teacher_train = _calibrate_training(teacher, images, labels, steps)
-    student_train = _calibrate_training(student, images, labels, steps)
+        teacher_train = _calibrate_training(
+            teacher,
+            recipe.make_optimizer(config, steps_per_epoch, config.teacher_epochs),
+            images,
+            labels,
+            steps,
+        )
+    student_train = _calibrate_training(
+        student,
+        recipe.make_optimizer(config, steps_per_epoch, config.student_epochs),
+        images,
+        labels,
+        steps,
+    )
     teacher_forward = _calibrate_forward(
         teacher_for_inference(teacher, config.teacher_precision), images, steps
     )

@@ -13,7 +13,7 @@ bfloat16 (README "Speed").
 import keras
 import numpy as np
 
-from kd_keras.layer_swap import copy_weights, model_config, rebuild
+from kd_keras.models.layer_swap import copy_weights, model_config, rebuild
 
 
 def _producer(tensor):
@@ -87,8 +87,12 @@ def fold_batch_norm(model):
     convs = {conv.name: model.get_layer(bn) for bn, conv in pairs.items()}
 
     def with_bias(entry):
-        config = {**entry["config"], "use_bias": True, "bias_regularizer": None,
-                  "bias_constraint": None}
+        config = {
+            **entry["config"],
+            "use_bias": True,
+            "bias_regularizer": None,
+            "bias_constraint": None,
+        }
         return {**entry, "config": config}
 
     copy = rebuild(

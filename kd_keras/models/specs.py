@@ -2,11 +2,11 @@
 
 This module imports neither Keras nor TensorFlow: the config, the command
 line and the app validate a model name here before anything loads.
-`kd_keras.zoo` builds the model a name stands for.
+`kd_keras.models.zoo` builds the model a name stands for.
 
 A model is given as one of:
 
-- `resnet<depth>`: kd_keras's CIFAR ResNet (`kd_keras.models.build_resnet`)
+- `resnet<depth>`: kd_keras's CIFAR ResNet (`kd_keras.models.resnet.build_resnet`)
   of that depth (any int >= 8; 6n + 2 gives He et al.'s ResNet-20/32/56);
   its width is the run's `teacher_width` / `student_width`.
 - a `keras.applications` architecture by its lower-case name, with options

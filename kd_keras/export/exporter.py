@@ -46,9 +46,8 @@ import keras
 import numpy as np
 
 from kd_keras import atomic
-from kd_keras.config import RunConfig
-from kd_keras.export_spec import (
-    ExportError,
+from kd_keras.errors import DiskWriteError, ExportError
+from kd_keras.export.spec import (
     ExportSpec,
     export_path,
     export_specs,
@@ -60,8 +59,9 @@ from kd_keras.export_spec import (
     row_path,
     validate_options,
 )
-from kd_keras.folding import fold_batch_norm
-from kd_keras.layer_swap import copy_weights, model_config, rebuild
+from kd_keras.models.folding import fold_batch_norm
+from kd_keras.models.layer_swap import copy_weights, model_config, rebuild
+from kd_keras.run_folder import RunFolder
 
 LATENCY_WARMUP = 20  # Calls before timing: graph tracing, caches, allocation.
 MAX_MESSAGE = 240  # Characters of a converter message kept in an error.
@@ -87,8 +87,7 @@ def float32_copy(model):
     names = [
         layer.name
         for layer in model.layers
-        if _dtype_name(layer) != "float32"
-        and not isinstance(layer, keras.layers.InputLayer)
+        if _dtype_name(layer) != "float32" and not isinstance(layer, keras.layers.InputLayer)
     ]
     if not names:
         return model
@@ -164,8 +163,7 @@ def _representative(images):
     array = np.asarray(images, dtype="float32")
     if array.ndim < 2 or len(array) < 1:
         raise ExportError(
-            "representative_images must be an array of at least one image, got "
-            f"shape {array.shape}"
+            f"representative_images must be an array of at least one image, got shape {array.shape}"
         )
     return array
 
@@ -208,7 +206,7 @@ def _atomic_folder(path):
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as error:
-        raise atomic.DiskWriteError(
+        raise DiskWriteError(
             error.errno, f"could not write '{path}': {error.strerror or error}"
         ) from error
     finally:
@@ -280,7 +278,7 @@ def export_model(
             combination, a bad path, an existing path without `overwrite`,
             missing calibration images, or a model the exporter or the
             converter cannot handle (its message, shortened, and what to try).
-        kd_keras.atomic.DiskWriteError: the file could not be written.
+        kd_keras.errors.DiskWriteError: the file could not be written.
 
     Example:
 
@@ -334,8 +332,7 @@ def _as_arrays(dataset, max_images=None):
         for batch in dataset:
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                 raise ExportError(
-                    "dataset must yield (images, labels) batches, got "
-                    f"{type(batch).__name__}"
+                    f"dataset must yield (images, labels) batches, got {type(batch).__name__}"
                 )
             image_parts.append(np.asarray(batch[0]))
             label_parts.append(np.asarray(batch[1]))
@@ -467,8 +464,12 @@ def evaluate_litert(
     >>> result = evaluate_litert("student_int8.tflite", (x_test, y_test))
     >>> result["accuracy"], result["latency_ms"]
     """
-    validate_options(max_images=max_images, batch_size=batch_size,
-                     latency_repeats=latency_repeats, threads=threads)
+    validate_options(
+        max_images=max_images,
+        batch_size=batch_size,
+        latency_repeats=latency_repeats,
+        threads=threads,
+    )
     path = Path(path)
     if not path.is_file() or path.suffix != ".tflite":
         raise ExportError(f"'{path}' is not a LiteRT file (no such .tflite file)")
@@ -490,13 +491,15 @@ def evaluate_litert(
     interpreter.allocate_tensors()
     outputs = []
     for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
+        chunk = images[start : start + batch]
         count = len(chunk)
         if count < batch:  # Pad the last batch instead of resizing again.
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - count, axis=0)])
         interpreter.set_tensor(detail["index"], _to_input(chunk, detail))
         interpreter.invoke()
-        outputs.append(_from_output(interpreter.get_tensor(out_detail["index"]), out_detail)[:count])
+        outputs.append(
+            _from_output(interpreter.get_tensor(out_detail["index"]), out_detail)[:count]
+        )
     result = _scores(np.concatenate(outputs), labels)
 
     single = Interpreter(model_path=str(path), num_threads=threads or 1)
@@ -538,22 +541,20 @@ def _serving_function(loaded, path):
     return call
 
 
-def evaluate_saved_model(path, dataset, *, batch_size=100, latency_repeats=200,
-                         max_images=None):
+def evaluate_saved_model(path, dataset, *, batch_size=100, latency_repeats=200, max_images=None):
     """Runs an exported SavedModel (its `serve` endpoint) through TensorFlow
     on a labelled dataset and times it; returns what `evaluate_litert`
     returns (`input`/`output` float32, `threads` None)."""
     import tensorflow as tf
 
-    validate_options(max_images=max_images, batch_size=batch_size,
-                     latency_repeats=latency_repeats)
+    validate_options(max_images=max_images, batch_size=batch_size, latency_repeats=latency_repeats)
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
         raise ExportError(f"'{path}' is not a SavedModel folder (no saved_model.pb)")
     images, labels = _as_arrays(dataset, max_images)
     serve = _serving_function(tf.saved_model.load(str(path)), path)
     outputs = [
-        serve(tf.constant(images[start:start + batch_size])).numpy()
+        serve(tf.constant(images[start : start + batch_size])).numpy()
         for start in range(0, len(images), batch_size)
     ]
     result = _scores(np.concatenate(outputs), labels)
@@ -594,9 +595,7 @@ def load_stage_model(run_dir, stage):
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for bad files.
-        raise ExportError(
-            f"cannot load '{path}': {_short_converter_message(error)}"
-        ) from None
+        raise ExportError(f"cannot load '{path}': {_short_converter_message(error)}") from None
 
 
 def calibration_sample(images, size, seed):
@@ -662,7 +661,7 @@ def export_run(
 
     Raises:
         ExportError: see `plan_exports`, `export_model`.
-        kd_keras.atomic.RunLockedError: another process holds the run.
+        kd_keras.errors.RunLockedError: another process holds the run.
         kd_keras.DatasetError: the run's data cannot be loaded.
 
     Example:
@@ -671,29 +670,26 @@ def export_run(
     >>> [r["stage"] for r in rows]
     ['student_distilled@float32', 'student_distilled@int8']
     """
-    from kd_keras.data import prepare_splits
-    from kd_keras.results import load_stage_rows, write_results
+    from kd_keras.data.splits import splits_for
+    from kd_keras.report.results import load_stage_rows, write_results
 
     run_dir = Path(run_dir)
-    validate_options(calibration_images=calibration_images, max_images=max_images,
-                     batch_size=batch_size, latency_repeats=latency_repeats,
-                     threads=threads, seed=seed)
+    validate_options(
+        calibration_images=calibration_images,
+        max_images=max_images,
+        batch_size=batch_size,
+        latency_repeats=latency_repeats,
+        threads=threads,
+        seed=seed,
+    )
     specs = export_specs(formats, quantizations, io)
     plan = plan_exports(run_dir, stages, specs, overwrite=overwrite)
     say = log or (lambda line: None)
     new_rows = []
     with atomic.RunLock(run_dir):
-        config = RunConfig.load(run_dir / "config.json")
+        config = RunFolder(run_dir).config()
         seed = config.seed if seed is None else seed
-        splits = prepare_splits(
-            data or config.data,
-            val_size=config.val_size,
-            train_per_class=config.train_per_class,
-            val_per_class=config.val_per_class,
-            test_per_class=config.test_per_class,
-            seed=config.seed,
-            image_size=config.image_size,
-        )
+        splits = splits_for(config, data=data)
         test_images, test_labels = splits["test"]
         if max_images is not None:
             test_images, test_labels = test_images[:max_images], test_labels[:max_images]
@@ -703,40 +699,77 @@ def export_run(
             calibration = calibration_sample(splits["train"][0], calibration_images, seed)
             calibration = calibration.astype("float32")
         for stage in dict.fromkeys(stage for stage, _ in plan):
-            source_row = atomic.read_json(run_dir / "stages" / f"{stage}.json")
+            source_row = RunFolder(run_dir).stage_row(stage)
             source_file = model_path(run_dir, stage)
             digest = file_sha256(source_file)
             model = load_stage_model(run_dir, stage)
             say(f"{stage}: measuring the Keras model on {len(test_labels)} test images")
-            reference = evaluate_keras(model, test_images, test_labels,
-                                       latency_repeats=latency_repeats)
+            reference = evaluate_keras(
+                model, test_images, test_labels, latency_repeats=latency_repeats
+            )
             for _, spec in (p for p in plan if p[0] == stage):
                 name = row_name(stage, spec.variant)
                 target = export_path(run_dir, stage, spec)
                 say(f"{name}: exporting {spec.describe()} to {target.relative_to(run_dir)}")
-                export_model(model, target, format=spec.format, quantize=spec.quantize,
-                             io=spec.io, representative_images=calibration,
-                             overwrite=overwrite)
+                export_model(
+                    model,
+                    target,
+                    format=spec.format,
+                    quantize=spec.quantize,
+                    io=spec.io,
+                    representative_images=calibration,
+                    overwrite=overwrite,
+                )
                 say(f"{name}: evaluating")
                 if spec.format == "litert":
-                    measured = evaluate_litert(target, (test_images, test_labels),
-                                               batch_size=batch_size,
-                                               latency_repeats=latency_repeats,
-                                               threads=threads)
+                    measured = evaluate_litert(
+                        target,
+                        (test_images, test_labels),
+                        batch_size=batch_size,
+                        latency_repeats=latency_repeats,
+                        threads=threads,
+                    )
                 else:
-                    measured = evaluate_saved_model(target, (test_images, test_labels),
-                                                    batch_size=batch_size,
-                                                    latency_repeats=latency_repeats)
-                row = _export_row(name, stage, spec, source_row, source_file, digest,
-                                  run_dir, target, measured, reference, calibration, seed)
+                    measured = evaluate_saved_model(
+                        target,
+                        (test_images, test_labels),
+                        batch_size=batch_size,
+                        latency_repeats=latency_repeats,
+                    )
+                row = _export_row(
+                    name,
+                    stage,
+                    spec,
+                    source_row,
+                    source_file,
+                    digest,
+                    run_dir,
+                    target,
+                    measured,
+                    reference,
+                    calibration,
+                    seed,
+                )
                 atomic.write_json(row_path(run_dir, stage, spec.variant), row)
                 new_rows.append(row)
         write_results(run_dir, load_stage_rows(run_dir))
     return new_rows
 
 
-def _export_row(name, stage, spec, source_row, source_file, digest, run_dir, target,
-                measured, reference, calibration, seed):
+def _export_row(
+    name,
+    stage,
+    spec,
+    source_row,
+    source_file,
+    digest,
+    run_dir,
+    target,
+    measured,
+    reference,
+    calibration,
+    seed,
+):
     import tensorflow as tf
 
     keras_size = source_file.stat().st_size

@@ -21,12 +21,16 @@ it runs Keras's own code.
 
 Shipping: `with_keras_batch_norm(model)` returns a copy with stock
 `keras.layers.BatchNormalization` layers and the same weights, which loads
-without kd_keras. The pipeline saves models that way.
+without kd_keras, and `with_local_batch_norm(model)` a copy whose
+synchronised batch norm (`--sync-batch-norm`, for several devices) is plain
+per-device batch norm again: the same inference, and a model that trains on
+one device without a `tf.distribute` strategy's collectives. The pipeline
+saves models both ways.
 """
 
 import keras
 
-from kd_keras.layer_swap import replace_layer_classes
+from kd_keras.models.layer_swap import copy_weights, rebuild, replace_layer_classes
 
 # TensorFlow's fused kernel rejects a smaller epsilon.
 _MIN_FUSED_EPSILON = 1.001e-5
@@ -65,12 +69,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
             x = tf.cast(x, tf.float32)
         channels = x.shape[-1]
-        gamma = (
-            tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
-        )
-        beta = (
-            tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
-        )
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
         if training and self.trainable:
             outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
@@ -116,9 +116,7 @@ def with_keras_batch_norm(model):
     Raises:
         ValueError: if `model` is not a functional model.
     """
-    return replace_layer_classes(
-        model, FusedBatchNormalization, keras.layers.BatchNormalization
-    )
+    return replace_layer_classes(model, FusedBatchNormalization, keras.layers.BatchNormalization)
 
 
 def with_fused_batch_norm(model):
@@ -136,6 +134,38 @@ def with_fused_batch_norm(model):
     Raises:
         ValueError: if `model` is not a functional model.
     """
-    return replace_layer_classes(
-        model, keras.layers.BatchNormalization, FusedBatchNormalization
-    )
+    return replace_layer_classes(model, keras.layers.BatchNormalization, FusedBatchNormalization)
+
+
+def with_local_batch_norm(model):
+    """A copy of `model` whose synchronised batch-norm layers
+    (`synchronized=True`) compute per-device statistics again.
+
+    Inference is unchanged (it uses the moving statistics either way); the
+    copy fine-tunes on one device like any model, with no cross-replica
+    collectives.
+
+    Args:
+        model: a functional `keras.Model`.
+
+    Returns:
+        A new functional model with the same weights; `model` itself if no
+        batch-norm layer is synchronised.
+
+    Raises:
+        ValueError: if a layer must change and `model` is not functional.
+    """
+    names = [
+        layer.name
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
+    ]
+    if not names:
+        return model
+
+    def local(entry):
+        return {**entry, "config": {**entry["config"], "synchronized": False}}
+
+    copy = rebuild(model, edit={name: local for name in names})
+    copy_weights(model, copy)
+    return copy

@@ -3,7 +3,7 @@
 `--data` (`RunConfig.data`) names one of:
 
 - CIFAR-10 (the default): the official `cifar-10-python.tar.gz` or its
-  extracted `cifar-10-batches-py/` folder (see `kd_keras.data`).
+  extracted `cifar-10-batches-py/` folder (see `kd_keras.data.cifar10`).
 - an image folder with one subfolder per class (`cats/`, `dogs/`, ...),
   as `keras.utils.image_dataset_from_directory` reads it. Class `i` is the
   `i`-th class folder in sorted order. If the folder holds `train/` and
@@ -18,7 +18,7 @@
   is carved out as for a folder without `test/`) and `class_names`
   (strings; default `"0"`, `"1"`, ...).
 
-Every source gives what `kd_keras.data.prepare_splits` consumes: uint8 RGB
+Every source gives what `kd_keras.data.splits.prepare_splits` consumes: uint8 RGB
 images of one size, 0..255 (the models normalise inside), int64 labels,
 and the class names. Images of a folder are read with Pillow: PNG, JPEG,
 BMP and GIF (first frame), converted to RGB, and resized (bilinear) to
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from kd_keras.config import data_kind  # noqa: F401 (re-exported)
-from kd_keras.data import DatasetError
+from kd_keras.errors import DataSourceError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TEST_FRACTION = 0.2
@@ -49,16 +49,6 @@ MAX_IMAGES = 2_000_000
 MAX_ARRAY_BYTES = 16 << 30
 MAX_NPZ_BYTES = 16 << 30
 MAX_CLASSES = 10_000
-
-
-class DataSourceError(DatasetError):
-    """Raised for an image folder or `.npz` file that cannot be used; the
-    message names the path, what is wrong and the fix, on one line."""
-
-    def __init__(self, path, problem):
-        self.path = str(path)
-        self.problem = problem
-        ValueError.__init__(self, f"data at '{path}': {problem}")
 
 
 def _regular_size(path, limit, what):
@@ -87,16 +77,16 @@ def _as_rgb_uint8(images, path, key):
             )
         if images.size and (images.min() < 0 or images.max() > 255):
             raise DataSourceError(
-                path, f"'{key}' pixels must lie in 0..255, got "
-                f"[{images.min()}, {images.max()}]"
+                path, f"'{key}' pixels must lie in 0..255, got [{images.min()}, {images.max()}]"
             )
         images = images.astype(np.uint8)
     if images.ndim == 4 and images.shape[-1] == 1 or images.ndim == 3:
         images = np.repeat(images.reshape(images.shape[:3] + (1,)), 3, axis=-1)
     if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3], default=0) < 1:
         raise DataSourceError(
-            path, f"'{key}' must have shape (N, height, width, 3) or (N, height, "
-            f"width), got {images.shape}"
+            path,
+            f"'{key}' must have shape (N, height, width, 3) or (N, height, "
+            f"width), got {images.shape}",
         )
     return np.ascontiguousarray(images)
 
@@ -107,8 +97,9 @@ def _as_labels(labels, count, num_classes, path, key):
         labels = labels.reshape(-1)
     if labels.ndim != 1 or len(labels) != count:
         raise DataSourceError(
-            path, f"'{key}' must be {count} int class ids of shape ({count},), got "
-            f"{labels.dtype} {labels.shape}"
+            path,
+            f"'{key}' must be {count} int class ids of shape ({count},), got "
+            f"{labels.dtype} {labels.shape}",
         )
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataSourceError(
@@ -116,8 +107,8 @@ def _as_labels(labels, count, num_classes, path, key):
         )
     if count and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataSourceError(
-            path, f"'{key}' must lie in [0, {num_classes - 1}], got "
-            f"[{labels.min()}, {labels.max()}]"
+            path,
+            f"'{key}' must lie in [0, {num_classes - 1}], got [{labels.min()}, {labels.max()}]",
         )
     return labels.astype(np.int64)
 
@@ -146,8 +137,9 @@ def load_npz(path):
         missing = [k for k in ("x_train", "y_train") if k not in keys]
         if missing or (("x_test" in keys) != ("y_test" in keys)):
             raise DataSourceError(
-                path, f"the file has keys {sorted(keys)}; it needs x_train and y_train "
-                "(and optionally both x_test and y_test, and class_names)"
+                path,
+                f"the file has keys {sorted(keys)}; it needs x_train and y_train "
+                "(and optionally both x_test and y_test, and class_names)",
             )
         unknown = sorted(keys - set(NPZ_KEYS))
         if unknown:
@@ -167,8 +159,11 @@ def load_npz(path):
     if "class_names" in arrays:
         names = [str(n) for n in np.asarray(arrays["class_names"]).reshape(-1)]
     else:
-        highest = [int(np.max(arrays[k], initial=0)) for k in ("y_train", "y_test")
-                   if k in arrays and np.issubdtype(np.asarray(arrays[k]).dtype, np.integer)]
+        highest = [
+            int(np.max(arrays[k], initial=0))
+            for k in ("y_train", "y_test")
+            if k in arrays and np.issubdtype(np.asarray(arrays[k]).dtype, np.integer)
+        ]
         names = [str(i) for i in range(max(highest, default=0) + 1)]
     _check_class_names(names, path)
     y_train = _as_labels(arrays["y_train"], len(x_train), len(names), path, "y_train")
@@ -177,8 +172,9 @@ def load_npz(path):
         x_test = _as_rgb_uint8(arrays["x_test"], path, "x_test")
         if x_test.shape[1:] != x_train.shape[1:]:
             raise DataSourceError(
-                path, f"x_test images are {x_test.shape[1:]}, x_train images "
-                f"{x_train.shape[1:]}; store both at one size"
+                path,
+                f"x_test images are {x_test.shape[1:]}, x_train images "
+                f"{x_train.shape[1:]}; store both at one size",
             )
         test = (x_test, _as_labels(arrays["y_test"], len(x_test), len(names), path, "y_test"))
     return (x_train, y_train), test, names
@@ -194,13 +190,12 @@ def _check_class_names(names, path):
 
 
 def _class_folders(root):
-    folders = sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataSourceError(
-            root, "no class subfolders; put each class's images in its own "
-            "subfolder (e.g. cats/, dogs/), or give a CIFAR-10 archive or a .npz file"
+            root,
+            "no class subfolders; put each class's images in its own "
+            "subfolder (e.g. cats/, dogs/), or give a CIFAR-10 archive or a .npz file",
         )
     return folders
 
@@ -215,8 +210,9 @@ def _image_files(folder):
             path = Path(parent) / name
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise DataSourceError(
-                    path, f"not an image file (allowed: {' '.join(IMAGE_EXTENSIONS)}); "
-                    "move it out of the class folders"
+                    path,
+                    f"not an image file (allowed: {' '.join(IMAGE_EXTENSIONS)}); "
+                    "move it out of the class folders",
                 )
             files.append(path)
             if len(files) > MAX_IMAGES:
@@ -233,8 +229,7 @@ def _read_image(path, image_size):
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise DataSourceError(
-                    path, f"the image has {width}x{height} pixels, more than "
-                    f"{MAX_IMAGE_PIXELS:,}"
+                    path, f"the image has {width}x{height} pixels, more than {MAX_IMAGE_PIXELS:,}"
                 )
             image = image.convert("RGB")
             if image_size is not None and image.size != (image_size, image_size):
@@ -262,21 +257,23 @@ def _read_class_folders(root, image_size, names=None):
     if empty:
         raise DataSourceError(root, f"class folder(s) {empty} hold no images")
     images, first = None, None
-    for index, (label, path) in enumerate(files):
+    for index, (_, path) in enumerate(files):
         pixels = _read_image(path, image_size)
         if images is None:
             first = path
             if len(files) * pixels.size > MAX_ARRAY_BYTES:
                 raise DataSourceError(
-                    root, f"{len(files):,} images of {pixels.shape} need more than "
-                    f"{MAX_ARRAY_BYTES:,} bytes; pass a smaller --image-size"
+                    root,
+                    f"{len(files):,} images of {pixels.shape} need more than "
+                    f"{MAX_ARRAY_BYTES:,} bytes; pass a smaller --image-size",
                 )
             images = np.empty((len(files),) + pixels.shape, np.uint8)
         elif pixels.shape != images.shape[1:]:
             raise DataSourceError(
-                path, f"the image is {pixels.shape[1]}x{pixels.shape[0]} but '{first}' is "
+                path,
+                f"the image is {pixels.shape[1]}x{pixels.shape[0]} but '{first}' is "
                 f"{images.shape[2]}x{images.shape[1]}; pass --image-size to resize all "
-                "images to one size"
+                "images to one size",
             )
         images[index] = pixels
     labels = np.array([label for label, _ in files], np.int64)
@@ -295,7 +292,7 @@ def carve_test_split(labels, fraction=TEST_FRACTION, *, seed):
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
         count = min(max(1, int(round(fraction * len(members)))), len(members) - 2)
-        taken.append(members[:max(count, 0)])
+        taken.append(members[: max(count, 0)])
     test = np.sort(np.concatenate(taken)) if taken else np.array([], int)
     return test, np.setdiff1d(np.arange(len(labels)), test)
 
@@ -305,8 +302,9 @@ def _check_per_class(labels, names, path, minimum, where):
     few = [f"'{names[i]}' ({counts[i]})" for i in np.flatnonzero(counts < minimum)]
     if few:
         raise DataSourceError(
-            path, f"class(es) {', '.join(few)} have fewer than {minimum} images {where}; "
-            "add images or remove the class"
+            path,
+            f"class(es) {', '.join(few)} have fewer than {minimum} images {where}; "
+            "add images or remove the class",
         )
 
 
@@ -330,8 +328,9 @@ def load_image_folder(path, *, image_size=None, seed=0):
         x_test, y_test, _ = _read_class_folders(test_dir, image_size, names)
         if x_test.shape[1:] != x_train.shape[1:]:
             raise DataSourceError(
-                test_dir, f"its images are {x_test.shape[1:3]}, the training images "
-                f"{x_train.shape[1:3]}; pass --image-size to resize all images"
+                test_dir,
+                f"its images are {x_test.shape[1:3]}, the training images "
+                f"{x_train.shape[1:3]}; pass --image-size to resize all images",
             )
         _check_class_names(names, train_dir)
         _check_per_class(y_train, names, train_dir, 2, "for training and validation")
@@ -351,9 +350,7 @@ def resize_images(images, image_size):
         return images
     out = np.empty((len(images), image_size, image_size, 3), np.uint8)
     for i, image in enumerate(images):
-        out[i] = np.asarray(
-            Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR)
-        )
+        out[i] = np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR))
     return out
 
 
@@ -365,12 +362,12 @@ def load_source(source=None, *, image_size=None, seed=0, cache_dir=None):
         image_size: resize every image to this square size; `None` keeps
             the data's own size.
         seed: seed of the test split carved from a source without one.
-        cache_dir: see `kd_keras.data.load_cifar10`.
+        cache_dir: see `kd_keras.data.cifar10.load_cifar10`.
 
     Returns:
         `((x_train, y_train), (x_test, y_test), class_names)`.
     """
-    from kd_keras.data import CLASS_NAMES, load_cifar10
+    from kd_keras.data.cifar10 import CLASS_NAMES, load_cifar10
 
     kind = data_kind(source)
     if kind == "cifar10":
@@ -381,8 +378,7 @@ def load_source(source=None, *, image_size=None, seed=0, cache_dir=None):
     else:
         (x_train, y_train), (x_test, y_test), names = load_npz(source)
         if x_test is None:
-            _check_per_class(y_train, names, source, 3,
-                             "(one each for training, validation, test)")
+            _check_per_class(y_train, names, source, 3, "(one each for training, validation, test)")
             test, rest = carve_test_split(y_train, seed=seed)
             x_test, y_test = x_train[test], y_train[test]
             x_train, y_train = x_train[rest], y_train[rest]

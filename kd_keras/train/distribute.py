@@ -44,16 +44,14 @@ import tempfile
 from pathlib import Path
 
 from kd_keras import atomic
-from kd_keras.config import STRATEGIES, ConfigError
+from kd_keras.config import STRATEGIES
+from kd_keras.errors import DistributeError
+
 # Collectives wait at most this long for the other workers, so a dead worker
 # ends the run with an error instead of a hang; the environment variable
 # overrides it (seconds).
 COLLECTIVE_TIMEOUT_S = 120.0
 TIMEOUT_ENV_VAR = "KD_KERAS_COLLECTIVE_TIMEOUT"
-
-
-class DistributeError(ConfigError):
-    """A strategy that cannot run as asked (bad TF_CONFIG, devices, batch)."""
 
 
 def read_tf_config(environ=None):
@@ -79,12 +77,8 @@ def read_tf_config(environ=None):
             '"task": {"type": "worker", "index": 0}}'
         )
     kind, index = task.get("type"), task.get("index", 0)
-    if kind not in cluster or not isinstance(index, int) or not (
-        0 <= index < len(cluster[kind])
-    ):
-        raise DistributeError(
-            f"TF_CONFIG task {task!r} is not in its cluster {sorted(cluster)}"
-        )
+    if kind not in cluster or not isinstance(index, int) or not (0 <= index < len(cluster[kind])):
+        raise DistributeError(f"TF_CONFIG task {task!r} is not in its cluster {sorted(cluster)}")
     return value
 
 
@@ -127,13 +121,9 @@ def make_strategy(name, devices=None, *, timeout_seconds=None):
             than "mirrored", or "multi_worker" without a `TF_CONFIG`.
     """
     if name not in STRATEGIES:
-        raise DistributeError(
-            f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}"
-        )
+        raise DistributeError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
     if devices is not None and name != "mirrored":
-        raise DistributeError(
-            f"devices apply to the 'mirrored' strategy only, not {name!r}"
-        )
+        raise DistributeError(f"devices apply to the 'mirrored' strategy only, not {name!r}")
     import tensorflow as tf
 
     if name == "default":
@@ -152,12 +142,8 @@ def make_strategy(name, devices=None, *, timeout_seconds=None):
         except ValueError:
             timeout_seconds = -1.0
         if not timeout_seconds > 0:
-            raise DistributeError(
-                f"{TIMEOUT_ENV_VAR} must be a number of seconds > 0, got {raw!r}"
-            )
-    options = tf.distribute.experimental.CommunicationOptions(
-        timeout_seconds=timeout_seconds
-    )
+            raise DistributeError(f"{TIMEOUT_ENV_VAR} must be a number of seconds > 0, got {raw!r}")
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_seconds)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
@@ -187,11 +173,61 @@ def barrier(strategy, name="kd_keras"):
         return
     import tensorflow as tf
 
-    total = strategy.reduce(
-        "SUM", strategy.run(lambda: tf.constant(1.0)), axis=None
-    )
+    total = strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
     if int(total) != strategy.num_replicas_in_sync:
         raise DistributeError(f"barrier {name}: {int(total)} replicas answered")
+
+
+def check_agreement(strategy, settings, choices, *, replica_values=None):
+    """Raises `DistributeError` unless every worker of a multi-worker
+    `strategy` holds the same `settings`.
+
+    Each worker resolves `precision="auto"` from its own hardware; workers on
+    different machines could pick different precisions and train different
+    models in lockstep. This compares them with one all-reduce: each setting
+    becomes its index in `choices[name]` plus one, and the values agree iff
+    the replicas' sum of squares times their number equals their sum squared.
+
+    Args:
+        strategy: the run's strategy (nothing is checked on one worker).
+        settings: `{name: value}` of this worker, e.g. the resolved precisions.
+        choices: `{name: tuple of the possible values}`.
+        replica_values: for tests: a function `(replica_id) -> {name: value}`
+            that stands in for `settings` per replica.
+    """
+    if replica_values is None and not is_multi_worker(strategy):
+        return
+    import tensorflow as tf
+
+    names = sorted(settings)
+
+    def codes(values):
+        return [float(choices[n].index(values[n]) + 1) for n in names]
+
+    def per_replica():
+        if replica_values is None:
+            return tf.constant(codes(settings))
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group
+        table = tf.constant(
+            [codes(replica_values(i)) for i in range(strategy.num_replicas_in_sync)]
+        )
+        return tf.gather(table, replica)
+
+    values = strategy.run(per_replica)
+    squares = strategy.run(lambda v: v * v, args=(values,))
+    total = strategy.reduce("SUM", values, axis=None).numpy()
+    total_sq = strategy.reduce("SUM", squares, axis=None).numpy()
+    count = strategy.num_replicas_in_sync
+    differ = [n for n, s, q in zip(names, total, total_sq) if abs(count * q - s * s) > 1e-6]
+    if differ:
+        mine = ", ".join(f"{n}={settings[n]}" for n in differ)
+        flags = " ".join(f"--{n.replace('_', '-')} {settings[n]}" for n in differ)
+        raise DistributeError(
+            f"the workers resolved {', '.join(differ)} differently (this worker: "
+            f"{mine}); their machines differ, so give it explicitly on every "
+            f"worker, e.g. {flags}"
+        )
 
 
 class WorkerFolder:
@@ -224,8 +260,7 @@ class WorkerFolder:
         shutil.rmtree(self._root, ignore_errors=True)
 
 
-def fit(trainable, dataset, *, validation_data, epochs, steps_per_epoch, callbacks,
-        verbose=1):
+def fit(trainable, dataset, *, validation_data, epochs, steps_per_epoch, callbacks, verbose=1):
     """`trainable.fit(...)`, or under a multi-worker strategy the same
     training through `strategy.run` (see the module docstring).
 
@@ -253,8 +288,13 @@ def fit(trainable, dataset, *, validation_data, epochs, steps_per_epoch, callbac
             shuffle=False,
         )
     return _fit_multi_worker(
-        trainable, dataset, validation_data=validation_data, epochs=epochs,
-        steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+        trainable,
+        dataset,
+        validation_data=validation_data,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
     )
 
 
@@ -273,9 +313,7 @@ def _distribute(strategy, dataset):
     options = tf.data.Options()
     # Every worker builds the same dataset (same seed, same order) and keeps
     # its replicas' parts of each global batch.
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA
-    )
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return strategy.experimental_distribute_dataset(dataset.with_options(options))
 
 
@@ -328,15 +366,21 @@ def _evaluate_multi_worker(model, dataset):
     return _metrics_or_logs(model, logs)
 
 
-def _fit_multi_worker(trainable, dataset, *, validation_data, epochs, steps_per_epoch,
-                      callbacks, verbose):
+def _fit_multi_worker(
+    trainable, dataset, *, validation_data, epochs, steps_per_epoch, callbacks, verbose
+):
     import keras
     import tensorflow as tf
 
     strategy = tf.distribute.get_strategy()
     callbacks = keras.callbacks.CallbackList(
-        callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose,
-        epochs=epochs, steps=steps_per_epoch, model=trainable,
+        callbacks,
+        add_history=True,
+        add_progbar=verbose != 0,
+        verbose=verbose,
+        epochs=epochs,
+        steps=steps_per_epoch,
+        model=trainable,
     )
     _build(trainable, strategy, dataset)
     step = _step_function(trainable, strategy, trainable.train_step)

@@ -3,7 +3,7 @@ file names, result-row names and the checks of a request.
 
 This module imports neither Keras nor TensorFlow (like `kd_keras.config`),
 so the CLI refuses a bad request before TensorFlow starts and the app lists
-exported files cheaply. The conversion itself is `kd_keras.export`.
+exported files cheaply. The conversion itself is `kd_keras.export.exporter`.
 
 An export is one *variant* of a trained stage's model:
 
@@ -39,17 +39,18 @@ import hashlib
 from pathlib import Path
 
 from kd_keras import atomic
+from kd_keras.errors import ExportError
+from kd_keras.run_folder import EXPORT_DIR, RunFolder
 from kd_keras.stages import STAGES
 
 FORMATS = ("saved_model", "litert")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 IO_TYPES = ("float32", "int8")
 VARIANTS = ("saved_model", "float32", "float16", "dynamic", "int8", "int8_io")
-EXPORT_DIR = "export"
 ROW_SEPARATOR = "@"
 
 # Columns of an exported model's row added to results.csv (after
-# `kd_keras.results.TABLE_COLUMNS`) when a run has exports.
+# `kd_keras.report.results.TABLE_COLUMNS`) when a run has exports.
 EXPORT_COLUMNS = (
     "source_stage",
     "format",
@@ -73,17 +74,9 @@ _QUANTIZE_NOTES = {
 }
 
 
-class ExportError(ValueError):
-    """An export that cannot be done as asked: an unknown option, a stage
-    that is missing or unfinished, a file that exists, a model the converter
-    cannot handle. The message names the problem and what to do instead."""
-
-
 def _choose(kind, value, choices):
     if value not in choices:
-        raise ExportError(
-            f"unknown {kind} {value!r}; choose one of {', '.join(choices)}"
-        )
+        raise ExportError(f"unknown {kind} {value!r}; choose one of {', '.join(choices)}")
     return value
 
 
@@ -187,7 +180,8 @@ def export_specs(formats=("litert",), quantizations=None, io=("float32",)):
     """
     formats = _flatten(formats, "formats")
     quantizations = _flatten(quantizations, "quantisations") or (
-        ["int8"] if "litert" in formats else ["none"])
+        ["int8"] if "litert" in formats else ["none"]
+    )
     io = _flatten(io, "io types") or ["float32"]
     for value in formats:
         _choose("format", value, FORMATS)
@@ -253,7 +247,7 @@ def row_path(run_dir, stage, variant):
 
 def model_path(run_dir, stage):
     """The stage's trained model, the source of its exports."""
-    return Path(run_dir) / "models" / f"{stage}.keras"
+    return RunFolder(run_dir).model_file(stage)
 
 
 def file_sha256(path):
@@ -331,8 +325,15 @@ def _positive_int(name, value, allow_none=False):
     return value
 
 
-def validate_options(*, calibration_images=256, max_images=None, batch_size=100,
-                     latency_repeats=200, threads=None, seed=None):
+def validate_options(
+    *,
+    calibration_images=256,
+    max_images=None,
+    batch_size=100,
+    latency_repeats=200,
+    threads=None,
+    seed=None,
+):
     """Raises `ExportError`, naming the bad value, for an invalid number."""
     _positive_int("calibration_images", calibration_images)
     _positive_int("max_images", max_images, allow_none=True)
@@ -345,8 +346,7 @@ def validate_options(*, calibration_images=256, max_images=None, batch_size=100,
 
 def run_stages(run_dir):
     """Stage names a run folder knows: the pipeline's and any added ones."""
-    run_dir = Path(run_dir)
-    extra = {p.stem for p in (run_dir / "stages").glob("*.json")}
+    extra = {p.stem for p in RunFolder(run_dir).stages_dir.glob("*.json")}
     return list(STAGES) + sorted(extra - set(STAGES))
 
 
@@ -369,7 +369,7 @@ def plan_exports(run_dir, stages=("student_distilled",), specs=(), *, overwrite=
             `overwrite`) a target that exists.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not RunFolder(run_dir).config_file.is_file():
         raise ExportError(
             f"'{run_dir}' is not a kd_keras run folder (no config.json); "
             "pass the --out folder of a run"
@@ -383,10 +383,9 @@ def plan_exports(run_dir, stages=("student_distilled",), specs=(), *, overwrite=
     for stage in stages:
         if stage not in known:
             raise ExportError(
-                f"stage '{stage}' is not in run '{run_dir}'; its stages are "
-                f"{', '.join(known)}"
+                f"stage '{stage}' is not in run '{run_dir}'; its stages are {', '.join(known)}"
             )
-        if not (run_dir / "stages" / f"{stage}.json").is_file():
+        if not RunFolder(run_dir).is_complete(stage):
             raise ExportError(
                 f"run '{run_dir}' has not finished stage '{stage}' (no "
                 f"stages/{stage}.json); finish it first: python -m kd_keras "
@@ -406,7 +405,9 @@ def plan_exports(run_dir, stages=("student_distilled",), specs=(), *, overwrite=
                     existing.append(str(path.relative_to(run_dir)))
                     break
         if existing:
-            shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+            shown = ", ".join(existing[:3]) + (
+                f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+            )
             raise ExportError(
                 f"{shown} already exist{'s' if len(existing) == 1 else ''} in "
                 f"'{run_dir}'; pass --overwrite to replace "

@@ -11,10 +11,8 @@ import keras
 import numpy as np
 
 from kd_keras import atomic
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+from kd_keras.errors import DamagedFileError, NonFiniteLossError
+from kd_keras.run_folder import read_history
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):
@@ -103,7 +101,7 @@ def repair_history(path, checkpoint, completed_epochs):
     recorded = {int(r["epoch"]): r for r in (checkpoint.history() if checkpoint else [])}
     try:
         rows = read_history(path)
-    except atomic.DamagedFileError:
+    except DamagedFileError:
         if not all(e in recorded for e in range(1, completed_epochs + 1)):
             raise
         rows = []
@@ -127,36 +125,6 @@ def write_history(path, rows):
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(path, buffer.getvalue())
-
-
-def read_history(path):
-    """Reads a history CSV into a list of dicts of floats (empty if absent).
-
-    Raises:
-        DamagedFileError: the file exists but is not a history CSV (a row
-            with missing or extra cells, a value that is not a number, no
-            `epoch` column), naming the file and the fix.
-    """
-    try:
-        with open(path, newline="") as file:
-            text = file.read()
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError) as error:
-        raise atomic.DamagedFileError(path, f"unreadable: {error}") from None
-    rows = []
-    try:
-        reader = csv.DictReader(io.StringIO(text))
-        for line, raw in enumerate(reader, start=2):
-            if None in raw or None in raw.values():
-                raise ValueError(f"line {line} has {len(raw)} cells, not {len(reader.fieldnames)}")
-            row = {k: float(v) for k, v in raw.items() if v != ""}
-            row["epoch"] = int(row["epoch"])
-            rows.append(row)
-    except (ValueError, KeyError, csv.Error) as error:
-        problem = f"no {error} column" if isinstance(error, KeyError) else str(error)
-        raise atomic.DamagedFileError(path, problem) from None
-    return rows
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):
@@ -212,13 +180,13 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             return None
         epoch, best, best_epoch = meta["epoch"], meta["best"], meta["best_epoch"]
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise atomic.DamagedFileError(self._meta_path, f"epoch {epoch!r}")
+            raise DamagedFileError(self._meta_path, f"epoch {epoch!r}")
         if isinstance(best, bool) or not isinstance(best, (int, float)):
-            raise atomic.DamagedFileError(self._meta_path, f"best {best!r}")
+            raise DamagedFileError(self._meta_path, f"best {best!r}")
         if best_epoch is not None and (
             isinstance(best_epoch, bool) or not isinstance(best_epoch, int)
         ):
-            raise atomic.DamagedFileError(self._meta_path, f"best_epoch {best_epoch!r}")
+            raise DamagedFileError(self._meta_path, f"best_epoch {best_epoch!r}")
         return meta
 
     def completed_epochs(self):
@@ -233,7 +201,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             # Pairs, not objects: JSON objects are written with sorted keys.
             rows = [dict(pairs) for pairs in recorded]
         except (TypeError, ValueError):
-            raise atomic.DamagedFileError(self._meta_path, "a malformed 'history' entry") from None
+            raise DamagedFileError(self._meta_path, "a malformed 'history' entry") from None
         return [r for r in rows if "epoch" in r]
 
     def train_seconds(self):
@@ -264,11 +232,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         try:
             state = np.load(path, allow_pickle=False)
         except FileNotFoundError:
-            raise atomic.DamagedFileError(
+            raise DamagedFileError(
                 self._meta_path, f"it records an epoch but '{path.name}' is missing"
             ) from None
         except Exception as error:  # NumPy raises many types for bad files.
-            raise atomic.DamagedFileError(path, f"not a readable .npz: {error}") from None
+            raise DamagedFileError(path, f"not a readable .npz: {error}") from None
         with state:
             yield state
 
@@ -276,7 +244,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         try:
             _assign(variables, state, prefix)
         except (ValueError, KeyError, OSError, EOFError) as error:
-            raise atomic.DamagedFileError(path, str(error).splitlines()[0]) from None
+            raise DamagedFileError(path, str(error).splitlines()[0]) from None
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)

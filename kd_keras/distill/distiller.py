@@ -17,7 +17,7 @@ from kd_keras.config import (
     validate_alpha,
     validate_temperature,
 )
-from kd_keras.teacher_cache import IMAGES, TEACHER_LOGITS
+from kd_keras.distill.teacher_cache import IMAGES, TEACHER_LOGITS
 
 # What the teacher's outputs are: "logits" (used as they are) or
 # "probabilities" (a softmax's output; distilled from their log).
@@ -41,7 +41,7 @@ def _producer(tensor):
 
 
 def _static_outputs_kind(model):
-    """"probabilities" if `model`'s single output is made by a softmax,
+    """ "probabilities" if `model`'s single output is made by a softmax,
     "logits" if by a layer with a linear activation (Dense, Conv...), else
     None (not inspectable: a subclassed model, a Lambda, ...)."""
     outputs = getattr(model, "outputs", None)
@@ -84,9 +84,7 @@ def _input_shape(model):
         return tuple(inputs[0].shape) if len(inputs) == 1 else None
     config = model.get_build_config() if model.built else None
     shape = (config or {}).get("input_shape")
-    if isinstance(shape, (list, tuple)) and all(
-        d is None or isinstance(d, int) for d in shape
-    ):
+    if isinstance(shape, (list, tuple)) and all(d is None or isinstance(d, int) for d in shape):
         return (None,) + tuple(shape[1:])
     return None
 
@@ -109,9 +107,11 @@ def _probe_outputs_kind(teacher, input_shape):
     outputs = teacher(probe, training=False)
     if not keras.ops.is_tensor(outputs):
         return None  # Several outputs: refused by the shape checks.
-    return "probabilities" if _rows_are_probabilities(
-        keras.ops.convert_to_numpy(outputs)
-    ) else "logits"
+    return (
+        "probabilities"
+        if _rows_are_probabilities(keras.ops.convert_to_numpy(outputs))
+        else "logits"
+    )
 
 
 def _single_output_shape(outputs, role, model):
@@ -163,7 +163,7 @@ def split_teacher_logits(x):
 
     `x` is the student's input, or a dict `{"images": inputs,
     "teacher_logits": logits}` carrying the teacher's precomputed outputs of
-    those inputs (`kd_keras.teacher_cache` makes such batches); other keys
+    those inputs (`kd_keras.distill.teacher_cache` makes such batches); other keys
     next to `"teacher_logits"` are passed to the student as its (named)
     inputs. `teacher_logits` is None when `x` carries none.
     """
@@ -189,7 +189,7 @@ def _check_sample_weight(sample_weight):
             "element of a batch is Keras's sample weights; the teacher's "
             "logits, precomputed, go in x: "
             f"{{'{IMAGES}': images, '{TEACHER_LOGITS}': logits}} "
-            "(kd_keras.teacher_cache makes such batches)."
+            "(kd_keras.distill.teacher_cache makes such batches)."
         )
     return sample_weight
 
@@ -262,7 +262,7 @@ class Distiller(keras.Model):
     `sum_i(w_i * l_i) / batch_size`, as Keras weights a compiled per-example
     loss. `x` is the student's input, or `{"images": inputs,
     "teacher_logits": t}` with the teacher's outputs of those inputs,
-    precomputed (`kd_keras.teacher_cache`): the teacher then does not run.
+    precomputed (`kd_keras.distill.teacher_cache`): the teacher then does not run.
 
     `train_step` and `test_step` report `loss` (the blended loss plus the
     student's regularisation losses, as Keras reports a model's loss),
@@ -315,9 +315,7 @@ class Distiller(keras.Model):
             )
         for role, model in (("student", student), ("teacher", teacher)):
             if not isinstance(model, keras.Model):
-                raise ValueError(
-                    f"{role} must be a keras.Model, got {type(model).__name__}"
-                )
+                raise ValueError(f"{role} must be a keras.Model, got {type(model).__name__}")
         if teacher_outputs not in TEACHER_OUTPUTS:
             raise ValueError(
                 f"teacher_outputs must be one of {', '.join(TEACHER_OUTPUTS)}, "
@@ -520,9 +518,7 @@ class Distiller(keras.Model):
         if self.teacher_outputs == "probabilities":
             teacher_logits = keras.ops.log(keras.ops.maximum(teacher_logits, _TINY))
         temperature = self.temperature
-        student_loss = _scalar(
-            self._student_loss(y, student_logits, sample_weight=sample_weight)
-        )
+        student_loss = _scalar(self._student_loss(y, student_logits, sample_weight=sample_weight))
         distillation_loss = temperature**2 * _scalar(
             self._distillation_loss(
                 keras.ops.softmax(teacher_logits / temperature, axis=-1),
@@ -625,9 +621,7 @@ class Distiller(keras.Model):
             "optimizer": keras.saving.serialize_keras_object(self.optimizer),
             **self._metrics_config,
             "student_loss_fn": keras.saving.serialize_keras_object(self.student_loss_fn),
-            "distillation_loss_fn": keras.saving.serialize_keras_object(
-                self.distillation_loss_fn
-            ),
+            "distillation_loss_fn": keras.saving.serialize_keras_object(self.distillation_loss_fn),
             "alpha": self.alpha,
             "temperature": self.temperature,
         }
@@ -638,9 +632,7 @@ class Distiller(keras.Model):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         for key in ("metrics", "weighted_metrics"):
             if config.get(key) is not None:
-                config[key] = [
-                    keras.saving.deserialize_keras_object(m) for m in config[key]
-                ]
+                config[key] = [keras.saving.deserialize_keras_object(m) for m in config[key]]
         self.compile(**config)
         if self.built:
             # As keras.Model.compile_from_config: the optimizer's variables

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from kd_keras.models import build_resnet, count_flops, stage_blocks
+from kd_keras.models.resnet import build_resnet, count_flops, stage_blocks
 
 
 def trainable_params(model):
@@ -12,9 +12,7 @@ def trainable_params(model):
 # He et al. (2016) CIFAR ResNets with option-A shortcuts: 0.27 M, 0.46 M,
 # 0.85 M parameters (exact counts of the reference implementation, weights
 # plus batch-norm scale and shift).
-@pytest.mark.parametrize(
-    "depth, expected", [(20, 269_722), (32, 464_154), (56, 853_018)]
-)
+@pytest.mark.parametrize("depth, expected", [(20, 269_722), (32, 464_154), (56, 853_018)])
 def test_6n_plus_2_depths_are_he_et_al_resnets(depth, expected):
     model = build_resnet(depth)
     assert trainable_params(model) == expected
@@ -58,7 +56,7 @@ def test_width_and_classes_shape_the_model():
 
 
 def test_shipped_model_reloads_in_safe_mode_with_stock_keras_layers(tmp_path):
-    from kd_keras.pipeline import save_model
+    from kd_keras.train.pipeline import save_model
 
     model = build_resnet(8, width=4)  # Fused batch norm, kd_keras's layer.
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
@@ -66,7 +64,9 @@ def test_shipped_model_reloads_in_safe_mode_with_stock_keras_layers(tmp_path):
     save_model(model, path)
     reloaded = keras.saving.load_model(path, safe_mode=True, custom_objects={})
     assert {type(layer).__module__.split(".")[0] for layer in reloaded.layers} == {"keras"}
-    np.testing.assert_allclose(reloaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        reloaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5
+    )
 
 
 def test_model_normalises_raw_pixels_inside():

@@ -3,44 +3,23 @@
 A run's rows are its stages' (`stages/<stage>.json`: the pipeline's three,
 then any added stage such as a tuned distillation), then its exported
 models' (`export/<stage>/<variant>.json`, rows named `<stage>@<variant>`,
-see `kd_keras.export_spec`).
+see `kd_keras.export.spec`).
 """
 
 import csv
 import io
-from pathlib import Path
 
 from kd_keras import atomic
-from kd_keras.callbacks import read_history
-from kd_keras.export_spec import (
+from kd_keras.export.spec import (
     EXPORT_COLUMNS,
     VARIANTS,
     is_export_row,
     read_export_rows,
     split_row_name,
 )
+from kd_keras.run_folder import TABLE_COLUMNS, RunFolder
 from kd_keras.stages import EXTRA_STAGE_COLOR, STAGE_COLORS
 from kd_keras.stages import STAGES as STAGE_ORDER
-
-TABLE_COLUMNS = (
-    "stage",
-    "model",
-    "depth",
-    "params",
-    "flops",
-    "size_mb",
-    "test_accuracy",
-    "test_loss",
-    "val_accuracy",
-    "val_loss",
-    "latency_ms",
-    "train_seconds",
-    "best_epoch",
-    "epochs",
-    "distiller_val_loss",
-    "temperature",
-    "alpha",
-)
 
 
 def stage_color(stage):
@@ -54,13 +33,7 @@ def load_stage_rows(run_dir):
     """The result rows of a run folder: its completed stages (the three
     pipeline stages in order, then any added stage, e.g. by `tuning`), then
     the rows of its current exports (`<stage>@<variant>`, in stage order)."""
-    folder = Path(run_dir) / "stages"
-    extra = sorted(p.stem for p in folder.glob("*.json") if p.stem not in STAGE_ORDER)
-    rows = []
-    for stage in (*STAGE_ORDER, *extra):
-        row = atomic.read_json(folder / f"{stage}.json")
-        if row is not None:
-            rows.append(row)
+    rows = RunFolder(run_dir).stage_rows()
     return rows + read_export_rows(run_dir, [r["stage"] for r in rows])
 
 
@@ -114,22 +87,25 @@ def shipping_ratios(rows, large="teacher", small="student_distilled"):
     by_stage = {r["stage"]: r for r in rows}
     ratios = []
     for variant in ("keras", *VARIANTS):
-        names = (large, small) if variant == "keras" else (
-            f"{large}@{variant}", f"{small}@{variant}")
+        names = (
+            (large, small) if variant == "keras" else (f"{large}@{variant}", f"{small}@{variant}")
+        )
         if not all(name in by_stage for name in names):
             continue
         teacher, student = (by_stage[name] for name in names)
         accuracy = None
         if teacher.get("test_accuracy") is not None and student.get("test_accuracy") is not None:
             accuracy = round(100 * (student["test_accuracy"] - teacher["test_accuracy"]), 3)
-        ratios.append({
-            "variant": variant,
-            "teacher": names[0],
-            "student": names[1],
-            "size_ratio": _ratio(teacher, student, "size_bytes", "size_mb"),
-            "latency_ratio": _ratio(teacher, student, "latency_ms"),
-            "accuracy_points": accuracy,
-        })
+        ratios.append(
+            {
+                "variant": variant,
+                "teacher": names[0],
+                "student": names[1],
+                "size_ratio": _ratio(teacher, student, "size_bytes", "size_mb"),
+                "latency_ratio": _ratio(teacher, student, "latency_ms"),
+                "accuracy_points": accuracy,
+            }
+        )
     return ratios
 
 
@@ -157,18 +133,32 @@ def _ratio_lines(rows):
         what = "Keras models" if r["variant"] == "keras" else r["variant"]
         size = "-" if r["size_ratio"] is None else f"{r['size_ratio']:.2f}x"
         latency = "-" if r["latency_ratio"] is None else f"{r['latency_ratio']:.2f}x"
-        accuracy = "" if r["accuracy_points"] is None else (
-            f"; student minus teacher test accuracy: {r['accuracy_points']:+.2f} points")
-        lines.append(f"teacher vs distilled student ({what}): the teacher is {size} "
-                     f"the size and {latency} the latency{accuracy}")
+        accuracy = (
+            ""
+            if r["accuracy_points"] is None
+            else (f"; student minus teacher test accuracy: {r['accuracy_points']:+.2f} points")
+        )
+        lines.append(
+            f"teacher vs distilled student ({what}): the teacher is {size} "
+            f"the size and {latency} the latency{accuracy}"
+        )
     return lines
 
 
 def format_table(rows):
     """A fixed-width text table of the headline columns (exported models'
     rows included), the distillation gain and the teacher/student ratios."""
-    columns = ("stage", "depth", "params", "size_mb", "test_accuracy", "test_loss",
-               "val_accuracy", "val_loss", "latency_ms")
+    columns = (
+        "stage",
+        "depth",
+        "params",
+        "size_mb",
+        "test_accuracy",
+        "test_loss",
+        "val_accuracy",
+        "val_loss",
+        "latency_ms",
+    )
     lines = _format_cells(rows, columns, {})
     gain = distillation_gain(rows)
     if gain is not None:
@@ -186,16 +176,30 @@ def format_export_table(rows, all_rows=None):
     of `all_rows` (default `rows`: pass the run's rows to compare with
     exports made earlier)."""
     exported = [r for r in rows if is_export_row(r)]
-    columns = ("stage", "io", "size_kb", "of_keras", "test_accuracy", "keras_accuracy",
-               "delta_points", "agreement", "latency_ms", "keras_ms", "speedup")
-    shown = [{
-        **r,
-        "size_kb": r.get("size_bytes", 0) / 1024 if r.get("size_bytes") is not None else None,
-        "of_keras": r.get("size_ratio"),
-        "keras_accuracy": r.get("keras_test_accuracy"),
-        "delta_points": r.get("accuracy_delta_points"),
-        "keras_ms": r.get("keras_latency_ms"),
-    } for r in exported]
+    columns = (
+        "stage",
+        "io",
+        "size_kb",
+        "of_keras",
+        "test_accuracy",
+        "keras_accuracy",
+        "delta_points",
+        "agreement",
+        "latency_ms",
+        "keras_ms",
+        "speedup",
+    )
+    shown = [
+        {
+            **r,
+            "size_kb": r.get("size_bytes", 0) / 1024 if r.get("size_bytes") is not None else None,
+            "of_keras": r.get("size_ratio"),
+            "keras_accuracy": r.get("keras_test_accuracy"),
+            "delta_points": r.get("accuracy_delta_points"),
+            "keras_ms": r.get("keras_latency_ms"),
+        }
+        for r in exported
+    ]
     formats = {
         "size_kb": lambda v: f"{v:.1f}",
         "of_keras": lambda v: f"{100 * v:.1f}%",
@@ -223,17 +227,17 @@ def write_results(run_dir, rows, **summary):
         rows: result rows, one per stage.
         **summary: extra top-level fields of `results.json`.
     """
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
     buffer = io.StringIO()
     # Exported models' columns only in runs that have exports.
     columns = TABLE_COLUMNS + (EXPORT_COLUMNS if any(map(is_export_row, rows)) else ())
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    atomic.write_text(run_dir / "results.csv", buffer.getvalue())
+    atomic.write_text(run.results_csv, buffer.getvalue())
     exported = any(map(is_export_row, rows))
     atomic.write_json(
-        run_dir / "results.json",
+        run.results_json,
         {
             "rows": rows,
             "distillation_gain_points": distillation_gain(rows),
@@ -242,21 +246,8 @@ def write_results(run_dir, rows, **summary):
             **summary,
         },
     )
-    plot_test_accuracy(rows, run_dir / "test_accuracy_bar.png")
-    plot_report(run_dir, run_dir / "report.png")
-
-
-def read_results_csv(path):
-    """Reads `results.csv` into a list of dicts (numbers parsed)."""
-    with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
-    for row in rows:
-        for key, value in row.items():
-            try:
-                row[key] = float(value) if value not in ("", None) else None
-            except ValueError:
-                pass
-    return rows
+    plot_test_accuracy(rows, run.bar_plot)
+    plot_report(run.path, run.report_plot)
 
 
 def _figure():
@@ -284,19 +275,23 @@ def bar_entries(rows):
         note = ""
         if exported:
             size = row.get("size_bytes")
-            parts = [f"{size / 1024:.0f} KB" if size is not None else None,
-                     f"{row['latency_ms']:.3f} ms" if row.get("latency_ms") is not None else None]
+            parts = [
+                f"{size / 1024:.0f} KB" if size is not None else None,
+                f"{row['latency_ms']:.3f} ms" if row.get("latency_ms") is not None else None,
+            ]
             parts = [p for p in parts if p]
             note = f"  ({', '.join(parts)})" if parts else ""
         elif row.get("temperature") is not None:
             note = f"  (T={row['temperature']:.3g}, alpha={row['alpha']:.3g})"
-        entries.append({
-            "label": row["stage"] if exported else f"{row['stage']} ({row['model']})",
-            "value": 100 * row["test_accuracy"],
-            "color": stage_color(row["stage"]),
-            "hatch": "//" if exported else None,
-            "note": note,
-        })
+        entries.append(
+            {
+                "label": row["stage"] if exported else f"{row['stage']} ({row['model']})",
+                "value": 100 * row["test_accuracy"],
+                "color": stage_color(row["stage"]),
+                "hatch": "//" if exported else None,
+                "note": note,
+            }
+        )
     return entries
 
 
@@ -306,14 +301,18 @@ def plot_test_accuracy(rows, path):
     figure, axis = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.2))
     entries = bar_entries(rows)
     values = [e["value"] for e in entries]
-    bars = axis.barh([e["label"] for e in entries], values,
-                     color=[e["color"] for e in entries])
+    bars = axis.barh([e["label"] for e in entries], values, color=[e["color"] for e in entries])
     for bar, entry in zip(bars, entries):
         if entry["hatch"]:
             bar.set_hatch(entry["hatch"])
             bar.set_edgecolor("white")
-        axis.text(entry["value"], bar.get_y() + bar.get_height() / 2,
-                  f" {entry['value']:.2f}%{entry['note']}", va="center", fontsize=8)
+        axis.text(
+            entry["value"],
+            bar.get_y() + bar.get_height() / 2,
+            f" {entry['value']:.2f}%{entry['note']}",
+            va="center",
+            fontsize=8,
+        )
     axis.invert_yaxis()
     axis.set_xlim(0, 100)
     axis.set_xlabel("test accuracy (%)")
@@ -333,6 +332,7 @@ def history_curves(history):
     cross-entropy is `student_loss`, which is what gets plotted so the three
     stages share one scale.
     """
+
     def column(name):
         return [row.get(name) for row in history]
 
@@ -372,22 +372,23 @@ def plot_report(run_dir, path):
     (above zero early on: the distilled student learns faster)."""
     plt = _figure()
     figure, axes = plt.subplots(1, 3, figsize=(16, 4))
-    history_dir = Path(run_dir) / "history"
-    extra = sorted(p.stem for p in history_dir.glob("*.csv") if p.stem not in STAGE_ORDER)
-    baseline = read_history(history_dir / "student_baseline.csv")
+    run = RunFolder(run_dir)
+    extra = sorted(p.stem for p in run.history_dir.glob("*.csv") if p.stem not in STAGE_ORDER)
+    baseline = run.history("student_baseline")
     for stage in (*STAGE_ORDER, *extra):
-        history = read_history(history_dir / f"{stage}.csv")
+        history = run.history(stage)
         if not history:
             continue
         curves = history_curves(history)
         color = stage_color(stage)
-        axes[0].plot(curves["epoch"], curves["train_loss"], color=color, ls="--",
-                     label=f"{stage} train")
+        axes[0].plot(
+            curves["epoch"], curves["train_loss"], color=color, ls="--", label=f"{stage} train"
+        )
         axes[0].plot(curves["epoch"], curves["val_loss"], color=color, label=f"{stage} val")
-        axes[1].plot(curves["epoch"], curves["train_accuracy"], color=color, ls="--",
-                     label=f"{stage} train")
-        axes[1].plot(curves["epoch"], curves["val_accuracy"], color=color,
-                     label=f"{stage} val")
+        axes[1].plot(
+            curves["epoch"], curves["train_accuracy"], color=color, ls="--", label=f"{stage} train"
+        )
+        axes[1].plot(curves["epoch"], curves["val_accuracy"], color=color, label=f"{stage} val")
         if baseline and stage not in ("teacher", "student_baseline"):
             epochs, points = validation_gap(baseline, history)
             axes[2].plot(epochs, points, color=color, marker=".", label=stage)

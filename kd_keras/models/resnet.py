@@ -23,12 +23,14 @@ preprocessing code to be used. They return logits (no softmax).
 
 import keras
 
-from kd_keras.data import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE, NUM_CLASSES
-from kd_keras.depth import stage_blocks
-from kd_keras.fused_batch_norm import FusedBatchNormalization
+from kd_keras.data.cifar10 import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE, NUM_CLASSES
+from kd_keras.models.depth import stage_blocks
+from kd_keras.models.fused_batch_norm import FusedBatchNormalization
 
-def _conv_bn_relu(x, filters, strides, weight_decay, name, relu=True, fused=True,
-                  synchronized=False):
+
+def _conv_bn_relu(
+    x, filters, strides, weight_decay, name, relu=True, fused=True, synchronized=False
+):
     x = keras.layers.Conv2D(
         filters,
         3,
@@ -36,18 +38,14 @@ def _conv_bn_relu(x, filters, strides, weight_decay, name, relu=True, fused=True
         padding="same",
         use_bias=False,
         kernel_initializer="he_normal",
-        kernel_regularizer=(
-            keras.regularizers.L2(weight_decay) if weight_decay else None
-        ),
+        kernel_regularizer=(keras.regularizers.L2(weight_decay) if weight_decay else None),
         name=f"{name}_conv",
     )(x)
     # Momentum 0.9 (PyTorch's 0.1): with few steps per epoch, Keras's default
     # 0.99 lets the moving statistics lag the weights for several epochs.
     if synchronized:
         # Statistics of the global batch under tf.distribute (no fused kernel).
-        x = keras.layers.BatchNormalization(
-            momentum=0.9, synchronized=True, name=f"{name}_bn"
-        )(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_bn")(x)
     else:
         batch_norm = FusedBatchNormalization if fused else keras.layers.BatchNormalization
         x = batch_norm(momentum=0.9, name=f"{name}_bn")(x)
@@ -74,10 +72,12 @@ def _shortcut_option_a(x, filters, name):
 
 def _basic_block(x, filters, strides, weight_decay, name, fused, synchronized=False):
     shortcut = x
-    y = _conv_bn_relu(x, filters, strides, weight_decay, f"{name}_a", fused=fused,
-                      synchronized=synchronized)
-    y = _conv_bn_relu(y, filters, 1, weight_decay, f"{name}_b", relu=False, fused=fused,
-                      synchronized=synchronized)
+    y = _conv_bn_relu(
+        x, filters, strides, weight_decay, f"{name}_a", fused=fused, synchronized=synchronized
+    )
+    y = _conv_bn_relu(
+        y, filters, 1, weight_decay, f"{name}_b", relu=False, fused=fused, synchronized=synchronized
+    )
     if strides != 1 or x.shape[-1] != filters:
         shortcut = _shortcut_option_a(x, filters, f"{name}_short")
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
@@ -151,28 +151,31 @@ def build_resnet(
     )(inputs)
     # --- Stem. ---
     sync = synchronized_batch_norm
-    x = _conv_bn_relu(x, width, 1, weight_decay, "stem", fused=fused_batch_norm,
-                      synchronized=sync)
+    x = _conv_bn_relu(x, width, 1, weight_decay, "stem", fused=fused_batch_norm, synchronized=sync)
     # --- Three stages of basic blocks. ---
     for stage, count in enumerate(blocks):
         filters = width * 2**stage
         for block in range(count):
             strides = 2 if stage > 0 and block == 0 else 1
             x = _basic_block(
-                x, filters, strides, weight_decay, f"s{stage + 1}b{block + 1}",
-                fused_batch_norm, synchronized=sync,
+                x,
+                filters,
+                strides,
+                weight_decay,
+                f"s{stage + 1}b{block + 1}",
+                fused_batch_norm,
+                synchronized=sync,
             )
     if extra_conv:
-        x = _conv_bn_relu(x, x.shape[-1], 1, weight_decay, "extra", fused=fused_batch_norm,
-                          synchronized=sync)
+        x = _conv_bn_relu(
+            x, x.shape[-1], 1, weight_decay, "extra", fused=fused_batch_norm, synchronized=sync
+        )
     # --- Head: logits, no softmax. ---
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(
         num_classes,
         kernel_initializer="he_normal",
-        kernel_regularizer=(
-            keras.regularizers.L2(weight_decay) if weight_decay else None
-        ),
+        kernel_regularizer=(keras.regularizers.L2(weight_decay) if weight_decay else None),
         name="logits",
         dtype="float32",  # Logits stay float32 under mixed precision.
     )(x)

@@ -1,4 +1,4 @@
-"""CIFAR-10 loading, validation splits and the `tf.data` input pipeline.
+"""CIFAR-10 loading: the official archive or folder, read safely and cached.
 
 The loader reads the official "python version" archive
 (`cifar-10-python.tar.gz`) or its extracted `cifar-10-batches-py/` folder
@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kd_keras.config import ConfigError
+from kd_keras.config import CACHE_ENV_VAR, DATA_ENV_VAR
+from kd_keras.errors import DatasetError
 
-DATA_ENV_VAR = "KD_KERAS_CIFAR10"
-CACHE_ENV_VAR = "KD_KERAS_CACHE"
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 CLASS_NAMES = (
@@ -61,26 +60,6 @@ CIFAR10_STD = (63.0, 62.1, 66.7)
 _BATCH_DIR = "cifar-10-batches-py"
 _TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _TEST_BATCH = "test_batch"
-_HOW_TO_PROVIDE = (
-    "Provide CIFAR-10 in one of three ways: pass the path of the official "
-    "'cifar-10-python.tar.gz' (or its extracted 'cifar-10-batches-py/' "
-    f"folder) as `source` / --data; set the environment variable "
-    f"{DATA_ENV_VAR} to that path; or let Keras download it into "
-    "~/.keras/datasets (needs internet access)."
-)
-
-
-class DatasetError(ValueError):
-    """Raised when CIFAR-10 data is missing, truncated, corrupt or malformed.
-
-    The message names the path, what is wrong with it, and the ways to
-    provide the data.
-    """
-
-    def __init__(self, path, problem):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"CIFAR-10 at '{path}': {problem}. {_HOW_TO_PROVIDE}")
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -109,9 +88,7 @@ def _parse_batch(raw, where):
         raise DatasetError(where, f"not a CIFAR-10 batch ({error})") from None
     if not isinstance(batch, dict):
         raise DatasetError(where, "not a CIFAR-10 batch (no dict inside)")
-    batch = {
-        (k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()
-    }
+    batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
     if "data" not in batch or "labels" not in batch:
         raise DatasetError(where, "batch has no 'data' or 'labels' entry")
     data = np.asarray(batch["data"])
@@ -119,8 +96,7 @@ def _parse_batch(raw, where):
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DatasetError(
             where,
-            f"batch 'data' must be uint8 of shape (N, 3072), got "
-            f"{data.dtype} {data.shape}",
+            f"batch 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}",
         )
     if labels.ndim != 1 or len(labels) != len(data):
         raise DatasetError(
@@ -130,8 +106,7 @@ def _parse_batch(raw, where):
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise DatasetError(
             where,
-            f"labels must lie in [0, {NUM_CLASSES - 1}], got "
-            f"[{labels.min()}, {labels.max()}]",
+            f"labels must lie in [0, {NUM_CLASSES - 1}], got [{labels.min()}, {labels.max()}]",
         )
     # Channel-major rows (R plane, G plane, B plane) -> NHWC images.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -162,14 +137,15 @@ def _open_regular(path, max_bytes, what="file"):
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise DatasetError(
-            path, f"the {what} is not a regular file (a FIFO, socket or device): "
-            "refusing to read it"
+            path,
+            f"the {what} is not a regular file (a FIFO, socket or device): refusing to read it",
         )
     if info.st_size > max_bytes:
         os.close(fd)
         raise DatasetError(
-            path, f"the {what} has {info.st_size:,} bytes, more than a CIFAR-10 "
-            f"{what} can have ({max_bytes:,})"
+            path,
+            f"the {what} has {info.st_size:,} bytes, more than a CIFAR-10 "
+            f"{what} can have ({max_bytes:,})",
         )
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
@@ -196,13 +172,9 @@ def _check_member(member, archive):
     name = member.name
     parts = Path(name).parts
     if name.startswith(("/", "\\")) or ".." in parts or os.path.isabs(name):
-        raise DatasetError(
-            archive, f"refusing archive member '{name}' that escapes its folder"
-        )
+        raise DatasetError(archive, f"refusing archive member '{name}' that escapes its folder")
     if member.issym() or member.islnk():
-        raise DatasetError(
-            archive, f"refusing link member '{name}' (archives may not hold links)"
-        )
+        raise DatasetError(archive, f"refusing link member '{name}' (archives may not hold links)")
     if not (member.isfile() or member.isdir()):
         raise DatasetError(archive, f"refusing special archive member '{name}'")
     if member.size > MAX_BATCH_BYTES:
@@ -224,8 +196,9 @@ def _read_archive(archive):
             for count, member in enumerate(tar, start=1):
                 if count > MAX_ARCHIVE_MEMBERS:
                     raise DatasetError(
-                        archive, f"the archive has more than {MAX_ARCHIVE_MEMBERS} "
-                        "members; the official one has 9"
+                        archive,
+                        f"the archive has more than {MAX_ARCHIVE_MEMBERS} "
+                        "members; the official one has 9",
                     )
                 _check_member(member, archive)
                 name = member.name.lstrip("./")
@@ -368,8 +341,7 @@ def resolve_source(source=None):
             raise DatasetError(path, "no such file or folder")
         if not (path.is_file() or path.is_dir()):
             raise DatasetError(
-                path, "not a regular file or folder (a FIFO, socket or device): "
-                "refusing to read it"
+                path, "not a regular file or folder (a FIFO, socket or device): refusing to read it"
             )
         return path
     for candidate in _keras_cache_candidates():
@@ -418,206 +390,3 @@ def load_cifar10(source=None, *, cache_dir=None):
     if path.is_dir():
         return _load_from_folder(path)
     return _load_archive_cached(path, cache_dir or default_cache_dir())
-
-
-def stratified_split(labels, size, *, seed):
-    """Indices of a seeded, class-balanced split of `size` examples.
-
-    Args:
-        labels: int labels, shape `(N,)`.
-        size: how many examples to take (spread evenly over the classes).
-        seed: random seed; the same seed gives the same split.
-
-    Returns:
-        `(taken, rest)`: two sorted int arrays of indices into `labels`.
-    """
-    labels = np.asarray(labels)
-    if size < 0 or size > len(labels):
-        raise ValueError(f"split size must be in [0, {len(labels)}], got {size}")
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    per_class = np.full(len(classes), size // len(classes))
-    per_class[: size % len(classes)] += 1
-    taken = []
-    for cls, count in zip(classes, per_class):
-        members = np.flatnonzero(labels == cls)
-        taken.append(rng.permutation(members)[:count])
-    taken = np.sort(np.concatenate(taken)) if taken else np.array([], dtype=int)
-    rest = np.setdiff1d(np.arange(len(labels)), taken)
-    return taken, rest
-
-
-def per_class_subset(labels, per_class, *, seed):
-    """Indices of a seeded subset with at most `per_class` examples per class."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    chosen = [
-        rng.permutation(np.flatnonzero(labels == cls))[:per_class]
-        for cls in np.unique(labels)
-    ]
-    return np.sort(np.concatenate(chosen))
-
-
-def prepare_splits(
-    source=None,
-    *,
-    val_size=5000,
-    train_per_class=None,
-    val_per_class=None,
-    test_per_class=None,
-    seed=0,
-    cache_dir=None,
-    image_size=None,
-):
-    """Loads the data (CIFAR-10, an image folder or a `.npz` file; see
-    `kd_keras.data_sources`) and carves train / validation / test splits.
-
-    The validation split is stratified and seeded and comes out of the
-    training set, never the test set.
-
-    Args:
-        source: see `load_cifar10`.
-        val_size: number of training images held out for validation.
-        train_per_class: keep at most this many training images per class
-            (after the validation split), or `None` for all.
-        val_per_class: likewise for the validation split.
-        test_per_class: likewise for the test set (for fast smoke runs).
-        seed: seed of the split and subsets.
-        cache_dir: see `load_cifar10`.
-        image_size: resize every image to this square size (`None`: the
-            data's own size).
-
-    Returns:
-        A dict with keys `"train"`, `"val"`, `"test"`, each an
-        `(images, labels)` tuple, and `"classes"`, the class names.
-
-    Raises:
-        DatasetError: see `load_cifar10`.
-        ConfigError: `val_size` is not below the training set's size, or a
-            per-class request exceeds what a class has (after the
-            validation split, for the training split); the message names
-            the count available.
-    """
-    from kd_keras.data_sources import load_source
-
-    (x_train, y_train), (x_test, y_test), classes = load_source(
-        source, image_size=image_size, seed=seed, cache_dir=cache_dir
-    )
-    if not 0 <= val_size < len(y_train):
-        raise ConfigError(
-            f"val_size {val_size} must be below the {len(y_train)} training images"
-        )
-    val_idx, train_idx = stratified_split(y_train, val_size, seed=seed)
-    splits = {
-        "train": (x_train[train_idx], y_train[train_idx]),
-        "val": (x_train[val_idx], y_train[val_idx]),
-        "test": (x_test, y_test),
-    }
-    for name, per_class in (
-        ("train", train_per_class),
-        ("val", val_per_class),
-        ("test", test_per_class),
-    ):
-        if per_class is not None:
-            images, labels = splits[name]
-            available = int(np.bincount(labels, minlength=len(classes)).min())
-            if per_class > available:
-                where = " after the validation split" if name == "train" else ""
-                raise ConfigError(
-                    f"{name}_per_class {per_class} > {available} images per class "
-                    f"available in the {name} split{where}; ask for at most {available}"
-                )
-            keep = per_class_subset(labels, per_class, seed=seed)
-            splits[name] = (images[keep], labels[keep])
-    left = np.bincount(splits["train"][1], minlength=len(classes))
-    if left.min() < 1:
-        raise ConfigError(
-            f"class '{classes[int(left.argmin())]}' has no training image left after "
-            f"the validation split of {val_size}; lower --val-size"
-        )
-    splits["classes"] = tuple(classes)
-    return splits
-
-
-def make_dataset(
-    images, labels, *, batch_size, training, seed=0, epochs=None, start_epoch=0
-):
-    """A `tf.data` pipeline of `(float32 image in 0..255, int label)` batches.
-
-    Normalisation lives inside the models (so a shipped model takes raw
-    pixels); the pipeline only augments and batches. Training batches are
-    shuffled and augmented with a 4-pixel zero pad, a random 32x32 crop and a
-    random horizontal flip. In distillation the teacher and the student both
-    see the one augmented batch the pipeline yields.
-
-    With `epochs`, the shuffle order and the augmentation of epoch `e` are a
-    function of `(seed, e)` alone: every stage with the same seed sees the
-    same data order, and a run resumed at `start_epoch` sees exactly the
-    batches the uninterrupted run would have seen.
-
-    Args:
-        images: uint8 array `(N, height, width, 3)`.
-        labels: int array `(N,)`.
-        batch_size: batch size.
-        training: shuffle and augment if True; keep order otherwise.
-        seed: seed of the shuffle and the augmentation.
-        epochs: if given (training only), the dataset holds the batches of
-            epochs `start_epoch .. epochs - 1` back to back; pass
-            `steps_per_epoch=ceil(N / batch_size)` to `fit`. If `None`, each
-            pass over the dataset is one freshly shuffled epoch.
-        start_epoch: the first epoch the dataset yields (for resuming).
-
-    Returns:
-        A batched, prefetched `tf.data.Dataset`.
-    """
-    import tensorflow as tf
-
-    base = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
-    if not training:
-        return (
-            base.map(
-                lambda image, label: (tf.cast(image, tf.float32), label),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-            .batch(batch_size)
-            .prefetch(tf.data.AUTOTUNE)
-        )
-
-    shape = tuple(images.shape[1:])
-    pad = max(1, shape[0] // 8)
-
-    def augment(example, op_seed):
-        image, label = example
-        image = tf.cast(image, tf.float32)
-        # Pad by 1/8 of the side (4 pixels at 32x32) and crop back.
-        image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-        image = tf.image.stateless_random_crop(image, shape, seed=op_seed)
-        image = tf.image.stateless_random_flip_left_right(image, seed=op_seed + 1)
-        return image, label
-
-    def one_epoch(epoch_seed, reshuffle):
-        shuffled = base.shuffle(
-            len(images), seed=epoch_seed, reshuffle_each_iteration=reshuffle
-        )
-        # One seed pair per example, drawn from a seeded stream.
-        op_seeds = tf.data.Dataset.random(
-            seed=epoch_seed, rerandomize_each_iteration=reshuffle
-        ).batch(2)
-        return (
-            tf.data.Dataset.zip((shuffled, op_seeds))
-            .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size)
-        )
-
-    if epochs is None:
-        dataset = one_epoch(seed, reshuffle=True)
-    else:
-        # Python-int seeds per epoch (tensor seeds clash with a global seed).
-        per_epoch = [
-            one_epoch(seed * 1_000_003 + epoch, reshuffle=False)
-            for epoch in range(start_epoch, epochs)
-        ]
-        dataset = per_epoch[0] if per_epoch else base.take(0).batch(batch_size)
-        for more in per_epoch[1:]:
-            dataset = dataset.concatenate(more)
-    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -29,6 +29,8 @@ The third element of a batch stays Keras's sample weights, so `fit`'s
 
 import numpy as np
 
+from kd_keras.errors import CacheMismatchError
+
 # The keys of a Distiller batch's `x` that carries precomputed teacher
 # outputs: `{IMAGES: inputs, TEACHER_LOGITS: logits}`.
 IMAGES = "images"
@@ -40,17 +42,13 @@ TEACHER_LOGITS = "teacher_logits"
 _SAME_BATCH_TOLERANCE = 1e-3
 
 
-class CacheMismatchError(RuntimeError):
-    """The batches replayed are not the batches whose logits were cached."""
-
-
 class TeacherLogitCache:
     """Teacher logits of a deterministic `(x, y)` (or `(x, y,
     sample_weight)`) batch pipeline, per epoch.
 
     Args:
         teacher: the frozen teacher, a `keras.Model` returning logits (use
-            `kd_keras.speed.teacher_for_inference` for the fast copy).
+            `kd_keras.distill.teacher.teacher_for_inference` for the fast copy).
         make_batches: `make_batches(epochs, start_epoch)` returning the
             `tf.data` pipeline of the batches of epochs
             `start_epoch .. epochs - 1`, back to back, the same batches on
@@ -102,7 +100,9 @@ class TeacherLogitCache:
         cached = self.epoch_logits(epoch)[0]
         for batch in self.make_batches(epoch + 1, epoch).take(1):
             fresh = self._teacher_logits(batch[0])
-            difference = float(np.max(np.abs(fresh - cached))) if fresh.shape == cached.shape else np.inf
+            difference = (
+                float(np.max(np.abs(fresh - cached))) if fresh.shape == cached.shape else np.inf
+            )
             if difference > _SAME_BATCH_TOLERANCE:
                 raise CacheMismatchError(
                     f"epoch {epoch}: the batches are not the ones whose teacher logits "
@@ -127,9 +127,7 @@ class TeacherLogitCache:
             self.check_epoch(epoch)
 
         logits = [
-            batch
-            for epoch in range(start_epoch, epochs)
-            for batch in self.epoch_logits(epoch)
+            batch for epoch in range(start_epoch, epochs) for batch in self.epoch_logits(epoch)
         ]
         return _zip_logits(self.make_batches(epochs, start_epoch), logits)
 

@@ -1,9 +1,9 @@
-"""Teacher and student models by name (see `kd_keras.model_specs`).
+"""Teacher and student models by name (see `kd_keras.models.specs`).
 
 Every model built here maps raw pixels (float, 0..255) to logits, so the
 data pipeline is the same for all of them:
 
-- `resnet<depth>`: `kd_keras.models.build_resnet`, which normalises with
+- `resnet<depth>`: `kd_keras.models.resnet.build_resnet`, which normalises with
   fixed CIFAR-10 statistics in its first layer.
 - `keras.applications` models: built with `include_top=True`,
   `classes=num_classes`, `classifier_activation=None` (logits) and
@@ -22,19 +22,15 @@ import warnings
 
 import keras
 
-from kd_keras.model_specs import parse_model_spec
+from kd_keras.errors import ModelSpecError
+from kd_keras.models.specs import parse_model_spec
 
 
-class ModelSpecError(ValueError):
-    """A model name or file that cannot give the run's teacher or student."""
-
-
-def build_model(spec, *, role, depth, width, input_shape, num_classes, name=None,
-                **resnet_options):
+def build_model(spec, *, role, depth, width, input_shape, num_classes, name=None, **resnet_options):
     """Builds (or loads) one teacher or student.
 
     Args:
-        spec: a model name (see `kd_keras.model_specs`), or `None` for
+        spec: a model name (see `kd_keras.models.specs`), or `None` for
             `resnet<depth>`.
         role: "teacher" or "student" (names and messages).
         depth: the ResNet depth used when `spec` is `None`.
@@ -59,14 +55,19 @@ def build_model(spec, *, role, depth, width, input_shape, num_classes, name=None
         raise ModelSpecError(str(error)) from None
     input_shape = tuple(int(d) for d in input_shape)
     if parsed["kind"] == "resnet":
-        from kd_keras.models import build_resnet
+        from kd_keras.models.resnet import build_resnet
 
         return build_resnet(
-            parsed["depth"], width=width, num_classes=num_classes, input_shape=input_shape,
-            name=name or f"{role}_resnet{parsed['depth']}", **resnet_options,
+            parsed["depth"],
+            width=width,
+            num_classes=num_classes,
+            input_shape=input_shape,
+            name=name or f"{role}_resnet{parsed['depth']}",
+            **resnet_options,
         )
     if parsed["kind"] == "file":
-        from kd_keras.pipeline import TeacherError, load_teacher
+        from kd_keras.distill.teacher import load_teacher
+        from kd_keras.errors import TeacherError
 
         try:
             return load_teacher(parsed["path"], num_classes, image_shape=input_shape)
@@ -76,7 +77,7 @@ def build_model(spec, *, role, depth, width, input_shape, num_classes, name=None
 
 
 def _build_application(parsed, role, input_shape, num_classes, name):
-    from kd_keras.model_specs import MIN_APPLICATION_SIZE
+    from kd_keras.models.specs import MIN_APPLICATION_SIZE
 
     if min(input_shape[:2]) < MIN_APPLICATION_SIZE:
         raise ModelSpecError(
@@ -113,7 +114,5 @@ def _build_application(parsed, role, input_shape, num_classes, name):
             f"{role} model {parsed['name']!r} cannot be built with weights="
             f"{weights!r}, {num_classes} classes and {input_shape} images: {first}"
         ) from None
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(
-        base.output
-    )
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(base.output)
     return keras.Model(inputs, logits, name=name or f"{role}_{parsed['name']}")

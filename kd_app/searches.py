@@ -1,0 +1,295 @@
+"""T/alpha searches (`python -m tuning`): their state, trials and best T
+and alpha, and starting and stopping them.
+
+A search folder's files are named by `kd_keras.run_folder.SearchFolder`
+and its trials have `TRIAL_COLUMNS` (scored by `OBJECTIVE`); the app's
+searches live in `<runs>/tuning/<name>`.
+"""
+
+import dataclasses
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from kd_app import checks, processes
+from kd_app.files import number, read_csv, read_or
+from kd_app.launching import LaunchOptions, start_run
+from kd_app.settings import TUNING_SUBDIR, presets, tuning_available
+from kd_keras import atomic
+from kd_keras.errors import LaunchError
+from kd_keras.run_folder import OBJECTIVE, TRIAL_COMPLETED, TUNERS, SearchFolder
+
+
+@dataclasses.dataclass
+class TuneOptions:
+    """The search form: `python -m tuning --teacher --data --out --preset
+    --tuner --trials --epochs --quiet`."""
+
+    name: str = ""
+    teacher: str = ""
+    data: str = ""
+    preset: str = "quick"
+    tuner: str = "bayesian"  # One of TUNERS.
+    trials: int = 10
+    epochs: int = 3
+
+
+@dataclasses.dataclass
+class SearchState(processes.ProcessState):
+    """What the app knows about one search folder.
+
+    `status`: "starting" (process alive, no trial yet), "running",
+    "finished" (all planned trials done), "incomplete" (the process ended
+    with some trials done: stopped, or failed; running the same search
+    again resumes it), "exited" (ended with no trial done: see the log),
+    "empty".
+    """
+
+    path: Path
+    status: str
+    pid: int = None
+    launch: dict = None
+    trials: object = None  # DataFrame or None
+    best: dict = None  # {"temperature", "alpha", "score", "source"} or None
+    teacher: str = None
+    preset: str = None
+    planned: int = None
+    completed: int = 0
+    exit_code: int = None
+    log_path: Path = None
+
+
+def searches_dir(runs_dir):
+    return Path(runs_dir) / TUNING_SUBDIR
+
+
+def list_searches(runs_dir):
+    """T/alpha search folders under `<runs_dir>/tuning`, newest first."""
+    base = searches_dir(runs_dir)
+    if not base.is_dir():
+        return []
+    found = {c.name: c for c in base.iterdir() if c.is_dir() and not c.name.startswith(".")}
+    for name, folder in processes.launched_folders(base, "search").items():
+        found.setdefault(name, folder)
+    return processes.newest_first(found.values(), lambda f: SearchFolder(f).trials_file)
+
+
+def read_trials(folder):
+    """`trials.csv` of a search (columns `TRIAL_COLUMNS`), or None."""
+    return read_csv(SearchFolder(folder).trials_file)
+
+
+def best_params(folder, trials=None):
+    """The best T and alpha of a search: from `best.json`, else the
+    completed trial of `trials.csv` with the highest `OBJECTIVE` (earliest
+    on ties). A dict with `temperature`, `alpha`, `score` (any may be None)
+    and `source`, or None."""
+    search = SearchFolder(folder)
+    best = read_or(search.best)
+    if best and (best.get("temperature") is not None or best.get("alpha") is not None):
+        return {
+            "temperature": number(best.get("temperature")),
+            "alpha": number(best.get("alpha")),
+            "score": number(best.get("score")),
+            "source": search.best_file.name,
+        }
+    trials = read_trials(folder) if trials is None else trials
+    if trials is None or not {"temperature", "alpha", OBJECTIVE} <= set(trials.columns):
+        return None
+    scores = pd.to_numeric(trials[OBJECTIVE], errors="coerce")
+    if "status" in trials:
+        scores = scores.where(trials["status"] == TRIAL_COMPLETED)
+    if not scores.notna().any():
+        return None
+    row = trials.loc[scores.idxmax()]
+    return {
+        "temperature": number(row["temperature"]),
+        "alpha": number(row["alpha"]),
+        "score": number(row[OBJECTIVE]),
+        "source": search.trials_file.name,
+    }
+
+
+def _flag_value(argv, flag):
+    argv = list(argv or [])
+    for i, arg in enumerate(argv[:-1]):
+        if arg == flag:
+            return argv[i + 1]
+    return None
+
+
+def search_state(folder):
+    """The `SearchState` of a search folder (it may not exist yet)."""
+    search = SearchFolder(folder)
+    log_path = processes.launch_files(search.path)[0]
+    launch = processes.read_launch(search.path)
+    argv = (launch or {}).get("argv")
+    launch_pid = launch.get("pid") if launch else None
+    # The search's lock decides, as `python -m tuning` itself does; before
+    # the lock is taken, the launched process if it still runs this search.
+    pid = (atomic.lock_holder(path=search.lock_file) or {}).get("pid")
+    if not pid and processes.runs_module_on(launch_pid, "tuning", search.path):
+        pid = launch_pid
+    trials = read_trials(search.path)
+    best = best_params(search.path, trials)
+    completed = 0
+    if trials is not None and len(trials):
+        completed = (
+            int((trials["status"] == TRIAL_COMPLETED).sum()) if "status" in trials else len(trials)
+        )
+    settings = read_or(search.settings, {})
+    planned = number(_flag_value(argv, "--trials") or settings.get("max_trials"))
+    planned = int(planned) if planned else None
+    if pid:
+        status = "running" if trials is not None else "starting"
+    elif completed and (planned is None or completed >= planned):
+        status = "finished"
+    elif completed or best:
+        status = "incomplete"
+    else:
+        status = "exited" if launch else "empty"
+    return SearchState(
+        path=search.path,
+        status=status,
+        pid=pid or None,
+        launch=launch,
+        trials=trials,
+        best=best,
+        teacher=_flag_value(argv, "--teacher"),
+        preset=_flag_value(argv, "--preset"),
+        planned=planned,
+        completed=completed,
+        exit_code=processes.exit_code(launch_pid) if launch_pid else None,
+        log_path=log_path if log_path.exists() else None,
+    )
+
+
+def status_message(state):
+    """What the Tuning tab says about a search's status: `(kind, text)`, or None."""
+    if state.status == "exited":
+        code = f" (exit code {state.exit_code})" if state.exit_code is not None else ""
+        return "error", (
+            f"The search ended before any trial completed{code}; the log below says why."
+        )
+    if state.status == "incomplete":
+        return "warning", (
+            "The search ended before all its trials (stopped, or a trial failed: see "
+            "the log). Running `python -m tuning` again with the same settings "
+            "resumes it; its best so far is below."
+        )
+    return None
+
+
+def validate_search(options, runs_dir):
+    """Every problem with a search launch, as readable messages."""
+    errors = []
+    if not tuning_available():
+        errors.append(
+            "The tuning package is not in this checkout (no tuning/ folder next "
+            "to app.py), so a search cannot be started."
+        )
+    errors += checks.check_name(options.name, "Search")
+    if not options.teacher:
+        errors.append("Pick a trained teacher (.keras) to tune against.")
+    errors += checks.check_teacher(options.teacher)
+    errors += checks.check_data_path(options.data)
+    if options.preset not in presets():
+        errors.append(f"Unknown preset '{options.preset}'; choose one of {', '.join(presets())}.")
+    if options.tuner not in TUNERS:
+        errors.append(f"Unknown tuner '{options.tuner}'; choose one of {', '.join(TUNERS)}.")
+    for field, label in (("trials", "Trials"), ("epochs", "Epochs per trial")):
+        value = checks.whole(getattr(options, field))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            errors.append(f"{label} must be a whole number >= 1, got {value}.")
+    if options.name:
+        folder = searches_dir(runs_dir) / options.name
+        if search_state(folder).alive:
+            errors.append(f"Search '{options.name}' is already running; stop it first.")
+        elif folder.exists() and any(folder.iterdir()):
+            errors.append(
+                f"The search folder '{folder}' already exists; choose another search "
+                "name (running `python -m tuning` with its settings again resumes it)."
+            )
+    return errors
+
+
+def search_command(options, out):
+    return [
+        sys.executable,
+        "-m",
+        "tuning",
+        "--teacher",
+        str(Path(options.teacher).expanduser().resolve()),
+        "--data",
+        str(Path(options.data).expanduser().resolve()),
+        "--out",
+        str(out),
+        "--preset",
+        options.preset,
+        "--tuner",
+        options.tuner,
+        "--trials",
+        str(int(options.trials)),
+        "--epochs",
+        str(int(options.epochs)),
+        "--quiet",
+    ]
+
+
+def start_search(options, runs_dir):
+    """Validates and starts `python -m tuning` in the background.
+
+    Returns:
+        `(folder, pid)`. Raises `LaunchError`.
+    """
+    runs_dir = Path(runs_dir).expanduser().resolve()
+    if not options.name:
+        options = dataclasses.replace(
+            options, name=f"search-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        )
+    errors = validate_search(options, runs_dir)
+    if errors:
+        raise LaunchError("\n".join(errors))
+    busy = [s for s in map(search_state, list_searches(runs_dir)) if s.alive]
+    if busy:
+        raise LaunchError(
+            f"A search is already going: '{busy[0].name}' (process {busy[0].pid}). "
+            "Only one at a time: wait for it or stop it first."
+        )
+    folder = searches_dir(runs_dir) / options.name
+    return folder, processes.start(
+        search_command(options, folder), folder, kind="search", what="start the search"
+    )
+
+
+def stop_search(folder):
+    """SIGTERMs a running search (it ends at once; running it again with
+    the same settings resumes it from its finished trials)."""
+    state = search_state(folder)
+    if not state.alive:
+        raise LaunchError(f"Search '{state.name}' is not running ({state.status}).")
+    return processes.terminate(state.pid, "tuning").replace(
+        "it stops after the current batch", "finished trials are kept"
+    )
+
+
+def start_best_run(teacher, temperature, alpha, runs_dir, data, preset, name=""):
+    """Starts a distillation run with a search's best T and alpha against
+    its teacher. Returns `(folder, pid)`; raises `LaunchError`."""
+    if not teacher:
+        raise LaunchError(
+            "This search names no teacher; start the run from the Launch tab with its T and alpha."
+        )
+    return start_run(
+        LaunchOptions(
+            preset=preset,
+            name=name,
+            data=data,
+            teacher=teacher,
+            temperature=temperature,
+            alpha=alpha,
+        ),
+        runs_dir,
+    )

@@ -1,0 +1,54 @@
+"""Where the app looks and what it offers: the runs folder, the dataset
+path, the presets.
+
+`KD_KERAS_RUNS_DIR` (default `runs`) and `KD_KERAS_CIFAR10` (the CIFAR-10
+archive) give the sidebar's defaults. Searches live in `<runs>/tuning`.
+"""
+
+import os
+import re
+from pathlib import Path
+
+from kd_keras.config import DATA_ENV_VAR, PRESETS, RunConfig  # noqa: F401 (used by checks, app)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUNS_ENV_VAR = "KD_KERAS_RUNS_DIR"
+DEFAULT_RUNS_DIR = "runs"
+TUNING_SUBDIR = "tuning"  # <runs>/tuning/<search>: not a run.
+# A run or search name: one path component, safe in a command line.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# What each preset costs, for the preset picker.
+PRESET_NOTES = {
+    "smoke": "seconds; a few hundred images and tiny ResNets (for tests)",
+    "quick": "6-10 min on a 2-core CPU with native bfloat16 (longer without); "
+    "10,000 images, ResNet-20 -> ResNet-8",
+    "full": "about 1 hour a stage on a 2-core CPU with native bfloat16; all images, "
+    "teacher depth 30, student depth 15",
+    "paper": "days on a CPU; the full setting with 160 epochs a stage (for a GPU)",
+}
+
+
+def default_runs_dir():
+    """`$KD_KERAS_RUNS_DIR`, else `runs`."""
+    return os.environ.get(RUNS_ENV_VAR) or DEFAULT_RUNS_DIR
+
+
+def default_data_path():
+    """`$KD_KERAS_CIFAR10`, else an empty string."""
+    return os.environ.get(DATA_ENV_VAR, "")
+
+
+def presets():
+    """`{preset name: {field: value}}` with every `RunConfig` default filled in."""
+    defaults = RunConfig().to_dict()
+    return {name: {**defaults, "preset": name, **fields} for name, fields in PRESETS.items()}
+
+
+def describe_preset(name):
+    """`name: what it costs`, for the preset picker."""
+    return f"{name}: {PRESET_NOTES[name]}" if name in PRESET_NOTES else name
+
+
+def tuning_available():
+    """True if the `tuning` package is in the repository."""
+    return any((REPO_ROOT / "tuning" / name).is_file() for name in ("__main__.py", "__init__.py"))

@@ -1,0 +1,273 @@
+"""Validation splits and the `tf.data` input pipeline, for any image source.
+
+`prepare_splits` loads a source (CIFAR-10 or the user's images, see
+`kd_keras.data.sources`), holds out a seeded, class-balanced validation set
+and optionally trims each split per class; `make_dataset` turns uint8 images
+into shuffled, augmented batches whose order is a function of the seed and the
+epoch alone.
+"""
+
+import numpy as np
+
+from kd_keras.config import data_kind
+from kd_keras.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES
+from kd_keras.errors import ConfigError
+
+
+def stratified_split(labels, size, *, seed):
+    """Indices of a seeded, class-balanced split of `size` examples.
+
+    Args:
+        labels: int labels, shape `(N,)`.
+        size: how many examples to take (spread evenly over the classes).
+        seed: random seed; the same seed gives the same split.
+
+    Returns:
+        `(taken, rest)`: two sorted int arrays of indices into `labels`.
+    """
+    labels = np.asarray(labels)
+    if size < 0 or size > len(labels):
+        raise ValueError(f"split size must be in [0, {len(labels)}], got {size}")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = np.full(len(classes), size // len(classes))
+    per_class[: size % len(classes)] += 1
+    taken = []
+    for cls, count in zip(classes, per_class):
+        members = np.flatnonzero(labels == cls)
+        taken.append(rng.permutation(members)[:count])
+    taken = np.sort(np.concatenate(taken)) if taken else np.array([], dtype=int)
+    rest = np.setdiff1d(np.arange(len(labels)), taken)
+    return taken, rest
+
+
+def per_class_subset(labels, per_class, *, seed):
+    """Indices of a seeded subset with at most `per_class` examples per class."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == cls))[:per_class] for cls in np.unique(labels)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def prepare_splits(
+    source=None,
+    *,
+    val_size=5000,
+    train_per_class=None,
+    val_per_class=None,
+    test_per_class=None,
+    seed=0,
+    cache_dir=None,
+    image_size=None,
+):
+    """Loads the data (CIFAR-10, an image folder or a `.npz` file; see
+    `kd_keras.data.sources`) and carves train / validation / test splits.
+
+    The validation split is stratified and seeded and comes out of the
+    training set, never the test set.
+
+    Args:
+        source: see `load_cifar10`.
+        val_size: number of training images held out for validation.
+        train_per_class: keep at most this many training images per class
+            (after the validation split), or `None` for all.
+        val_per_class: likewise for the validation split.
+        test_per_class: likewise for the test set (for fast smoke runs).
+        seed: seed of the split and subsets.
+        cache_dir: see `load_cifar10`.
+        image_size: resize every image to this square size (`None`: the
+            data's own size).
+
+    Returns:
+        A dict with keys `"train"`, `"val"`, `"test"`, each an
+        `(images, labels)` tuple, and `"classes"`, the class names.
+
+    Raises:
+        DatasetError: see `load_cifar10`.
+        ConfigError: `val_size` is not below the training set's size, or a
+            per-class request exceeds what a class has (after the
+            validation split, for the training split); the message names
+            the count available.
+    """
+    from kd_keras.data.sources import load_source
+
+    (x_train, y_train), (x_test, y_test), classes = load_source(
+        source, image_size=image_size, seed=seed, cache_dir=cache_dir
+    )
+    if not 0 <= val_size < len(y_train):
+        raise ConfigError(f"val_size {val_size} must be below the {len(y_train)} training images")
+    val_idx, train_idx = stratified_split(y_train, val_size, seed=seed)
+    splits = {
+        "train": (x_train[train_idx], y_train[train_idx]),
+        "val": (x_train[val_idx], y_train[val_idx]),
+        "test": (x_test, y_test),
+    }
+    for name, per_class in (
+        ("train", train_per_class),
+        ("val", val_per_class),
+        ("test", test_per_class),
+    ):
+        if per_class is not None:
+            images, labels = splits[name]
+            available = int(np.bincount(labels, minlength=len(classes)).min())
+            if per_class > available:
+                where = " after the validation split" if name == "train" else ""
+                raise ConfigError(
+                    f"{name}_per_class {per_class} > {available} images per class "
+                    f"available in the {name} split{where}; ask for at most {available}"
+                )
+            keep = per_class_subset(labels, per_class, seed=seed)
+            splits[name] = (images[keep], labels[keep])
+    left = np.bincount(splits["train"][1], minlength=len(classes))
+    if left.min() < 1:
+        raise ConfigError(
+            f"class '{classes[int(left.argmin())]}' has no training image left after "
+            f"the validation split of {val_size}; lower --val-size"
+        )
+    splits["classes"] = tuple(classes)
+    return splits
+
+
+def splits_for(config, *, data=None, **overrides):
+    """The splits a `RunConfig` describes: `prepare_splits` with the
+    config's data, validation size, per-class subsets, seed and image size.
+
+    Args:
+        config: a `kd_keras.RunConfig`.
+        data: read this source instead of `config.data` (the same data
+            elsewhere, e.g. on another machine).
+        **overrides: `prepare_splits` arguments to replace, e.g.
+            `test_per_class=1` where the test split is never used.
+    """
+    fields = dict(
+        val_size=config.val_size,
+        train_per_class=config.train_per_class,
+        val_per_class=config.val_per_class,
+        test_per_class=config.test_per_class,
+        seed=config.seed,
+        image_size=config.image_size,
+    )
+    fields.update(overrides)
+    return prepare_splits(data or config.data, **fields)
+
+
+def data_summary(config):
+    """What the data of a `RunConfig` is, for a dry run: image counts per
+    split, the image shape and the number of classes.
+
+    CIFAR-10's are known and computed without reading it; an image folder
+    or `.npz` file is read (`splits_for`), so its answer is exact.
+
+    Returns:
+        `{"kind", "train_images", "val_images", "test_images",
+        "image_shape", "num_classes"}`.
+    """
+    kind = data_kind(config.data)
+    if kind == "cifar10":
+        size = config.image_size or IMAGE_SHAPE[0]
+        classes = NUM_CLASSES
+        totals = (
+            (config.train_per_class, 50_000 - config.val_size),
+            (config.val_per_class, config.val_size),
+            (config.test_per_class, 10_000),
+        )
+        train, val, test = (
+            min(classes * wanted, total) if wanted else total for wanted, total in totals
+        )
+        return {
+            "kind": kind,
+            "train_images": train,
+            "val_images": val,
+            "test_images": test,
+            "image_shape": (size, size, 3),
+            "num_classes": classes,
+        }
+    splits = splits_for(config)
+    return {
+        "kind": kind,
+        **{f"{name}_images": len(splits[name][1]) for name in ("train", "val", "test")},
+        "image_shape": tuple(int(d) for d in splits["train"][0].shape[1:]),
+        "num_classes": len(splits["classes"]),
+    }
+
+
+def make_dataset(images, labels, *, batch_size, training, seed=0, epochs=None, start_epoch=0):
+    """A `tf.data` pipeline of `(float32 image in 0..255, int label)` batches.
+
+    Normalisation lives inside the models (so a shipped model takes raw
+    pixels); the pipeline only augments and batches. Training batches are
+    shuffled and augmented with a 4-pixel zero pad, a random 32x32 crop and a
+    random horizontal flip. In distillation the teacher and the student both
+    see the one augmented batch the pipeline yields.
+
+    With `epochs`, the shuffle order and the augmentation of epoch `e` are a
+    function of `(seed, e)` alone: every stage with the same seed sees the
+    same data order, and a run resumed at `start_epoch` sees exactly the
+    batches the uninterrupted run would have seen.
+
+    Args:
+        images: uint8 array `(N, height, width, 3)`.
+        labels: int array `(N,)`.
+        batch_size: batch size.
+        training: shuffle and augment if True; keep order otherwise.
+        seed: seed of the shuffle and the augmentation.
+        epochs: if given (training only), the dataset holds the batches of
+            epochs `start_epoch .. epochs - 1` back to back; pass
+            `steps_per_epoch=ceil(N / batch_size)` to `fit`. If `None`, each
+            pass over the dataset is one freshly shuffled epoch.
+        start_epoch: the first epoch the dataset yields (for resuming).
+
+    Returns:
+        A batched, prefetched `tf.data.Dataset`.
+    """
+    import tensorflow as tf
+
+    base = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    if not training:
+        return (
+            base.map(
+                lambda image, label: (tf.cast(image, tf.float32), label),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    shape = tuple(images.shape[1:])
+    pad = max(1, shape[0] // 8)
+
+    def augment(example, op_seed):
+        image, label = example
+        image = tf.cast(image, tf.float32)
+        # Pad by 1/8 of the side (4 pixels at 32x32) and crop back.
+        image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+        image = tf.image.stateless_random_crop(image, shape, seed=op_seed)
+        image = tf.image.stateless_random_flip_left_right(image, seed=op_seed + 1)
+        return image, label
+
+    def one_epoch(epoch_seed, reshuffle):
+        shuffled = base.shuffle(len(images), seed=epoch_seed, reshuffle_each_iteration=reshuffle)
+        # One seed pair per example, drawn from a seeded stream.
+        op_seeds = tf.data.Dataset.random(
+            seed=epoch_seed, rerandomize_each_iteration=reshuffle
+        ).batch(2)
+        return (
+            tf.data.Dataset.zip((shuffled, op_seeds))
+            .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size)
+        )
+
+    if epochs is None:
+        dataset = one_epoch(seed, reshuffle=True)
+    else:
+        # Python-int seeds per epoch (tensor seeds clash with a global seed).
+        per_epoch = [
+            one_epoch(seed * 1_000_003 + epoch, reshuffle=False)
+            for epoch in range(start_epoch, epochs)
+        ]
+        dataset = per_epoch[0] if per_epoch else base.take(0).batch(batch_size)
+        for more in per_epoch[1:]:
+            dataset = dataset.concatenate(more)
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,157 @@
+"""Tests of `kd_app.launching` and `kd_app.checks`: the launch form's
+checks (kd_keras's own rules) and the command lines it starts."""
+
+import json
+import sys
+
+import pytest
+from app_smoke import REPO  # noqa: F401 (puts the repository on sys.path)
+
+from kd_app import checks, launching
+from kd_keras import cli
+from kd_keras.errors import LaunchError
+from kd_keras.models.depth import MAX_DEPTH
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    path.write_bytes(b"")
+    return str(path)
+
+
+def launch_errors(tmp_path, data, **fields):
+    options = launching.LaunchOptions(**{"preset": "quick", "name": "r", "data": data, **fields})
+    return launching.validate_launch(options, tmp_path / "runs")
+
+
+def test_the_command_line_gives_the_config_the_form_asked_for(tmp_path, data):
+    options = launching.LaunchOptions(
+        preset="smoke",
+        name="r",
+        data=data,
+        epochs=2,
+        temperature=2,
+        alpha=0.5,
+        teacher_depth=20.0,
+        student_depth=14,
+        train_per_class=30,
+        seed=7,
+        student_model="resnet8",
+    )
+    argv = launching.run_command(options, tmp_path / "runs" / "r")
+    assert argv[:9] == [
+        sys.executable,
+        "-m",
+        "kd_keras",
+        "run",
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path / "runs" / "r"),
+        "--quiet",
+    ]
+    assert argv[argv.index("--teacher-depth") + 1] == "20"  # A whole float as an int.
+    config = cli._config_from_args(cli.get_args(argv[3:]))
+    assert (config.preset, config.teacher_epochs, config.student_epochs) == ("smoke", 2, 2)
+    assert (config.temperature, config.alpha, config.seed) == (2.0, 0.5, 7)
+    assert (config.teacher_depth, config.student_depth) == (20, 14)
+    assert (config.train_per_class, config.student_model, config.data) == (30, "resnet8", data)
+    assert config.teacher_width == 8  # The preset's, as no field set it.
+    overwrite = launching.run_command(
+        launching.LaunchOptions(preset="smoke", if_exists="overwrite"), tmp_path / "o"
+    )
+    assert overwrite[-1] == "--overwrite" and "--epochs" not in " ".join(overwrite)
+
+
+def test_resume_command_takes_the_saved_config(tmp_path, data):
+    folder = tmp_path / "runs" / "r"
+    with pytest.raises(LaunchError, match="holds no config.json"):
+        launching.resume_command(folder)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"preset": "smoke"}))
+    assert launching.resume_command(folder, data)[3:] == [
+        "run",
+        "--resume",
+        "--out",
+        str(folder),
+        "--quiet",
+        "--data",
+        data,
+    ]
+
+
+def test_hyperparameter_errors_are_kd_kerass_one_line_and_name_the_value():
+    errors = checks.check_hyperparameters(1000, -0.25)
+    assert errors == [
+        "Temperature T must be in [0.01, 100] (1-20 is usual; the default is 4), got 1000.",
+        "alpha must be in [0, 1] (it weights the hard-label loss), got -0.25.",
+    ]
+    assert checks.check_hyperparameters(None, None) == []  # The preset's values.
+    assert checks.check_hyperparameters(4, 0.3) == []
+
+
+def test_the_form_has_the_clis_depth_limits(tmp_path, data):
+    errors = launch_errors(tmp_path, data, teacher_depth=MAX_DEPTH + 50, student_depth=5)
+    assert len(errors) == 2
+    assert errors[0].startswith(f"Teacher depth must be at most {MAX_DEPTH}")
+    assert f"got {MAX_DEPTH + 50}" in errors[0]
+    assert errors[1].startswith("Student depth must be an int >= 8") and "got 5" in errors[1]
+    assert launch_errors(tmp_path, data, teacher_depth=MAX_DEPTH, student_depth=8) == []
+
+
+def test_the_rest_of_runconfigs_rules_apply_with_the_forms_labels(tmp_path, data):
+    assert launch_errors(tmp_path, data, epochs=0) == [
+        "Epochs (every stage) must be an int >= 1, got 0."
+    ]
+    (error,) = launch_errors(tmp_path, data, train_per_class=4600)
+    assert error.startswith("Train images per class 4600 > 4500 images per class")
+    (error,) = launch_errors(tmp_path, data, seed=2.5)
+    assert error == "Seed must be an int >= 0, got 2.5."
+    for line in launch_errors(tmp_path, data, temperature=0, alpha=2, epochs=3.5):
+        assert "\n" not in line
+
+
+def test_an_existing_folder_is_refused_unless_asked(tmp_path, data):
+    folder = tmp_path / "runs" / "r"
+    folder.mkdir(parents=True)
+    (folder / "run.lock").write_text("")  # A lock file alone is not a run.
+    assert launch_errors(tmp_path, data) == []
+    (folder / "x.txt").write_text("")
+    assert "already exists" in launch_errors(tmp_path, data)[0]
+    assert "no config.json" in launch_errors(tmp_path, data, if_exists="overwrite")[0]
+    assert "not usable" in launch_errors(tmp_path, data, name="tuning")[0]
+
+
+def test_stop_overdue_only_for_the_same_live_process():
+    state = launching.run_state("/nonexistent/run")
+    running = type(state)(path=state.path, status="running", pid=42)
+    assert launching.stop_overdue(running, (100.0, 42), 20, now=121.0)
+    assert not launching.stop_overdue(running, (100.0, 42), 20, now=119.0)
+    assert not launching.stop_overdue(running, (100.0, 41), 20, now=200.0)  # Another process.
+    assert not launching.stop_overdue(running, None, 20, now=200.0)
+
+
+def test_device_settings_reach_the_command_line_and_are_checked(tmp_path, data):
+    options = launching.LaunchOptions(
+        preset="smoke",
+        name="r",
+        data=data,
+        strategy="mirrored",
+        devices=" /cpu:0, /cpu:1 ",
+        sync_batch_norm=True,
+    )
+    argv = launching.run_command(options, tmp_path / "runs" / "r")
+    config = cli._config_from_args(cli.get_args(argv[3:]))
+    assert (config.strategy, config.devices, config.sync_batch_norm) == (
+        "mirrored",
+        ["/cpu:0", "/cpu:1"],
+        True,
+    )
+    plain = launching.run_command(
+        launching.LaunchOptions(preset="smoke", name="r", data=data), tmp_path / "runs" / "r"
+    )
+    assert "--strategy" not in plain and "--sync-batch-norm" not in plain
+    # Devices without the mirrored strategy: kd_keras's own one-line message.
+    errors = launch_errors(tmp_path, data, devices="/gpu:0")
+    assert len(errors) == 1 and "mirrored" in errors[0] and "/gpu:0" in errors[0]

@@ -1,0 +1,127 @@
+"""Tests of `kd_app.searches`: a search folder read through
+`kd_keras.run_folder.SearchFolder` and its real columns."""
+
+import csv
+import json
+
+from app_smoke import REPO  # noqa: F401 (puts the repository on sys.path)
+
+from kd_app import searches
+from kd_app.processes import launch_files
+from kd_keras.run_folder import TRIAL_COLUMNS, TUNERS, SearchFolder
+
+
+def write_trials(folder, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(SearchFolder(folder).trials_file, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=TRIAL_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def trial(trial_id, temperature, alpha, score, status="COMPLETED"):
+    return {
+        "trial_id": trial_id,
+        "temperature": temperature,
+        "alpha": alpha,
+        "val_accuracy": score,
+        "status": status,
+    }
+
+
+def test_best_params_from_best_json(tmp_path):
+    folder = tmp_path / "s"
+    write_trials(folder, [trial("0", 2.0, 0.5, 0.4)])
+    SearchFolder(folder).best_file.write_text(
+        json.dumps(
+            {
+                "trial_id": "3",
+                "temperature": 8.0,
+                "alpha": 0.1,
+                "score": 0.47,
+                "objective": "val_accuracy",
+            }
+        )
+    )
+    assert searches.best_params(folder) == {
+        "temperature": 8.0,
+        "alpha": 0.1,
+        "score": 0.47,
+        "source": "best.json",
+    }
+
+
+def test_best_params_from_the_completed_trials(tmp_path):
+    folder = tmp_path / "s"
+    write_trials(
+        folder,
+        [
+            trial("0", 2.0, 0.5, 0.41),
+            trial("1", 8.0, 0.1, 0.47),
+            trial("2", 3.0, 0.2, 0.47),  # A tie: the earlier trial wins.
+            trial("3", 1.0, 0.9, 0.90, status="RUNNING"),  # Not finished: not a result.
+            trial("4", 5.0, 0.3, "", status="FAILED"),
+        ],
+    )
+    assert searches.best_params(folder) == {
+        "temperature": 8.0,
+        "alpha": 0.1,
+        "score": 0.47,
+        "source": "trials.csv",
+    }
+    state = searches.search_state(folder)
+    assert (state.completed, state.status) == (3, "finished")  # No plan known.
+
+
+def test_only_the_searchs_own_columns_count(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    SearchFolder(folder).trials_file.write_text("T,a,score\n2.0,0.5,0.9\n")
+    SearchFolder(folder).best_file.write_text(json.dumps({"T": 2.0, "a": 0.5}))
+    assert searches.best_params(folder) is None
+
+
+def test_search_state_counts_trials_against_the_plan(tmp_path):
+    folder = searches.searches_dir(tmp_path) / "s"
+    write_trials(folder, [trial("0", 2.0, 0.5, 0.4), trial("1", 4.0, 0.5, 0.5)])
+    SearchFolder(folder).settings_file.write_text(json.dumps({"max_trials": 2}))
+    state = searches.search_state(folder)
+    assert (state.status, state.planned, state.completed, state.pid) == ("finished", 2, 2, None)
+    launch_files(folder)[1].write_text(
+        json.dumps(
+            {
+                "pid": 999999,
+                "kind": "search",
+                "argv": [
+                    "python",
+                    "-m",
+                    "tuning",
+                    "--teacher",
+                    "t.keras",
+                    "--preset",
+                    "smoke",
+                    "--trials",
+                    "5",
+                ],
+            }
+        )
+    )
+    state = searches.search_state(folder)
+    assert (state.status, state.planned, state.teacher, state.preset) == (
+        "incomplete",
+        5,
+        "t.keras",
+        "smoke",
+    )
+    assert searches.status_message(state)[0] == "warning"
+    assert [p.name for p in searches.list_searches(tmp_path)] == ["s"]
+
+
+def test_search_form_checks(tmp_path):
+    options = searches.TuneOptions(name="bad name", tuner="grid", trials=0, epochs=2.0)
+    errors = searches.validate_search(options, tmp_path)
+    assert any("Search name 'bad name' is not usable" in e for e in errors)
+    assert f"Unknown tuner 'grid'; choose one of {', '.join(TUNERS)}." in errors
+    assert "Trials must be a whole number >= 1, got 0." in errors
+    assert not any("Epochs per trial" in e for e in errors)  # 2.0 is a whole number.
+    assert searches.TuneOptions.tuner in TUNERS
