@@ -10,29 +10,20 @@ T**2 * KL(teacher || student) at temperature T, the teacher in `eval()`
 under `torch.no_grad()`.
 
 PyTorch is a benchmark-only dependency (`requirements-bench.txt`); this
-module imports it only inside its functions, so it can be imported (and
-`stage_blocks` tested) without it.
+module imports it only inside its functions, so it can be imported without
+it. The depth rule and the normalisation constants are kd_keras's own
+(Keras-free modules).
 """
 
-MEAN = (125.3, 123.0, 113.9)
-STD = (63.0, 62.1, 66.7)
-MIN_DEPTH = 8
+from kd_keras.data.cifar10 import CIFAR10_MEAN as MEAN
+from kd_keras.data.cifar10 import CIFAR10_STD as STD
+from kd_keras.models.depth import stage_blocks  # Keras-free: the same depth rule.
 
 VARIANTS = {
     "torch_nchw": {"channels_last": False, "compile": False},
     "torch_channels_last": {"channels_last": True, "compile": False},
     "torch_channels_last_compile": {"channels_last": True, "compile": True},
 }
-
-
-def stage_blocks(depth):
-    """`kd_keras.models.resnet.stage_blocks` without importing Keras: the blocks of
-    each stage and whether an extra conv is added."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < MIN_DEPTH:
-        raise ValueError(f"depth must be an int >= {MIN_DEPTH}, got {depth!r}")
-    total = (depth - 2) // 2
-    blocks = tuple(total // 3 + (1 if stage < total % 3 else 0) for stage in range(3))
-    return blocks, (depth - 2) % 2 == 1
 
 
 def build_resnet(depth, width=16, num_classes=10):

@@ -26,6 +26,7 @@ records what it ran with (never "auto") and says why.
 """
 
 import dataclasses
+import os
 import platform
 import re
 from pathlib import Path
@@ -36,6 +37,24 @@ AUTO = "auto"
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # GPUs from this compute capability on (Ampere) have bfloat16 tensor cores.
 GPU_BF16_CAPABILITY = (8, 0)
+# oneDNN (TensorFlow's CPU kernels) can be capped below the CPU's
+# instruction set with ONEDNN_MAX_CPU_ISA (older name DNNL_MAX_CPU_ISA); only
+# these caps keep native bfloat16 arithmetic.
+ONEDNN_ISA_ENV_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+ONEDNN_BF16_ISAS = frozenset(
+    {
+        "ALL",
+        "AVX512_CORE_BF16",
+        "AVX512_CORE_FP16",
+        "AVX512_CORE_AMX",
+        "AVX512_CORE_AMX_FP16",
+        "AVX10_1_512",
+        "AVX10_1_512_AMX",
+        "AVX10_1_512_AMX_FP16",
+        "AVX10_2_512",
+        "AVX10_2_512_AMX_2",
+    }
+)
 # CPU flags worth writing next to a speed figure.
 _REPORTED_FLAG = re.compile(r"^(avx2|fma|avx512\w*|amx\w*|avx_vnni\w*)$")
 
@@ -48,15 +67,25 @@ class Machine:
         cpu_model: the CPU's model name ("" if unknown).
         cpu_flags: the CPU's feature flags, lower case, as in /proc/cpuinfo.
         gpu_capabilities: one `(major, minor)` compute capability per GPU.
+        onednn_max_isa: the `ONEDNN_MAX_CPU_ISA` cap on oneDNN's
+            instructions, upper case ("" if not set).
     """
 
     cpu_model: str = ""
     cpu_flags: frozenset = frozenset()
     gpu_capabilities: tuple = ()
+    onednn_max_isa: str = ""
+
+    @property
+    def onednn_caps_bf16(self):
+        """True if `ONEDNN_MAX_CPU_ISA` keeps oneDNN below bfloat16."""
+        return bool(self.onednn_max_isa) and self.onednn_max_isa not in ONEDNN_BF16_ISAS
 
     @property
     def native_bf16_cpu(self):
-        return any(flag in self.cpu_flags for flag in NATIVE_BF16_CPU_FLAGS)
+        return not self.onednn_caps_bf16 and any(
+            flag in self.cpu_flags for flag in NATIVE_BF16_CPU_FLAGS
+        )
 
     def speed_flags(self):
         """The flags that matter for speed (AVX2, FMA, AVX-512*, AMX*), sorted."""
@@ -66,6 +95,8 @@ class Machine:
         """One line: CPU model, its speed flags and the GPUs, for reports."""
         flags = " ".join(self.speed_flags()) or "no AVX2/AVX-512/AMX flags"
         line = f"{self.cpu_model or platform.machine() or 'unknown CPU'} ({flags})"
+        if self.onednn_max_isa:
+            line += f"; ONEDNN_MAX_CPU_ISA={self.onednn_max_isa}"
         if self.gpu_capabilities:
             gpus = ", ".join(f"{a}.{b}" for a, b in self.gpu_capabilities)
             line += f"; GPUs with compute capability {gpus}"
@@ -94,11 +125,21 @@ def read_cpu(cpuinfo="/proc/cpuinfo"):
     return model, frozenset(flags)
 
 
+def onednn_max_isa(environ=None):
+    """The oneDNN instruction-set cap set in the environment, upper case, or ""."""
+    environ = os.environ if environ is None else environ
+    for name in ONEDNN_ISA_ENV_VARS:
+        value = environ.get(name, "").strip().upper()
+        if value:
+            return value
+    return ""
+
+
 def this_machine(gpu_capabilities=()):
     """The `Machine` this process runs on (GPU capabilities passed in: finding
     them needs TensorFlow, see `kd_keras.train.speed.local_machine`)."""
     model, flags = read_cpu()
-    return Machine(model, flags, tuple(gpu_capabilities))
+    return Machine(model, flags, tuple(gpu_capabilities), onednn_max_isa())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +166,13 @@ def auto_precisions(machine):
             return "mixed_bfloat16", "bfloat16", f"GPU compute capability {shown} >= 8.0"
         return "mixed_float16", "float16", f"GPU compute capability {shown} < 8.0"
     found = [flag for flag in NATIVE_BF16_CPU_FLAGS if flag in machine.cpu_flags]
+    if found and machine.onednn_caps_bf16:
+        return (
+            "float32",
+            "float32",
+            f"CPU has {', '.join(found)} but ONEDNN_MAX_CPU_ISA={machine.onednn_max_isa} "
+            "keeps TensorFlow's kernels below bfloat16, no GPU",
+        )
     if found:
         return "mixed_bfloat16", "bfloat16", f"CPU has native bfloat16 ({', '.join(found)})"
     return (

@@ -1,6 +1,7 @@
 """`precision="auto"`: the rule (faked CPUs and GPUs, no real GPU needed),
 its resolution into a run's config, and the module's Keras-free import."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -157,3 +158,21 @@ def test_hardware_and_config_import_no_tensorflow():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_a_onednn_isa_cap_below_bfloat16_means_float32(monkeypatch):
+    from kd_keras.hardware import onednn_max_isa, this_machine
+
+    capped = dataclasses.replace(AVX512_BF16, onednn_max_isa="AVX2")
+    choice = resolve_precisions("auto", "auto", capped)
+    assert (choice.precision, choice.teacher_precision) == ("float32", "float32")
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in choice.reason
+    assert not capped.native_bf16_cpu and AVX512_BF16.native_bf16_cpu
+    for isa in ("ALL", "AVX512_CORE_BF16", "AVX512_CORE_AMX"):
+        kept = dataclasses.replace(AVX512_BF16, onednn_max_isa=isa)
+        assert resolve_precisions("auto", "auto", kept).precision == "mixed_bfloat16"
+    assert onednn_max_isa({"DNNL_MAX_CPU_ISA": " avx512_core "}) == "AVX512_CORE"
+    assert onednn_max_isa({}) == ""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    machine = this_machine()
+    assert machine.onednn_max_isa == "AVX2" and "ONEDNN_MAX_CPU_ISA=AVX2" in machine.describe()

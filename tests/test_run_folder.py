@@ -26,6 +26,7 @@ KERAS_FREE = (
     "kd_keras.run_folder",
     "kd_keras.stages",
     "kd_keras.hardware",
+    "kd_keras.data.cifar10",
     "kd_keras.models.depth",
     "kd_keras.models.specs",
     "kd_keras.export.spec",

@@ -15,7 +15,6 @@ from kd_keras.cli import main as cli_main
 from kd_keras.distill.teacher import teacher_for_inference
 from kd_keras.errors import ConfigError
 from kd_keras.hardware import Machine
-from kd_keras.models.resnet import stage_blocks
 from kd_keras.train.pipeline import Pipeline
 from kd_keras.train.speed import (
     apply_threading,
@@ -233,13 +232,6 @@ def test_estimate_covers_every_stage_with_positive_times():
     calibration = estimate["calibration"]
     assert calibration["student_train_step_s"] > 0
     assert calibration["teacher_forward_batch_s"] > 0
-
-
-def test_torch_reference_uses_the_same_depth_rule():
-    from benchmarks import torch_resnet
-
-    for depth in range(8, 60):
-        assert torch_resnet.stage_blocks(depth) == stage_blocks(depth)
 
 
 def test_torch_reference_has_the_keras_models_trainable_parameters():
