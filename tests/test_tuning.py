@@ -511,3 +511,31 @@ def test_cli_resumes_refuses_other_settings_and_overwrites(
     assert len(rows) == 1 and 2.0 <= rows[0]["temperature"] <= 9.0
     saved = json.loads((folder / "search.json").read_text())
     assert saved["space"]["temperature_max"] == 9.0
+
+
+def test_cli_names_a_damaged_search_file_in_one_line(tmp_path, capsys):
+    from tuning.cli import main as tuning_main
+
+    teacher = tmp_path / "t.keras"
+    kd_keras.build_resnet(8, width=4).save(teacher)
+    search = tmp_path / "s"
+    search.mkdir()
+    (search / "search.json").write_text('{"tuner": ')
+    code = tuning_main(
+        [
+            "--teacher",
+            str(teacher),
+            "--out",
+            str(search),
+            "--preset",
+            "smoke",
+            "--trials",
+            "1",
+            "--epochs",
+            "1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"tuning: error: '{search / 'search.json'}' is damaged (not valid JSON")
+    assert (search / "search.json").read_text() == '{"tuner": '  # Left as it was.
