@@ -415,34 +415,24 @@ class Pipeline:
                 "source": str(c.teacher),
             }
         teacher = recipe.build_teacher(c, **self.data_contract())
-        compile_classifier(
-            teacher,
-            make_optimizer(c, self.steps_per_epoch, c.teacher_epochs),
-            **self.compile_options(),
-        )
-        recipe.seed_training(c)
-        seconds, best_epoch = self.fit("teacher", teacher, c.teacher_epochs)
-        return teacher, {
-            "train_seconds": seconds,
-            "best_epoch": best_epoch,
-            "epochs": c.teacher_epochs,
-        }
+        return teacher, self.train_classifier("teacher", teacher, c.teacher_epochs)
 
     def stage_student_baseline(self, teacher):
-        c = self.config
         student = self.student_initial_weights()
+        extra = self.train_classifier("student_baseline", student, self.config.student_epochs)
+        return student, extra
+
+    def train_classifier(self, stage, model, epochs):
+        """Trains `model` with cross-entropy as stage `stage` (the recipe's
+        optimizer and seeding); returns the stage row's training fields."""
         compile_classifier(
-            student,
-            make_optimizer(c, self.steps_per_epoch, c.student_epochs),
+            model,
+            make_optimizer(self.config, self.steps_per_epoch, epochs),
             **self.compile_options(),
         )
-        recipe.seed_training(c)
-        seconds, best_epoch = self.fit("student_baseline", student, c.student_epochs)
-        return student, {
-            "train_seconds": seconds,
-            "best_epoch": best_epoch,
-            "epochs": c.student_epochs,
-        }
+        recipe.seed_training(self.config)
+        seconds, best_epoch = self.fit(stage, model, epochs)
+        return {"train_seconds": seconds, "best_epoch": best_epoch, "epochs": epochs}
 
     def stage_student_distilled(self, teacher):
         return self.distill(
