@@ -492,7 +492,8 @@ class RunConfig:
         # An image folder's or .npz file's counts are checked when it loads.
         cifar = data_kind(self.data) == "cifar10"
         if not 0 < self.val_size < (50000 if cifar else float("inf")):
-            raise ConfigError(f"val_size must be in [1, 49999], got {self.val_size}")
+            limit = " and at most 49900 for CIFAR-10 (10 training images a class)" if cifar else ""
+            raise ConfigError(f"val_size must be >= 1{limit}, got {self.val_size}")
         # CIFAR-10: 5,000 training images per class (the validation split is
         # carved from them, spread evenly; earlier classes take the
         # remainder) and 1,000 test images per class.

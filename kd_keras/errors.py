@@ -9,7 +9,7 @@ Exit codes (`exit_code`), shared by `python -m kd_keras` and `python -m tuning`:
 |---|---|---|
 | 0 | done | |
 | 1 | the run failed on the way | `NonFiniteLossError`, `DiskWriteError`, `CacheMismatchError`, out of memory |
-| 2 | bad input: nothing was trained | `ConfigError` (and `DistributeError`), `DatasetError` (and `DataSourceError`), `ModelSpecError`, `RunFolderError`, `TeacherError`, `RunLockedError`, `DamagedFileError`, `ExportError`, `SearchError` |
+| 2 | bad input: nothing was trained | `ConfigError` (and `DistributeError`), `DatasetError` (and `DataSourceError`), `ModelSpecError`, `RunFolderError`, `TeacherError`, `RunLockedError`, `DamagedFileError`, `ExportError`, `SearchError`, `LaunchError` |
 | 130 | stopped (Ctrl-C, SIGTERM); `--resume` continues | `RunStopped`, `KeyboardInterrupt` |
 """
 

@@ -35,7 +35,11 @@ def test_overrides_replace_preset_values_and_none_keeps_them():
         ("batch_size", 0, "batch_size must be an int >= 1, got 0"),
         ("learning_rate", 0.0, "learning_rate must be > 0, got 0.0"),
         ("train_per_class", 0, "train_per_class must be an int >= 1 or None, got 0"),
-        ("val_size", 50000, "val_size must be in [1, 49999], got 50000"),
+        (
+            "val_size",
+            50000,
+            "val_size must be >= 1 and at most 49900 for CIFAR-10 (10 training images a class), got 50000",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_the_value(field, value, fragment):

@@ -50,7 +50,7 @@ VARIANTS = ("saved_model", "float32", "float16", "dynamic", "int8", "int8_io")
 ROW_SEPARATOR = "@"
 
 # Columns of an exported model's row added to results.csv (after
-# `kd_keras.report.results.TABLE_COLUMNS`) when a run has exports.
+# `kd_keras.run_folder.TABLE_COLUMNS`) when a run has exports.
 EXPORT_COLUMNS = (
     "source_stage",
     "format",

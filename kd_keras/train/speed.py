@@ -31,7 +31,7 @@ the largest divisor of the steps per epoch that is not above the requested
 value (`effective_steps_per_execution`), and says so when it differs.
 
 Which options are faster on a machine is measured, not assumed: run
-`python -m benchmarks.throughput` (README "Speed").
+`python -m benchmarks.throughput` (docs/speed.md).
 
 Teacher-output caching
 ----------------------
