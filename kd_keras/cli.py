@@ -72,6 +72,12 @@ def get_args(argv=None):
 
     report = commands.add_parser("report", help="rebuild the table and plots of a run folder")
     report.add_argument("run_dir", help="a run folder")
+    report.add_argument(
+        "--reference",
+        action="store_true",
+        help="also print the run next to the reference table it reproduces "
+        "(Hinton et al. 2015, ResNet depth 30 -> 15), as Markdown",
+    )
 
     export = commands.add_parser(
         "export",
@@ -228,6 +234,11 @@ def _report(args):
         raise ConfigError(f"'{run_dir}' holds no completed stage (no stages/*.json)")
     write_results(run_dir, rows)
     print(format_table(rows))
+    if args.reference:
+        from kd_keras.report.reference import reference_table_of
+
+        print()
+        print(reference_table_of(run_dir))
     return 0
 
 

@@ -31,6 +31,7 @@ KERAS_FREE = (
     "kd_keras.models.specs",
     "kd_keras.export.spec",
     "kd_keras.report.results",  # Tables need no Keras (plots import matplotlib late).
+    "kd_keras.report.reference",
 )
 
 

@@ -1,0 +1,200 @@
+"""The reference table kd-keras reproduces, as plain data, and a run's
+rows side by side with it.
+
+The reference is Hinton, Vinyals and Dean's distillation (arXiv:1503.02531)
+on CIFAR-10 with a ResNet teacher of depth 30 and a student of depth 15,
+T = 4, alpha = 0.3, on the full 10,000-image test set and a 5,000-image
+validation split. Its losses are not comparable with a run's: a run reports
+each model's own cross-entropy, while the reference's distilled "test loss"
+(0.6728, above its baseline's 0.4374) looks like the blended distillation
+loss; the comparison therefore puts accuracies side by side and gives the
+run's own losses alone.
+
+Keras-free: `python -m kd_keras report RUN --reference` prints
+`format_reference_table(rows, config)`.
+"""
+
+from kd_keras.run_folder import RunFolder
+
+REFERENCE = {
+    "name": "Hinton et al. (2015), CIFAR-10, ResNet depth 30 -> 15, T = 4, alpha = 0.3",
+    "setting": {
+        "teacher_depth": 30,
+        "student_depth": 15,
+        "temperature": 4.0,
+        "alpha": 0.3,
+        "val_size": 5000,
+        "train_per_class": None,
+        "test_per_class": None,
+    },
+    "rows": {
+        "teacher": {
+            "test_accuracy": 0.9053,
+            "test_loss": 0.3595,
+            "val_accuracy": 0.894,
+            "val_loss": 0.3552,
+        },
+        "student_baseline": {
+            "test_accuracy": 0.8907,
+            "test_loss": 0.4374,
+            "val_accuracy": 0.8852,
+            "val_loss": 0.4283,
+        },
+        "student_distilled": {
+            "test_accuracy": 0.9028,
+            "test_loss": 0.6728,
+            "val_accuracy": 0.8944,
+            "val_loss": 0.6332,
+        },
+    },
+}
+
+_LABELS = {
+    "teacher": "teacher",
+    "student_baseline": "student baseline",
+    "student_distilled": "student distilled",
+}
+
+
+def _training_time(item):
+    seconds = item["train_seconds"]
+    if item["epochs"] == 0:
+        return "reused"
+    if seconds is None:
+        return ""
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s"
+
+
+def _points(value):
+    return f"{100 * value:+.2f}"
+
+
+def setting_differences(config, reference=REFERENCE):
+    """The reference's settings that a run's config does not match.
+
+    Args:
+        config: a `RunConfig` or a dict of its fields.
+        reference: a reference dict shaped like `REFERENCE`.
+
+    Returns:
+        A list of `"field: run value (reference value)"` strings, empty when
+        the run is the reference's setting.
+    """
+    fields = config if isinstance(config, dict) else config.to_dict()
+    return [
+        f"{name}: {fields.get(name)!r} (reference {value!r})"
+        for name, value in reference["setting"].items()
+        if fields.get(name) != value
+    ]
+
+
+def compare_with_reference(rows, reference=REFERENCE):
+    """A run's accuracies next to the reference's, stage by stage.
+
+    Args:
+        rows: the run's stage rows (`load_stage_rows`); rows of stages the
+            reference does not have (exports, tuned stages) are skipped.
+        reference: a reference dict shaped like `REFERENCE`.
+
+    Returns:
+        A list of dicts with `stage`, `depth`, `epochs`, `test_accuracy`, `reference_test_accuracy`,
+        `test_difference_points`, the same three for validation,
+        `test_loss` (the run's own cross-entropy) and `train_seconds`, in the
+        reference's stage order; then, when both students are present, a
+        `gain` row with the distilled student's lead over the baseline
+        (in points, ours and the reference's).
+    """
+    by_stage = {row["stage"]: row for row in rows}
+    compared = []
+    for stage, ref in reference["rows"].items():
+        row = by_stage.get(stage)
+        if row is None:
+            continue
+        compared.append(
+            {
+                "stage": stage,
+                "depth": row.get("depth"),
+                "epochs": row.get("epochs"),
+                "test_accuracy": row["test_accuracy"],
+                "reference_test_accuracy": ref["test_accuracy"],
+                "test_difference_points": 100 * (row["test_accuracy"] - ref["test_accuracy"]),
+                "val_accuracy": row["val_accuracy"],
+                "reference_val_accuracy": ref["val_accuracy"],
+                "val_difference_points": 100 * (row["val_accuracy"] - ref["val_accuracy"]),
+                "test_loss": row.get("test_loss"),
+                "train_seconds": row.get("train_seconds"),
+            }
+        )
+    present = {row["stage"]: row for row in compared}
+    if "student_baseline" in present and "student_distilled" in present:
+        gain = {}
+        for split in ("test", "val"):
+            ours = (
+                present["student_distilled"][f"{split}_accuracy"]
+                - present["student_baseline"][f"{split}_accuracy"]
+            )
+            ref = (
+                reference["rows"]["student_distilled"][f"{split}_accuracy"]
+                - reference["rows"]["student_baseline"][f"{split}_accuracy"]
+            )
+            gain[f"{split}_points"] = 100 * ours
+            gain[f"reference_{split}_points"] = 100 * ref
+            gain[f"{split}_difference_points"] = 100 * (ours - ref)
+        compared.append({"stage": "gain", **gain})
+    return compared
+
+
+def format_reference_table(rows, config, reference=REFERENCE):
+    """A Markdown table of a run next to the reference (what the README shows).
+
+    Args:
+        rows: the run's stage rows.
+        config: the run's `RunConfig` (or a dict of its fields), or `None`;
+            any setting that differs from the reference's is listed.
+        reference: a reference dict shaped like `REFERENCE`.
+
+    Returns:
+        The table as a string: accuracies as ours / reference / difference in
+        points, the run's own test cross-entropy and training time, a gain
+        row, then one line per differing setting.
+    """
+    lines = [
+        "| model | test acc | reference | difference (points) | val acc | reference "
+        "| difference (points) | test loss (own CE) | training time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for item in compare_with_reference(rows, reference):
+        if item["stage"] == "gain":
+            lines.append(
+                f"| **gain of distillation** (points) | **{item['test_points']:+.2f}** "
+                f"| {item['reference_test_points']:+.2f} "
+                f"| {item['test_difference_points']:+.2f} | {item['val_points']:+.2f} "
+                f"| {item['reference_val_points']:+.2f} | {item['val_difference_points']:+.2f} "
+                "| | |"
+            )
+            continue
+        label = _LABELS[item["stage"]]
+        if item["depth"] is not None:
+            label += f" (depth {item['depth']})"
+        loss = "" if item["test_loss"] is None else f"{item['test_loss']:.3f}"
+        lines.append(
+            f"| {label} | {item['test_accuracy']:.4f} | {item['reference_test_accuracy']:.4f} "
+            f"| {_points(item['test_accuracy'] - item['reference_test_accuracy'])} "
+            f"| {item['val_accuracy']:.4f} | {item['reference_val_accuracy']:.4f} "
+            f"| {_points(item['val_accuracy'] - item['reference_val_accuracy'])} "
+            f"| {loss} | {_training_time(item)} |"
+        )
+    differences = [] if config is None else setting_differences(config, reference)
+    if differences:
+        lines.append("")
+        lines.append("Settings that differ from the reference: " + "; ".join(differences) + ".")
+    return "\n".join(lines)
+
+
+def reference_table_of(run_dir, reference=REFERENCE):
+    """`format_reference_table` of a run folder's stages and config."""
+    from kd_keras.report.results import load_stage_rows
+
+    folder = RunFolder(run_dir)
+    return format_reference_table(load_stage_rows(run_dir), folder.config(), reference)

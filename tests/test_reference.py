@@ -1,0 +1,99 @@
+"""kd_keras.report.reference: a run next to the reference table."""
+
+import json
+
+import pytest
+
+from kd_keras.cli import main
+from kd_keras.config import RunConfig
+from kd_keras.report.reference import (
+    REFERENCE,
+    compare_with_reference,
+    format_reference_table,
+    setting_differences,
+)
+from kd_keras.run_folder import RunFolder
+
+
+def _row(stage, depth, test, val, seconds=600.0, epochs=50):
+    return {
+        "stage": stage,
+        "depth": depth,
+        "epochs": epochs,
+        "test_accuracy": test,
+        "test_loss": 0.5,
+        "val_accuracy": val,
+        "val_loss": 0.5,
+        "train_seconds": seconds,
+    }
+
+
+ROWS = [
+    _row("teacher", 30, 0.9100, 0.9000, seconds=4485.6),
+    _row("student_baseline", 15, 0.8800, 0.8700),
+    _row("student_distilled", 15, 0.8950, 0.8760),
+    _row("student_distilled@int8", 15, 0.5, 0.5),  # not in the reference: skipped
+]
+
+
+def test_differences_and_the_gain_are_in_points():
+    compared = compare_with_reference(ROWS)
+    assert [item["stage"] for item in compared] == [
+        "teacher",
+        "student_baseline",
+        "student_distilled",
+        "gain",
+    ]
+    teacher, _, _, gain = compared
+    assert teacher["test_difference_points"] == pytest.approx(100 * (0.9100 - 0.9053))
+    assert teacher["val_difference_points"] == pytest.approx(100 * (0.9000 - 0.894))
+    # Ours: 0.8950 - 0.8800; the reference's: 0.9028 - 0.8907.
+    assert gain["test_points"] == pytest.approx(1.50)
+    assert gain["reference_test_points"] == pytest.approx(1.21)
+    assert gain["test_difference_points"] == pytest.approx(0.29)
+    assert gain["val_points"] == pytest.approx(0.60)
+    assert gain["reference_val_points"] == pytest.approx(0.92)
+
+
+def test_no_gain_row_without_both_students():
+    compared = compare_with_reference(ROWS[:2])
+    assert [item["stage"] for item in compared] == ["teacher", "student_baseline"]
+
+
+def test_the_markdown_table():
+    config = RunConfig.from_preset("full", seed=0)
+    table = format_reference_table(ROWS, config)
+    lines = table.splitlines()
+    assert lines[2] == (
+        "| teacher (depth 30) | 0.9100 | 0.9053 | +0.47 | 0.9000 | 0.8940 | +0.60 "
+        "| 0.500 | 74 min 46 s |"
+    )
+    assert lines[5].startswith("| **gain of distillation** (points) | **+1.50** | +1.21 | +0.29 ")
+    assert len(lines) == 6  # the full preset is the reference's setting: no note
+
+
+def test_a_reused_teacher_and_a_different_setting_are_named():
+    rows = [_row("teacher", 20, 0.74, 0.75, seconds=0.0, epochs=0)] + ROWS[1:3]
+    config = RunConfig.from_preset("quick", seed=0)
+    table = format_reference_table(rows, config)
+    assert "| teacher (depth 20) |" in table and "| reused |" in table
+    differences = setting_differences(config)
+    assert "teacher_depth: 20 (reference 30)" in differences
+    assert "student_depth: 8 (reference 15)" in differences
+    assert "train_per_class: 1000 (reference None)" in differences
+    assert table.splitlines()[-1].startswith("Settings that differ from the reference: ")
+    assert setting_differences(RunConfig.from_preset("full")) == []
+
+
+def test_report_command_prints_the_reference_table(tmp_path, capsys):
+    folder = RunFolder(tmp_path / "run")
+    folder.stages_dir.mkdir(parents=True)
+    (folder.path / "config.json").write_text(RunConfig.from_preset("full", seed=0).to_json())
+    for row in ROWS[:3]:
+        full = {**row, "model": row["stage"], "params": 1, "flops": 1, "size_mb": 0.1}
+        full.update(val_loss=0.5, latency_ms=1.0, best_epoch=50)
+        folder.stage_file(row["stage"]).write_text(json.dumps(full))
+    assert main(["report", str(folder.path), "--reference"]) == 0
+    out = capsys.readouterr().out
+    assert "| student distilled (depth 15) | 0.8950 | 0.9028 | -0.78 |" in out
+    assert REFERENCE["rows"]["teacher"]["test_accuracy"] == 0.9053
