@@ -2,7 +2,7 @@
 
 import pytest
 
-from kd_keras.report.results import plot_report, validation_gap
+from kd_keras.report.results import plot_report, validation_gap, validation_loss_gap
 from kd_keras.train.callbacks import write_history
 
 
@@ -36,3 +36,21 @@ def test_report_has_a_baseline_gap_panel(tmp_path):
     )
     plot_report(tmp_path, tmp_path / "report.png")
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_validation_loss_gap_uses_each_students_own_cross_entropy():
+    teacher = [
+        {"epoch": 1, "val_loss": 1.0},
+        {"epoch": 2, "val_loss": 0.5},
+    ]
+    # A distilled stage: val_loss is the blended loss, val_student_loss its CE.
+    distilled = [
+        {"epoch": 1, "val_loss": 9.0, "student_loss": 1.0, "val_student_loss": 1.25},
+        {"epoch": 2, "val_loss": 9.0, "student_loss": 1.0, "val_student_loss": 0.6},
+        {"epoch": 3, "val_loss": 9.0, "student_loss": 1.0, "val_student_loss": 0.1},
+    ]  # Epoch 3: no teacher row.
+    epochs, differences = validation_loss_gap(teacher, distilled)
+    assert epochs == [1, 2]
+    assert differences == pytest.approx([0.25, 0.1])
+    baseline = [{"epoch": 2, "val_loss": 0.8}]
+    assert validation_loss_gap(teacher, baseline) == ([2], [pytest.approx(0.3)])

@@ -366,15 +366,43 @@ def validation_gap(baseline, other):
     return epochs, points
 
 
+def validation_loss_gap(teacher, other):
+    """Per-epoch validation cross-entropy of `other` minus the teacher's.
+
+    Args:
+        teacher, other: history rows (`read_history`) of two stages. A
+            distilled stage's cross-entropy is its `val_student_loss` (its
+            `val_loss` is the blended distillation loss).
+
+    Returns:
+        `(epochs, differences)`: the epochs both stages have, and the
+        student's validation cross-entropy minus the teacher's at each
+        (closer to 0: closer to the teacher).
+    """
+    reference = history_curves(teacher)
+    base = dict(zip(reference["epoch"], reference["val_loss"]))
+    curves = history_curves(other)
+    epochs, differences = [], []
+    for epoch, value in zip(curves["epoch"], curves["val_loss"]):
+        if base.get(epoch) is not None and value is not None:
+            epochs.append(epoch)
+            differences.append(value - base[epoch])
+    return epochs, differences
+
+
 def plot_report(run_dir, path):
-    """Training and validation cross-entropy and accuracy of every stage, and
-    each student's validation accuracy minus the baseline's, epoch by epoch
-    (above zero early on: the distilled student learns faster)."""
+    """Four panels, epoch by epoch: training and validation cross-entropy and
+    accuracy of every stage; each student's validation accuracy minus the
+    baseline's (above zero early on: the distilled student learns faster);
+    and each student's validation cross-entropy minus the teacher's (closer
+    to zero: the student's loss is closer to its teacher's)."""
     plt = _figure()
-    figure, axes = plt.subplots(1, 3, figsize=(16, 4))
+    figure, grid = plt.subplots(2, 2, figsize=(14, 8.5))
+    axes = grid.ravel()
     run = RunFolder(run_dir)
     extra = sorted(p.stem for p in run.history_dir.glob("*.csv") if p.stem not in STAGE_ORDER)
     baseline = run.history("student_baseline")
+    teacher = run.history("teacher")
     for stage in (*STAGE_ORDER, *extra):
         history = run.history(stage)
         if not history:
@@ -392,15 +420,22 @@ def plot_report(run_dir, path):
         if baseline and stage not in ("teacher", "student_baseline"):
             epochs, points = validation_gap(baseline, history)
             axes[2].plot(epochs, points, color=color, marker=".", label=stage)
+        if teacher and stage != "teacher":
+            epochs, differences = validation_loss_gap(teacher, history)
+            axes[3].plot(epochs, differences, color=color, marker=".", label=stage)
     axes[2].axhline(0.0, color="#888888", lw=1)
+    axes[3].axhline(0.0, color="#888888", lw=1)
     axes[0].set_title("cross-entropy (dashed: train, solid: validation)")
     axes[1].set_title("accuracy (dashed: train, solid: validation)")
     axes[2].set_title("validation accuracy minus the baseline's (points)")
+    axes[3].set_title("validation cross-entropy minus the teacher's")
     for axis in axes:
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="lower right")
-    if axes[2].get_legend_handles_labels()[0]:
-        axes[2].legend(fontsize=7, loc="best")
+    for axis in axes[2:]:
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7, loc="best")
+    figure.tight_layout()
     _save_figure(figure, path)
     plt.close(figure)
