@@ -13,6 +13,22 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+# A test that uses one of these fixtures trains real models on real CIFAR-10
+# (a smoke run, a search) or decodes the archive: it is marked `slow` and
+# `real_data`, so `pytest -m "not slow"` trains nothing real. Any test that
+# reads the archive is `real_data`.
+SLOW_FIXTURES = frozenset({"smoke_run", "run_copy", "finished_search", "tiny_splits"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if "cifar10_archive" in used:
+            item.add_marker(pytest.mark.real_data)
+        if used & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def cifar10_archive():
     """The real CIFAR-10 archive, from $KD_KERAS_CIFAR10 (set by .ci/run)."""

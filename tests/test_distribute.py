@@ -123,6 +123,7 @@ REPORTED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_two_replicas_report_the_losses_of_one_device(runs, case):
     one, two = runs[0][case], runs[1][case]
@@ -134,6 +135,7 @@ def test_two_replicas_report_the_losses_of_one_device(runs, case):
         assert two["evaluate"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_two_replicas_train_the_weights_of_one_device(runs, case):
     one, two = runs[0][case], runs[1][case]
@@ -141,6 +143,7 @@ def test_two_replicas_train_the_weights_of_one_device(runs, case):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_precomputed_teacher_logits_train_as_the_live_teacher(runs):
     for result in runs:
         np.testing.assert_allclose(
@@ -148,6 +151,7 @@ def test_precomputed_teacher_logits_train_as_the_live_teacher(runs):
         )
 
 
+@pytest.mark.slow
 def test_reported_loss_includes_the_regularisation_once(runs):
     history = runs[0]["l2"]["history"]
     blend = 0.3 * np.array(history["student_loss"]) + 0.7 * np.array(history["distillation_loss"])

@@ -106,6 +106,7 @@ def test_conversions_keep_weights_and_predictions():
     assert with_keras_batch_norm(stock) is stock  # Nothing to convert.
 
 
+@pytest.mark.slow
 def test_converted_model_loads_without_kd_keras(tmp_path):
     fused, _ = _pair()
     path = tmp_path / "student.keras"
