@@ -8,18 +8,24 @@ Each seed is a complete `python -m kd_keras run --preset P --seed S` into
 cannot leak from one seed into the next), one after another: never two
 trainings on the same cores. A seed whose run folder is complete is not
 run again, and an interrupted one is continued with `--resume`, so the
-command can be repeated after an interruption. Flags after `--` go to every
-`kd_keras run` unchanged (e.g. `-- --precision float32`).
+command can be repeated after an interruption or a failure. `--data` and
+the flags after `--` go to every `kd_keras run` (e.g. `-- --precision
+float32`); on a resume `kd_keras` refuses, in one line, any that differ
+from the run's saved settings. A seed folder holding another preset's or
+seed's run, or files that are no run, is refused before anything trains.
 
-Writes `seeds.json` (the machine, each seed's rows, wall time and resolved
-precisions) and `seeds.md` (the table: teacher, baseline and distilled test
-accuracy, the gain in points and the wall time per seed; their mean and
-standard deviation; the CPU and its flags) into `--out`, and prints the
-table. The wall time of a seed is that of its last `kd_keras run` process
-(a resumed seed's earlier process is not counted; the table says so).
+Writes `seeds.json` (the command, the CPU, and per seed the three test
+accuracies, the gain in points, the summed training seconds, the wall time
+and the resolved precisions; seeds of earlier commands in the same folder
+that were not asked again are kept under `other_seeds`) and `seeds.md`
+(the table: per seed, then mean ± sample standard deviation) into `--out`,
+and prints the table. The wall time of a seed is that of its last
+`kd_keras run` process (a resumed seed's earlier process is not counted;
+the table marks it "resumed").
 """
 
 import argparse
+import shlex
 import statistics
 import subprocess
 import sys
@@ -29,7 +35,8 @@ from pathlib import Path
 
 from kd_keras import atomic
 from kd_keras.config import PRESETS
-from kd_keras.hardware import auto_precisions, this_machine
+from kd_keras.errors import ConfigError, run_command
+from kd_keras.hardware import this_machine
 from kd_keras.report.results import distillation_gain
 from kd_keras.run_folder import RunFolder
 from kd_keras.stages import STAGES
@@ -42,12 +49,55 @@ def seed_folder(out, seed):
     return Path(out) / f"seed{seed}"
 
 
+# Set by benchmarks.seeds itself, so refused after `--`.
+RESERVED_FLAGS = (
+    "--preset",
+    "--seed",
+    "--out",
+    "--data",
+    "--resume",
+    "--overwrite",
+    "--dry-run",
+    "-h",
+    "--help",
+)
+
+
 def run_argv(preset, seed, folder, extra, *, resume):
-    """The `kd_keras run` command of one seed."""
-    argv = [sys.executable, "-m", "kd_keras", "run"]
-    if resume:
-        return argv + ["--resume", "--out", str(folder), "--quiet"]
-    return argv + ["--preset", preset, "--seed", str(seed), "--out", str(folder), "--quiet", *extra]
+    """The `kd_keras run` command of one seed (`extra` holds `--data` and the
+    flags after `--`); with `resume`, `kd_keras` checks them against the
+    folder's saved settings and refuses a difference in one line."""
+    argv = [sys.executable, "-m", "kd_keras", "run", "--preset", preset, "--seed", str(seed)]
+    argv += ["--out", str(folder), "--quiet", *extra]
+    return argv + (["--resume"] if resume else [])
+
+
+def check_seed_folder(folder, preset, seed):
+    """Refuses a seed folder that holds something other than this seed's run.
+
+    Returns:
+        True if the folder holds a run to continue (or a complete one),
+        False if there is nothing yet.
+
+    Raises:
+        ConfigError: the folder holds files but no kd_keras run, or a run of
+            another preset or seed.
+    """
+    folder = Path(folder)
+    if not folder.exists() or not any(folder.iterdir()):
+        return False
+    saved = RunFolder(folder).config_dict(None)
+    if saved is None:
+        raise ConfigError(
+            f"'{folder}' holds files but no config.json (not a kd_keras run); "
+            "move them or choose another --out"
+        )
+    if saved.get("preset") != preset or saved.get("seed") != seed:
+        raise ConfigError(
+            f"'{folder}' holds a run of preset {saved.get('preset')!r} seed "
+            f"{saved.get('seed')!r}, not {preset!r} seed {seed}; choose another --out"
+        )
+    return True
 
 
 def seed_result(folder):
@@ -87,7 +137,7 @@ def format_seed_table(summary):
     lines = [
         f"`{summary['command']}`",
         "",
-        f"Machine: {summary['machine']}; {summary['date']}.",
+        f"CPU: {summary['machine']}; {summary['date']}.",
         "",
         "| seed | teacher | student baseline | student distilled | gain (points) "
         "| precision / teacher | wall time |",
@@ -107,15 +157,27 @@ def format_seed_table(summary):
             f"| {result['precision']} / {result['teacher_precision']} | {wall} |"
         )
     done = [r for r in seeds.values() if r is not None]
-    if done:
+    if len(done) == 1:
+        (only,) = done
+        cells = [f"{only[key]:.4f}" for key in ("teacher", "student_baseline", "student_distilled")]
+        cells.append(f"**{only['gain_points']:+.2f}**")
+        lines.append("| mean (1 seed, no spread) | " + " | ".join(cells) + " | | |")
+    elif done:
         cells = []
         for key in ("teacher", "student_baseline", "student_distilled"):
             mean, sd = _mean_sd([r[key] for r in done])
             cells.append(f"{mean:.4f} ± {sd:.4f}")
         mean, sd = _mean_sd([r["gain_points"] for r in done])
         cells.append(f"**{mean:+.2f}** ± {sd:.2f}")
-        lines.append(f"| mean ± sd ({len(done)}) | " + " | ".join(cells) + " | | |")
+        lines.append(f"| mean ± sd ({len(done)} seeds) | " + " | ".join(cells) + " | | |")
     return "\n".join(lines)
+
+
+def _finish(out, summary):
+    atomic.write_json(out / SEEDS_JSON, summary)
+    table = format_seed_table(summary)
+    atomic.write_text(out / SEEDS_MD, table + "\n")
+    return table
 
 
 def main(argv=None):
@@ -135,52 +197,76 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds has a seed twice: {args.seeds}")
-    if args.data:
-        extra = ["--data", args.data, *extra]
+    for flag in extra:
+        if flag.split("=")[0] in RESERVED_FLAGS:
+            parser.error(
+                f"{flag!r} after -- is set by benchmarks.seeds; use its own "
+                "--preset, --seeds, --out and --data"
+            )
+    run_flags = (["--data", args.data] if args.data else []) + extra
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; give a folder")
+    # Checked before anything trains.
+    resume = {
+        seed: check_seed_folder(seed_folder(out, seed), args.preset, seed) for seed in args.seeds
+    }
     out.mkdir(parents=True, exist_ok=True)
-    summary_file = out / SEEDS_JSON
-    previous = atomic.read_json_object(summary_file, {}) or {}
-    machine = this_machine()
+    previous = atomic.read_json_object(out / SEEDS_JSON, {}) or {}
+    earlier = previous.get("seeds") or {}
+    command = ["python", "-m", "benchmarks.seeds", "--preset", args.preset, "--seeds"]
+    command += [str(seed) for seed in args.seeds] + ["--out", str(out)]
+    command += (["--data", args.data] if args.data else []) + (["--", *extra] if extra else [])
     summary = {
-        "command": " ".join(
-            ["python -m benchmarks.seeds", "--preset", args.preset, "--seeds"]
-            + [str(s) for s in args.seeds]
-            + ["--out", str(out)]
-            + (["--", *extra] if extra else [])
-        ),
-        "machine": machine.describe(),
-        "auto_precision": list(auto_precisions(machine)[:2]),
+        "command": shlex.join(command),
+        "machine": this_machine().describe(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seeds": {},
+        "seeds": {str(seed): None for seed in args.seeds},
+        # Seeds of an earlier command that this one did not ask for.
+        "other_seeds": {
+            k: v
+            for k, v in {**(previous.get("other_seeds") or {}), **earlier}.items()
+            if k not in {str(seed) for seed in args.seeds}
+        },
     }
     for seed in args.seeds:
         folder = seed_folder(out, seed)
         result = seed_result(folder)
-        if result is None:
-            resume = folder.exists() and RunFolder(folder).config_dict(None) is not None
-            command = run_argv(args.preset, seed, folder, extra, resume=resume)
-            print("benchmarks.seeds: " + " ".join(command[1:]), flush=True)
-            started = time.perf_counter()
-            code = subprocess.call(command)
-            wall = time.perf_counter() - started
-            if code != 0:
-                print(f"benchmarks.seeds: seed {seed} stopped with exit code {code}", flush=True)
-                return code
-            result = seed_result(folder)
-            result.update(wall_seconds=wall, resumed=resume)
-        else:
+        if result is not None:
             # Done before: keep the wall time recorded then.
-            old = (previous.get("seeds") or {}).get(str(seed)) or {}
+            old = earlier.get(str(seed)) or {}
             result.update(wall_seconds=old.get("wall_seconds"), resumed=old.get("resumed", False))
+            summary["seeds"][str(seed)] = result
+            continue
+        argv_ = run_argv(args.preset, seed, folder, run_flags, resume=resume[seed])
+        print("benchmarks.seeds: " + shlex.join(["python", *argv_[1:]]), flush=True)
+        started = time.perf_counter()
+        process = subprocess.Popen(argv_)
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            process.wait()  # The run got the Ctrl-C too and stops resumably.
+            _finish(out, summary)
+            raise
+        wall = time.perf_counter() - started
+        result = seed_result(folder)
+        if code == 0 and result is None:
+            print(f"benchmarks.seeds: seed {seed}: '{folder}' is not complete", flush=True)
+            code = 1
+        if code != 0:
+            table = _finish(out, summary)
+            print(table)
+            print(f"benchmarks.seeds: seed {seed} stopped with exit code {code}", flush=True)
+            return code
+        result.update(wall_seconds=wall, resumed=resume[seed])
         summary["seeds"][str(seed)] = result
-        atomic.write_json(summary_file, summary)
-    table = format_seed_table(summary)
-    atomic.write_text(out / SEEDS_MD, table + "\n")
-    print(table)
+        _finish(out, summary)
+    print(_finish(out, summary))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        run_command("benchmarks.seeds", main, stop_hint="; run the same command again to continue")
+    )

@@ -76,7 +76,7 @@ def get_args(argv=None):
         "--reference",
         action="store_true",
         help="also print the run next to the reference table it reproduces "
-        "(Hinton et al. 2015, ResNet depth 30 -> 15), as Markdown",
+        "(Hinton-style distillation, CIFAR-10, ResNet depth 30 -> 15), as Markdown",
     )
 
     export = commands.add_parser(

@@ -17,6 +17,8 @@ def test_paper_preset_uses_the_reference_depths():
     config = RunConfig.from_preset("paper")
     assert (config.teacher_depth, config.student_depth) == (30, 15)
     assert config.train_per_class is None  # All 45,000 training images.
+    # The recipe of `full`, longer.
+    assert config.weight_decay == RunConfig.from_preset("full").weight_decay == 5e-3
 
 
 def test_overrides_replace_preset_values_and_none_keeps_them():

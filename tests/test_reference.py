@@ -7,7 +7,6 @@ import pytest
 from kd_keras.cli import main
 from kd_keras.config import RunConfig
 from kd_keras.report.reference import (
-    REFERENCE,
     compare_with_reference,
     format_reference_table,
     setting_differences,
@@ -72,17 +71,32 @@ def test_the_markdown_table():
     assert len(lines) == 6  # the full preset is the reference's setting: no note
 
 
-def test_a_reused_teacher_and_a_different_setting_are_named():
-    rows = [_row("teacher", 20, 0.74, 0.75, seconds=0.0, epochs=0)] + ROWS[1:3]
+def test_a_different_setting_is_named():
     config = RunConfig.from_preset("quick", seed=0)
+    rows = [_row("teacher", 20, 0.74, 0.75)] + ROWS[1:3]
     table = format_reference_table(rows, config)
-    assert "| teacher (depth 20) |" in table and "| reused |" in table
+    assert "| teacher (depth 20) |" in table
     differences = setting_differences(config)
     assert "teacher_depth: 20 (reference 30)" in differences
     assert "student_depth: 8 (reference 15)" in differences
     assert "train_per_class: 1000 (reference None)" in differences
     assert table.splitlines()[-1].startswith("Settings that differ from the reference: ")
     assert setting_differences(RunConfig.from_preset("full")) == []
+
+
+def test_a_reused_teacher_other_data_and_no_config_are_named(tmp_path):
+    teacher = {**_row("teacher", None, 0.91, 0.90, seconds=0.0, epochs=0)}
+    table = format_reference_table([teacher] + ROWS[1:3], None)
+    assert "| teacher | 0.9100 |" in table and "| reused |" in table
+    assert table.splitlines()[-1] == (
+        "Settings: unknown (no config.json), not checked against the reference."
+    )
+    fields = RunConfig.from_preset("full").to_dict()
+    fields.update(teacher="t.keras", data=str(tmp_path / "flowers"))
+    (tmp_path / "flowers").mkdir()
+    differences = setting_differences(fields)
+    assert differences[0] == f"data: '{tmp_path / 'flowers'}' (reference CIFAR-10)"
+    assert "teacher: 't.keras' (reference None)" in differences
 
 
 def test_report_command_prints_the_reference_table(tmp_path, capsys):
@@ -96,4 +110,3 @@ def test_report_command_prints_the_reference_table(tmp_path, capsys):
     assert main(["report", str(folder.path), "--reference"]) == 0
     out = capsys.readouterr().out
     assert "| student distilled (depth 15) | 0.8950 | 0.9028 | -0.78 |" in out
-    assert REFERENCE["rows"]["teacher"]["test_accuracy"] == 0.9053

@@ -22,20 +22,62 @@ def test_validation_gap_is_the_per_epoch_difference_in_points():
     assert points == pytest.approx([5.0, -1.0])
 
 
-def test_report_has_a_baseline_gap_panel(tmp_path):
-    history = tmp_path / "history"
-    rows = lambda accs: [  # noqa: E731
-        {"epoch": e + 1, "loss": 1.0, "accuracy": a, "val_loss": 1.0, "val_accuracy": a}
-        for e, a in enumerate(accs)
+def _history(accuracies, losses):
+    return [
+        {"epoch": e + 1, "loss": 1.0, "accuracy": a, "val_loss": v, "val_accuracy": a}
+        for e, (a, v) in enumerate(zip(accuracies, losses))
     ]
-    write_history(history / "teacher.csv", rows([0.6, 0.7]))
-    write_history(history / "student_baseline.csv", rows([0.4, 0.5]))
-    write_history(
-        history / "student_distilled.csv",
-        [{**row, "student_loss": 1.0, "val_student_loss": 1.0} for row in rows([0.45, 0.52])],
-    )
+
+
+def _captured_report(tmp_path, monkeypatch):
+    from kd_keras.report import results
+
+    captured = {}
+    monkeypatch.setattr(results, "_save_figure", lambda figure, path: captured.update(f=figure))
     plot_report(tmp_path, tmp_path / "report.png")
-    assert (tmp_path / "report.png").stat().st_size > 10_000
+    return captured["f"].axes
+
+
+def _lines(axis):
+    return {
+        line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+        for line in axis.get_lines()
+        if not line.get_label().startswith("_")
+    }
+
+
+def test_report_panels_hold_the_gaps(tmp_path, monkeypatch):
+    history = tmp_path / "history"
+    write_history(history / "teacher.csv", _history([0.6, 0.7], [1.0, 0.8]))
+    write_history(history / "student_baseline.csv", _history([0.4, 0.5], [1.3, 1.0]))
+    distilled = _history([0.45, 0.52], [9.0, 9.0])  # val_loss: the blended loss
+    for row, own in zip(distilled, [1.2, 0.85]):
+        row.update(student_loss=1.0, val_student_loss=own)
+    write_history(history / "student_distilled.csv", distilled)
+    axes = _captured_report(tmp_path, monkeypatch)
+    assert len(axes) == 4
+    gap = _lines(axes[2])
+    assert list(gap) == ["student_distilled"]
+    assert gap["student_distilled"][0] == [1, 2]
+    assert gap["student_distilled"][1] == pytest.approx([5.0, 2.0])
+    loss = _lines(axes[3])
+    assert axes[3].get_title() == "validation cross-entropy minus the teacher's (same epoch)"
+    assert loss["student_baseline"][1] == pytest.approx([0.3, 0.2])
+    assert loss["student_distilled"][1] == pytest.approx([0.2, 0.05])
+
+
+def test_a_reused_teacher_is_compared_by_its_final_loss(tmp_path, monkeypatch):
+    import json
+
+    history = tmp_path / "history"
+    write_history(history / "student_baseline.csv", _history([0.4, 0.5], [1.3, 1.0]))
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "teacher.json").write_text(
+        json.dumps({"stage": "teacher", "test_accuracy": 0.9, "val_loss": 0.75})
+    )
+    axes = _captured_report(tmp_path, monkeypatch)
+    assert axes[3].get_title() == "validation cross-entropy minus the trained teacher's"
+    assert _lines(axes[3])["student_baseline"][1] == pytest.approx([0.55, 0.25])
 
 
 def test_validation_loss_gap_uses_each_students_own_cross_entropy():
@@ -54,3 +96,5 @@ def test_validation_loss_gap_uses_each_students_own_cross_entropy():
     assert differences == pytest.approx([0.25, 0.1])
     baseline = [{"epoch": 2, "val_loss": 0.8}]
     assert validation_loss_gap(teacher, baseline) == ([2], [pytest.approx(0.3)])
+    # One number: the trained teacher's, against every epoch.
+    assert validation_loss_gap(0.5, distilled) == ([1, 2, 3], pytest.approx([0.75, 0.1, -0.4]))

@@ -5,7 +5,15 @@ import shutil
 
 import pytest
 
-from benchmarks.seeds import format_seed_table, main, run_argv, seed_result
+from benchmarks.seeds import (
+    check_seed_folder,
+    format_seed_table,
+    main,
+    run_argv,
+    seed_result,
+)
+from kd_keras.config import RunConfig
+from kd_keras.errors import ConfigError
 from kd_keras.run_folder import RunFolder
 
 
@@ -33,11 +41,11 @@ def _summary(gains):
 def test_table_has_each_seed_and_the_mean_gain():
     table = format_seed_table(_summary([(0.68, 0.70), (0.67, 0.69), (0.66, 0.71)]))
     lines = table.splitlines()
-    assert "Machine: AMD EPYC (avx2 fma)" in table
+    assert "CPU: AMD EPYC (avx2 fma)" in table
     assert "| 0 | 0.7400 | 0.6800 | 0.7000 | +2.00 | float32 / float32 | 6:12 |" in lines
     assert "| 1 | 0.7400 | 0.6700 | 0.6900 | +2.00 | float32 / float32 | 6:12 (resumed) |" in lines
     # Gains +2, +2, +5: mean +3.00, sample sd 1.73.
-    assert lines[-1].startswith("| mean ± sd (3) | 0.7400 ± 0.0000 | 0.6700 ± 0.0100 ")
+    assert lines[-1].startswith("| mean ± sd (3 seeds) | 0.7400 ± 0.0000 | 0.6700 ± 0.0100 ")
     assert "**+3.00** ± 1.73" in lines[-1]
 
 
@@ -46,25 +54,55 @@ def test_an_incomplete_seed_is_named():
     summary["seeds"]["1"] = None
     table = format_seed_table(summary)
     assert "| 1 | not complete |" in table
-    assert "mean ± sd (1)" in table
+    # One seed has no spread to show.
+    assert "| mean (1 seed, no spread) | 0.7400 | 0.6800 | 0.7000 | **+2.00** |" in table
 
 
-def test_resume_uses_the_saved_settings(tmp_path):
-    fresh = run_argv("quick", 2, tmp_path / "seed2", ["--precision", "float32"], resume=False)
+def test_the_run_command_carries_every_flag_and_resume_adds_one(tmp_path):
+    extra = ["--data", "d.tar.gz", "--precision", "float32"]
+    fresh = run_argv("quick", 2, tmp_path / "seed2", extra, resume=False)
     assert fresh[1:] == [
         "-m", "kd_keras", "run", "--preset", "quick", "--seed", "2",
-        "--out", str(tmp_path / "seed2"), "--quiet", "--precision", "float32",
+        "--out", str(tmp_path / "seed2"), "--quiet", "--data", "d.tar.gz",
+        "--precision", "float32",
     ]  # fmt: skip
-    resumed = run_argv("quick", 2, tmp_path / "seed2", ["--precision", "float32"], resume=True)
-    assert resumed[1:] == [
-        "-m",
-        "kd_keras",
-        "run",
-        "--resume",
-        "--out",
-        str(tmp_path / "seed2"),
-        "--quiet",
-    ]
+    assert run_argv("quick", 2, tmp_path / "seed2", extra, resume=True) == [*fresh, "--resume"]
+
+
+def test_a_seed_folder_of_another_run_is_refused(tmp_path):
+    folder = tmp_path / "seed1"
+    assert check_seed_folder(folder, "quick", 1) is False  # Nothing there yet.
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds files but no config.json"):
+        check_seed_folder(folder, "quick", 1)
+    (folder / "config.json").write_text(RunConfig.from_preset("smoke", seed=1).to_json())
+    with pytest.raises(ConfigError, match="preset 'smoke' seed 1, not 'quick' seed 1"):
+        check_seed_folder(folder, "quick", 1)
+    assert check_seed_folder(folder, "smoke", 1) is True
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("flag", ["--seed", "--seed=4", "--out", "--dry-run", "--data"])
+def test_flags_the_command_sets_are_refused_after_the_separator(tmp_path, capsys, flag):
+    with pytest.raises(SystemExit) as info:
+        main(["--out", str(tmp_path), "--", flag, "4"])
+    assert info.value.code == 2
+    assert f"'{flag}' after -- is set by benchmarks.seeds" in capsys.readouterr().err
+    assert not (tmp_path / "seeds.json").exists()
+
+
+@pytest.mark.slow  # A kd_keras process.
+def test_a_failing_seed_is_recorded_and_its_code_returned(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    code = main(
+        ["--preset", "smoke", "--seeds", "3", "--out", str(out), "--data", str(tmp_path / "no.npz")]
+    )
+    assert code == 2  # kd_keras run: bad input
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == {"3": None}
+    assert "| 3 | not complete |" in (out / "seeds.md").read_text()
+    assert "seed 3 stopped with exit code 2" in capsys.readouterr().out
 
 
 def test_repeated_seeds_are_refused(tmp_path, capsys):
@@ -105,7 +143,7 @@ def test_runs_missing_seeds_and_keeps_complete_ones(smoke_run, cifar10_archive, 
     assert one["gain_points"] == pytest.approx(
         100 * (one["student_distilled"] - one["student_baseline"])
     )
-    assert "mean ± sd (2)" in (out / "seeds.md").read_text()
+    assert "mean ± sd (2 seeds)" in (out / "seeds.md").read_text()
     # Run again: nothing is trained, the recorded wall time stays.
     assert main(["--preset", "smoke", "--seeds", "0", "1", "--out", str(out)]) == 0
     again = json.loads((out / "seeds.json").read_text())

@@ -370,21 +370,30 @@ def validation_loss_gap(teacher, other):
     """Per-epoch validation cross-entropy of `other` minus the teacher's.
 
     Args:
-        teacher, other: history rows (`read_history`) of two stages. A
-            distilled stage's cross-entropy is its `val_student_loss` (its
-            `val_loss` is the blended distillation loss).
+        teacher: the teacher's history rows (`read_history`), compared epoch
+            by epoch, or one number (the trained teacher's validation
+            cross-entropy), compared with every epoch.
+        other: a student stage's history rows. A distilled stage's
+            cross-entropy is its `val_student_loss` (its `val_loss` is the
+            blended distillation loss).
 
     Returns:
-        `(epochs, differences)`: the epochs both stages have, and the
-        student's validation cross-entropy minus the teacher's at each
-        (closer to 0: closer to the teacher).
+        `(epochs, differences)`: the epochs compared, and the student's
+        validation cross-entropy minus the teacher's at each (closer to 0:
+        closer to the teacher).
     """
-    reference = history_curves(teacher)
-    base = dict(zip(reference["epoch"], reference["val_loss"]))
+    if isinstance(teacher, (int, float)):
+        base = None
+    else:
+        reference = history_curves(teacher)
+        base = dict(zip(reference["epoch"], reference["val_loss"]))
     curves = history_curves(other)
     epochs, differences = [], []
     for epoch, value in zip(curves["epoch"], curves["val_loss"]):
-        if base.get(epoch) is not None and value is not None:
+        if base is None and value is not None:
+            epochs.append(epoch)
+            differences.append(value - teacher)
+        elif base is not None and base.get(epoch) is not None and value is not None:
             epochs.append(epoch)
             differences.append(value - base[epoch])
     return epochs, differences
@@ -395,7 +404,9 @@ def plot_report(run_dir, path):
     accuracy of every stage; each student's validation accuracy minus the
     baseline's (above zero early on: the distilled student learns faster);
     and each student's validation cross-entropy minus the teacher's (closer
-    to zero: the student's loss is closer to its teacher's)."""
+    to zero: the student's loss is closer to its teacher's): epoch by epoch
+    when the teacher was trained in the run for as many epochs as the
+    students, else minus the trained teacher's final value."""
     plt = _figure()
     figure, grid = plt.subplots(2, 2, figsize=(14, 8.5))
     axes = grid.ravel()
@@ -403,6 +414,14 @@ def plot_report(run_dir, path):
     extra = sorted(p.stem for p in run.history_dir.glob("*.csv") if p.stem not in STAGE_ORDER)
     baseline = run.history("student_baseline")
     teacher = run.history("teacher")
+    student_epochs = len(baseline or run.history("student_distilled") or [])
+    loss_title = "validation cross-entropy minus the teacher's (same epoch)"
+    if not teacher or len(teacher) != student_epochs:
+        # A reused teacher, or a teacher schedule of another length: compare
+        # with the teacher the students learned from.
+        row = run.stage_row("teacher") or {}
+        teacher = row.get("val_loss")
+        loss_title = "validation cross-entropy minus the trained teacher's"
     for stage in (*STAGE_ORDER, *extra):
         history = run.history(stage)
         if not history:
@@ -420,7 +439,7 @@ def plot_report(run_dir, path):
         if baseline and stage not in ("teacher", "student_baseline"):
             epochs, points = validation_gap(baseline, history)
             axes[2].plot(epochs, points, color=color, marker=".", label=stage)
-        if teacher and stage != "teacher":
+        if teacher is not None and stage != "teacher":
             epochs, differences = validation_loss_gap(teacher, history)
             axes[3].plot(epochs, differences, color=color, marker=".", label=stage)
     axes[2].axhline(0.0, color="#888888", lw=1)
@@ -428,11 +447,12 @@ def plot_report(run_dir, path):
     axes[0].set_title("cross-entropy (dashed: train, solid: validation)")
     axes[1].set_title("accuracy (dashed: train, solid: validation)")
     axes[2].set_title("validation accuracy minus the baseline's (points)")
-    axes[3].set_title("validation cross-entropy minus the teacher's")
+    axes[3].set_title(loss_title)
     for axis in axes:
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=7, loc="lower right")
     for axis in axes[2:]:
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7, loc="best")
