@@ -33,14 +33,22 @@ def test_real_archive_loads_like_keras_load_data(cifar10_archive, shared_cache):
     assert list(shared_cache.glob("cifar10-*.npz"))  # The decoded cache.
 
 
-def test_cached_load_equals_first_load(fake_archive, tmp_path):
+def test_cached_load_equals_first_load(fake_archive, tmp_path, monkeypatch):
+    from kd_keras.data import cifar10
+
     first = load_cifar10(fake_archive, cache_dir=tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+
+    def no_archive_read(archive):
+        raise AssertionError("the archive was read again instead of the cache")
+
+    monkeypatch.setattr(cifar10, "_read_archive", no_archive_read)
     second = load_cifar10(fake_archive, cache_dir=tmp_path / "cache")
-    for a, b in zip(
-        np.concatenate([first[0][0], first[1][0]]), np.concatenate([second[0][0], second[1][0]])
-    ):
+    (x_train, y_train), (x_test, y_test) = second
+    for a, b in zip((*first[0], *first[1]), (x_train, y_train, x_test, y_test)):
         np.testing.assert_array_equal(a, b)
+    assert y_test.tolist() == [i % 10 for i in range(20)]
+    assert x_train.shape == (100, 32, 32, 3)
 
 
 def test_extracted_folder_and_env_var_sources(fake_archive, tmp_path, monkeypatch):

@@ -231,7 +231,21 @@ def test_teacher_that_outputs_probabilities_is_refused_naming_both_fixes(make_te
 
 @pytest.mark.parametrize("make_teacher", softmax_teachers(), ids=lambda f: f.__name__)
 def test_probabilities_teacher_is_accepted_when_declared(make_teacher):
-    Distiller(student=tiny_model(1), teacher=make_teacher(), teacher_outputs="probabilities")
+    """Declared, every kind of probability teacher distils on the softened
+    probabilities p**(1/T) (renormalised), not on p taken as logits."""
+    teacher, student = make_teacher(), tiny_model(1)
+    x, y = tiny_data()
+    p = np.asarray(teacher(x), dtype="float64")
+    s = np.asarray(student(x), dtype="float64")
+    distiller = Distiller(student=student, teacher=teacher, teacher_outputs="probabilities")
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1), alpha=0.2, temperature=3.0)
+    logs = distiller.train_on_batch(x, y, return_dict=True)  # Losses before the update.
+    soft = p ** (1 / 3.0)
+    soft /= soft.sum(-1, keepdims=True)
+    q = np.exp(s / 3.0 - (s / 3.0).max(-1, keepdims=True))
+    q /= q.sum(-1, keepdims=True)
+    expected = 9.0 * np.mean(np.sum(soft * (np.log(soft) - np.log(q)), axis=-1))
+    assert logs["distillation_loss"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_keras_applications_teacher_needs_classifier_activation_none():
