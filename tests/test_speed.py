@@ -232,6 +232,28 @@ def test_estimate_covers_every_stage_with_positive_times():
     calibration = estimate["calibration"]
     assert calibration["student_train_step_s"] > 0
     assert calibration["teacher_forward_batch_s"] > 0
+    # The arithmetic: 10 steps an epoch and 200 validation images = 4 batches
+    # of 50 (the measured times are rounded to 0.1 ms, the epochs to 10 ms).
+    c, stages = calibration, estimate["stages"]
+    assert estimate["val_images"] == 200
+    teacher_val, student_val = 4 * c["teacher_forward_batch_s"], 4 * c["student_forward_batch_s"]
+    expected = {
+        "teacher": 10 * c["teacher_train_step_s"] + teacher_val,
+        "student_baseline": 10 * c["student_train_step_s"] + student_val,
+        "student_distilled": 10 * (c["student_train_step_s"] + c["teacher_forward_batch_s"])
+        + student_val
+        + teacher_val,
+    }
+    for stage, seconds in expected.items():
+        assert stages[stage]["epoch_seconds"] == pytest.approx(seconds, abs=0.01)
+        # Four epochs plus the tracing of the stage's graphs, once.
+        assert stages[stage]["total_seconds"] >= 4 * stages[stage]["epoch_seconds"] - 0.1
+    assert (
+        stages["student_distilled"]["epoch_seconds"] > stages["student_baseline"]["epoch_seconds"]
+    )
+    assert estimate["total_seconds"] == pytest.approx(
+        sum(stage["total_seconds"] for stage in stages.values()), abs=0.11
+    )
 
 
 def test_torch_reference_has_the_keras_models_trainable_parameters():
