@@ -216,14 +216,24 @@ def test_tuners_are_selected_by_name(name, teacher_path, tmp_path):
 # --- A real search (tiny) ---
 
 
-def test_search_writes_one_row_per_trial(finished_search):
+def test_search_writes_one_row_per_trial(finished_search, tiny_splits):
     folder = finished_search.folder
-    assert len(finished_search.tuner.oracle.trials) == 2
+    trials = finished_search.tuner.oracle.trials
+    assert len(trials) == 2
     rows = read_csv(folder / "trials.csv")
     assert tuple(rows[0]) == TRIAL_COLUMNS
-    assert [r["trial_id"] for r in rows] == sorted(finished_search.tuner.oracle.trials)
+    assert [r["trial_id"] for r in rows] == sorted(trials)
+    val_images = len(tiny_splits["val"][1])
     for row in rows:
         assert row["status"] == "COMPLETED"
+        values = trials[row["trial_id"]].hyperparameters.values
+        assert float(row["temperature"]) == pytest.approx(values["temperature"])
+        assert float(row["alpha"]) == pytest.approx(values["alpha"])
+        assert 2.0 <= float(row["temperature"]) <= 8.0  # SPACE's ranges
+        assert 0.2 <= float(row["alpha"]) <= 0.6
+        # An accuracy on the validation images: a whole number of them.
+        correct = float(row["val_accuracy"]) * val_images
+        assert correct == pytest.approx(round(correct), abs=1e-3)
         assert 0.0 <= float(row["val_accuracy"]) <= 1.0
         assert float(row["val_loss"]) > 0
         assert int(row["epochs"]) == 1
