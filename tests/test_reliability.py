@@ -193,7 +193,7 @@ def test_crash_inside_a_write_leaves_no_partial_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unwritable_output_folder_is_refused_early(cifar10_archive, tmp_path):
+def test_unwritable_output_folder_is_refused_early(cifar10_archive, tmp_path, capsys, monkeypatch):
     if os.geteuid() == 0:
         # Root writes through permission bits; a path under a file is
         # unwritable for everyone.
@@ -204,9 +204,17 @@ def test_unwritable_output_folder_is_refused_early(cifar10_archive, tmp_path):
         locked.mkdir(mode=0o500)
         out = locked / "run"
     from kd_keras.cli import main
+    from kd_keras.train import pipeline
 
+    def no_training(self):
+        raise AssertionError("the data was loaded for training: not refused early")
+
+    monkeypatch.setattr(pipeline.Pipeline, "load_data", no_training)
     code = main(["run", "--preset", "smoke", "--data", str(cifar10_archive), "--out", str(out)])
     assert code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("kd_keras: error: ") and str(out) in line
+    assert not out.exists()
 
 
 # --- The folder lock: ownership by the kernel, not by a pid in a file. ---
