@@ -513,7 +513,7 @@ def test_backup_and_restore_resumes_an_interrupted_fit(tmp_path):
 def test_model_checkpoint_saves_the_best_distiller_and_its_weights(tmp_path):
     best = tmp_path / "best.keras"
     weights = tmp_path / "last.weights.h5"
-    distiller, _ = callback_run(
+    distiller, history = callback_run(
         [
             keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", save_best_only=True),
             keras.callbacks.ModelCheckpoint(weights, save_weights_only=True),
@@ -521,6 +521,10 @@ def test_model_checkpoint_saves_the_best_distiller_and_its_weights(tmp_path):
     )
     reloaded = keras.saving.load_model(best)
     assert isinstance(reloaded, Distiller)
+    # The best epoch's weights: its score on the validation data again.
+    x16, y16 = tiny_data(16)
+    score = reloaded.evaluate(x16, y16, batch_size=8, return_dict=True, verbose=0)["accuracy"]
+    assert score == pytest.approx(max(history.history["val_accuracy"]))
     fresh = Distiller(student=tiny_model(5), teacher=tiny_model(2))
     fresh.load_weights(weights)
     x, _ = tiny_data()
@@ -540,8 +544,22 @@ def test_reduce_lr_on_plateau_on_val_accuracy_reduces_when_it_stalls():
 
 def test_tensorboard_writes_logs(tmp_path):
     pytest.importorskip("tensorboard")
-    callback_run([keras.callbacks.TensorBoard(tmp_path / "logs", histogram_freq=1)], epochs=2)
-    assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, history = callback_run(
+        [keras.callbacks.TensorBoard(tmp_path / "logs", histogram_freq=1)], epochs=2
+    )
+    logged = {}
+    for split, prefix in (("train", ""), ("validation", "val_")):
+        events = EventAccumulator(str(tmp_path / "logs" / split), size_guidance={"tensors": 0})
+        events.Reload()
+        for tag in events.Tags()["tensors"]:
+            if tag.startswith("epoch_"):
+                values = [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+                logged[prefix + tag[len("epoch_") :]] = values
+    for name in ("loss", "student_loss", "distillation_loss", "val_loss", "val_accuracy"):
+        assert logged[name] == pytest.approx(history.history[name], rel=1e-5), name
 
 
 def test_distiller_of_functional_models_is_built_at_once():
