@@ -230,13 +230,19 @@ def main(argv=None):
             if k not in {str(seed) for seed in args.seeds}
         },
     }
-    for seed in args.seeds:
-        folder = seed_folder(out, seed)
-        result = seed_result(folder)
+
+    def recorded(seed):
+        """A complete seed's figures, with the wall time recorded when it ran."""
+        result = seed_result(seed_folder(out, seed))
         if result is not None:
-            # Done before: keep the wall time recorded then.
             old = earlier.get(str(seed)) or {}
             result.update(wall_seconds=old.get("wall_seconds"), resumed=old.get("resumed", False))
+        return result
+
+    for seed in args.seeds:
+        folder = seed_folder(out, seed)
+        result = recorded(seed)
+        if result is not None:
             summary["seeds"][str(seed)] = result
             continue
         argv_ = run_argv(args.preset, seed, folder, run_flags, resume=resume[seed])
@@ -255,6 +261,8 @@ def main(argv=None):
             print(f"benchmarks.seeds: seed {seed}: '{folder}' is not complete", flush=True)
             code = 1
         if code != 0:
+            for later in args.seeds[args.seeds.index(seed) + 1 :]:
+                summary["seeds"][str(later)] = recorded(later)
             table = _finish(out, summary)
             print(table)
             print(f"benchmarks.seeds: seed {seed} stopped with exit code {code}", flush=True)
