@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kd_app import checks, launching, results, searches, settings  # noqa: E402
 from kd_app import run_state as runs  # noqa: E402
 from kd_app.files import tail  # noqa: E402
-from kd_keras.errors import LaunchError  # noqa: E402
+from kd_keras.errors import DamagedFileError, LaunchError  # noqa: E402
 from kd_keras.models.depth import MAX_DEPTH, MIN_DEPTH  # noqa: E402
+from kd_keras.report.reference import reference_table_of  # noqa: E402
 from kd_keras.run_folder import TUNERS, RunFolder, SearchFolder  # noqa: E402
 from kd_keras.stages import STAGE_COLORS  # noqa: E402
 
@@ -546,6 +547,13 @@ def results_tab(runs_dir, run_name):
                 "percentage points: same student, same initial weights and data "
                 "order; only the loss differs."
             )
+        try:
+            reference = reference_table_of(run.path)
+        except DamagedFileError:
+            reference = None  # The config's damage is reported with the run.
+        if reference is not None:
+            with st.expander("Next to the reference table (kd_keras report --reference)"):
+                st.markdown(reference)
         shipped_models(run.path, run_name)
     images = (
         (run.bar_plot, "Test accuracy"),

@@ -119,6 +119,7 @@ def test_app_never_imports_tensorflow_or_keras(app_env):
         "assert ours == ['kd_keras.atomic', 'kd_keras.config', 'kd_keras.errors', "
         "'kd_keras.export', 'kd_keras.export.spec', 'kd_keras.models', "
         "'kd_keras.models.depth', 'kd_keras.models.specs', 'kd_keras.options', "
+        "'kd_keras.report', 'kd_keras.report.reference', "
         "'kd_keras.run_folder', 'kd_keras.stages'], ours\n"
     )
     result = subprocess.run(
@@ -154,6 +155,12 @@ def test_renders_smoke_run_with_the_numbers_of_results_csv(
     assert "Download the distilled student (.keras)" in labels
     config = json.loads((smoke_run_dir / "config.json").read_text())
     assert json.loads(at.json[0].value) == config
+    # The run next to the reference table, as `kd_keras report --reference`.
+    from kd_keras.report.reference import reference_table_of
+
+    reference = [m for m in texts(at.markdown) if "| teacher (depth 8) |" in m]
+    assert reference == [reference_table_of(smoke_run_dir)]
+    assert "Settings that differ from the reference: " in reference[0]
 
 
 @pytest.fixture
