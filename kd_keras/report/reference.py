@@ -58,12 +58,6 @@ REFERENCE = {
     },
 }
 
-_LABELS = {
-    "teacher": "teacher",
-    "student_baseline": "student baseline",
-    "student_distilled": "student distilled",
-}
-
 
 def _training_time(item):
     seconds = item["train_seconds"]
@@ -73,10 +67,6 @@ def _training_time(item):
         return ""
     minutes, seconds = divmod(round(seconds), 60)
     return f"{minutes} min {seconds:02d} s"
-
-
-def _points(value):
-    return f"{100 * value:+.2f}"
 
 
 def setting_differences(config, reference=REFERENCE):
@@ -188,15 +178,15 @@ def format_reference_table(rows, config, reference=REFERENCE):
                 "| | |"
             )
             continue
-        label = _LABELS[item["stage"]]
+        label = item["stage"].replace("_", " ")
         if item["depth"] is not None:
             label += f" (depth {item['depth']})"
         loss = "" if item["test_loss"] is None else f"{item['test_loss']:.3f}"
         lines.append(
             f"| {label} | {item['test_accuracy']:.4f} | {item['reference_test_accuracy']:.4f} "
-            f"| {_points(item['test_accuracy'] - item['reference_test_accuracy'])} "
+            f"| {item['test_difference_points']:+.2f} "
             f"| {item['val_accuracy']:.4f} | {item['reference_val_accuracy']:.4f} "
-            f"| {_points(item['val_accuracy'] - item['reference_val_accuracy'])} "
+            f"| {item['val_difference_points']:+.2f} "
             f"| {loss} | {_training_time(item)} |"
         )
     if config is None:
