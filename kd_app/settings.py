@@ -22,7 +22,7 @@ PRESET_NOTES = {
     "smoke": "seconds; a few hundred images and tiny ResNets (for tests)",
     "quick": "6-10 min on a 2-core CPU with native bfloat16 (longer without); "
     "10,000 images, ResNet-20 -> ResNet-8",
-    "full": "about 4 h 40 min on a 2-core CPU with native bfloat16 (100 epochs a "
+    "full": "about 4 h 50 min on a 2-core CPU with native bfloat16 (100 epochs a "
     "stage); all images, teacher depth 30, student depth 15",
     "paper": "days on a CPU; the full setting with 160 epochs a stage (for a GPU)",
 }

@@ -32,7 +32,7 @@ def get_args(argv=None):
         help="named settings: smoke (seconds, for tests), quick "
         "(the default; 6-10 min on a 2-core CPU with native bfloat16), "
         "full (all images, teacher depth 30, student depth 15, 100 epochs a "
-        "stage; about 4 h 40 min there), paper (full with 160 epochs, for a GPU). "
+        "stage; about 4 h 50 min there), paper (full with 160 epochs, for a GPU). "
         "With --resume: the run's own settings",
     )
     run.add_argument("--out", help="run folder (default: runs/<preset>; required with --resume)")

@@ -153,8 +153,8 @@ PRESETS = {
     # PyTorch's SGD(weight_decay=5e-4, momentum=0.9) applies in effect
     # (its L2 gradient goes through the momentum: / (1 - 0.9)); with 5e-4
     # decoupled the depth-30 teacher overfit (train 0.96, test 0.863 after
-    # 40 epochs). About 4 h 40 min of training on a 2-core CPU with native
-    # bfloat16 (teacher 2 h 10 min, students 1 h 3 min and 1 h 27 min).
+    # 40 epochs). About 4 h 50 min of training on a 2-core CPU with native
+    # bfloat16 (teacher 2 h 10 min, students 1 h 3 min and 1 h 40 min).
     "full": {
         "teacher_depth": 30,
         "student_depth": 15,
