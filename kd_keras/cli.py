@@ -57,10 +57,33 @@ def get_args(argv=None):
         "--quiet", action="store_true", help="one line per epoch instead of Keras progress bars"
     )
 
-    evaluate = commands.add_parser("evaluate", help="test accuracy of a saved model")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="test (or validation) accuracy of a saved model",
+        description="Accuracy and cross-entropy of a .keras model on the test "
+        "split, or with --run on a run's own test or validation split.",
+    )
     evaluate.add_argument("model", help="a .keras model file")
     evaluate.add_argument(
-        "--data", help="CIFAR-10 archive or folder, an image folder or a .npz file (as for run)"
+        "--data",
+        help="CIFAR-10 archive or folder, an image folder or a .npz file (as for "
+        "run; with --run: the run's data, read from this path instead)",
+    )
+    evaluate.add_argument(
+        "--run",
+        metavar="RUN_DIR",
+        help="use the splits of this run folder (its data, seed, validation size, "
+        "subsets and image size, from its config.json)",
+    )
+    evaluate.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="the split to evaluate on (val needs --run: it is carved from the "
+        "training images by the run's seed)",
+    )
+    evaluate.add_argument(
+        "--per-class", action="store_true", help="also report the accuracy of each class"
     )
     evaluate.add_argument("--test-per-class", type=int, help="evaluate on a subset")
     evaluate.add_argument(
@@ -206,22 +229,47 @@ def _run(args):
 
 
 def _evaluate(args):
-    from kd_keras.data.splits import make_dataset, prepare_splits
+    import numpy as np
+
+    from kd_keras.data.splits import make_dataset, prepare_splits, splits_for
     from kd_keras.distill.teacher import check_teacher_file, load_teacher
     from kd_keras.train.pipeline import evaluate_model
 
     if args.test_per_class is not None and args.test_per_class < 1:
         raise ConfigError(f"--test-per-class must be >= 1, got {args.test_per_class}")
+    if args.split == "val" and args.run is None:
+        raise ConfigError(
+            "--split val needs --run RUN_DIR: the validation split is the one a run "
+            "carved from the training images (its seed and validation size)"
+        )
+    config = None
+    if args.run is not None:
+        config = RunFolder(args.run).config()
+        if config is None:
+            raise ConfigError(f"'{args.run}' is not a kd_keras run folder (no config.json)")
     check_teacher_file(args.model)  # Before the data loads.
-    # Only the test split is used: hold out no validation images.
-    splits = prepare_splits(
-        args.data, val_size=0, test_per_class=args.test_per_class, image_size=args.image_size
-    )
-    images, labels = splits["test"]
+    overrides = {}
+    if args.test_per_class is not None:
+        overrides["test_per_class"] = args.test_per_class
+    if args.image_size is not None:
+        overrides["image_size"] = args.image_size
+    if config is not None:
+        splits = splits_for(config, data=args.data, **overrides)
+    else:
+        # Only the test split is used: hold out no validation images.
+        splits = prepare_splits(args.data, val_size=0, **overrides)
+    images, labels = splits[args.split]
     # The data's classes and image size, checked against the model's.
     model = load_teacher(args.model, len(splits["classes"]), image_shape=images.shape[1:])
-    result = evaluate_model(model, make_dataset(images, labels, batch_size=256, training=False))
-    print(json.dumps({"model": args.model, "test_images": len(labels), **result}, indent=2))
+    dataset = make_dataset(images, labels, batch_size=256, training=False)
+    result = {"model": args.model, f"{args.split}_images": len(labels)}
+    result.update(evaluate_model(model, dataset))
+    if args.per_class:
+        from kd_keras.report.per_class import per_class_accuracy
+
+        predicted = np.argmax(model.predict(dataset, verbose=0), axis=-1)
+        result["per_class"] = per_class_accuracy(labels, predicted, splits["classes"])
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -329,6 +329,68 @@ def test_evaluate_uses_the_datas_classes_and_image_size(tmp_path, capsys):
     assert "takes inputs of shape (18, 18, 3), not (20, 20, 3)" in capsys.readouterr().err
 
 
+def channel_teacher(path, shape, classes):
+    """A teacher whose logits are the mean of each colour channel (and 0
+    for any further class): on `balanced_npz` it gets classes 0-2 right and
+    calls class 3 (brighter in red, like class 0) class 0."""
+    import keras
+
+    inputs = keras.Input(shape)
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    kernel = np.zeros((3, classes), dtype="float32")
+    kernel[[0, 1, 2], [0, 1, 2]] = 1.0
+    dense = keras.layers.Dense(classes, use_bias=False)
+    outputs = dense(x)
+    dense.set_weights([kernel])
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def test_evaluate_per_class_on_a_runs_validation_split(tmp_path, capsys):
+    from kd_keras.cli import main
+    from kd_keras.data.splits import prepare_splits
+
+    data = balanced_npz(tmp_path / "d.npz")  # 4 classes, 150 train, 50 test images.
+    model = channel_teacher(tmp_path / "m.keras", (16, 16, 3), 4)
+    assert main(["evaluate", str(model), "--data", str(data), "--per-class"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_images"] == 50
+    per_class = result["per_class"]
+    assert list(per_class) == ["k0", "k1", "k2", "k3"]
+    assert [per_class[k]["accuracy"] for k in per_class] == [1.0, 1.0, 1.0, 0.0]
+    assert [per_class[k]["images"] for k in per_class] == [12, 12, 13, 13]
+    assert result["accuracy"] == pytest.approx(37 / 50)
+
+    # The validation split of a run: the one its seed and val_size carved.
+    run = tmp_path / "run"
+    run.mkdir()
+    config = tiny_config(data=str(data), val_size=40, seed=3)
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    assert main(["evaluate", str(model), "--run", str(run), "--split", "val", "--per-class"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    val_labels = prepare_splits(str(data), val_size=40, seed=3)["val"][1]
+    assert result["val_images"] == 40 and "test_images" not in result
+    assert [r["images"] for r in result["per_class"].values()] == list(np.bincount(val_labels))
+    assert result["accuracy"] == pytest.approx(np.mean(val_labels != 3))
+    assert result["per_class"]["k3"]["accuracy"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--split", "val"], "--split val needs --run RUN_DIR"),
+        (["--run", "{tmp}"], "is not a kd_keras run folder (no config.json)"),
+    ],
+)
+def test_evaluate_refuses_a_split_it_cannot_carve(tmp_path, capsys, args, message):
+    from kd_keras.cli import main
+
+    model = constant_teacher(tmp_path / "m.keras", (16, 16, 3), 4)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(["evaluate", str(model), "--data", str(tmp_path / "none.npz"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_dry_run_describes_the_users_data_and_models(tmp_path, capsys):
     from kd_keras.cli import main
 
