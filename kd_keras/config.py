@@ -148,7 +148,8 @@ PRESETS = {
     # all 45,000 training images (5,000 held out for validation), the full
     # test set; 100 epochs a stage with a short warm-up and cosine decay
     # (50 epochs: teacher 0.8777, distilled 0.8776; 100 epochs: teacher
-    # 0.8853, distilled 0.8796; results/full-seed0 and results/full100-seed0).
+    # 0.8853, distilled 0.8796; results/full-seed0 and results/full100-seed0;
+    # a second seed: 0.8847, distilled 0.8822, results/full100-seed1).
     # Weight decay 5e-3 in Keras's decoupled form (w -= lr * wd * w) is what
     # PyTorch's SGD(weight_decay=5e-4, momentum=0.9) applies in effect
     # (its L2 gradient goes through the momentum: / (1 - 0.9)); with 5e-4
