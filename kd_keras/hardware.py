@@ -18,7 +18,7 @@ The rule behind `precision="auto"` / `teacher_precision="auto"`:
 Without native bfloat16 instructions TensorFlow emulates bfloat16 on a CPU,
 and a bfloat16 training step is then several times slower than float32
 (measured about 5x on a 2-core AVX2-only AMD EPYC); with them it is faster
-(README "Speed"). With several GPUs, the weakest decides. An explicit value
+(docs/speed.md). With several GPUs, the weakest decides. An explicit value
 is never changed.
 
 `resolve_precisions` returns the resolved values and the reason, so a run

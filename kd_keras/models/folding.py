@@ -7,7 +7,7 @@ sqrt(var + eps)`), so the batch-norm layer can go. What is left is
 Conv2D + BiasAdd (+ ReLU), which TensorFlow's graph optimiser fuses into one
 oneDNN convolution. Same outputs up to float round-off; measured on a 2-core
 CPU, a ResNet-32 forward pass ran about 1.3x faster in float32 and 2.2x in
-bfloat16 (README "Speed").
+bfloat16 (docs/speed.md).
 """
 
 import keras

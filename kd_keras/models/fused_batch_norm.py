@@ -13,7 +13,7 @@ config, same four weights in the same order, same moving-average rule
 (Keras's: the *biased* batch variance, where TensorFlow's kernel returns the
 Bessel-corrected one, which is undone here). Measured on a 2-core CPU,
 it made a ResNet-14 training step about 1.3x faster in float32 and 1.6x in
-mixed bfloat16 (`python -m benchmarks.throughput`, README "Speed").
+mixed bfloat16 (`python -m benchmarks.throughput`, docs/speed.md).
 
 Where the fused kernel does not apply (a mask, renorm, synchronised
 statistics, a non-4D input, an axis other than the last, another backend)

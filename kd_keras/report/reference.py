@@ -150,7 +150,7 @@ def compare_with_reference(rows, reference=REFERENCE):
 
 
 def format_reference_table(rows, config, reference=REFERENCE):
-    """A Markdown table of a run next to the reference (what the README shows).
+    """A Markdown table of a run next to the reference (docs/results.md shows it).
 
     Args:
         rows: the run's stage rows.
