@@ -205,12 +205,8 @@ def _run(args):
     config = _config_from_args(args)
     out = Path(args.out or f"runs/{config.preset}")
     if args.dry_run:
-        from kd_keras.train.speed import (
-            apply_threading,
-            estimate_run_seconds,
-            format_estimate,
-            resolve_run_precisions,
-        )
+        from kd_keras.train.estimate import estimate_run_seconds, format_estimate
+        from kd_keras.train.speed import apply_threading, resolve_run_precisions
 
         apply_threading(config)  # Before TensorFlow starts, as in a run.
         # Printed resolved, as a run would save it; the estimate says why.

@@ -15,11 +15,11 @@ from kd_keras.cli import main as cli_main
 from kd_keras.distill.teacher import teacher_for_inference
 from kd_keras.errors import ConfigError
 from kd_keras.hardware import Machine
+from kd_keras.train.estimate import estimate_run_seconds
 from kd_keras.train.pipeline import Pipeline
 from kd_keras.train.speed import (
     apply_threading,
     effective_steps_per_execution,
-    estimate_run_seconds,
     precision_scope,
     resolve_run_precisions,
 )

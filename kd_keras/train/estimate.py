@@ -1,0 +1,231 @@
+"""A measured estimate of how long a run takes (`kd_keras run --dry-run`).
+
+The run's own models, optimizer and loss (`kd_keras.train.recipe`) are timed
+for a few steps on one synthetic batch (`calibrate`), then the per-epoch and
+total time of each stage is computed from those step times
+(`stage_times`). It sits above both `recipe` and `speed`, so neither
+imports the other.
+"""
+
+import math
+import statistics
+import time
+
+import numpy as np
+
+from kd_keras.distill.teacher import load_teacher, teacher_for_inference
+from kd_keras.train import recipe
+from kd_keras.train.speed import local_machine, precision_scope, resolve_run_precisions
+
+STAGE_ORDER = ("teacher", "student_baseline", "student_distilled")
+
+
+def _time_calls(call, steps):
+    """(seconds of the first call, median seconds of the next `steps`)."""
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def _calibrate_training(model, optimizer, images, labels, steps):
+    recipe.compile_classifier(model, optimizer)  # The run's loss, metric and optimizer.
+    return _time_calls(lambda: model.train_on_batch(images, labels), steps)
+
+
+def _calibrate_forward(model, images, steps):
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False))
+    batch = tf.constant(images)
+    return _time_calls(lambda: forward(batch).numpy(), steps)
+
+
+def calibrate(config, shape, steps_per_epoch, steps):
+    """Times the run's models on one synthetic batch of `config.batch_size`
+    images: `steps` training steps of the teacher and the student and as
+    many forward passes of each, after one warm-up call that traces the
+    graph.
+
+    Returns:
+        (measured, trace): median seconds per step or batch, and the
+        warm-up's extra (tracing) seconds, keyed by what was timed.
+    """
+    rng = np.random.default_rng(config.seed)
+    batch = config.batch_size
+    images = rng.integers(0, 256, size=(batch, *shape["input_shape"]), dtype=np.uint8).astype(
+        "float32"
+    )
+    labels = rng.integers(0, shape["num_classes"], size=(batch,)).astype("int32")
+    student = recipe.build_student(config, **shape)
+    if config.teacher:
+        with precision_scope(config.precision):
+            teacher = load_teacher(
+                config.teacher, shape["num_classes"], image_shape=shape["input_shape"]
+            )
+    else:
+        teacher = recipe.build_teacher(config, **shape)
+
+    if config.teacher or config.teacher_epochs == 0:
+        teacher_train = (0.0, 0.0)
+    else:
+        teacher_train = _calibrate_training(
+            teacher,
+            recipe.make_optimizer(config, steps_per_epoch, config.teacher_epochs),
+            images,
+            labels,
+            steps,
+        )
+    student_train = _calibrate_training(
+        student,
+        recipe.make_optimizer(config, steps_per_epoch, config.student_epochs),
+        images,
+        labels,
+        steps,
+    )
+    teacher_forward = _calibrate_forward(
+        teacher_for_inference(teacher, config.teacher_precision), images, steps
+    )
+    student_forward = _calibrate_forward(student, images, steps)
+    measured = {
+        "teacher_train_step_s": teacher_train[1],
+        "student_train_step_s": student_train[1],
+        "teacher_forward_batch_s": teacher_forward[1],
+        "student_forward_batch_s": student_forward[1],
+    }
+    trace = {
+        "teacher_train_trace_s": max(0.0, teacher_train[0] - teacher_train[1]),
+        "student_train_trace_s": max(0.0, student_train[0] - student_train[1]),
+        "teacher_forward_trace_s": max(0.0, teacher_forward[0] - teacher_forward[1]),
+    }
+    return measured, trace
+
+
+def stage_times(config, measured, trace, steps_per_epoch, val_images):
+    """Per-stage epochs, seconds an epoch and total seconds, from the step
+    times `calibrate` measured.
+
+    * teacher: teacher step x steps per epoch, plus the validation pass;
+    * student_baseline: student step x steps per epoch, plus validation;
+    * student_distilled: (student step + teacher forward) x steps per
+      epoch, plus validation of both models;
+
+    times the stage's epochs, plus the warm-up's tracing time once. A
+    reused teacher (`config.teacher`) has no training stage.
+    """
+    val_batches = val_images / config.batch_size
+    teacher_val = val_batches * measured["teacher_forward_batch_s"]
+    student_val = val_batches * measured["student_forward_batch_s"]
+    per_epoch = {
+        "teacher": steps_per_epoch * measured["teacher_train_step_s"] + teacher_val,
+        "student_baseline": steps_per_epoch * measured["student_train_step_s"] + student_val,
+        "student_distilled": steps_per_epoch
+        * (measured["student_train_step_s"] + measured["teacher_forward_batch_s"])
+        + student_val
+        + teacher_val,
+    }
+    setup = {
+        "teacher": trace["teacher_train_trace_s"],
+        "student_baseline": trace["student_train_trace_s"],
+        "student_distilled": trace["student_train_trace_s"] + trace["teacher_forward_trace_s"],
+    }
+    epochs = {
+        "teacher": 0 if config.teacher else config.teacher_epochs,
+        "student_baseline": config.student_epochs,
+        "student_distilled": config.student_epochs,
+    }
+    stages = {}
+    for stage in STAGE_ORDER:
+        total = epochs[stage] * per_epoch[stage] + (setup[stage] if epochs[stage] else 0.0)
+        stages[stage] = {
+            "epochs": epochs[stage],
+            "epoch_seconds": round(per_epoch[stage], 2) if epochs[stage] else 0.0,
+            "total_seconds": round(total, 1),
+        }
+    return stages
+
+
+def estimate_run_seconds(config, calibration_steps=3, data=None):
+    """Estimated epoch time and total time of each stage of a run.
+
+    Calibrates the run's models (`calibrate`) with the config's precision
+    options applied, then computes each stage's time (`stage_times`). The
+    estimate leaves out data loading, the final test evaluation and a busy
+    machine; treat it as +-25 %.
+
+    Args:
+        config: a `RunConfig`.
+        calibration_steps: measured steps per model (after the warm-up).
+        data: `kd_keras.data.splits.data_summary(config)` (image counts,
+            image shape, classes), if already known.
+
+    Returns:
+        A dict: `stages` maps each stage name to `{"epochs", "epoch_seconds",
+        "total_seconds"}`; `total_seconds`, `steps_per_epoch`,
+        `train_images`, `val_images`, and `calibration` (the measured
+        per-step seconds and how long the calibration took).
+    """
+    from kd_keras.data.splits import data_summary
+
+    config.validate()
+    data = data or data_summary(config)
+    shape = {"input_shape": tuple(data["image_shape"]), "num_classes": data["num_classes"]}
+    machine = local_machine()
+    config, choice = resolve_run_precisions(config, machine)
+    calibration_start = time.perf_counter()
+    train_images, val_images = data["train_images"], data["val_images"]
+    steps_per_epoch = math.ceil(train_images / config.batch_size)
+    steps = max(1, int(calibration_steps))
+    measured, trace = calibrate(config, shape, steps_per_epoch, steps)
+    stages = stage_times(config, measured, trace, steps_per_epoch, val_images)
+    return {
+        "stages": stages,
+        "total_seconds": round(sum(s["total_seconds"] for s in stages.values()), 1),
+        "steps_per_epoch": steps_per_epoch,
+        "train_images": train_images,
+        "val_images": val_images,
+        "precision": config.precision,
+        "teacher_precision": config.teacher_precision,
+        "precision_reason": choice.reason,
+        "machine": machine.describe(),
+        "calibration": {
+            "batch_size": config.batch_size,
+            "steps": steps,
+            **{k: round(v, 4) for k, v in {**measured, **trace}.items()},
+            "seconds": round(time.perf_counter() - calibration_start, 1),
+        },
+    }
+
+
+def _clock(seconds):
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def format_estimate(estimate):
+    """A few lines of text: epoch and total time of each stage."""
+    lines = [
+        f"Estimated time ({estimate['steps_per_epoch']} steps per epoch, "
+        f"calibrated in {estimate['calibration']['seconds']:.0f} s):",
+        f"  {'stage':<18} {'epochs':>6} {'per epoch':>10} {'total':>9}",
+    ]
+    for stage, row in estimate["stages"].items():
+        lines.append(
+            f"  {stage:<18} {row['epochs']:>6} {row['epoch_seconds']:>9.1f}s "
+            f"{_clock(row['total_seconds']):>9}"
+        )
+    lines.append(f"  {'all stages':<18} {'':>6} {'':>10} {_clock(estimate['total_seconds']):>9}")
+    if "precision" in estimate:
+        lines.append(
+            f"Precision {estimate['precision']}, teacher precision "
+            f"{estimate['teacher_precision']} ({estimate['precision_reason']})"
+        )
+        lines.append(f"Machine: {estimate['machine']}")
+    return "\n".join(lines)
