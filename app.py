@@ -7,8 +7,10 @@ session, so it survives page reloads; the app polls the run folder's
 `progress.json` and reads its results files. This file holds the page's
 widgets; everything else lives in `kd_app/` (see its `__init__.py`).
 
-Environment: `KD_KERAS_RUNS_DIR` (default `runs`) and `KD_KERAS_CIFAR10`
-(the CIFAR-10 archive) give the sidebar's defaults.
+The operator fixes the runs root (`streamlit run app.py -- --runs DIR`, else
+`KD_KERAS_RUNS_DIR`, else `runs`) and where data may come from
+(`--data-root DIR` / `KD_KERAS_DATA_DIR`, the runs root, `KD_KERAS_CIFAR10`);
+the page cannot change them (`kd_app.confine`).
 """
 
 import sys
@@ -20,7 +22,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kd_app import checks, launching, results, searches, settings  # noqa: E402
+from kd_app import checks, confine, launching, results, searches, settings  # noqa: E402
 from kd_app import run_state as runs  # noqa: E402
 from kd_app.files import tail  # noqa: E402
 from kd_keras.errors import DamagedFileError, LaunchError  # noqa: E402
@@ -33,7 +35,7 @@ TABS = ["Launch", "Watch", "Results", "Tuning"]
 POLL_S = 2.0  # A live run's or search's part of the page refreshes this often.
 STOP_GRACE_S = 20  # A run asked to stop that is still running after this is flagged.
 NEW_TEACHER = "Train a new teacher"
-OTHER_TEACHER = "Another .keras file..."
+OTHER_TEACHER = "Another .keras file in the runs folder..."
 # Material icons (bundled with Streamlit, so they render without emoji fonts).
 STATUS_ICONS = {
     "starting": ":material/hourglass_top:",
@@ -150,10 +152,16 @@ def teacher_picker(runs_dir, key, *, allow_new):
         options,
         key=key,
         help="Reuse a trained teacher (.keras): its stage is skipped. Teachers "
-        "of runs under the runs folder are listed.",
+        "of runs under the runs folder are listed; another one must be copied "
+        "into the runs folder first.",
     )
     if choice == OTHER_TEACHER:
-        st.text_input("Teacher .keras path", key=f"{key}_path")
+        st.text_input(
+            "Teacher .keras path",
+            key=f"{key}_path",
+            placeholder="teachers/my_teacher.keras",
+            help=f"Relative to the runs folder '{runs_dir}' (only files inside it).",
+        )
 
 
 def chosen_teacher(key):
@@ -213,22 +221,20 @@ def log_tail(path, lines=30, expanded=False, label="Log (last lines)"):
 
 def sidebar():
     st.sidebar.header("kd-keras")
-    runs_dir = (
-        st.sidebar.text_input(
-            "Runs folder",
-            value=settings.default_runs_dir(),
-            key="runs_dir",
-            help=f"Where run folders live (default ${settings.RUNS_ENV_VAR} or 'runs').",
-        ).strip()
-        or settings.DEFAULT_RUNS_DIR
+    runs_path = settings.runs_root()
+    st.sidebar.caption(
+        f"Runs folder: `{runs_path}` (set by whoever started the app: "
+        f"`-- --runs DIR` or ${settings.RUNS_ENV_VAR})."
     )
     data_path = st.sidebar.text_input(
-        "CIFAR-10 archive",
+        "Data source",
         value=settings.default_data_path(),
         key="data_path",
-        help=f"cifar-10-python.tar.gz or cifar-10-batches-py/ (default ${settings.DATA_ENV_VAR}).",
+        help="A CIFAR-10 archive or cifar-10-batches-py/ folder, an image folder "
+        "(one subfolder per class) or a .npz file, inside the data folder "
+        f"(${settings.DATA_ROOT_ENV_VAR}) or the runs folder; relative paths are "
+        f"taken from the first of these. Default ${settings.DATA_ENV_VAR}.",
     ).strip()
-    runs_path = Path(runs_dir).expanduser()
     names = [p.name for p in runs.list_runs(runs_path)]
     states = {name: runs.run_state(runs_path / name) for name in names}
     wanted = st.query_params.get("run")
@@ -376,7 +382,7 @@ def launch_tab(runs_dir, data_path):
             "Resume continues the run named in 'Run name' with the settings "
             "saved in its config.json; the other fields are ignored."
         )
-    show_errors(launching.form_errors(options))
+    show_errors(launching.form_errors(options, runs_dir))
     st.button("Start", type="primary", key="start", on_click=on_start, args=(runs_dir, data_path))
     show_message("launch_msg")
 
@@ -395,7 +401,7 @@ def launch_tab(runs_dir, data_path):
             argv = (
                 launching.resume_command(out, options.data)
                 if resume
-                else launching.run_command(options, out)
+                else launching.run_command(launching.resolved_options(options, runs_dir), out)
             )
         except ValueError as error:  # LaunchError, or a value of the wrong type.
             argv = [str(error)]
@@ -506,7 +512,7 @@ def shipped_models(folder, run_name):
         name, mime = results.download_name(row["path"])
         columns[index % 3].download_button(
             f"Download {row['stage']} ({name})",
-            lambda path=row["path"]: results.export_download(path)[0],
+            lambda path=row["path"]: results.export_download(path, folder)[0],
             file_name=f"{run_name}-{row['source_stage']}-{name}",
             mime=mime,
             key=f"download_export_{row['stage']}",
@@ -515,10 +521,7 @@ def shipped_models(folder, run_name):
 
 def results_tab(runs_dir, run_name):
     if not run_name:
-        st.info(
-            f"No runs in '{runs_dir}' yet: start one in the Launch tab, or "
-            "point 'Runs folder' in the sidebar at a folder of runs."
-        )
+        st.info(f"No runs in '{runs_dir}' yet: start one in the Launch tab.")
         return
     run = RunFolder(Path(runs_dir) / run_name)
     state = runs.run_state(run.path)
@@ -560,7 +563,7 @@ def results_tab(runs_dir, run_name):
         (run.report_plot, "Training curves (kd_keras report.png)"),
     )
     for column, (image, caption) in zip(st.columns(2), images):
-        if image.is_file():
+        if image.is_file() and confine.own_file(run.path, image):
             column.image(str(image), caption=caption, width="stretch")
     st.markdown("**Curves** (teacher red, baseline blue, distilled orange)")
     curves_chart(run.path)
@@ -575,10 +578,9 @@ def results_tab(runs_dir, run_name):
         ),
     )
     for column, (path, label, name, mime, key) in zip(st.columns(2), downloads):
-        if path.is_file():
-            column.download_button(
-                label, path.read_bytes(), file_name=f"{run_name}-{name}", mime=mime, key=key
-            )
+        data = results.download_bytes(run.path, path)
+        if data is not None:
+            column.download_button(label, data, file_name=f"{run_name}-{name}", mime=mime, key=key)
     if state.config:
         with st.expander("Config (config.json)"):
             st.json(state.config)
@@ -699,7 +701,7 @@ def search_body(folder, was_alive, runs_dir, data_path):
     if best and best.get("temperature") is not None and best.get("alpha") is not None:
         best_run_form(state, runs_dir, data_path)
     plot = SearchFolder(folder).plot_file
-    if plot.is_file():
+    if plot.is_file() and confine.own_file(folder, plot):
         st.image(str(plot), caption=plot.name, width="stretch")
     log_tail(state.log_path, expanded=state.status == "exited")
 
@@ -764,7 +766,7 @@ def main():
     except Exception as error:  # noqa: BLE001 - shown, not thrown.
         st.error(
             f"The runs folder cannot be read: {type(error).__name__}: {error}. "
-            "Set 'Runs folder' in the sidebar to a readable folder."
+            "Start the app with a readable runs folder (`-- --runs DIR`)."
         )
         return
     # `?tab=results&run=<name>` opens that tab on that run (a link to share).

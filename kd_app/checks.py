@@ -5,14 +5,14 @@ The rules are kd_keras's own (`kd_keras.config`'s validators and
 `kd_keras.models.specs.parse_model_spec`): the app words their messages
 for the form (a field's label in place of its name) and collects every
 problem at once instead of stopping at the first. What kd_keras cannot
-know before a run starts, that files exist, is checked here.
+know before a run starts, that files exist, is checked here, and every
+path the page names must lie inside the operator's roots (`kd_app.confine`).
 """
 
-from pathlib import Path
-
-from kd_app.settings import DATA_ENV_VAR, NAME_PATTERN
+from kd_app import confine
+from kd_app.settings import DATA_ENV_VAR, DATA_ROOT_ENV_VAR, NAME_PATTERN, data_roots
 from kd_keras.config import RunConfig, validate_alpha, validate_temperature
-from kd_keras.errors import ConfigError
+from kd_keras.errors import ConfigError, LaunchError
 from kd_keras.models.depth import stage_blocks
 from kd_keras.models.specs import parse_model_spec
 
@@ -36,23 +36,47 @@ def whole(value):
     return value
 
 
-def check_data_path(data):
-    """Errors about the dataset path (a list of readable messages)."""
+DATA_HINT = (
+    "Name a CIFAR-10 archive (cifar-10-python.tar.gz), a cifar-10-batches-py/ "
+    "folder, an image folder (one subfolder per class) or a .npz file inside "
+    f"the data folder (--data-root / ${DATA_ROOT_ENV_VAR} of whoever started the "
+    f"app) or the runs folder, or set ${DATA_ENV_VAR} before starting the app."
+)
+
+
+def resolve_data(data, runs_dir):
+    """`(absolute path, [])` of the data source named on the page, or
+    `(None, [message])`. Only paths inside `settings.data_roots` count, and
+    one outside gets the same message whether or not it exists."""
     if not str(data or "").strip():
-        return [
-            "No CIFAR-10 dataset path. Set 'CIFAR-10 archive' in the sidebar "
-            f"(or the environment variable {DATA_ENV_VAR}) to "
-            "cifar-10-python.tar.gz or a cifar-10-batches-py/ folder."
-        ]
-    path = Path(str(data).strip()).expanduser()
+        return None, [f"No data source given. {DATA_HINT}"]
+    try:
+        path = confine.confined_path(data, data_roots(runs_dir), "data source", DATA_HINT)
+    except LaunchError as error:
+        return None, [str(error)]
     if not path.exists():
-        return [
-            f"The CIFAR-10 dataset path '{path}' does not exist. Point "
-            "'CIFAR-10 archive' in the sidebar at cifar-10-python.tar.gz or a "
-            "cifar-10-batches-py/ folder (or your own image folder with one "
-            "subfolder per class, or a .npz file)."
-        ]
-    return []
+        return None, [f"The data source '{path}' does not exist. {DATA_HINT}"]
+    return path, []
+
+
+def check_data_path(data, runs_dir):
+    """Errors about the data source (a list of readable messages)."""
+    return resolve_data(data, runs_dir)[1]
+
+
+def resolve_keras_file(value, runs_dir, what):
+    """`(absolute path, [])` of a `.keras` file named on the page (inside the
+    runs root: a run's own model, or one copied there), or `(None, [message])`."""
+    hint = f"Pick a trained teacher, or put the {what} file inside the runs folder."
+    try:
+        path = confine.confined_path(value, [runs_dir], f"{what} file", hint)
+    except LaunchError as error:
+        return None, [str(error)]
+    if path.suffix != ".keras":
+        return None, [f"The {what} '{value}' must be a Keras '.keras' file."]
+    if not path.is_file():
+        return None, [f"The {what} file '{path}' does not exist; {hint[0].lower()}{hint[1:]}"]
+    return path, []
 
 
 def check_name(name, what, reserved=None):
@@ -66,21 +90,14 @@ def check_name(name, what, reserved=None):
     return []
 
 
-def check_teacher(teacher):
-    """Errors about a trained teacher file ('' = none)."""
-    if not teacher:
-        return []
-    path = Path(teacher).expanduser()
-    if path.suffix != ".keras":
-        return [f"The teacher '{path}' must be a Keras '.keras' file."]
-    if not path.is_file():
-        return [f"The teacher file '{path}' does not exist; pick a trained teacher."]
-    return []
+def check_teacher(teacher, runs_dir):
+    """Errors about a trained teacher file ('' = none; inside the runs root)."""
+    return resolve_keras_file(teacher, runs_dir, "teacher")[1] if teacher else []
 
 
-def check_models(teacher_model, student_model):
+def check_models(teacher_model, student_model, runs_dir):
     """Errors about the teacher and student model names (a .keras file must
-    exist)."""
+    exist inside the runs root)."""
     errors = []
     for role, value in (("teacher", teacher_model), ("student", student_model)):
         value = str(value or "").strip()
@@ -91,8 +108,8 @@ def check_models(teacher_model, student_model):
         except ValueError as error:
             errors.append(f"{str(error)[0].upper()}{str(error)[1:]}.")
             continue
-        if spec["kind"] == "file" and not Path(value).expanduser().is_file():
-            errors.append(f"The {role} model file '{value}' does not exist.")
+        if spec["kind"] == "file":
+            errors += resolve_keras_file(value, runs_dir, f"{role} model")[1]
     return errors
 
 

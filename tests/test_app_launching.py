@@ -14,9 +14,12 @@ from kd_keras.models.depth import MAX_DEPTH
 
 
 @pytest.fixture
-def data(tmp_path):
+def data(tmp_path, monkeypatch):
+    """A (fake) CIFAR-10 archive, named by the operator's $KD_KERAS_CIFAR10
+    (a data source outside the runs root must be one the operator named)."""
     path = tmp_path / "cifar-10-python.tar.gz"
     path.write_bytes(b"")
+    monkeypatch.setenv("KD_KERAS_CIFAR10", str(path))
     return str(path)
 
 
