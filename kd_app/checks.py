@@ -9,10 +9,12 @@ know before a run starts, that files exist, is checked here, and every
 path the page names must lie inside the operator's roots (`kd_app.confine`).
 """
 
+import dataclasses
+
 from kd_app import confine
 from kd_app.settings import DATA_ENV_VAR, DATA_ROOT_ENV_VAR, NAME_PATTERN, data_roots
 from kd_keras.config import RunConfig, validate_alpha, validate_temperature
-from kd_keras.errors import ConfigError, LaunchError
+from kd_keras.errors import ConfigError, DataSourceError, LaunchError
 from kd_keras.models.depth import stage_blocks
 from kd_keras.models.specs import parse_model_spec
 
@@ -57,6 +59,23 @@ def resolve_data(data, runs_dir):
     if not path.exists():
         return None, [f"The data source '{path}' does not exist. {DATA_HINT}"]
     return path, []
+
+
+def describe_data(data, runs_dir):
+    """`(SourceDescription, [])` of the data source named on the page
+    (`kd_keras.data.describe`: classes, images, size, from headers only), or
+    `(None, [message])`; only inside the operator's roots."""
+    path, errors = resolve_data(data, runs_dir)
+    if errors:
+        return None, errors
+    from kd_keras.data.describe import describe_source
+
+    try:
+        return describe_source(path), []
+    except DataSourceError as error:
+        return None, [f"The data source cannot be used: {error}"]
+    except OSError as error:
+        return None, [f"The data source '{path}' cannot be read: {error.strerror or error}."]
 
 
 def check_data_path(data, runs_dir):
@@ -113,6 +132,39 @@ def check_models(teacher_model, student_model, runs_dir):
     return errors
 
 
+ALL = "all"  # A size field's "everything".
+
+
+def size_value(value):
+    """A size field's value: None (empty: the default that follows the
+    data), "all", a whole number as an int, or the value as it is (for
+    `check_sizes` to refuse)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == ALL:
+            return ALL
+        return int(text) if text.isdigit() else value.strip()
+    return whole(value)
+
+
+def check_sizes(sizes, labels):
+    """Errors about the size fields (`sizes`: {field: value}): each must be
+    a whole number >= 1, "all", or empty."""
+    errors = []
+    for field, value in sizes.items():
+        value = size_value(value)
+        if value is None or value == ALL:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            errors.append(
+                f"{labels.get(field, field)} must be a whole number >= 1, 'all', or empty "
+                f"(the default that follows the data), got {value!r}."
+            )
+    return errors
+
+
 def check_hyperparameters(temperature, alpha):
     """Errors about T and alpha (None = the preset's), by kd_keras's rules."""
     errors = []
@@ -145,6 +197,15 @@ def check_settings(preset, overrides, labels):
     """Errors of `RunConfig.from_preset(preset, **overrides)`: whatever
     kd_keras would refuse of these settings (one message: it stops at the
     first problem)."""
+    fields = {field.name: field for field in dataclasses.fields(RunConfig)}
+    # Fields RunConfig does not hold are left to the command line, and so is
+    # "all" where RunConfig takes only a number: a per-class count is
+    # checked as unset (every image), `val_size` not at all.
+    overrides = {
+        k: (None if v == ALL else v)
+        for k, v in overrides.items()
+        if k in fields and (v != ALL or fields[k].default is None)
+    }
     try:
         RunConfig.from_preset(preset, **overrides)
     except (ConfigError, TypeError) as error:

@@ -22,7 +22,7 @@ from kd_app.processes import launch_lock, start, terminate
 from kd_app.run_state import alive_runs, run_state
 from kd_app.settings import TUNING_SUBDIR, presets
 from kd_keras.errors import LaunchError
-from kd_keras.options import command_line_flags
+from kd_keras.options import command_line_flags, option_for
 from kd_keras.run_folder import LOCK_FILE, RunFolder
 
 IF_EXISTS = ("refuse", "resume", "overwrite")
@@ -34,12 +34,24 @@ NUMBER_LABELS = {
     "seed": "Seed",
     "teacher_depth": "Teacher depth",
     "student_depth": "Student depth",
-    "train_per_class": "Train images per class",
 }
+# The data size fields: a whole number, "all", or empty (the default that
+# follows the data); each is passed as its `kd_keras run` flag.
+SIZE_LABELS = {
+    "val_size": "Validation images",
+    "train_per_class": "Train images per class",
+    "val_per_class": "Validation images per class",
+    "test_per_class": "Test images per class",
+}
+IMAGE_SIZE_LABEL = "Image size"
+# What a teacher outputs (`--teacher-outputs`): "auto" detects it at load.
+TEACHER_OUTPUTS = ("auto", "logits", "probabilities")
 DEPTH_FIELDS = ("teacher_depth", "student_depth")
 # RunConfig fields the form sets, by their label in messages.
 _CONFIG_LABELS = {
     **{k: v for k, v in NUMBER_LABELS.items() if k != "epochs"},
+    **SIZE_LABELS,
+    "image_size": IMAGE_SIZE_LABEL,
     "teacher_epochs": NUMBER_LABELS["epochs"],
     "student_epochs": NUMBER_LABELS["epochs"],
 }
@@ -57,7 +69,12 @@ class LaunchOptions:
     alpha: float = None
     teacher_depth: int = None
     student_depth: int = None
-    train_per_class: int = None
+    train_per_class: object = None  # An int, "all", or None (follows the data).
+    val_size: object = None
+    val_per_class: object = None
+    test_per_class: object = None
+    image_size: int = None  # None: the data's own size.
+    teacher_outputs: str = "auto"  # One of TEACHER_OUTPUTS.
     seed: int = None
     teacher: str = ""
     teacher_model: str = ""  # "" = resnet<depth>; see kd_keras/models/specs.py.
@@ -69,6 +86,15 @@ class LaunchOptions:
     devices: str = ""  # Comma-separated, e.g. "/gpu:0,/gpu:1"; "" = every GPU.
     sync_batch_norm: bool = False
     if_exists: str = "refuse"  # One of IF_EXISTS.
+
+
+def _teacher_outputs_flag():
+    """`--teacher-outputs`, from the run options table when RunConfig has
+    the field."""
+    try:
+        return option_for("teacher_outputs").flag
+    except ValueError:
+        return "--teacher-outputs"
 
 
 def default_run_name(preset):
@@ -107,7 +133,11 @@ def config_overrides(options):
     values = {
         "data": _text(options.data),
         "seed": checks.whole(options.seed),
-        "train_per_class": checks.whole(options.train_per_class),
+        **{field: checks.size_value(getattr(options, field)) for field in SIZE_LABELS},
+        "image_size": checks.whole(options.image_size),
+        "teacher_outputs": (
+            options.teacher_outputs if options.teacher_outputs not in (None, "", "auto") else None
+        ),
         "teacher_depth": checks.whole(options.teacher_depth),
         "student_depth": checks.whole(options.student_depth),
         "teacher": _text(options.teacher),
@@ -124,16 +154,22 @@ def config_overrides(options):
     return {k: v for k, v in values.items() if v is not None}
 
 
-def placeholders(preset):
-    """`{field: text}`: what each empty number box of the form stands for."""
+def placeholders(preset, kind="cifar10"):
+    """`{field: text}`: what each empty box of the form stands for (`kind`:
+    the data source's, from `kd_keras.config.data_kind`; the preset's sizes
+    are CIFAR-10's, other data gets sizes that follow it)."""
     values = presets()[preset]
     texts = {
         field: f"{preset}: {values[field]}" if values.get(field) is not None else "preset default"
-        for field in NUMBER_LABELS
+        for field in (*NUMBER_LABELS, *SIZE_LABELS)
     }
     texts["epochs"] = f"{preset}: {values['teacher_epochs']} / {values['student_epochs']}"
-    if values.get("train_per_class") is None:
-        texts["train_per_class"] = "all (4500)"
+    for field in SIZE_LABELS:
+        if kind != "cifar10":
+            texts[field] = "follows the data"
+        elif values.get(field) is None:
+            texts[field] = "all"
+    texts["image_size"] = "the data's"
     return texts
 
 
@@ -145,6 +181,7 @@ def form_errors(options, runs_dir):
     return (
         checks.check_hyperparameters(options.temperature, options.alpha)
         + checks.check_depths({f: getattr(options, f) for f in DEPTH_FIELDS}, NUMBER_LABELS)
+        + checks.check_sizes({f: getattr(options, f) for f in SIZE_LABELS}, SIZE_LABELS)
         + checks.check_data_path(options.data, runs_dir)
     )
 
@@ -199,6 +236,14 @@ def validate_launch(options, runs_dir):
     errors += checks.check_depths({f: getattr(options, f) for f in DEPTH_FIELDS}, NUMBER_LABELS)
     errors += checks.check_teacher(options.teacher, runs_dir)
     errors += checks.check_models(options.teacher_model, options.student_model, runs_dir)
+    errors += checks.check_sizes({f: getattr(options, f) for f in SIZE_LABELS}, SIZE_LABELS)
+    if not errors:  # The source's layout, as far as its headers tell.
+        errors += checks.describe_data(options.data, runs_dir)[1]
+    if options.teacher_outputs not in (None, "", *TEACHER_OUTPUTS):
+        errors.append(
+            f"Unknown teacher output '{options.teacher_outputs}'; choose one of "
+            f"{', '.join(TEACHER_OUTPUTS)}."
+        )
     if options.if_exists not in IF_EXISTS:
         errors.append(
             f"Unknown choice '{options.if_exists}' for an existing folder; "
@@ -225,7 +270,14 @@ def run_command(options, out):
         str(out),
         "--quiet",
     ]
-    argv += command_line_flags(config_overrides(options))
+    overrides = config_overrides(options)
+    extra = []
+    for field in SIZE_LABELS:  # "all" is a word the flag takes, not a RunConfig int.
+        if overrides.get(field) == checks.ALL:
+            extra += [option_for(field).flag, overrides.pop(field)]
+    if "teacher_outputs" in overrides:
+        extra += [_teacher_outputs_flag(), overrides.pop("teacher_outputs")]
+    argv += command_line_flags(overrides) + extra
     if options.if_exists == "overwrite":
         argv.append("--overwrite")
     return argv

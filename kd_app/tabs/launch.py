@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from kd_app import launching, settings
+from kd_app import checks, launching, settings
 from kd_app import run_state as runs
 from kd_app.tabs.common import (
     attempt,
@@ -33,8 +33,17 @@ NUMBER_INPUTS = {
         f"ResNet depth, {MIN_DEPTH} to {MAX_DEPTH}; 6n+2 gives ResNet-20/32/56.",
     ),
     "student_depth": (1, None, f"ResNet depth, {MIN_DEPTH} to {MAX_DEPTH}."),
-    "train_per_class": (1, None, None),
 }
+SIZE_HELP = (
+    "A whole number, 'all' (every image there is), or empty: the preset's "
+    "value on CIFAR-10, a size that follows the data on other data."
+)
+TEACHER_OUTPUTS_HELP = (
+    "What the teacher's last layer gives: auto detects it when the teacher "
+    "is loaded (a softmax ending means probabilities); logits or "
+    "probabilities say it. Distillation uses log-probabilities for a "
+    "probability teacher."
+)
 MODEL_HELP = (
     "Empty: a ResNet of the depth above. Or resnet<depth>, a keras.applications "
     "name (mobilenetv3small, mobilenetv3large, efficientnetb0-b7, "
@@ -57,8 +66,46 @@ def launch_options(data_path):
         devices=(s.get("devices") or "").strip(),
         sync_batch_norm=bool(s.get("sync_batch_norm")),
         if_exists=s.get("if_exists", "refuse"),
+        image_size=s.get("image_size"),
+        teacher_outputs=s.get("teacher_outputs", "auto"),
         **{field: s.get(field) for field in NUMBER_INPUTS},
+        **{field: (s.get(field) or "").strip() or None for field in launching.SIZE_LABELS},
     )
+
+
+@st.cache_data(ttl=30, max_entries=16, show_spinner=False)
+def _described(path, stamp, runs_dir):
+    """`checks.describe_data`, cached per path and modification time."""
+    del stamp  # Part of the cache key only.
+    description, errors = checks.describe_data(path, runs_dir)
+    return description, errors
+
+
+def data_facts(data_path, runs_dir):
+    """The data source's classes, images and size, shown before launch;
+    returns its kind (for the size fields' placeholders)."""
+    path, errors = checks.resolve_data(data_path, runs_dir)
+    if errors:
+        return "cifar10"  # The errors are shown with the form's.
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    description, errors = _described(str(path), stamp, str(runs_dir))
+    if errors:
+        show_errors(errors)
+        return "cifar10"
+    st.info(f"**Data**: {description.summary()}")
+    if description.per_class and len(description.per_class) > 1:
+        with st.expander("Images per class"):
+            st.dataframe(
+                {
+                    "class": list(description.per_class),
+                    "images": list(description.per_class.values()),
+                },
+                hide_index=True,
+            )
+    return description.kind
 
 
 def on_start(runs_dir, data_path):
@@ -84,7 +131,8 @@ def launch_tab(runs_dir, data_path):
         "use the preset's value."
     )
     preset = preset_box(st, "Preset", "preset", format_func=settings.describe_preset)
-    placeholders = launching.placeholders(preset)
+    kind = data_facts(data_path, runs_dir)
+    placeholders = launching.placeholders(preset, kind)
     columns = st.columns(4) + st.columns(4)
     for column, (field, (step, number_format, text)) in zip(columns, NUMBER_INPUTS.items()):
         column.number_input(
@@ -96,14 +144,34 @@ def launch_tab(runs_dir, data_path):
             placeholder=placeholders[field],
             help=text,
         )
-    columns[-1].text_input("Run name", key="run_name", placeholder=f"auto: {preset}-<date>-<time>")
+    columns[len(NUMBER_INPUTS)].text_input(
+        "Run name", key="run_name", placeholder=f"auto: {preset}-<date>-<time>"
+    )
+    sizes = st.columns(len(launching.SIZE_LABELS) + 1)
+    for column, (field, label) in zip(sizes, launching.SIZE_LABELS.items()):
+        column.text_input(label, key=field, placeholder=placeholders[field], help=SIZE_HELP)
+    sizes[-1].number_input(
+        launching.IMAGE_SIZE_LABEL,
+        value=None,
+        min_value=1,
+        step=1,
+        key="image_size",
+        placeholder=placeholders["image_size"],
+        help="Resize every image to this square size (8 to 1024); empty: the data's own size.",
+    )
     teacher_picker(runs_dir, "teacher_choice", allow_new=True)
-    m1, m2 = st.columns(2)
+    m1, m2, m3 = st.columns([2, 2, 1])
     m1.text_input(
         "Teacher model", key="teacher_model", placeholder="resnet (depth above)", help=MODEL_HELP
     )
     m2.text_input(
         "Student model", key="student_model", placeholder="resnet (depth above)", help=MODEL_HELP
+    )
+    m3.selectbox(
+        "Teacher outputs",
+        launching.TEACHER_OUTPUTS,
+        key="teacher_outputs",
+        help=TEACHER_OUTPUTS_HELP,
     )
     with st.expander("Devices"):
         d1, d2, d3 = st.columns([1, 2, 1])
