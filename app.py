@@ -20,7 +20,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kd_app.tabs.common import TABS, guarded  # noqa: E402
+from kd_app.tabs.common import TABS, guarded, listens_everywhere  # noqa: E402
 from kd_app.tabs.launch import launch_tab  # noqa: E402
 from kd_app.tabs.results import results_tab  # noqa: E402
 from kd_app.tabs.sidebar import sidebar  # noqa: E402
@@ -31,6 +31,14 @@ from kd_app.tabs.watch import watch_tab  # noqa: E402
 def main():
     st.set_page_config(page_title="kd-keras", layout="wide")
     st.title("Knowledge distillation")
+    if listens_everywhere():
+        st.error(
+            "This app was started with no server address, so it listens on every "
+            "network interface with no login; it does nothing until restarted from "
+            "the checkout (its .streamlit/config.toml sets localhost) or with "
+            "`--server.address localhost` (docs/app.md says how to expose it on purpose)."
+        )
+        return
     try:
         runs_dir, data_path, run_name = sidebar()
     except Exception as error:  # noqa: BLE001 - shown, not thrown.

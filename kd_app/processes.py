@@ -30,7 +30,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kd_app.confine import open_log
+from kd_app.confine import is_inside, open_log
 from kd_app.files import read_or
 from kd_app.settings import REPO_ROOT
 from kd_keras import atomic
@@ -110,7 +110,10 @@ def launch_files(folder):
 
 def read_launch(folder):
     """The launch record of `folder` (a dict), or None."""
-    record = read_or(lambda: atomic.read_json(launch_files(folder)[1]))
+    path = launch_files(folder)[1]
+    if not is_inside(path, Path(folder).parent):  # A symlink out of the root.
+        return None
+    record = read_or(lambda: atomic.read_json(path))
     return record if isinstance(record, dict) else None
 
 

@@ -148,7 +148,7 @@ def results_table(folder):
     table = read_csv(run.results_csv) if confine.own_file(run.path, run.results_csv) else None
     if table is not None and len(table):
         return table
-    rows = read_or(run.stage_rows, [])
+    rows = read_or(run.stage_rows, []) if confine.own_file(run.path, run.stages_dir) else []
     return pd.DataFrame(rows) if rows else None
 
 

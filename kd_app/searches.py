@@ -78,7 +78,8 @@ def list_searches(runs_dir):
         if c.is_dir() and not c.name.startswith(".") and confine.is_inside(c, base)
     }
     for name, folder in processes.launched_folders(base, "search").items():
-        found.setdefault(name, folder)
+        if confine.is_inside(folder, base):
+            found.setdefault(name, folder)
     return processes.newest_first(found.values(), lambda f: SearchFolder(f).trials_file)
 
 

@@ -6,6 +6,7 @@ outside it, and the page is no oracle for the server's files."""
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -279,3 +280,32 @@ def test_parallel_starts_under_one_root_start_one_run(roots, monkeypatch):
     finally:
         for pid in pids:
             os.kill(pid, 9)
+
+
+def test_started_elsewhere_with_no_address_the_page_does_nothing(roots, tmp_path):
+    """From another folder `.streamlit/config.toml` is not read and Streamlit
+    would listen on every interface: the page says so and offers nothing."""
+    code = (
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(APP)!r}, default_timeout=60).run()\n"
+        "assert not at.exception, at.exception\n"
+        "assert not at.tabs and not at.button, 'the page offers its tabs'\n"
+        "assert 'listens on every network interface' in at.error[0].value\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(APP.parent)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_symlinked_launch_record_or_search_is_not_read(roots):
+    runs, outside, _ = roots
+    (outside / "r.launch.json").write_text(json.dumps({"pid": 1, "kind": "run", "argv": []}))
+    (runs / "r.launch.json").symlink_to(outside / "r.launch.json")
+    assert processes.read_launch(runs / "r") is None
+    assert states.list_runs(runs) == []
+    (runs / "tuning").symlink_to(outside, target_is_directory=True)
+    assert searches.list_searches(runs) == []

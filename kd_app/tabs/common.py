@@ -28,6 +28,13 @@ STATUS_ICONS = {
 }
 
 
+def listens_everywhere():
+    """True if the server was started with no `server.address` (Streamlit
+    then listens on every interface): the shipped `.streamlit/config.toml`
+    was not read (started from another folder) and none was given."""
+    return not st.get_option("server.address")
+
+
 def guarded(render, *args):
     """Runs one part of the page; an unexpected error becomes an st.error
     in that part instead of a traceback page."""

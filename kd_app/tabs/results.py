@@ -84,7 +84,8 @@ def results_tab(runs_dir, run_name):
                 "order; only the loss differs."
             )
         try:
-            reference = reference_table_of(run.path)
+            own = all(confine.own_file(run.path, f) for f in (run.config_file, run.results_csv))
+            reference = reference_table_of(run.path) if own else None
         except DamagedFileError:
             reference = None  # The config's damage is reported with the run.
         if reference is not None:
