@@ -98,10 +98,12 @@ def resolve_keras_file(value, runs_dir, what):
     return path, []
 
 
-def check_name(name, what, reserved=None):
-    """Errors about a run or search name (`what`: "Run", "Search")."""
-    if name and (not NAME_PATTERN.match(name) or name == reserved):
-        besides = f" (not '{reserved}')" if reserved else ""
+def check_name(name, what, reserved=()):
+    """Errors about a run or search name (`what`: "Run", "Search";
+    `reserved`: names it may not take)."""
+    reserved = (reserved,) if isinstance(reserved, str) else tuple(reserved or ())
+    if name and (not NAME_PATTERN.match(name) or name in reserved):
+        besides = f" (not {' or '.join(repr(r) for r in reserved)})" if reserved else ""
         return [
             f"{what} name '{name}' is not usable: use letters, digits, '.', '_' "
             f"or '-'{besides}, at most 100 characters."

@@ -22,7 +22,7 @@ from kd_app.processes import (
     read_launch,
     runs_module_on,
 )
-from kd_app.settings import TUNING_SUBDIR
+from kd_app.settings import TEACHERS_SUBDIR, TUNING_SUBDIR
 from kd_keras import atomic
 from kd_keras.run_folder import STATUSES, RunFolder
 from kd_keras.stages import STAGES
@@ -127,7 +127,7 @@ def list_runs(runs_dir):
         child.name: child
         for child in runs_dir.iterdir()
         if not child.name.startswith(".")
-        and child.name != TUNING_SUBDIR
+        and child.name not in (TUNING_SUBDIR, TEACHERS_SUBDIR)
         and child.is_dir()
         and confine.is_inside(child, runs_dir)
         and RunFolder(child).is_run()

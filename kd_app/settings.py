@@ -17,6 +17,7 @@ from kd_keras.config import DATA_ENV_VAR, PRESETS, RunConfig  # noqa: F401 (used
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TUNING_SUBDIR = "tuning"  # <runs>/tuning/<search>: not a run.
+TEACHERS_SUBDIR = "teachers"  # <runs>/teachers/<name>.keras: teachers uploaded on the page.
 # A run or search name: one path component, safe in a command line.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # What each preset costs, for the preset picker.

@@ -100,10 +100,25 @@ def status_line(state, *extras):
     )
 
 
+def on_upload(runs_dir, key):
+    """Saves a teacher uploaded with `teacher_picker` into the runs root and
+    names it in the picker's path field."""
+    upload = st.session_state.get(f"{key}_upload")
+    if upload is None:
+        return
+    stored = attempt(
+        f"{key}_msg", "Not uploaded. ", launching.store_teacher, runs_dir, upload.name, upload
+    )
+    if stored:
+        st.session_state[f"{key}_path"] = stored
+        st.session_state[f"{key}_msg"] = ("success", f"Saved as '{stored}' in the runs folder.")
+
+
 def teacher_picker(runs_dir, key, *, allow_new):
     """A select box of trained teachers found under the runs folder (plus
-    another path); `chosen_teacher(key)` reads the choice."""
-    found = [str(p) for p in runs.find_teachers(runs_dir)]
+    another file inside it, or one uploaded into it); `chosen_teacher(key)`
+    reads the choice."""
+    found = [str(p) for p in runs.find_teachers(runs_dir) + launching.uploaded_teachers(runs_dir)]
     options = ([NEW_TEACHER] if allow_new else []) + found + [OTHER_TEACHER]
     choice = st.selectbox(
         "Teacher",
@@ -120,6 +135,14 @@ def teacher_picker(runs_dir, key, *, allow_new):
             placeholder="teachers/my_teacher.keras",
             help=f"Relative to the runs folder '{runs_dir}' (only files inside it).",
         )
+        st.file_uploader(
+            "... or upload a teacher .keras (saved as teachers/<name>.keras in the runs folder)",
+            type=["keras"],
+            key=f"{key}_upload",
+            on_change=on_upload,
+            args=(runs_dir, key),
+        )
+        show_message(f"{key}_msg")
 
 
 def chosen_teacher(key):
