@@ -17,6 +17,7 @@ training as separate processes (`python -m kd_keras run ...`,
 | `run_state` | what a run folder says: status, progress, time left |
 | `launching` | starting, resuming and stopping runs; their command lines |
 | `results` | a run's results table, curves and exported models |
+| `teachers` | teachers uploaded on the page, saved new into `<runs>/teachers/` |
 | `searches` | T/alpha searches: state, trials, best T and alpha, launches |
 | `tabs` | the page's parts: `common`, `sidebar`, `launch`, `watch`, `results`, `tuning` |
 """

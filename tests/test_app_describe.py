@@ -78,6 +78,12 @@ def test_cifar10_from_its_path(tmp_path):
         10_000,
     )
     assert found.image_size == (32, 32) and found.classes[0] == "airplane"
+    batches = tmp_path / "cifar" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (batches / "data_batch_1").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataSourceError, match="symlink that leads out"):
+        describe_source(batches)
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(DataSourceError, match="not a data source"):
         describe_source(tmp_path / "notes.txt")

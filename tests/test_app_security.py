@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from app_smoke import APP  # noqa: F401 (puts the repository on sys.path)
 
-from kd_app import checks, confine, launching, processes, results, searches, settings
+from kd_app import checks, confine, launching, processes, results, searches, settings, teachers
 from kd_app import run_state as states
 from kd_keras.errors import LaunchError
 from kd_keras.run_folder import RunFolder
@@ -315,30 +315,28 @@ def test_an_uploaded_teacher_is_saved_new_inside_the_root(roots):
     import io
 
     runs, outside, _ = roots
-    assert (
-        launching.store_teacher(runs, "mine.keras", io.BytesIO(b"model")) == "teachers/mine.keras"
-    )
+    assert teachers.store_teacher(runs, "mine.keras", io.BytesIO(b"model")) == "teachers/mine.keras"
     assert (runs / "teachers" / "mine.keras").read_bytes() == b"model"
-    assert launching.uploaded_teachers(runs) == [runs / "teachers" / "mine.keras"]
+    assert teachers.uploaded_teachers(runs) == [runs / "teachers" / "mine.keras"]
     assert checks.check_teacher("teachers/mine.keras", runs) == []
     assert states.list_runs(runs) == []  # teachers/ is not a run,
     assert "not usable" in checks.check_name("teachers", "Run", ("tuning", "teachers"))[0]
     with pytest.raises(LaunchError, match="already in the runs folder"):
-        launching.store_teacher(runs, "mine.keras", io.BytesIO(b"other"))
+        teachers.store_teacher(runs, "mine.keras", io.BytesIO(b"other"))
     assert (runs / "teachers" / "mine.keras").read_bytes() == b"model"
     for bad in ("../x.keras", "a/b.keras", "x.h5", ".keras", "x y.keras"):
         with pytest.raises(LaunchError, match="must be <name>.keras"):
-            launching.store_teacher(runs, bad, io.BytesIO(b"x"))
+            teachers.store_teacher(runs, bad, io.BytesIO(b"x"))
     # A symlink in place of the file, or of the folder: never written through.
     (runs / "teachers" / "evil.keras").symlink_to(outside / "secret.txt")
     with pytest.raises(LaunchError):
-        launching.store_teacher(runs, "evil.keras", io.BytesIO(b"overwritten"))
+        teachers.store_teacher(runs, "evil.keras", io.BytesIO(b"overwritten"))
     assert (outside / "secret.txt").read_text() == "the server's secret"
-    assert launching.uploaded_teachers(runs) == [runs / "teachers" / "mine.keras"]
+    assert teachers.uploaded_teachers(runs) == [runs / "teachers" / "mine.keras"]
     (runs / "teachers" / "evil.keras").unlink()
     (runs / "teachers" / "mine.keras").unlink()
     (runs / "teachers").rmdir()
     (runs / "teachers").symlink_to(outside, target_is_directory=True)
     with pytest.raises(LaunchError, match="leads out of"):
-        launching.store_teacher(runs, "new.keras", io.BytesIO(b"x"))
-    assert not (outside / "new.keras").exists() and launching.uploaded_teachers(runs) == []
+        teachers.store_teacher(runs, "new.keras", io.BytesIO(b"x"))
+    assert not (outside / "new.keras").exists() and teachers.uploaded_teachers(runs) == []

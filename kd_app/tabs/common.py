@@ -6,7 +6,7 @@ import time
 import altair as alt
 import streamlit as st
 
-from kd_app import launching, results, settings
+from kd_app import launching, results, settings, teachers
 from kd_app import run_state as runs
 from kd_app.files import tail
 from kd_keras.errors import LaunchError
@@ -107,7 +107,7 @@ def on_upload(runs_dir, key):
     if upload is None:
         return
     stored = attempt(
-        f"{key}_msg", "Not uploaded. ", launching.store_teacher, runs_dir, upload.name, upload
+        f"{key}_msg", "Not uploaded. ", teachers.store_teacher, runs_dir, upload.name, upload
     )
     if stored:
         st.session_state[f"{key}_path"] = stored
@@ -118,7 +118,7 @@ def teacher_picker(runs_dir, key, *, allow_new):
     """A select box of trained teachers found under the runs folder (plus
     another file inside it, or one uploaded into it); `chosen_teacher(key)`
     reads the choice."""
-    found = [str(p) for p in runs.find_teachers(runs_dir) + launching.uploaded_teachers(runs_dir)]
+    found = [str(p) for p in runs.find_teachers(runs_dir) + teachers.uploaded_teachers(runs_dir)]
     options = ([NEW_TEACHER] if allow_new else []) + found + [OTHER_TEACHER]
     choice = st.selectbox(
         "Teacher",

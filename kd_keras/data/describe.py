@@ -286,6 +286,9 @@ def describe_source(path):
                 "not a data source: name a CIFAR-10 archive (cifar-10-python.tar.gz), "
                 "a cifar-10-batches-py/ folder, an image folder or a .npz file",
             )
+        if path.is_dir():  # A batches folder, or the folder holding one.
+            for entry in (path, *(p for p in path.iterdir() if not p.name.startswith("."))):
+                _check_entry(entry, path)
         return SourceDescription(
             kind="cifar10",
             classes=tuple(CLASS_NAMES),
