@@ -12,7 +12,7 @@ path the page names must lie inside the operator's roots (`kd_app.confine`).
 import dataclasses
 
 from kd_app import confine
-from kd_app.settings import DATA_ENV_VAR, DATA_ROOT_ENV_VAR, NAME_PATTERN, data_roots
+from kd_app.settings import DATA_ROOT_ENV_VAR, NAME_PATTERN, data_roots
 from kd_keras.config import RunConfig, validate_alpha, validate_temperature
 from kd_keras.errors import ConfigError, DataSourceError, LaunchError
 from kd_keras.models.depth import stage_blocks
@@ -39,10 +39,8 @@ def whole(value):
 
 
 DATA_HINT = (
-    "Name a CIFAR-10 archive (cifar-10-python.tar.gz), a cifar-10-batches-py/ "
-    "folder, an image folder (one subfolder per class) or a .npz file inside "
-    f"the data folder (--data-root / ${DATA_ROOT_ENV_VAR} of whoever started the "
-    f"app) or the runs folder, or set ${DATA_ENV_VAR} before starting the app."
+    "Name a CIFAR-10 archive or batches folder, an image folder (a subfolder per "
+    f"class) or a .npz file inside the data folder (${DATA_ROOT_ENV_VAR}) or the runs folder."
 )
 
 
