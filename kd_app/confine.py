@@ -32,7 +32,7 @@ DEFAULT_RUNS_DIR = "runs"
 
 def _script_args(argv=None):
     """`--runs DIR` and `--data-root DIR` of `streamlit run app.py -- ...`."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--runs")
     parser.add_argument("--data-root")
     known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)

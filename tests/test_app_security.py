@@ -61,6 +61,10 @@ def test_the_runs_root_is_the_operators_not_the_pages(tmp_path, monkeypatch):
     assert confine.runs_root(["--runs", str(tmp_path / "arg")]) == (tmp_path / "arg").resolve()
     monkeypatch.delenv(settings.RUNS_ENV_VAR)
     assert confine.runs_root([]) == Path("runs").resolve()
+    assert confine.runs_root(["--ru", "x"]) == Path("runs").resolve()  # No abbreviations.
+    monkeypatch.delenv(settings.DATA_ROOT_ENV_VAR, raising=False)
+    roots = confine.data_roots(tmp_path, ["--data", "elsewhere"])
+    assert roots == [tmp_path.resolve()]
 
 
 def test_the_page_has_no_runs_folder_field(roots):
