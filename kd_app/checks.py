@@ -5,14 +5,16 @@ The rules are kd_keras's own (`kd_keras.config`'s validators and
 `kd_keras.models.specs.parse_model_spec`): the app words their messages
 for the form (a field's label in place of its name) and collects every
 problem at once instead of stopping at the first. What kd_keras cannot
-know before a run starts, that files exist, is checked here.
+know before a run starts, that files exist, is checked here, and every
+path the page names must lie inside the operator's roots (`kd_app.confine`).
 """
 
-from pathlib import Path
+import dataclasses
 
-from kd_app.settings import DATA_ENV_VAR, NAME_PATTERN
+from kd_app import confine
+from kd_app.settings import DATA_ROOT_ENV_VAR, NAME_PATTERN, data_roots
 from kd_keras.config import RunConfig, validate_alpha, validate_temperature
-from kd_keras.errors import ConfigError
+from kd_keras.errors import ConfigError, DataSourceError, LaunchError
 from kd_keras.models.depth import stage_blocks
 from kd_keras.models.specs import parse_model_spec
 
@@ -36,29 +38,70 @@ def whole(value):
     return value
 
 
-def check_data_path(data):
-    """Errors about the dataset path (a list of readable messages)."""
+DATA_HINT = (
+    "Name a CIFAR-10 archive or batches folder, an image folder (a subfolder per "
+    f"class) or a .npz file inside the data folder (${DATA_ROOT_ENV_VAR}) or the runs folder."
+)
+
+
+def resolve_data(data, runs_dir):
+    """`(absolute path, [])` of the data source named on the page, or
+    `(None, [message])`. Only paths inside `settings.data_roots` count, and
+    one outside gets the same message whether or not it exists."""
     if not str(data or "").strip():
-        return [
-            "No CIFAR-10 dataset path. Set 'CIFAR-10 archive' in the sidebar "
-            f"(or the environment variable {DATA_ENV_VAR}) to "
-            "cifar-10-python.tar.gz or a cifar-10-batches-py/ folder."
-        ]
-    path = Path(str(data).strip()).expanduser()
+        return None, [f"No data source given. {DATA_HINT}"]
+    try:
+        path = confine.confined_path(data, data_roots(runs_dir), "data source", DATA_HINT)
+    except LaunchError as error:
+        return None, [str(error)]
     if not path.exists():
-        return [
-            f"The CIFAR-10 dataset path '{path}' does not exist. Point "
-            "'CIFAR-10 archive' in the sidebar at cifar-10-python.tar.gz or a "
-            "cifar-10-batches-py/ folder (or your own image folder with one "
-            "subfolder per class, or a .npz file)."
-        ]
-    return []
+        return None, [f"The data source '{path}' does not exist. {DATA_HINT}"]
+    return path, []
 
 
-def check_name(name, what, reserved=None):
-    """Errors about a run or search name (`what`: "Run", "Search")."""
-    if name and (not NAME_PATTERN.match(name) or name == reserved):
-        besides = f" (not '{reserved}')" if reserved else ""
+def describe_data(data, runs_dir):
+    """`(SourceDescription, [])` of the data source named on the page
+    (`kd_keras.data.describe`: classes, images, size, from headers only), or
+    `(None, [message])`; only inside the operator's roots."""
+    path, errors = resolve_data(data, runs_dir)
+    if errors:
+        return None, errors
+    from kd_keras.data.describe import describe_source
+
+    try:
+        return describe_source(path), []
+    except DataSourceError as error:
+        return None, [f"The data source cannot be used: {error}"]
+    except OSError as error:
+        return None, [f"The data source '{path}' cannot be read: {error.strerror or error}."]
+
+
+def check_data_path(data, runs_dir):
+    """Errors about the data source (a list of readable messages)."""
+    return resolve_data(data, runs_dir)[1]
+
+
+def resolve_keras_file(value, runs_dir, what):
+    """`(absolute path, [])` of a `.keras` file named on the page (inside the
+    runs root: a run's own model, or one copied there), or `(None, [message])`."""
+    hint = f"Pick a trained teacher, or put the {what} file inside the runs folder."
+    try:
+        path = confine.confined_path(value, [runs_dir], f"{what} file", hint)
+    except LaunchError as error:
+        return None, [str(error)]
+    if path.suffix != ".keras":
+        return None, [f"The {what} '{value}' must be a Keras '.keras' file."]
+    if not path.is_file():
+        return None, [f"The {what} file '{path}' does not exist; {hint[0].lower()}{hint[1:]}"]
+    return path, []
+
+
+def check_name(name, what, reserved=()):
+    """Errors about a run or search name (`what`: "Run", "Search";
+    `reserved`: names it may not take)."""
+    reserved = (reserved,) if isinstance(reserved, str) else tuple(reserved or ())
+    if name and (not NAME_PATTERN.match(name) or name in reserved):
+        besides = f" (not {' or '.join(repr(r) for r in reserved)})" if reserved else ""
         return [
             f"{what} name '{name}' is not usable: use letters, digits, '.', '_' "
             f"or '-'{besides}, at most 100 characters."
@@ -66,21 +109,14 @@ def check_name(name, what, reserved=None):
     return []
 
 
-def check_teacher(teacher):
-    """Errors about a trained teacher file ('' = none)."""
-    if not teacher:
-        return []
-    path = Path(teacher).expanduser()
-    if path.suffix != ".keras":
-        return [f"The teacher '{path}' must be a Keras '.keras' file."]
-    if not path.is_file():
-        return [f"The teacher file '{path}' does not exist; pick a trained teacher."]
-    return []
+def check_teacher(teacher, runs_dir):
+    """Errors about a trained teacher file ('' = none; inside the runs root)."""
+    return resolve_keras_file(teacher, runs_dir, "teacher")[1] if teacher else []
 
 
-def check_models(teacher_model, student_model):
+def check_models(teacher_model, student_model, runs_dir):
     """Errors about the teacher and student model names (a .keras file must
-    exist)."""
+    exist inside the runs root)."""
     errors = []
     for role, value in (("teacher", teacher_model), ("student", student_model)):
         value = str(value or "").strip()
@@ -91,8 +127,41 @@ def check_models(teacher_model, student_model):
         except ValueError as error:
             errors.append(f"{str(error)[0].upper()}{str(error)[1:]}.")
             continue
-        if spec["kind"] == "file" and not Path(value).expanduser().is_file():
-            errors.append(f"The {role} model file '{value}' does not exist.")
+        if spec["kind"] == "file":
+            errors += resolve_keras_file(value, runs_dir, f"{role} model")[1]
+    return errors
+
+
+ALL = "all"  # A size field's "everything".
+
+
+def size_value(value):
+    """A size field's value: None (empty: the default that follows the
+    data), "all", a whole number as an int, or the value as it is (for
+    `check_sizes` to refuse)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == ALL:
+            return ALL
+        return int(text) if text.isdigit() else value.strip()
+    return whole(value)
+
+
+def check_sizes(sizes, labels):
+    """Errors about the size fields (`sizes`: {field: value}): each must be
+    a whole number >= 1, "all", or empty."""
+    errors = []
+    for field, value in sizes.items():
+        value = size_value(value)
+        if value is None or value == ALL:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            errors.append(
+                f"{labels.get(field, field)} must be a whole number >= 1, 'all', or empty "
+                f"(the default that follows the data), got {value!r}."
+            )
     return errors
 
 
@@ -128,6 +197,15 @@ def check_settings(preset, overrides, labels):
     """Errors of `RunConfig.from_preset(preset, **overrides)`: whatever
     kd_keras would refuse of these settings (one message: it stops at the
     first problem)."""
+    fields = {field.name: field for field in dataclasses.fields(RunConfig)}
+    # Fields RunConfig does not hold are left to the command line, and so is
+    # "all" where RunConfig takes only a number: a per-class count is
+    # checked as unset (every image), `val_size` not at all.
+    overrides = {
+        k: (None if v == ALL else v)
+        for k, v in overrides.items()
+        if k in fields and (v != ALL or fields[k].default is None)
+    }
     try:
         RunConfig.from_preset(preset, **overrides)
     except (ConfigError, TypeError) as error:

@@ -9,6 +9,12 @@ Each process started by the app leaves two files beside its folder:
 `<folder>.log` (its stdout and stderr) and `<folder>.launch.json` (pid,
 kind, command, start time). They sit beside the folder, not in it, because
 kd_keras refuses to start in a non-empty folder and `--overwrite` empties it.
+The log is created with `O_CREAT | O_EXCL | O_NOFOLLOW` (appended to, never
+through a symlink, when it exists: `kd_app.confine.open_log`).
+
+Starts under one runs root are serialised by `launch_lock` (an `flock` on
+`<root>/.kd_app.lock`), so the "one at a time" check and the start that
+follows it are one step for every page served from that root.
 
 Which process owns a folder is decided by the folder's lock
 (`kd_keras.atomic.lock_holder`), as kd_keras decides it; a pid read from a
@@ -16,18 +22,22 @@ file counts only while that pid still runs the right module on that folder
 (`runs_module_on`), since pids are reused.
 """
 
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+from kd_app.confine import is_inside, open_log
 from kd_app.files import read_or
 from kd_app.settings import REPO_ROOT
 from kd_keras import atomic
 from kd_keras.errors import LaunchError
 
 LIVE_STATUSES = ("starting", "running")
+LAUNCH_LOCK = ".kd_app.lock"  # In the runs root; hidden, so never listed as a run.
 
 _CHILDREN = {}  # pid -> Popen of processes this app process started.
 _EXIT_CODES = {}  # pid -> return code of reaped children.
@@ -100,7 +110,10 @@ def launch_files(folder):
 
 def read_launch(folder):
     """The launch record of `folder` (a dict), or None."""
-    record = read_or(lambda: atomic.read_json(launch_files(folder)[1]))
+    path = launch_files(folder)[1]
+    if not is_inside(path, Path(folder).parent):  # A symlink out of the root.
+        return None
+    record = read_or(lambda: atomic.read_json(path))
     return record if isinstance(record, dict) else None
 
 
@@ -143,7 +156,32 @@ class ProcessState:
         return self.status in LIVE_STATUSES
 
 
-def spawn(argv, folder, *, kind, append=False):
+@contextlib.contextmanager
+def launch_lock(root):
+    """Holds the runs root's launch lock (blocking) for a check-and-start.
+
+    Raises:
+        LaunchError: the lock file cannot be opened (e.g. it is a symlink).
+    """
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(
+            root / LAUNCH_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666
+        )
+    except OSError as error:
+        raise LaunchError(
+            f"Cannot take the launch lock in '{root}': {error.strerror or error}; "
+            f"remove '{root / LAUNCH_LOCK}' if it is a symlink."
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def spawn(argv, folder, *, kind):
     """Starts `argv` as a detached process logging to `<folder>.log`.
 
     The process gets its own session (`start_new_session=True`), so a page
@@ -158,7 +196,7 @@ def spawn(argv, folder, *, kind, append=False):
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    with open(log_path, "ab" if append else "wb") as log:
+    with open_log(log_path) as log:
         stamp = datetime.now().isoformat(timespec="seconds")
         log.write(f"[kd-app {stamp}] $ {' '.join(argv)}\n".encode())
         log.flush()
@@ -185,11 +223,11 @@ def spawn(argv, folder, *, kind, append=False):
     return process.pid
 
 
-def start(argv, folder, *, kind, what, append=False):
+def start(argv, folder, *, kind, what):
     """`spawn`, with an `OSError` turned into a one-line `LaunchError`
     ("could not start the run: ...", `what` = "start the run")."""
     try:
-        return spawn(argv, folder, kind=kind, append=append)
+        return spawn(argv, folder, kind=kind)
     except OSError as error:
         raise LaunchError(f"could not {what}: {error.strerror or error}") from None
 

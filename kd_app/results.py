@@ -3,6 +3,11 @@ the exported models and their downloads, the teacher/student ratios.
 
 The columns are kd_keras's (`kd_keras.run_folder.TABLE_COLUMNS`,
 `kd_keras.export.spec.EXPORT_COLUMNS`); this module picks and formats them.
+
+Only files that resolve inside the run folder are read or offered
+(`kd_app.confine`): an export row whose `file` is absolute, holds `..` or
+leads out through a symlink is left out, and so is a symlink in a
+SavedModel folder that is zipped for download.
 """
 
 import io
@@ -11,8 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from kd_app import confine
 from kd_app.files import number, read_csv, read_or
 from kd_keras import atomic
+from kd_keras.errors import LaunchError
 from kd_keras.export.spec import ROW_SEPARATOR, read_export_rows, run_stages
 from kd_keras.run_folder import TABLE_COLUMNS, RunFolder
 from kd_keras.stages import STAGES
@@ -81,7 +88,10 @@ def styled(frame, formats=None):
 
 def read_history(folder, stage):
     """`history/<stage>.csv` as a DataFrame, or None."""
-    rows = read_or(lambda: RunFolder(folder).history(stage), [])
+    run = RunFolder(folder)
+    if not confine.own_file(run.path, run.history_file(stage)):
+        return None
+    rows = read_or(lambda: run.history(stage), [])
     return pd.DataFrame(rows) if rows else None
 
 
@@ -135,10 +145,10 @@ def results_table(folder):
     """The run's results as a DataFrame: `results.csv` when the run wrote it,
     else the rows of its completed stages (`stages/*.json`); None if none."""
     run = RunFolder(folder)
-    table = read_csv(run.results_csv)
+    table = read_csv(run.results_csv) if confine.own_file(run.path, run.results_csv) else None
     if table is not None and len(table):
         return table
-    rows = read_or(run.stage_rows, [])
+    rows = read_or(run.stage_rows, []) if confine.own_file(run.path, run.stages_dir) else []
     return pd.DataFrame(rows) if rows else None
 
 
@@ -156,10 +166,21 @@ def exported_models(folder):
     """The run's current exported models: the rows of
     `export/<stage>/<variant>.json` whose file exists and whose source model
     is unchanged, in stage then variant order, each with `path`, the
-    exported file's (or SavedModel folder's) absolute path."""
+    exported file's (or SavedModel folder's) absolute path. A row whose
+    `file` is not a relative name inside the run folder is left out."""
     folder = Path(folder)
-    rows = read_export_rows(folder, run_stages(folder))
-    return [{**row, "path": folder / row["file"]} for row in rows]
+    try:
+        rows = read_export_rows(folder, run_stages(folder))
+    except (OSError, ValueError, TypeError):  # A damaged row: nothing to offer.
+        rows = []
+    kept = []
+    for row in rows:
+        try:
+            path = confine.within(folder, row.get("file"), "exported file")
+        except (LaunchError, AttributeError):
+            continue
+        kept.append({**row, "path": path})
+    return kept
 
 
 def exported_table(rows):
@@ -177,15 +198,32 @@ def download_name(path):
     return path.name, "application/octet-stream"
 
 
-def export_download(path):
+def download_bytes(folder, path):
+    """The bytes of a run's file for a download button, or None if it is
+    missing or leads out of the run folder `folder` (a symlink)."""
+    if not confine.own_file(folder, path) or not Path(path).is_file():
+        return None
+    return read_or(Path(path).read_bytes)
+
+
+def export_download(path, folder=None):
     """`(bytes, file name, mime type)` of an exported model: a `.tflite` file
-    as it is, a SavedModel folder as a zip of the folder."""
+    as it is, a SavedModel folder as a zip of the folder's regular files
+    (symlinks left out).
+
+    Raises:
+        LaunchError: `path` leads out of the run folder `folder` (default:
+            the run folder two levels up, `export/<stage>/<file>`).
+    """
     path = Path(path)
+    folder = Path(folder) if folder is not None else path.parent.parent.parent
+    if not confine.own_file(folder, path):
+        raise LaunchError(f"'{path}' leads out of the run folder '{folder}'; not offered.")
     if path.is_dir():
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for child in sorted(path.rglob("*")):
-                if child.is_file():
+                if not child.is_symlink() and child.is_file() and confine.own_file(path, child):
                     archive.write(child, Path(path.name) / child.relative_to(path))
         return buffer.getvalue(), *download_name(path)
     return path.read_bytes(), *download_name(path)
@@ -194,6 +232,8 @@ def export_download(path):
 def _saved_results(folder):
     """`results.json` as a dict (empty if absent or damaged)."""
     path = RunFolder(folder).results_json
+    if not confine.own_file(folder, path):
+        return {}
     return read_or(lambda: atomic.read_json_object(path, {}), {}) or {}
 
 

@@ -11,6 +11,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from kd_app import confine
 from kd_app.files import read_or
 from kd_app.processes import (
     ProcessState,
@@ -21,7 +22,7 @@ from kd_app.processes import (
     read_launch,
     runs_module_on,
 )
-from kd_app.settings import TUNING_SUBDIR
+from kd_app.settings import TEACHERS_SUBDIR, TUNING_SUBDIR
 from kd_keras import atomic
 from kd_keras.run_folder import STATUSES, RunFolder
 from kd_keras.stages import STAGES
@@ -70,11 +71,17 @@ def live_pid(folder, progress=None, launch=None, module="kd_keras"):
     return None
 
 
+def _own(run, path, reader, default):
+    """`reader()` if `path` resolves inside the run folder, else `default`
+    (a symlink out of the folder reads as missing)."""
+    return read_or(reader, default) if confine.own_file(run.path, path) else default
+
+
 def run_state(folder):
     """The `RunState` of a run folder (it may not exist yet)."""
     run = RunFolder(folder)
-    progress = read_or(run.progress, {})
-    config = read_or(run.config_dict, {}) or {}
+    progress = _own(run, run.progress_file, run.progress, {})
+    config = _own(run, run.config_file, run.config_dict, {}) or {}
     log_path = launch_files(run.path)[0]
     launch = read_launch(run.path)
     pid = live_pid(run.path, progress, launch)
@@ -103,12 +110,16 @@ def run_state(folder):
         config=config,
         launch=launch,
         exit_code=code,
-        log_path=log_path if log_path.exists() else None,
+        log_path=log_path
+        if log_path.exists() and confine.own_file(run.path.parent, log_path)
+        else None,
     )
 
 
 def list_runs(runs_dir):
-    """Run folders under `runs_dir` (and launches that made none), newest first."""
+    """Run folders under `runs_dir` (and launches that made none), newest
+    first; a folder that leads out of `runs_dir` through a symlink is not
+    one."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
@@ -116,12 +127,14 @@ def list_runs(runs_dir):
         child.name: child
         for child in runs_dir.iterdir()
         if not child.name.startswith(".")
-        and child.name != TUNING_SUBDIR
+        and child.name not in (TUNING_SUBDIR, TEACHERS_SUBDIR)
         and child.is_dir()
+        and confine.is_inside(child, runs_dir)
         and RunFolder(child).is_run()
     }
     for name, folder in launched_folders(runs_dir, "run").items():
-        found.setdefault(name, folder)
+        if confine.is_inside(folder, runs_dir):
+            found.setdefault(name, folder)
     return newest_first(found.values(), lambda f: RunFolder(f).progress_file)
 
 
@@ -134,7 +147,11 @@ def find_teachers(runs_dir):
     """Trained teachers (`models/teacher.keras` of a run whose teacher stage
     is complete) under `runs_dir`, newest run first."""
     runs = (RunFolder(folder) for folder in list_runs(runs_dir))
-    return [run.model_file("teacher") for run in runs if run.has_teacher()]
+    return [
+        run.model_file("teacher")
+        for run in runs
+        if run.has_teacher() and confine.own_file(run.path, run.model_file("teacher"))
+    ]
 
 
 # --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kd_app import checks, processes
+from kd_app import checks, confine, processes
 from kd_app.files import number, read_csv, read_or
 from kd_app.launching import LaunchOptions, start_run
 from kd_app.settings import TUNING_SUBDIR, presets, tuning_available
@@ -66,19 +66,28 @@ def searches_dir(runs_dir):
 
 
 def list_searches(runs_dir):
-    """T/alpha search folders under `<runs_dir>/tuning`, newest first."""
+    """T/alpha search folders under `<runs_dir>/tuning`, newest first (a
+    folder or `tuning/` itself that leads out of the root through a
+    symlink is left out)."""
     base = searches_dir(runs_dir)
-    if not base.is_dir():
+    if not base.is_dir() or not confine.is_inside(base, runs_dir):
         return []
-    found = {c.name: c for c in base.iterdir() if c.is_dir() and not c.name.startswith(".")}
+    found = {
+        c.name: c
+        for c in base.iterdir()
+        if c.is_dir() and not c.name.startswith(".") and confine.is_inside(c, base)
+    }
     for name, folder in processes.launched_folders(base, "search").items():
-        found.setdefault(name, folder)
+        if confine.is_inside(folder, base):
+            found.setdefault(name, folder)
     return processes.newest_first(found.values(), lambda f: SearchFolder(f).trials_file)
 
 
 def read_trials(folder):
-    """`trials.csv` of a search (columns `TRIAL_COLUMNS`), or None."""
-    return read_csv(SearchFolder(folder).trials_file)
+    """`trials.csv` of a search (columns `TRIAL_COLUMNS`), or None (also
+    when it leads out of the search folder through a symlink)."""
+    path = SearchFolder(folder).trials_file
+    return read_csv(path) if confine.own_file(folder, path) else None
 
 
 def best_params(folder, trials=None):
@@ -87,7 +96,7 @@ def best_params(folder, trials=None):
     on ties). A dict with `temperature`, `alpha`, `score` (any may be None)
     and `source`, or None."""
     search = SearchFolder(folder)
-    best = read_or(search.best)
+    best = read_or(search.best) if confine.own_file(search.path, search.best_file) else None
     if best and (best.get("temperature") is not None or best.get("alpha") is not None):
         return {
             "temperature": number(best.get("temperature")),
@@ -162,7 +171,11 @@ def search_state(folder):
         planned=planned,
         completed=completed,
         exit_code=processes.exit_code(launch_pid) if launch_pid else None,
-        log_path=log_path if log_path.exists() else None,
+        log_path=(
+            log_path
+            if log_path.exists() and confine.own_file(search.path.parent, log_path)
+            else None
+        ),
     )
 
 
@@ -193,8 +206,8 @@ def validate_search(options, runs_dir):
     errors += checks.check_name(options.name, "Search")
     if not options.teacher:
         errors.append("Pick a trained teacher (.keras) to tune against.")
-    errors += checks.check_teacher(options.teacher)
-    errors += checks.check_data_path(options.data)
+    errors += checks.check_teacher(options.teacher, runs_dir)
+    errors += checks.check_data_path(options.data, runs_dir)
     if options.preset not in presets():
         errors.append(f"Unknown preset '{options.preset}'; choose one of {', '.join(presets())}.")
     if options.tuner not in TUNERS:
@@ -203,8 +216,12 @@ def validate_search(options, runs_dir):
         value = checks.whole(getattr(options, field))
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             errors.append(f"{label} must be a whole number >= 1, got {value}.")
-    if options.name:
-        folder = searches_dir(runs_dir) / options.name
+    if options.name and not errors:
+        try:
+            base = confine.within(runs_dir, TUNING_SUBDIR, "searches folder")
+            folder = confine.within(base, options.name, "search name")
+        except LaunchError as error:
+            return errors + [str(error)]
         if search_state(folder).alive:
             errors.append(f"Search '{options.name}' is already running; stop it first.")
         elif folder.exists() and any(folder.iterdir()):
@@ -216,14 +233,16 @@ def validate_search(options, runs_dir):
 
 
 def search_command(options, out):
+    """`python -m tuning ...` of a search (its teacher and data as given:
+    `start_search` resolves them inside the roots first)."""
     return [
         sys.executable,
         "-m",
         "tuning",
         "--teacher",
-        str(Path(options.teacher).expanduser().resolve()),
+        str(options.teacher),
         "--data",
-        str(Path(options.data).expanduser().resolve()),
+        str(options.data),
         "--out",
         str(out),
         "--preset",
@@ -250,18 +269,25 @@ def start_search(options, runs_dir):
             options, name=f"search-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         )
     errors = validate_search(options, runs_dir)
-    if errors:
+    if errors:  # Refused before anything is written, even the lock.
         raise LaunchError("\n".join(errors))
-    busy = [s for s in map(search_state, list_searches(runs_dir)) if s.alive]
-    if busy:
-        raise LaunchError(
-            f"A search is already going: '{busy[0].name}' (process {busy[0].pid}). "
-            "Only one at a time: wait for it or stop it first."
+    with processes.launch_lock(runs_dir):
+        errors = validate_search(options, runs_dir)  # Again, now under the lock.
+        if errors:
+            raise LaunchError("\n".join(errors))
+        busy = [s for s in map(search_state, list_searches(runs_dir)) if s.alive]
+        if busy:
+            raise LaunchError(
+                f"A search is already going: '{busy[0].name}' (process {busy[0].pid}). "
+                "Only one at a time: wait for it or stop it first."
+            )
+        teacher, _ = checks.resolve_keras_file(options.teacher, runs_dir, "teacher")
+        data, _ = checks.resolve_data(options.data, runs_dir)
+        options = dataclasses.replace(options, teacher=str(teacher), data=str(data))
+        folder = searches_dir(runs_dir) / options.name
+        return folder, processes.start(
+            search_command(options, folder), folder, kind="search", what="start the search"
         )
-    folder = searches_dir(runs_dir) / options.name
-    return folder, processes.start(
-        search_command(options, folder), folder, kind="search", what="start the search"
-    )
 
 
 def stop_search(folder):

@@ -1,20 +1,23 @@
-"""Where the app looks and what it offers: the runs folder, the dataset
-path, the presets.
+"""Where the app looks and what it offers: the runs root, the data
+sources it may read, the presets.
 
-`KD_KERAS_RUNS_DIR` (default `runs`) and `KD_KERAS_CIFAR10` (the CIFAR-10
-archive) give the sidebar's defaults. Searches live in `<runs>/tuning`.
+The operator fixes the runs root (`streamlit run app.py -- --runs DIR`,
+else `$KD_KERAS_RUNS_DIR`, else `runs`) and the data roots (`--data-root
+DIR` / `$KD_KERAS_DATA_DIR`, the runs root, `$KD_KERAS_CIFAR10`); the page
+cannot change them (see `kd_app.confine`). Searches live in `<runs>/tuning`.
 """
 
 import os
 import re
 from pathlib import Path
 
+from kd_app import confine
+from kd_app.confine import DATA_ROOT_ENV_VAR, DEFAULT_RUNS_DIR, RUNS_ENV_VAR  # noqa: F401
 from kd_keras.config import DATA_ENV_VAR, PRESETS, RunConfig  # noqa: F401 (used by checks, app)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNS_ENV_VAR = "KD_KERAS_RUNS_DIR"
-DEFAULT_RUNS_DIR = "runs"
 TUNING_SUBDIR = "tuning"  # <runs>/tuning/<search>: not a run.
+TEACHERS_SUBDIR = "teachers"  # <runs>/teachers/<name>.keras: teachers uploaded on the page.
 # A run or search name: one path component, safe in a command line.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # What each preset costs, for the preset picker.
@@ -28,9 +31,17 @@ PRESET_NOTES = {
 }
 
 
-def default_runs_dir():
-    """`$KD_KERAS_RUNS_DIR`, else `runs`."""
-    return os.environ.get(RUNS_ENV_VAR) or DEFAULT_RUNS_DIR
+def runs_root():
+    """The operator's runs root, absolute (`kd_app.confine.runs_root`)."""
+    return confine.runs_root()
+
+
+def data_roots(runs_dir):
+    """Where a data source may be: the data root (if set), the runs root,
+    and the CIFAR-10 archive of `$KD_KERAS_CIFAR10` (that file only)."""
+    roots = confine.data_roots(runs_dir)
+    cifar = confine.cifar_default()
+    return roots + ([cifar] if cifar is not None else [])
 
 
 def default_data_path():

@@ -116,7 +116,9 @@ def test_app_never_imports_tensorflow_or_keras(app_env):
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'})\n"
         "assert not loaded, loaded\n"
         "ours = sorted(m for m in sys.modules if m.startswith('kd_keras.'))\n"
-        "assert ours == ['kd_keras.atomic', 'kd_keras.config', 'kd_keras.errors', "
+        "assert ours == ['kd_keras.atomic', 'kd_keras.config', 'kd_keras.data', "
+        "'kd_keras.data.cifar10', 'kd_keras.data.describe', 'kd_keras.data.sources', "
+        "'kd_keras.errors', "
         "'kd_keras.export', 'kd_keras.export.spec', 'kd_keras.models', "
         "'kd_keras.models.depth', 'kd_keras.models.specs', 'kd_keras.options', "
         "'kd_keras.report', 'kd_keras.report.reference', "
@@ -444,3 +446,38 @@ def test_stop_button_stops_the_run_cleanly(real_runs):
     at.run()
     at.button(key="stop_watch").click().run()
     wait_for_status(folder, {"stopped"}, timeout=120)
+
+
+def test_own_image_folder_is_described_and_sized_before_launch(app_env, monkeypatch):
+    from PIL import Image
+
+    images = app_env / "data" / "my images"
+    for index, name in enumerate(("cats", "dogs", "owls")):
+        (images / name).mkdir(parents=True)
+        for i in range(4 + index):
+            Image.new("RGB" if i % 2 else "L", (24, 20), color=i).save(images / name / f"{i}.png")
+    monkeypatch.setenv(settings.DATA_ENV_VAR, "")  # No CIFAR-10 default.
+    at = run_app()
+    at.sidebar.text_input(key="data_path").input("data/my images").run()
+    assert_no_exception(at)
+    assert not at.error, texts(at.error)
+    facts = [t for t in texts(at.info) if t.startswith("**Data**")]
+    assert facts == [
+        "**Data**: image folder: 3 classes (cats, dogs, owls); 15 images (20% of each class "
+        "held out for testing); 24x20 pixels."
+    ]
+    assert at.text_input(key="val_size").placeholder == "follows the data"
+    at.text_input(key="train_per_class").input("all")
+    at.text_input(key="val_size").input("3")
+    at.number_input(key="image_size").set_value(16)
+    at.selectbox(key="teacher_outputs").set_value("probabilities")
+    at.run()
+    assert_no_exception(at)
+    assert not at.error, texts(at.error)
+    (command,) = [c for c in texts(at.code) if "kd_keras run" in c]
+    assert f"--data {images.resolve()}" in command
+    for flag in ("--val-size 3", "--train-per-class all", "--image-size 16"):
+        assert flag in command, command
+    assert "--teacher-outputs probabilities" in command
+    at.text_input(key="val_size").input("ten").run()
+    assert any("Validation images must be a whole number" in t for t in texts(at.error))

@@ -217,3 +217,155 @@ def test_browser_shows_the_results_of_a_smoke_run(streamlit_server, tmp_path):
     png = (tmp_path / "app.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     print(f"screenshot: {tmp_path / 'app.png'}")
+
+
+def type_into(browser, label, text):
+    """Types `text` into the input labelled `label` (as a user: focus,
+    select, insert, Enter), so Streamlit commits it."""
+    selector = json.dumps(f'input[aria-label="{label}"]')
+    found = browser.evaluate(
+        f"(() => {{ const e = document.querySelector({selector}); if (!e) return false; "
+        "e.focus(); e.select(); return true; })()"
+    )
+    assert found, f"no input labelled {label!r}"
+    browser.call("Input.insertText", text=text)
+    for kind in ("keyDown", "keyUp"):
+        browser.call(
+            "Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13
+        )
+    time.sleep(1.0)  # The rerun that follows.
+
+
+@pytest.fixture
+def own_data_server(tmp_path_factory, tmp_path):
+    """`streamlit run app.py -- --runs RUNS --data-root DATA` on a free port,
+    with an image folder of 3 classes (grey and colour, 40x40) in DATA."""
+    from PIL import Image
+
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    for index, name in enumerate(("daisy", "rose", "tulip")):
+        (data / "flowers" / name).mkdir(parents=True)
+        for i in range(12):
+            color = (80 * index, 255 - 20 * i, 40 * (i % 3))
+            image = Image.new("RGB", (40, 40), color=color)
+            (image.convert("L") if i % 4 == 0 else image).save(data / "flowers" / name / f"{i}.png")
+    port = free_port()
+    env = subprocess_env(tmp_path_factory.getbasetemp())
+    for name in ("KD_KERAS_RUNS_DIR", "KD_KERAS_DATA_DIR", "KD_KERAS_CIFAR10"):
+        env.pop(name, None)
+    log = open(tmp_path / "streamlit.log", "wb")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(APP),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+            "--",
+            "--runs",
+            str(runs),
+            "--data-root",
+            str(data),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(
+            lambda: (
+                server.poll() is not None or get(f"http://localhost:{port}/_stcore/health") == "ok"
+            ),
+            60,
+            "the Streamlit server",
+        )
+        assert server.poll() is None, (tmp_path / "streamlit.log").read_text()
+        yield f"http://localhost:{port}", runs, data / "flowers"
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        from kd_app.run_state import alive_runs
+
+        for state in alive_runs(runs):
+            import os
+            import signal
+
+            os.kill(state.pid, signal.SIGTERM)
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.is_file(),
+    reason="needs /usr/bin/chromium (apt-get install chromium) for the end-to-end browser test",
+)
+@pytest.mark.slow
+def test_browser_launches_a_run_from_an_image_folder(own_data_server, tmp_path):
+    """In the browser: name an image folder, see its classes, images and
+    size, set the sizes, Start; the run's folder records the folder as its
+    data. `KD_APP_SCREENSHOT=PATH` keeps the screenshot (docs/app-own-data.png)."""
+    url, runs, flowers = own_data_server
+    profile = Path(tempfile.mkdtemp(prefix="kd-chromium-"))
+    browser = Chromium(profile)
+    try:
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=url)
+
+        def page_text():
+            return browser.evaluate("document.body ? document.body.innerText : ''") or ""
+
+        wait_until(lambda: "Data source" in page_text(), 120, "the page")
+        type_into(browser, "Data source", "flowers")
+        facts = "image folder: 3 classes (daisy, rose, tulip); 36 images"
+        wait_until(lambda: facts in page_text(), 60, "the data's description")
+        for label, text in (
+            ("Epochs (every stage)", "1"),
+            ("Teacher depth", "8"),
+            ("Student depth", "8"),
+            ("Validation images", "6"),
+            ("Validation images per class", "2"),
+            ("Test images per class", "2"),
+            ("Image size", "32"),
+            ("Run name", "flowers"),
+        ):
+            type_into(browser, label, text)
+        values = browser.evaluate(
+            "JSON.stringify([...document.querySelectorAll('input')].map(e => [e.ariaLabel, e.value]))"
+        )
+        fields = dict(json.loads(values))
+        assert (fields["Image size"], fields["Validation images"], fields["Run name"]) == (
+            "32",
+            "6",
+            "flowers",
+        ), fields
+        clicked = browser.evaluate(
+            "(() => { const b = [...document.querySelectorAll('button')]"
+            ".find(b => b.innerText.trim() === 'Start'); if (b) b.click(); return !!b; })()"
+        )
+        assert clicked
+        wait_until(lambda: "Started run 'flowers'" in page_text(), 60, "the start")
+        text = page_text()
+        browser.evaluate("window.scrollTo(0, 0)")
+        time.sleep(2)
+        shot = browser.call("Page.captureScreenshot", format="png")
+        png = base64.b64decode(shot["data"])
+    finally:
+        browser.close()
+        shutil.rmtree(profile, ignore_errors=True)
+    import os
+
+    keep = os.environ.get("KD_APP_SCREENSHOT")
+    (Path(keep) if keep else tmp_path / "own-data.png").write_bytes(png)
+    assert "24x20" not in text and "40x40 pixels" in text
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    log = (runs / "flowers.log").read_text()
+    assert f"--data {flowers.resolve()}" in log and "--image-size 32" in log

@@ -14,9 +14,12 @@ from kd_keras.models.depth import MAX_DEPTH
 
 
 @pytest.fixture
-def data(tmp_path):
+def data(tmp_path, monkeypatch):
+    """A (fake) CIFAR-10 archive, named by the operator's $KD_KERAS_CIFAR10
+    (a data source outside the runs root must be one the operator named)."""
     path = tmp_path / "cifar-10-python.tar.gz"
     path.write_bytes(b"")
+    monkeypatch.setenv("KD_KERAS_CIFAR10", str(path))
     return str(path)
 
 
@@ -155,3 +158,42 @@ def test_device_settings_reach_the_command_line_and_are_checked(tmp_path, data):
     # Devices without the mirrored strategy: kd_keras's own one-line message.
     errors = launch_errors(tmp_path, data, devices="/gpu:0")
     assert len(errors) == 1 and "mirrored" in errors[0] and "/gpu:0" in errors[0]
+
+
+def test_size_fields_take_a_number_all_or_nothing(tmp_path, data):
+    options = launching.LaunchOptions(
+        preset="smoke",
+        name="r",
+        data=data,
+        val_size="600",
+        train_per_class="all",
+        val_per_class=" ALL ",
+        test_per_class=None,
+        image_size=16.0,
+        teacher_outputs="probabilities",
+    )
+    assert launching.validate_launch(options, tmp_path / "runs") == []
+    argv = launching.run_command(options, tmp_path / "runs" / "r")
+    flags = argv[argv.index("--quiet") + 1 :]
+    pairs = dict(zip(flags[::2], flags[1::2]))
+    assert pairs["--val-size"] == "600" and pairs["--image-size"] == "16"
+    assert (pairs["--train-per-class"], pairs["--val-per-class"]) == ("all", "all")
+    assert pairs["--teacher-outputs"] == "probabilities"
+    assert "--test-per-class" not in flags  # Empty: the default that follows the data.
+    plain = launching.run_command(launching.LaunchOptions(preset="smoke", data=data), "o")
+    assert "--teacher-outputs" not in plain  # auto is the CLI's default.
+    errors = launch_errors(tmp_path, data, val_size="lots", test_per_class=0, teacher_outputs="x")
+    assert errors == [
+        "Validation images must be a whole number >= 1, 'all', or empty (the default "
+        "that follows the data), got 'lots'.",
+        "Test images per class must be a whole number >= 1, 'all', or empty (the default "
+        "that follows the data), got 0.",
+        "Unknown teacher output 'x'; choose one of auto, logits, probabilities.",
+    ]
+
+
+def test_placeholders_follow_the_data_kind():
+    cifar = launching.placeholders("quick", "cifar10")
+    folder = launching.placeholders("quick", "folder")
+    assert cifar["val_size"].startswith("quick: ") and folder["val_size"] == "follows the data"
+    assert folder["train_per_class"] == "follows the data" and cifar["image_size"] == "the data's"
