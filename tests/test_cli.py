@@ -1,8 +1,16 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from kd_keras.cli import get_args, main
+from kd_keras.cli import _config_from_args, get_args, main
+from kd_keras.config import RunConfig
+from kd_keras.errors import ConfigError, run_command
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_help_lists_every_command_and_run_option(capsys):
@@ -62,6 +70,28 @@ def test_epochs_sets_both_stages_and_flags_override_the_preset():
         ),
         (["run", "--val-size", "49995"], "val_size 49995 leaves 0 training images per class"),
         (["run", "--test-per-class", "1001"], "test_per_class 1001 > 1000"),
+        # Unbounded values that hung or aborted TensorFlow, and a warm-up
+        # longer than the stages.
+        (["run", "--threads", "100000"], "threads must be at most 256"),
+        (["run", "--batch-size", "1000000000"], "batch_size must be at most 65536"),
+        (
+            ["run", "--warmup-epochs", "1000", "--epochs", "4"],
+            "--warmup-epochs 1000 must be below the epochs of every stage it warms up "
+            "(--teacher-epochs 4, --student-epochs 4); use --warmup-epochs 3 or less",
+        ),
+        (
+            ["run", "--warmup-epochs", "3", "--teacher-epochs", "9", "--student-epochs", "3"],
+            "(--teacher-epochs 9, --student-epochs 3); use --warmup-epochs 2 or less",
+        ),
+        # An explicit 0 is kept: no teacher to reuse, so it is refused.
+        (["run", "--teacher-epochs", "0", "--epochs", "2"], "teacher_epochs is 0 but no --teacher"),
+        (["evaluate", "m.keras", "--image-size", "0"], "got 0; give --image-size a side length"),
+        (["evaluate", "m.keras", "--image-size", "-5"], "got -5; give --image-size a side length"),
+        (
+            ["evaluate", "m.h5"],
+            "does not exist; give a .keras file, a LiteRT .tflite file or a SavedModel",
+        ),
+        (["export", "/no/such/run", "--threads", "100000"], "threads must be at most 256"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, fragment, capsys, tmp_path):
@@ -146,3 +176,96 @@ def test_special_files_as_inputs_are_one_line_and_leave_nothing(tmp_path, capsys
         assert err.startswith("kd_keras: error: ") and err.count("\n") == 1, err
         assert fragment in err
         assert not (tmp_path / "run").exists()
+
+
+def test_an_explicit_zero_is_kept_and_epochs_fills_only_the_stages_not_given():
+    args = ["run", "--teacher", "t.keras", "--teacher-epochs", "0", "--epochs", "2"]
+    config = _config_from_args(get_args(args))
+    assert (config.teacher_epochs, config.student_epochs) == (0, 2)
+    config = _config_from_args(get_args(["run", "--student-epochs", "5", "--epochs", "2"]))
+    assert (config.teacher_epochs, config.student_epochs) == (2, 5)
+
+
+def test_the_preset_warm_up_fits_fewer_epochs_and_an_explicit_one_is_checked():
+    # quick warms up for 1 epoch; with 1 epoch a stage there is none left.
+    assert RunConfig.from_preset("quick", teacher_epochs=1, student_epochs=1).warmup_epochs == 0
+    assert RunConfig.from_preset("quick", teacher_epochs=2, student_epochs=2).warmup_epochs == 1
+    assert RunConfig.from_preset("paper", teacher_epochs=3, student_epochs=9).warmup_epochs == 2
+    assert RunConfig.from_preset("paper").warmup_epochs == 5
+    # A reused teacher trains nothing: only the students' epochs count.
+    reused = RunConfig.from_preset(
+        "smoke", teacher="t.keras", teacher_epochs=0, student_epochs=3, warmup_epochs=2
+    )
+    assert reused.warmup_epochs == 2
+    with pytest.raises(ConfigError, match="--warmup-epochs 3 must be below .*--student-epochs 3"):
+        RunConfig.from_preset("smoke", teacher="t.keras", student_epochs=3, warmup_epochs=3)
+
+
+def test_resume_checks_the_warm_up_only_when_it_or_the_epochs_change(tmp_path):
+    # A run saved before the check (warm-up as long as its 1 epoch) still
+    # resumes as it was; changing it to something impossible is refused.
+    saved = RunConfig.from_preset("smoke", teacher_epochs=1, student_epochs=1).to_dict()
+    saved["warmup_epochs"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    resume = ["run", "--resume", "--out", str(tmp_path)]
+    assert _config_from_args(get_args(resume)).warmup_epochs == 1
+    with pytest.raises(ConfigError, match="--warmup-epochs 5 must be below"):
+        _config_from_args(get_args(resume + ["--warmup-epochs", "5"]))
+
+
+def _fresh_python(code, env=None):
+    """Runs `code` in a fresh interpreter from the repository."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ),
+        timeout=300,
+    )
+
+
+def test_bad_flags_and_paths_exit_2_before_tensorflow_is_imported(tmp_path):
+    # Each command in a fresh interpreter's view: the exit code and whether
+    # TensorFlow (or Keras) was imported on the way to it.
+    commands = [
+        ["run", "--alpha", "2"],
+        ["run", "--warmup-epochs", "9", "--epochs", "4"],
+        ["run", "--threads", "100000"],
+        ["run", "--data", str(tmp_path / "missing.npz"), "--preset", "smoke"],
+        ["run", "--data", str(tmp_path / "missing.tar.gz"), "--preset", "smoke"],
+        ["evaluate", str(tmp_path / "missing.keras")],
+        ["evaluate", "m.keras", "--image-size", "-5"],
+        ["evaluate", str(tmp_path), "--split", "val"],
+        ["export", str(tmp_path), "--threads", "0"],
+        ["report", str(tmp_path / "none")],
+    ]
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from kd_keras.cli import main\n"
+        f"results = []\n"
+        f"for argv in {commands!r}:\n"
+        "    with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        "        code = main(argv)\n"
+        "    heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
+        "    results.append([code, heavy, err.getvalue()])\n"
+        "print(json.dumps(results))\n"
+    )
+    result = _fresh_python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for argv, (code, heavy, err) in zip(commands, json.loads(result.stdout)):
+        assert (code, heavy) == (2, []), (argv, err)
+        assert err.startswith("kd_keras: error: ") and err.count("\n") == 1, (argv, err)
+
+
+def test_a_refusal_is_one_line_of_reasonable_length_that_keeps_its_fix(capsys):
+    names = ", ".join(f"class_{i:04d}" for i in range(1000))
+
+    def refuse():
+        raise ConfigError(f"the teacher predicts 10 classes, the data has 1000 ({names}); fix X")
+
+    assert run_command("kd_keras", refuse) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) <= 420
+    assert err.startswith("kd_keras: error: the teacher predicts 10 classes, the data has 1000")
+    assert err.rstrip().endswith("; fix X") and "characters left out" in err
