@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kd_keras.cli import _config_from_args, get_args, main
@@ -269,3 +270,59 @@ def test_a_refusal_is_one_line_of_reasonable_length_that_keeps_its_fix(capsys):
     assert err.count("\n") == 1 and len(err) <= 420
     assert err.startswith("kd_keras: error: the teacher predicts 10 classes, the data has 1000")
     assert err.rstrip().endswith("; fix X") and "characters left out" in err
+
+
+@pytest.fixture(scope="module")
+def exported_models(tmp_path_factory):
+    """A tiny 3-class logits model on 8x8 images as .keras, .tflite and a
+    SavedModel folder, and a .npz with its test images."""
+    import keras
+    import numpy as np
+
+    from kd_keras.export.exporter import export_model
+
+    root = tmp_path_factory.mktemp("models")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(60, 8, 8, 3), dtype=np.uint8)
+    y = np.arange(60) % 3
+    np.savez(root / "data.npz", x_train=x, y_train=y, x_test=x[:30], y_test=y[:30])
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    hidden = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    model.save(root / "model.keras")
+    export_model(model, root / "model.tflite")
+    export_model(model, root / "saved", format="saved_model")
+    predicted = np.argmax(model.predict(x[:30].astype("float32"), verbose=0), axis=-1)
+    return root, predicted, y[:30]
+
+
+def test_evaluate_takes_a_tflite_file_and_a_saved_model_folder(exported_models, capsys):
+    root, predicted, labels = exported_models
+    expected = float(np.mean(predicted == labels))
+    results = {}
+    for name in ("model.keras", "model.tflite", "saved"):
+        argv = ["evaluate", str(root / name), "--data", str(root / "data.npz"), "--per-class"]
+        assert main(argv) == 0, capsys.readouterr().err
+        results[name] = json.loads(capsys.readouterr().out)
+    assert [r["format"] for r in results.values()] == ["keras", "litert", "saved_model"]
+    for result in results.values():
+        assert result["test_images"] == 30
+        assert result["accuracy"] == pytest.approx(expected)
+        for label, name in enumerate(("0", "1", "2")):
+            mine = predicted[labels == label] == label
+            assert result["per_class"][name] == {
+                "accuracy": pytest.approx(mine.mean()),
+                "images": 10,
+            }
+    assert results["model.tflite"]["loss"] == pytest.approx(
+        results["model.keras"]["loss"], abs=1e-4
+    )
+
+
+def test_evaluate_a_tflite_file_of_another_image_size_is_one_line(exported_models, capsys):
+    root, _, _ = exported_models
+    argv = ["evaluate", str(root / "model.tflite"), "--data", str(root / "data.npz")]
+    assert main(argv + ["--image-size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "takes images of shape (8, 8, 3)" in err
