@@ -326,3 +326,50 @@ def test_evaluate_a_tflite_file_of_another_image_size_is_one_line(exported_model
     assert main(argv + ["--image-size", "16"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "takes images of shape (8, 8, 3)" in err
+
+
+# --- Wording ---
+
+
+def test_plural_and_the_lines_that_count_epochs(capsys):
+    from kd_app.run_state import progress_texts
+    from kd_keras.text import plural
+    from tuning.cli import _print_trial
+
+    assert (plural(1, "epoch"), plural(0, "epoch"), plural(2, "class", "classes")) == (
+        "1 epoch",
+        "0 epochs",
+        "2 classes",
+    )
+    summary = dict(done_epochs=0, total_epochs=1, epoch=1, epochs=1, batch=0, batches=0)
+    summary.update(stage_index=0, stages=3, stage="teacher")
+    assert progress_texts(summary, alive=False) == (
+        "Overall: 0 of 1 epoch done",
+        "Stage 1/3 teacher: 1/1 epoch done",
+    )
+    row = dict(trial_id="00", temperature=4.0, alpha=0.3, val_accuracy=0.5, epochs=1, seconds=2.0)
+    _print_trial(row)
+    assert "(1 epoch, 2.0 s)" in capsys.readouterr().out
+
+
+def test_the_teacher_check_says_the_teacher_once_and_offers_the_flag_only_where_it_exists(capsys):
+    import keras
+
+    from kd_keras.distill.teacher import teacher_sanity_check
+    from kd_keras.errors import TeacherError
+
+    # Always class 0 on 3 balanced classes: near chance.
+    inputs = keras.Input((4, 4, 3))
+    flat = keras.layers.Flatten()(inputs)
+    teacher = keras.Model(inputs, keras.layers.Dense(3, kernel_initializer="zeros")(flat))
+    teacher.layers[-1].bias.assign([1.0, 0.0, 0.0])
+    images = np.zeros((30, 4, 4, 3), dtype="uint8")
+    splits = {"val": (images, np.arange(30) % 3), "classes": ["a", "b", "c"]}
+    teacher_sanity_check(teacher, splits, refuse=False)  # A trained teacher: a warning.
+    captured = capsys.readouterr()
+    assert captured.out.startswith("kd_keras: the teacher: validation accuracy 0.3333 on 30")
+    assert captured.err.startswith("kd_keras: warning: the teacher is near chance")
+    assert "--accept-weak-teacher" not in captured.err and "teacher the" not in captured.err
+    with pytest.raises(TeacherError, match="teacher 't.keras' is near chance") as error:
+        teacher_sanity_check(teacher, splits, name="'t.keras'", verbose=0)
+    assert str(error.value).endswith("if the teacher is meant, pass --accept-weak-teacher")
