@@ -373,3 +373,61 @@ def test_the_teacher_check_says_the_teacher_once_and_offers_the_flag_only_where_
     with pytest.raises(TeacherError, match="teacher 't.keras' is near chance") as error:
         teacher_sanity_check(teacher, splits, name="'t.keras'", verbose=0)
     assert str(error.value).endswith("if the teacher is meant, pass --accept-weak-teacher")
+
+
+# --- Quiet start-up (kd_keras/quiet.py) ---
+
+STARTUP_NOISE = ("oneDNN", "cuInit", "cuda drivers", "absl::InitializeLog")
+
+
+def test_quiet_unless_verbose_or_the_user_set_the_level():
+    from kd_keras.quiet import is_quiet
+
+    assert is_quiet(False, {})
+    assert not is_quiet(True, {})
+    assert not is_quiet(False, {"TF_CPP_MIN_LOG_LEVEL": "0"})
+
+
+def test_held_back_lines_are_shown_only_if_the_start_fails(capfd):
+    from kd_keras.quiet import held_stderr
+
+    with held_stderr():
+        os.write(2, b"start-up noise\n")
+    assert capfd.readouterr().err == ""
+    with pytest.raises(ImportError), held_stderr():
+        os.write(2, b"why it failed\n")
+        raise ImportError("no such library")
+    assert capfd.readouterr().err == "why it failed\n"
+
+
+def _cli(argv, **env):
+    """`python -m <argv>` in a fresh interpreter, with the user's
+    TF_CPP_MIN_LOG_LEVEL unset unless given in `env`."""
+    environ = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_tensorflow_start_up_lines_only_with_verbose_or_the_users_level(exported_models):
+    root, _, _ = exported_models
+    evaluate = ["kd_keras", "evaluate", str(root / "model.keras"), "--data", str(root / "data.npz")]
+    quiet = _cli(evaluate)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert json.loads(quiet.stdout)["test_images"] == 30
+    assert not [n for n in STARTUP_NOISE if n in quiet.stderr], quiet.stderr
+    for loud in (_cli(evaluate + ["--verbose"]), _cli(evaluate, TF_CPP_MIN_LOG_LEVEL="0")):
+        assert loud.returncode == 0, loud.stderr[-2000:]
+        assert "oneDNN" in loud.stderr  # (cuInit too where CUDA libraries are installed)
+    # The search's front end: its own output first, nothing from TensorFlow.
+    search = _cli(["tuning", "--help"])
+    assert (search.returncode, search.stderr) == (0, "")
+    assert search.stdout.startswith("usage:")
+    assert "oneDNN" in _cli(["tuning", "--help", "--verbose"]).stderr
