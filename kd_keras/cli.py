@@ -16,7 +16,7 @@ from kd_keras.config import (
 )
 from kd_keras.errors import ConfigError, DataSourceError, run_command
 from kd_keras.options import add_run_options, overrides_from_args
-from kd_keras.quiet import start_tensorflow
+from kd_keras.quiet import quiet_runtime_start, start_tensorflow
 from kd_keras.run_folder import RunFolder
 
 VERBOSE_HELP = (
@@ -342,7 +342,8 @@ def _evaluate(args):
         from kd_keras.export.exporter import evaluate_litert, evaluate_saved_model
 
         evaluate = evaluate_litert if kind == "litert" else evaluate_saved_model
-        measured = evaluate(args.model, (images, labels))
+        with quiet_runtime_start():  # LiteRT's delegate line.
+            measured = evaluate(args.model, (images, labels))
         predicted = measured["predictions"]
         result.update(
             accuracy=measured["accuracy"],

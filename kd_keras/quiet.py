@@ -25,6 +25,7 @@ LOG_LEVEL_VAR = "TF_CPP_MIN_LOG_LEVEL"
 # The level set when the user set none: C++ warnings and errors of a
 # running TensorFlow still show; informational lines do not.
 QUIET_LOG_LEVEL = "2"
+_state = {"quiet": False}  # Set by start_tensorflow.
 
 
 def is_quiet(verbose=False, environ=None):
@@ -85,4 +86,17 @@ def start_tensorflow(verbose=False):
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # cuInit and the device lines.
+    _state["quiet"] = True
     return True
+
+
+@contextlib.contextmanager
+def quiet_runtime_start():
+    """After a quiet `start_tensorflow`, holds back what a runtime prints
+    when it starts (LiteRT's "Created TensorFlow Lite XNNPACK delegate");
+    otherwise does nothing."""
+    if not _state["quiet"]:
+        yield
+        return
+    with held_stderr():
+        yield
