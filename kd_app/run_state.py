@@ -26,6 +26,7 @@ from kd_app.settings import TEACHERS_SUBDIR, TUNING_SUBDIR
 from kd_keras import atomic
 from kd_keras.run_folder import STATUSES, RunFolder
 from kd_keras.stages import STAGES
+from kd_keras.text import plural
 
 
 @dataclasses.dataclass
@@ -228,14 +229,16 @@ def progress_summary(state, now=None):
 
 def progress_texts(summary, alive):
     """The captions of the Watch tab's two progress bars: `(overall, stage)`."""
-    overall = f"Overall: {int(summary['done_epochs'])} of {summary['total_epochs']} epochs done"
+    overall = (
+        f"Overall: {int(summary['done_epochs'])} of {plural(summary['total_epochs'], 'epoch')} done"
+    )
     epoch, epochs = summary["epoch"], summary["epochs"]
     if alive and epoch < epochs:
         where = f"epoch {epoch + 1}/{epochs}"
         if summary["batches"]:
             where += f", batch {summary['batch']}/{summary['batches']}"
     else:
-        where = f"{epoch}/{epochs} epochs done"
+        where = f"{epoch}/{plural(epochs, 'epoch')} done"
     stage = f"Stage {summary['stage_index'] + 1}/{summary['stages']} {summary['stage']}: {where}"
     return overall, stage
 

@@ -9,7 +9,8 @@ import importlib
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ log level is left to the user; the front ends quiet its
+# start-up themselves (kd_keras/quiet.py).
 
 __version__ = "0.1.0"
 

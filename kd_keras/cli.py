@@ -5,10 +5,24 @@ import json
 import sys
 from pathlib import Path
 
-from kd_keras.config import PRESETS, RunConfig
-from kd_keras.errors import ConfigError, run_command
+# Only Keras-free modules at the top: --help and every check of the flags,
+# the config and the paths run before TensorFlow starts (kd_keras/quiet.py).
+from kd_keras.config import (
+    PRESETS,
+    RunConfig,
+    data_kind,
+    validate_image_size,
+    validate_threads,
+)
+from kd_keras.errors import ConfigError, DataSourceError, run_command
 from kd_keras.options import add_run_options, overrides_from_args
+from kd_keras.quiet import quiet_runtime_start, start_tensorflow
 from kd_keras.run_folder import RunFolder
+
+VERBOSE_HELP = (
+    "show TensorFlow's start-up lines (CUDA, oneDNN), held back by default "
+    "unless TF_CPP_MIN_LOG_LEVEL is set"
+)
 
 
 def get_args(argv=None):
@@ -60,10 +74,15 @@ def get_args(argv=None):
     evaluate = commands.add_parser(
         "evaluate",
         help="test (or validation) accuracy of a saved model",
-        description="Accuracy and cross-entropy of a .keras model on the test "
-        "split, or with --run on a run's own test or validation split.",
+        description="Accuracy and cross-entropy of a .keras model, a LiteRT "
+        ".tflite file or a SavedModel folder on the test split, or with --run on "
+        "a run's own test or validation split.",
     )
-    evaluate.add_argument("model", help="a .keras model file")
+    evaluate.add_argument(
+        "model",
+        help="a .keras model file, a LiteRT .tflite file or a SavedModel folder "
+        "(as `export` writes them)",
+    )
     evaluate.add_argument(
         "--data",
         help="CIFAR-10 archive or folder, an image folder or a .npz file (as for "
@@ -170,6 +189,8 @@ def get_args(argv=None):
         "--threads", type=int, help="LiteRT interpreter threads (default 1, LiteRT's default)"
     )
     export.add_argument("--overwrite", action="store_true", help="replace exports that exist")
+    for command in (run, evaluate, report, export):
+        command.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser.parse_args(argv)
 
 
@@ -183,8 +204,9 @@ def _config_from_args(args):
     """
     overrides = overrides_from_args(args)
     if args.epochs is not None:
-        overrides["teacher_epochs"] = overrides.get("teacher_epochs") or args.epochs
-        overrides["student_epochs"] = overrides.get("student_epochs") or args.epochs
+        # A stage's own flag wins, an explicit 0 included (`is None`, not `or`).
+        overrides.setdefault("teacher_epochs", args.epochs)
+        overrides.setdefault("student_epochs", args.epochs)
     overrides["verbose"] = 2 if args.quiet else 1
     saved = RunFolder(args.out or "")
     if args.resume and args.out and saved.config_file.is_file():
@@ -194,15 +216,32 @@ def _config_from_args(args):
         base.update({k: v for k, v in overrides.items() if v is not None})
         if base.get("strategy") != "mirrored" and args.devices is None:
             base["devices"] = None  # Resumed on other hardware: the saved devices go.
-        return RunConfig.from_dict(base)
+        config = RunConfig.from_dict(base)
+        if {"warmup_epochs", "teacher_epochs", "student_epochs"} & set(overrides):
+            config.check_schedule()  # A saved run is not checked again unless changed.
+        return config
     return RunConfig.from_preset(args.preset or "quick", **overrides)
 
 
+def check_data_path(source):
+    """Raises `DatasetError` / `DataSourceError` for a `--data` path that
+    does not exist or cannot be read as a file or folder; Keras-free, so it
+    runs before TensorFlow starts (the data is read later)."""
+    if data_kind(source) == "cifar10":
+        from kd_keras.data.cifar10 import resolve_source
+
+        resolve_source(source)  # Names the ways to provide CIFAR-10.
+    elif not Path(str(source).strip()).expanduser().exists():
+        raise DataSourceError(source, "no such file or folder; check the --data path")
+
+
 def _run(args):
+    config = _config_from_args(args)
+    check_data_path(config.data)
+    start_tensorflow(args.verbose)  # Every check above ran without TensorFlow.
     from kd_keras.report.results import format_table
     from kd_keras.train.pipeline import describe_models, run_pipeline
 
-    config = _config_from_args(args)
     out = Path(args.out or f"runs/{config.preset}")
     if args.dry_run:
         from kd_keras.train.estimate import estimate_run_seconds, format_estimate
@@ -224,15 +263,37 @@ def _run(args):
     return 0
 
 
+MODEL_KINDS = "a .keras file, a LiteRT .tflite file or a SavedModel folder"
+
+
+def model_kind(path):
+    """What `evaluate` is given, from the path alone (nothing is loaded):
+    `"keras"`, `"litert"` or `"saved_model"`; raises `ConfigError` naming
+    the path and what is accepted."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "saved_model"
+        raise ConfigError(f"model '{path}' is a folder without saved_model.pb; give {MODEL_KINDS}")
+    if not path.exists():
+        raise ConfigError(f"model '{path}' does not exist; give {MODEL_KINDS}")
+    if not path.is_file():
+        raise ConfigError(f"model '{path}' is not a regular file (a FIFO, socket or device)")
+    kinds = {".keras": "keras", ".tflite": "litert"}
+    if path.suffix.lower() not in kinds:
+        raise ConfigError(
+            f"model '{path}' has the suffix {path.suffix or '(none)'!r}; give {MODEL_KINDS}"
+        )
+    return kinds[path.suffix.lower()]
+
+
 def _evaluate(args):
-    import numpy as np
-
-    from kd_keras.data.splits import make_dataset, prepare_splits, splits_for
-    from kd_keras.distill.teacher import check_teacher_file, load_teacher
-    from kd_keras.train.pipeline import evaluate_model
-
     if args.test_per_class is not None and args.test_per_class < 1:
         raise ConfigError(f"--test-per-class must be >= 1, got {args.test_per_class}")
+    try:
+        validate_image_size(args.image_size)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if args.split == "val" and args.run is None:
         raise ConfigError(
             "--split val needs --run RUN_DIR: the validation split is the one a run "
@@ -243,7 +304,14 @@ def _evaluate(args):
         config = RunFolder(args.run).config()
         if config is None:
             raise ConfigError(f"'{args.run}' is not a kd_keras run folder (no config.json)")
-    check_teacher_file(args.model)  # Before the data loads.
+    kind = model_kind(args.model)  # Before the data loads.
+    if args.data is not None or config is None:
+        check_data_path(args.data)
+    start_tensorflow(args.verbose)  # Every check above ran without TensorFlow.
+    import numpy as np
+
+    from kd_keras.data.splits import make_dataset, prepare_splits, splits_for
+
     overrides = {}
     if args.test_per_class is not None:
         overrides["test_per_class"] = args.test_per_class
@@ -255,32 +323,51 @@ def _evaluate(args):
         # Only the test split is used: hold out no validation images.
         splits = prepare_splits(args.data, val_size=0, **overrides)
     images, labels = splits[args.split]
-    # The data's classes and image size, checked against the model's.
-    model = load_teacher(args.model, len(splits["classes"]), image_shape=images.shape[1:])
-    dataset = make_dataset(images, labels, batch_size=256, training=False)
-    result = {"model": args.model, f"{args.split}_images": len(labels)}
-    result.update(evaluate_model(model, dataset))
+    result = {"model": args.model, "format": kind, f"{args.split}_images": len(labels)}
+    if kind == "keras":
+        from kd_keras.distill.teacher import load_teacher
+        from kd_keras.train.pipeline import evaluate_model
+
+        # The data's classes and image size, checked against the model's.
+        model = load_teacher(args.model, len(splits["classes"]), image_shape=images.shape[1:])
+        dataset = make_dataset(images, labels, batch_size=256, training=False)
+        result.update(evaluate_model(model, dataset))
+        if args.per_class:
+            predicted = np.argmax(model.predict(dataset, verbose=0), axis=-1)
+    else:
+        from kd_keras.export.exporter import evaluate_litert, evaluate_saved_model
+
+        evaluate = evaluate_litert if kind == "litert" else evaluate_saved_model
+        with quiet_runtime_start():  # LiteRT's delegate line.
+            measured = evaluate(args.model, (images, labels))
+        predicted = measured["predictions"]
+        result.update(
+            accuracy=measured["accuracy"],
+            loss=measured["loss"],
+            latency_ms=measured["latency_ms"],
+            runtime=measured["runtime"],
+        )
     if args.per_class:
         from kd_keras.report.per_class import per_class_accuracy
 
-        predicted = np.argmax(model.predict(dataset, verbose=0), axis=-1)
         result["per_class"] = per_class_accuracy(labels, predicted, splits["classes"])
     print(json.dumps(result, indent=2))
     return 0
 
 
 def _report(args):
+    from kd_keras.report.reference import check_comparable, reference_table_of
     from kd_keras.report.results import format_table, load_stage_rows, write_results
 
     run_dir = Path(args.run_dir)
     rows = load_stage_rows(run_dir)
     if not rows:
         raise ConfigError(f"'{run_dir}' holds no completed stage (no stages/*.json)")
+    if args.reference:
+        check_comparable(RunFolder(run_dir).config())  # Before anything is written.
     write_results(run_dir, rows)
     print(format_table(rows))
     if args.reference:
-        from kd_keras.report.reference import reference_table_of
-
         print()
         print(reference_table_of(run_dir))
     return 0
@@ -289,7 +376,11 @@ def _report(args):
 def _export(args):
     from kd_keras.export.spec import export_specs, plan_exports, validate_options
 
-    # Checked before any data loads or model converts.
+    # Checked before any data loads or model converts, and before TensorFlow starts.
+    try:
+        validate_threads(args.threads)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     validate_options(
         calibration_images=args.calibration_images,
         max_images=args.limit,
@@ -303,6 +394,7 @@ def _export(args):
         export_specs(args.formats, args.quantize, args.io),
         overwrite=args.overwrite,
     )
+    start_tensorflow(args.verbose)
     from kd_keras.export.exporter import export_run
     from kd_keras.report.results import format_export_table, load_stage_rows
 

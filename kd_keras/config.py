@@ -30,6 +30,12 @@ TEACHER_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 AUTO_FIELDS = ("precision", "teacher_precision")
 # tf.distribute strategies (see kd_keras/train/distribute.py).
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# Static caps that keep every accepted value runnable on any machine: more
+# intra-op threads than this only make TensorFlow slow to start and stop
+# (100,000 ignored SIGTERM for minutes), and a batch above this cannot fit
+# (1e9 hung in its first step); the data's own size caps the batch further.
+MAX_THREADS = 256
+MAX_BATCH_SIZE = 65536
 
 
 def validate_alpha(alpha):
@@ -77,10 +83,56 @@ def validate_speed_options(precision, teacher_precision, steps_per_execution, th
         or steps_per_execution < 1
     ):
         raise ValueError(f"steps_per_execution must be an int >= 1, got {steps_per_execution!r}")
+    validate_threads(threads)
+
+
+def validate_threads(threads):
+    """Raises `ValueError` unless `threads` is `None` or an int in
+    [1, `MAX_THREADS`]."""
     if threads is not None and (
         isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
     ):
         raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+    if threads is not None and threads > MAX_THREADS:
+        raise ValueError(
+            f"threads must be at most {MAX_THREADS} (more threads than cores only slow "
+            f"TensorFlow down), got {threads}; set --threads to the machine's core count"
+        )
+    return threads
+
+
+def validate_image_size(size, flag="--image-size"):
+    """Raises `ValueError`, naming `flag`, unless `size` is `None` or an int
+    in [8, 1024] (the square side images are resized to)."""
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 1024
+    ):
+        raise ValueError(
+            f"image_size must be an int in [8, 1024] or None, got {size!r}; "
+            f"give {flag} a side length such as 32, or leave it out for the data's own size"
+        )
+    return size
+
+
+def validate_warmup(warmup_epochs, stage_epochs):
+    """Raises `ConfigError` unless the warm-up is shorter than every stage
+    it warms up (a warm-up as long as the stage leaves no cosine decay).
+
+    Args:
+        warmup_epochs: the warm-up epochs (0 = none).
+        stage_epochs: `{flag: epochs}` of the stages that train, e.g.
+            `{"--teacher-epochs": 20, "--student-epochs": 20}`.
+    """
+    if not warmup_epochs or not stage_epochs:
+        return
+    shortest = min(stage_epochs.values())
+    if warmup_epochs >= shortest:
+        stages = ", ".join(f"{flag} {epochs}" for flag, epochs in stage_epochs.items())
+        raise ConfigError(
+            f"--warmup-epochs {warmup_epochs} must be below the epochs of every stage it "
+            f"warms up ({stages}); use --warmup-epochs {max(shortest - 1, 0)} or less "
+            "(0 for none), or more epochs"
+        )
 
 
 def validate_devices(strategy, devices, sync_batch_norm):
@@ -214,6 +266,11 @@ def data_kind(source):
     ):
         return "folder"
     return "cifar10"
+
+
+def _flag(name):
+    """The command-line flag of the `RunConfig` field `name`."""
+    return RunConfig.__dataclass_fields__[name].metadata.get("flag", name)
 
 
 def _option(default, flag, help, choices=None):
@@ -375,8 +432,15 @@ class RunConfig:
         if name not in PRESETS:
             raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
         fields = {"preset": name, **PRESETS[name]}
-        fields.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**fields).validate()
+        given = {k: v for k, v in overrides.items() if v is not None}
+        fields.update(given)
+        config = cls(**fields).validate()
+        if "warmup_epochs" not in given:
+            # The preset's warm-up shortens to fit fewer epochs (--epochs 1:
+            # none); a warm-up asked for explicitly is checked instead.
+            shortest = min(config.trained_stage_epochs().values())
+            config.warmup_epochs = min(config.warmup_epochs, shortest - 1)
+        return config.check_schedule()
 
     @classmethod
     def from_dict(cls, values):
@@ -412,6 +476,23 @@ class RunConfig:
             and not (k in AUTO_FIELDS and theirs[k] == "auto")
         )
 
+    def trained_stage_epochs(self):
+        """`{flag: epochs}` of the stages that train (the teacher only when
+        no `--teacher` file is reused)."""
+        stages = {}
+        if not self.teacher and self.teacher_epochs:
+            stages["--teacher-epochs"] = self.teacher_epochs
+        stages["--student-epochs"] = self.student_epochs
+        return stages
+
+    def check_schedule(self):
+        """Raises `ConfigError` if the warm-up is not shorter than every
+        stage that trains; returns self. Checked for every config a front
+        end builds from flags (`from_preset`), not by `validate`, so a run
+        folder saved before this check still loads."""
+        validate_warmup(self.warmup_epochs, self.trained_stage_epochs())
+        return self
+
     def is_resolved(self):
         """True once no field says "auto"."""
         return all(getattr(self, k) != "auto" for k in AUTO_FIELDS)
@@ -419,11 +500,10 @@ class RunConfig:
     def _validate_models(self):
         """Checks `teacher_model`, `student_model` and `image_size` (names
         and numbers only; the models are built when the run starts)."""
-        size = self.image_size
-        if size is not None and (
-            isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 1024
-        ):
-            raise ConfigError(f"image_size must be an int in [8, 1024] or None, got {size!r}")
+        try:
+            validate_image_size(self.image_size)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         for role in ("teacher", "student"):
             value = getattr(self, f"{role}_model")
             if value is None:
@@ -472,14 +552,16 @@ class RunConfig:
         positive = {
             "teacher_width": (self.teacher_width, max_width),
             "student_width": (self.student_width, max_width),
-            "batch_size": (self.batch_size, None),
+            "batch_size": (self.batch_size, MAX_BATCH_SIZE),
             "student_epochs": (self.student_epochs, max_epochs),
         }
         for name, (value, high) in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
             if high is not None and value > high:
-                raise ConfigError(f"{name} must be at most {high}, got {value}")
+                raise ConfigError(
+                    f"{name} must be at most {high}, got {value}; lower {_flag(name)}"
+                )
         non_negative = {
             "teacher_epochs": (self.teacher_epochs, max_epochs),
             "warmup_epochs": (self.warmup_epochs, max_epochs),
@@ -490,7 +572,9 @@ class RunConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
             if high is not None and value > high:
-                raise ConfigError(f"{name} must be at most {high}, got {value}")
+                raise ConfigError(
+                    f"{name} must be at most {high}, got {value}; lower {_flag(name)}"
+                )
         if self.teacher_epochs == 0 and not self.teacher:
             raise ConfigError("teacher_epochs is 0 but no --teacher file was given to reuse")
         self._validate_models()

@@ -178,16 +178,34 @@ def exit_code(error):
     return None
 
 
+# The longest line a CLI prints for an error: a message listing many values
+# (a thousand class names) keeps its start and its end, where the fix is.
+MAX_MESSAGE_CHARS = 400
+
+
+def shorten(text, limit=MAX_MESSAGE_CHARS):
+    """`text` cut in the middle to at most `limit` characters, saying how
+    many were left out."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    marker = f" [... {len(text):,} characters left out ...] "  # At least as long as needed.
+    head = limit - tail - len(marker)
+    marker = f" [... {len(text) - head - tail:,} characters left out ...] "
+    return text[:head] + marker + text[-tail:]
+
+
 def one_line(error):
-    """The message of `error` on one line: a multi-line one (keras-tuner's
-    traceback of the last failed trial) gives its first and last lines; an
-    empty one gives the class name."""
+    """The message of `error` on one line of at most `MAX_MESSAGE_CHARS`
+    characters: a multi-line one (keras-tuner's traceback of the last failed
+    trial) gives its first and last lines; an empty one gives the class
+    name."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     if not lines:
         return type(error).__name__
     if len(lines) == 1:
-        return lines[0]
-    return f"{lines[0]} (last: {lines[-1].strip()})"
+        return shorten(lines[0])
+    return shorten(f"{lines[0]} (last: {lines[-1].strip()})")
 
 
 def describe(error):

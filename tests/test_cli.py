@@ -1,8 +1,17 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from kd_keras.cli import get_args, main
+from kd_keras.cli import _config_from_args, get_args, main
+from kd_keras.config import RunConfig
+from kd_keras.errors import ConfigError, run_command
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_help_lists_every_command_and_run_option(capsys):
@@ -62,6 +71,28 @@ def test_epochs_sets_both_stages_and_flags_override_the_preset():
         ),
         (["run", "--val-size", "49995"], "val_size 49995 leaves 0 training images per class"),
         (["run", "--test-per-class", "1001"], "test_per_class 1001 > 1000"),
+        # Unbounded values that hung or aborted TensorFlow, and a warm-up
+        # longer than the stages.
+        (["run", "--threads", "100000"], "threads must be at most 256"),
+        (["run", "--batch-size", "1000000000"], "batch_size must be at most 65536"),
+        (
+            ["run", "--warmup-epochs", "1000", "--epochs", "4"],
+            "--warmup-epochs 1000 must be below the epochs of every stage it warms up "
+            "(--teacher-epochs 4, --student-epochs 4); use --warmup-epochs 3 or less",
+        ),
+        (
+            ["run", "--warmup-epochs", "3", "--teacher-epochs", "9", "--student-epochs", "3"],
+            "(--teacher-epochs 9, --student-epochs 3); use --warmup-epochs 2 or less",
+        ),
+        # An explicit 0 is kept: no teacher to reuse, so it is refused.
+        (["run", "--teacher-epochs", "0", "--epochs", "2"], "teacher_epochs is 0 but no --teacher"),
+        (["evaluate", "m.keras", "--image-size", "0"], "got 0; give --image-size a side length"),
+        (["evaluate", "m.keras", "--image-size", "-5"], "got -5; give --image-size a side length"),
+        (
+            ["evaluate", "m.h5"],
+            "does not exist; give a .keras file, a LiteRT .tflite file or a SavedModel",
+        ),
+        (["export", "/no/such/run", "--threads", "100000"], "threads must be at most 256"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, fragment, capsys, tmp_path):
@@ -146,3 +177,257 @@ def test_special_files_as_inputs_are_one_line_and_leave_nothing(tmp_path, capsys
         assert err.startswith("kd_keras: error: ") and err.count("\n") == 1, err
         assert fragment in err
         assert not (tmp_path / "run").exists()
+
+
+def test_an_explicit_zero_is_kept_and_epochs_fills_only_the_stages_not_given():
+    args = ["run", "--teacher", "t.keras", "--teacher-epochs", "0", "--epochs", "2"]
+    config = _config_from_args(get_args(args))
+    assert (config.teacher_epochs, config.student_epochs) == (0, 2)
+    config = _config_from_args(get_args(["run", "--student-epochs", "5", "--epochs", "2"]))
+    assert (config.teacher_epochs, config.student_epochs) == (2, 5)
+
+
+def test_the_preset_warm_up_fits_fewer_epochs_and_an_explicit_one_is_checked():
+    # quick warms up for 1 epoch; with 1 epoch a stage there is none left.
+    assert RunConfig.from_preset("quick", teacher_epochs=1, student_epochs=1).warmup_epochs == 0
+    assert RunConfig.from_preset("quick", teacher_epochs=2, student_epochs=2).warmup_epochs == 1
+    assert RunConfig.from_preset("paper", teacher_epochs=3, student_epochs=9).warmup_epochs == 2
+    assert RunConfig.from_preset("paper").warmup_epochs == 5
+    # A reused teacher trains nothing: only the students' epochs count.
+    reused = RunConfig.from_preset(
+        "smoke", teacher="t.keras", teacher_epochs=0, student_epochs=3, warmup_epochs=2
+    )
+    assert reused.warmup_epochs == 2
+    with pytest.raises(ConfigError, match="--warmup-epochs 3 must be below .*--student-epochs 3"):
+        RunConfig.from_preset("smoke", teacher="t.keras", student_epochs=3, warmup_epochs=3)
+
+
+def test_resume_checks_the_warm_up_only_when_it_or_the_epochs_change(tmp_path):
+    # A run saved before the check (warm-up as long as its 1 epoch) still
+    # resumes as it was; changing it to something impossible is refused.
+    saved = RunConfig.from_preset("smoke", teacher_epochs=1, student_epochs=1).to_dict()
+    saved["warmup_epochs"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    resume = ["run", "--resume", "--out", str(tmp_path)]
+    assert _config_from_args(get_args(resume)).warmup_epochs == 1
+    with pytest.raises(ConfigError, match="--warmup-epochs 5 must be below"):
+        _config_from_args(get_args(resume + ["--warmup-epochs", "5"]))
+
+
+def _fresh_python(code, env=None):
+    """Runs `code` in a fresh interpreter from the repository."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ),
+        timeout=300,
+    )
+
+
+def test_bad_flags_and_paths_exit_2_before_tensorflow_is_imported(tmp_path):
+    # Each command in a fresh interpreter's view: the exit code and whether
+    # TensorFlow (or Keras) was imported on the way to it.
+    commands = [
+        ["run", "--alpha", "2"],
+        ["run", "--warmup-epochs", "9", "--epochs", "4"],
+        ["run", "--threads", "100000"],
+        ["run", "--data", str(tmp_path / "missing.npz"), "--preset", "smoke"],
+        ["run", "--data", str(tmp_path / "missing.tar.gz"), "--preset", "smoke"],
+        ["evaluate", str(tmp_path / "missing.keras")],
+        ["evaluate", "m.keras", "--image-size", "-5"],
+        ["evaluate", str(tmp_path), "--split", "val"],
+        ["export", str(tmp_path), "--threads", "0"],
+        ["report", str(tmp_path / "none")],
+    ]
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from kd_keras.cli import main\n"
+        f"results = []\n"
+        f"for argv in {commands!r}:\n"
+        "    with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        "        code = main(argv)\n"
+        "    heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
+        "    results.append([code, heavy, err.getvalue()])\n"
+        "print(json.dumps(results))\n"
+    )
+    result = _fresh_python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for argv, (code, heavy, err) in zip(commands, json.loads(result.stdout)):
+        assert (code, heavy) == (2, []), (argv, err)
+        assert err.startswith("kd_keras: error: ") and err.count("\n") == 1, (argv, err)
+
+
+def test_a_refusal_is_one_line_of_reasonable_length_that_keeps_its_fix(capsys):
+    names = ", ".join(f"class_{i:04d}" for i in range(1000))
+
+    def refuse():
+        raise ConfigError(f"the teacher predicts 10 classes, the data has 1000 ({names}); fix X")
+
+    assert run_command("kd_keras", refuse) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) <= 420
+    assert err.startswith("kd_keras: error: the teacher predicts 10 classes, the data has 1000")
+    assert err.rstrip().endswith("; fix X") and "characters left out" in err
+
+
+@pytest.fixture(scope="module")
+def exported_models(tmp_path_factory):
+    """A tiny 3-class logits model on 8x8 images as .keras, .tflite and a
+    SavedModel folder, and a .npz with its test images."""
+    import keras
+    import numpy as np
+
+    from kd_keras.export.exporter import export_model
+
+    root = tmp_path_factory.mktemp("models")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(60, 8, 8, 3), dtype=np.uint8)
+    y = np.arange(60) % 3
+    np.savez(root / "data.npz", x_train=x, y_train=y, x_test=x[:30], y_test=y[:30])
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    hidden = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    model.save(root / "model.keras")
+    export_model(model, root / "model.tflite")
+    export_model(model, root / "saved", format="saved_model")
+    predicted = np.argmax(model.predict(x[:30].astype("float32"), verbose=0), axis=-1)
+    return root, predicted, y[:30]
+
+
+def test_evaluate_takes_a_tflite_file_and_a_saved_model_folder(exported_models, capsys):
+    root, predicted, labels = exported_models
+    expected = float(np.mean(predicted == labels))
+    results = {}
+    for name in ("model.keras", "model.tflite", "saved"):
+        argv = ["evaluate", str(root / name), "--data", str(root / "data.npz"), "--per-class"]
+        assert main(argv) == 0, capsys.readouterr().err
+        results[name] = json.loads(capsys.readouterr().out)
+    assert [r["format"] for r in results.values()] == ["keras", "litert", "saved_model"]
+    for result in results.values():
+        assert result["test_images"] == 30
+        assert result["accuracy"] == pytest.approx(expected)
+        for label, name in enumerate(("0", "1", "2")):
+            mine = predicted[labels == label] == label
+            assert result["per_class"][name] == {
+                "accuracy": pytest.approx(mine.mean()),
+                "images": 10,
+            }
+    assert results["model.tflite"]["loss"] == pytest.approx(
+        results["model.keras"]["loss"], abs=1e-4
+    )
+
+
+def test_evaluate_a_tflite_file_of_another_image_size_is_one_line(exported_models, capsys):
+    root, _, _ = exported_models
+    argv = ["evaluate", str(root / "model.tflite"), "--data", str(root / "data.npz")]
+    assert main(argv + ["--image-size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "takes images of shape (8, 8, 3)" in err
+
+
+# --- Wording ---
+
+
+def test_plural_and_the_lines_that_count_epochs(capsys):
+    from kd_app.run_state import progress_texts
+    from kd_keras.text import plural
+    from tuning.cli import _print_trial
+
+    assert (plural(1, "epoch"), plural(0, "epoch"), plural(2, "class", "classes")) == (
+        "1 epoch",
+        "0 epochs",
+        "2 classes",
+    )
+    summary = dict(done_epochs=0, total_epochs=1, epoch=1, epochs=1, batch=0, batches=0)
+    summary.update(stage_index=0, stages=3, stage="teacher")
+    assert progress_texts(summary, alive=False) == (
+        "Overall: 0 of 1 epoch done",
+        "Stage 1/3 teacher: 1/1 epoch done",
+    )
+    row = dict(trial_id="00", temperature=4.0, alpha=0.3, val_accuracy=0.5, epochs=1, seconds=2.0)
+    _print_trial(row)
+    assert "(1 epoch, 2.0 s)" in capsys.readouterr().out
+
+
+def test_the_teacher_check_says_the_teacher_once_and_offers_the_flag_only_where_it_exists(capsys):
+    import keras
+
+    from kd_keras.distill.teacher import teacher_sanity_check
+    from kd_keras.errors import TeacherError
+
+    # Always class 0 on 3 balanced classes: near chance.
+    inputs = keras.Input((4, 4, 3))
+    flat = keras.layers.Flatten()(inputs)
+    teacher = keras.Model(inputs, keras.layers.Dense(3, kernel_initializer="zeros")(flat))
+    teacher.layers[-1].bias.assign([1.0, 0.0, 0.0])
+    images = np.zeros((30, 4, 4, 3), dtype="uint8")
+    splits = {"val": (images, np.arange(30) % 3), "classes": ["a", "b", "c"]}
+    teacher_sanity_check(teacher, splits, refuse=False)  # A trained teacher: a warning.
+    captured = capsys.readouterr()
+    assert captured.out.startswith("kd_keras: the teacher: validation accuracy 0.3333 on 30")
+    assert captured.err.startswith("kd_keras: warning: the teacher is near chance")
+    assert "--accept-weak-teacher" not in captured.err and "teacher the" not in captured.err
+    with pytest.raises(TeacherError, match="teacher 't.keras' is near chance") as error:
+        teacher_sanity_check(teacher, splits, name="'t.keras'", verbose=0)
+    assert str(error.value).endswith("if the teacher is meant, pass --accept-weak-teacher")
+
+
+# --- Quiet start-up (kd_keras/quiet.py) ---
+
+STARTUP_NOISE = ("oneDNN", "cuInit", "cuda drivers", "absl::InitializeLog")
+
+
+def test_quiet_unless_verbose_or_the_user_set_the_level():
+    from kd_keras.quiet import is_quiet
+
+    assert is_quiet(False, {})
+    assert not is_quiet(True, {})
+    assert not is_quiet(False, {"TF_CPP_MIN_LOG_LEVEL": "0"})
+
+
+def test_held_back_lines_are_shown_only_if_the_start_fails(capfd):
+    from kd_keras.quiet import held_stderr
+
+    with held_stderr():
+        os.write(2, b"start-up noise\n")
+    assert capfd.readouterr().err == ""
+    with pytest.raises(ImportError), held_stderr():
+        os.write(2, b"why it failed\n")
+        raise ImportError("no such library")
+    assert capfd.readouterr().err == "why it failed\n"
+
+
+def _cli(argv, **env):
+    """`python -m <argv>` in a fresh interpreter, with the user's
+    TF_CPP_MIN_LOG_LEVEL unset unless given in `env`."""
+    environ = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_tensorflow_start_up_lines_only_with_verbose_or_the_users_level(exported_models):
+    root, _, _ = exported_models
+    evaluate = ["kd_keras", "evaluate", str(root / "model.keras"), "--data", str(root / "data.npz")]
+    quiet = _cli(evaluate)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert json.loads(quiet.stdout)["test_images"] == 30
+    assert not [n for n in STARTUP_NOISE if n in quiet.stderr], quiet.stderr
+    for loud in (_cli(evaluate + ["--verbose"]), _cli(evaluate, TF_CPP_MIN_LOG_LEVEL="0")):
+        assert loud.returncode == 0, loud.stderr[-2000:]
+        assert "oneDNN" in loud.stderr  # (cuInit too where CUDA libraries are installed)
+    # The search's front end: its own output first, nothing from TensorFlow.
+    search = _cli(["tuning", "--help"])
+    assert (search.returncode, search.stderr) == (0, "")
+    assert search.stdout.startswith("usage:")
+    assert "oneDNN" in _cli(["tuning", "--help", "--verbose"]).stderr

@@ -354,8 +354,11 @@ def test_command_line_flags_refuses_bad_settings(settings, fragment):
 
 
 def test_options_module_imports_neither_keras_nor_tensorflow():
+    # The front ends' Keras-free helpers too: the CLI and the search import
+    # them before TensorFlow starts.
     code = (
-        "import kd_keras.options, sys; "
+        "import kd_keras.options, kd_keras.cli, kd_keras.quiet, kd_keras.extras, "
+        "kd_keras.text, kd_keras.report.reference, sys; "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, "
         "sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))"
     )

@@ -8,7 +8,9 @@ from kd_keras.cli import main
 from kd_keras.config import RunConfig
 from kd_keras.report.reference import (
     compare_with_reference,
+    comparison_problem,
     format_reference_table,
+    reference_table_of,
     setting_differences,
 )
 from kd_keras.run_folder import RunFolder
@@ -110,3 +112,43 @@ def test_report_command_prints_the_reference_table(tmp_path, capsys):
     assert main(["report", str(folder.path), "--reference"]) == 0
     out = capsys.readouterr().out
     assert "| student distilled (depth 15) | 0.8950 | 0.9028 | -0.78 |" in out
+
+
+def _run_folder(path, config):
+    folder = RunFolder(path)
+    folder.stages_dir.mkdir(parents=True)
+    (folder.path / "config.json").write_text(config.to_json())
+    for row in ROWS[:3]:
+        full = {**row, "model": row["stage"], "params": 1, "flops": 1, "size_mb": 0.1}
+        full.update(val_loss=0.5, latency_ms=1.0, best_epoch=50)
+        folder.stage_file(row["stage"]).write_text(json.dumps(full))
+    return folder
+
+
+def test_only_cifar10_runs_with_resnets_are_comparable(tmp_path):
+    images = tmp_path / "my images"
+    images.mkdir()
+    assert comparison_problem(RunConfig.from_preset("full")) is None
+    assert comparison_problem(RunConfig.from_preset("quick", student_model="resnet20")) is None
+    assert "not CIFAR-10" in comparison_problem(RunConfig.from_preset("quick", data=str(images)))
+    assert "not CIFAR-10" in comparison_problem({"data": str(tmp_path / "own.npz")})
+    problem = comparison_problem(RunConfig.from_preset("quick", teacher_model="mobilenetv3small"))
+    assert "teacher is 'mobilenetv3small', not a ResNet" in problem
+    assert "no config.json" in comparison_problem(None)
+
+
+def test_report_reference_refuses_an_own_data_run_in_one_line(tmp_path, capsys):
+    images = tmp_path / "flowers"
+    images.mkdir()
+    folder = _run_folder(tmp_path / "run", RunConfig.from_preset("quick", data=str(images)))
+    assert reference_table_of(folder.path) is None  # The app shows no table either.
+    assert main(["report", str(folder.path), "--reference"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith(
+        "kd_keras: error: --reference compares CIFAR-10 runs with ResNet teacher and student only:"
+    )
+    assert f"data '{images}' is not CIFAR-10" in captured.err
+    assert captured.err.rstrip().endswith("leave out --reference")
+    assert not (folder.path / "results.csv").exists()  # Refused before writing anything.
+    assert main(["report", str(folder.path)]) == 0  # The plain report still works.

@@ -6,15 +6,22 @@ Built on kd_keras's public API only. See `run_search` (Python) and
 """
 
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kd_keras.errors import SearchError
+from kd_keras import extras, quiet  # noqa: E402 (Keras-free)
+
+# One line naming the extra (exit 2), before anything imports keras_tuner.
+extras.require_extra("tuning", prog="tuning", what="the T/alpha search")
+if extras.running_as_program():
+    quiet.start_tensorflow(verbose="--verbose" in sys.argv)  # Before Keras starts below.
+
+from kd_keras.errors import SearchError  # noqa: E402
 from tuning.apply import TUNED_STAGE, run_best  # noqa: E402
 from tuning.cli import main  # noqa: E402
 from tuning.hypermodel import DistillationHyperModel, SearchSpace  # noqa: E402
-from tuning.search import (
+from tuning.search import (  # noqa: E402
     OBJECTIVE,
     TUNERS,
     SearchResult,

@@ -1,5 +1,21 @@
+"""`python -m tuning` and the `kd-keras-tune` script.
+
+Importing the package (`tuning/__init__.py`) has already checked the
+`tuning` extra (one line naming it, exit 2) and quieted TensorFlow's
+start-up unless `--verbose` was given (`kd_keras/quiet.py`).
+"""
+
 import sys
 
-from tuning.cli import main
 
-sys.exit(main())
+def main(argv=None):
+    """Runs the search CLI; returns its exit code."""
+    from tuning.cli import main as run
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --verbose only brings back TensorFlow's start-up lines (read above).
+    return run([arg for arg in argv if arg != "--verbose"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ from kd_keras.config import PRESETS, RunConfig
 from kd_keras.errors import run_command
 from kd_keras.options import add_run_options, overrides_from_args
 from kd_keras.run_folder import TRIAL_COMPLETED, RunFolder
+from kd_keras.text import plural
 
 # Recipe options the search takes (run options, kd_keras/options.py); the
 # rest of the recipe comes from --preset or the --apply-to run.
@@ -174,7 +175,7 @@ def _print_trial(row):
         return
     print(
         f"trial {row['trial_id']}: T={row['temperature']:.3g} alpha={row['alpha']:.3g} "
-        f"val_accuracy={row['val_accuracy']:.4f} ({row['epochs']} epochs, "
+        f"val_accuracy={row['val_accuracy']:.4f} ({plural(row['epochs'], 'epoch')}, "
         f"{row['seconds']:.1f} s)",
         flush=True,
     )

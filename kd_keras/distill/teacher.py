@@ -89,7 +89,7 @@ def _symbolic(model, attribute):
         return []
 
 
-def check_teacher(model, num_classes=NUM_CLASSES, *, name="the teacher", image_shape=IMAGE_SHAPE):
+def check_teacher(model, num_classes=NUM_CLASSES, *, name="model", image_shape=IMAGE_SHAPE):
     """Checks a model's input and output contract as a teacher (see
     `load_teacher`), for images of `image_shape`; raises `TeacherError`
     naming what does not fit."""
@@ -166,16 +166,14 @@ def validation_accuracy(teacher, images, labels, *, batch_size=256):
 NEAR_CHANCE_FACTOR = 1.5
 
 
-def teacher_sanity_check(
-    teacher, splits, *, name="the teacher", verbose=1, refuse=True, accuracy=None
-):
+def teacher_sanity_check(teacher, splits, *, name=None, verbose=1, refuse=True, accuracy=None):
     """The teacher's accuracy on the run's validation split, checked
     against chance before anything is distilled from it.
 
     Args:
         teacher: the teacher model (raw 0..255 pixels in, logits out).
         splits: the run's splits (`prepare_splits`); `"val"` is used.
-        name: the teacher, for messages.
+        name: the teacher, for messages (`None`: "the teacher").
         verbose: print the accuracy if non-zero.
         refuse: raise for a near-chance teacher (else warn).
         accuracy: the validation accuracy, if already measured.
@@ -192,27 +190,27 @@ def teacher_sanity_check(
     if accuracy is None:
         accuracy = validation_accuracy(teacher, images, labels)
     chance = 1.0 / len(classes)
+    subject = "the teacher" if name is None else f"teacher {name}"
     if verbose:
         print(
-            f"kd_keras: teacher {name}: validation accuracy {accuracy:.4f} on "
+            f"kd_keras: {subject}: validation accuracy {accuracy:.4f} on "
             f"{len(labels)} images (chance {chance:.4f})",
             flush=True,
         )
     if accuracy < NEAR_CHANCE_FACTOR * chance:
         shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
         message = (
-            f"teacher {name} is near chance on this data: validation accuracy "
+            f"{subject} is near chance on this data: validation accuracy "
             f"{accuracy:.4f} on {len(labels)} images, chance {chance:.4f} (refused below "
             f"{NEAR_CHANCE_FACTOR * chance:.4f}). Likely causes: wrong preprocessing "
             "(kd_keras feeds raw 0-255 pixels; a teacher trained on 0-1 inputs needs "
             "keras.layers.Rescaling(1/255) as its first layer), wrong class order "
             f"(class i here is: {shown}; see classes.json), or a teacher trained on "
             "other data or outputs not matching its classes (probabilities are "
-            "accepted only via Distiller(teacher_outputs='probabilities')); if the "
-            "teacher is meant, pass --accept-weak-teacher"
+            "accepted only via Distiller(teacher_outputs='probabilities'))"
         )
-        if refuse:
-            raise TeacherError(message)
+        if refuse:  # Only a reused --teacher is refused; the run's flag overrides it.
+            raise TeacherError(f"{message}; if the teacher is meant, pass --accept-weak-teacher")
         print(f"kd_keras: warning: {message}", file=sys.stderr, flush=True)
     return {"val_accuracy": float(accuracy), "chance_accuracy": float(chance)}
 

@@ -12,10 +12,15 @@ each model's own cross-entropy, while the reference's distilled "test loss"
 loss; the comparison therefore puts accuracies side by side and gives the
 run's own losses alone.
 
+Only runs of the reference's shape are compared (`comparison_problem`):
+CIFAR-10 data (so 10 classes) and ResNet teacher and student; a run on
+other data or with other architectures gets one line saying why instead.
+
 Keras-free: `python -m kd_keras report RUN --reference` prints
 `format_reference_table(rows, config)`.
 """
 
+from kd_keras.errors import ConfigError
 from kd_keras.run_folder import RunFolder
 
 REFERENCE = {
@@ -91,6 +96,57 @@ def setting_differences(config, reference=REFERENCE):
     if data_kind(fields.get("data")) != "cifar10":
         differences.insert(0, f"data: {fields.get('data')!r} (reference CIFAR-10)")
     return differences
+
+
+def comparison_problem(config):
+    """Why a run cannot be set next to the reference, or `None` if it can.
+
+    The reference is CIFAR-10 (10 classes) with ResNet teacher and student;
+    a run on other data or with other architectures would be compared with
+    numbers it could never reach (an own-data run came out 57 points
+    "below"). Depths, widths, sizes and epochs may differ: they are listed
+    under the table.
+
+    Args:
+        config: a `RunConfig`, a dict of its fields, or `None` (no
+            config.json).
+    """
+    from kd_keras.config import data_kind
+    from kd_keras.models.specs import parse_model_spec
+
+    if config is None:
+        return "the run folder has no config.json, so its data and models are unknown"
+    fields = config if isinstance(config, dict) else config.to_dict()
+    if data_kind(fields.get("data")) != "cifar10":
+        return (
+            f"the run's data {fields.get('data')!r} is not CIFAR-10, and the reference "
+            "is a CIFAR-10 result"
+        )
+    for role in ("teacher", "student"):
+        spec = fields.get(f"{role}_model")
+        if spec is None:
+            continue
+        try:
+            kind = parse_model_spec(spec, role=role)["kind"]
+        except ValueError:
+            kind = None
+        if kind != "resnet":
+            return (
+                f"the run's {role} is {spec!r}, not a ResNet, and the reference "
+                "compares ResNet teacher and student"
+            )
+    return None
+
+
+def check_comparable(config):
+    """Raises `ConfigError` (one line) unless `comparison_problem(config)`
+    is `None`."""
+    problem = comparison_problem(config)
+    if problem is not None:
+        raise ConfigError(
+            f"--reference compares CIFAR-10 runs with ResNet teacher and student only: "
+            f"{problem}; leave out --reference"
+        )
 
 
 def compare_with_reference(rows, reference=REFERENCE):
@@ -200,8 +256,11 @@ def format_reference_table(rows, config, reference=REFERENCE):
 
 
 def reference_table_of(run_dir, reference=REFERENCE):
-    """`format_reference_table` of a run folder's stages and config."""
+    """`format_reference_table` of a run folder's stages and config, or
+    `None` for a run not of the reference's shape (`comparison_problem`)."""
     from kd_keras.report.results import load_stage_rows
 
-    folder = RunFolder(run_dir)
-    return format_reference_table(load_stage_rows(run_dir), folder.config(), reference)
+    config = RunFolder(run_dir).config()
+    if comparison_problem(config) is not None:
+        return None
+    return format_reference_table(load_stage_rows(run_dir), config, reference)
