@@ -204,6 +204,17 @@ def _run(args):
 
     config = _config_from_args(args)
     out = Path(args.out or f"runs/{config.preset}")
+    if config.budget is not None:
+        from kd_keras.train.estimate import size_run_to_budget
+
+        stream = sys.stderr if args.dry_run else sys.stdout  # A dry run's stdout is JSON.
+        config = size_run_to_budget(
+            config,
+            out,
+            resume=args.resume,
+            flag_given=args.budget,
+            log=lambda text: print(text, file=stream, flush=True),
+        )
     if args.dry_run:
         from kd_keras.train.estimate import estimate_run_seconds, format_estimate
         from kd_keras.train.speed import apply_threading, resolve_run_precisions
