@@ -188,3 +188,43 @@ def test_torch_cases_agree_with_the_torch_variants():
         if case["kind"] == "keras_distill"
     }
     assert keras_precisions == precisions
+
+
+def test_epoch_time_compares_later_epochs_with_step_times_steps():
+    from benchmarks.epoch_time import summarise
+
+    calibration = {
+        "teacher_train_step_s": 0.1,
+        "student_train_step_s": 0.05,
+        "teacher_forward_batch_s": 0.02,
+        "student_forward_batch_s": 0.01,
+    }
+    epochs = {
+        # The first epoch (tracing) is left out of the median.
+        "teacher": [
+            {"epoch": 1, "epoch_s": 30.0, "steps_s": 25.0},
+            {"epoch": 2, "epoch_s": 11.0, "steps_s": 10.0},
+            {"epoch": 3, "epoch_s": 13.0, "steps_s": 10.4},
+        ],
+        "student_baseline": [
+            {"epoch": 1, "epoch_s": 9.0, "steps_s": 8.0},
+            {"epoch": 2, "epoch_s": 6.0, "steps_s": 5.0},
+        ],
+        "student_distilled": [
+            {"epoch": 1, "epoch_s": 9.0, "steps_s": 8.0},
+            {"epoch": 2, "epoch_s": 8.4, "steps_s": 7.0},
+        ],
+    }
+    rows = {r["stage"]: r for r in summarise(epochs, calibration, 100, 10)}
+    teacher = rows["teacher"]
+    assert teacher["epochs_timed"] == 2 and teacher["first_epoch_s"] == 30.0
+    assert teacher["epoch_s"] == 12.0 and teacher["steps_s"] == 10.2
+    assert teacher["rest_s"] == pytest.approx(1.8)
+    assert teacher["step_x_steps_s"] == 10.0  # 0.1 s x 100 steps.
+    assert teacher["epoch_vs_step_x_steps"] == 1.2
+    assert teacher["estimate_s"] == 10.2  # + 10 validation batches x 0.02 s.
+    distilled = rows["student_distilled"]
+    # A distillation step is a student step plus a teacher forward pass.
+    assert distilled["step_x_steps_s"] == 7.0
+    assert distilled["epoch_vs_step_x_steps"] == 1.2
+    assert distilled["estimate_s"] == 7.3
