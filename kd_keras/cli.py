@@ -207,6 +207,11 @@ def _run(args):
     if config.budget is not None:
         from kd_keras.train.estimate import size_run_to_budget
 
+        given = [f for f in ("epochs", "teacher_epochs", "student_epochs") if getattr(args, f)]
+        if args.budget is not None and given:
+            flags = "/".join("--" + f.replace("_", "-") for f in given)
+            raise ConfigError(f"--budget chooses the epochs; drop {flags} or drop --budget")
+
         stream = sys.stderr if args.dry_run else sys.stdout  # A dry run's stdout is JSON.
         config = size_run_to_budget(
             config,

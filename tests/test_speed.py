@@ -490,3 +490,9 @@ def test_plan_budget_sizes_the_config_it_returns():
         "student_distilled",
     ]
     assert all(f"{sized.student_epochs} epochs" in line for line in stage_lines)
+
+
+def test_budget_with_explicit_epochs_is_refused(capsys):
+    assert cli_main(["run", "--preset", "smoke", "--budget", "10m", "--epochs", "3"]) == 2
+    error = capsys.readouterr().err
+    assert "--budget chooses the epochs; drop --epochs" in error
