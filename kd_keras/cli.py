@@ -200,7 +200,7 @@ def _config_from_args(args):
 
 def _run(args):
     from kd_keras.report.results import format_table
-    from kd_keras.train.pipeline import describe_models, run_pipeline
+    from kd_keras.train.pipeline import check_run_folder, describe_models, run_pipeline
 
     config = _config_from_args(args)
     out = Path(args.out or f"runs/{config.preset}")
@@ -212,6 +212,8 @@ def _run(args):
             flags = "/".join("--" + f.replace("_", "-") for f in given)
             raise ConfigError(f"--budget chooses the epochs; drop {flags} or drop --budget")
 
+        if not (args.dry_run or args.resume):  # A folder that would refuse the run: now.
+            check_run_folder(out, config, overwrite=args.overwrite)
         stream = sys.stderr if args.dry_run else sys.stdout  # A dry run's stdout is JSON.
         config = size_run_to_budget(
             config,

@@ -496,3 +496,16 @@ def test_budget_with_explicit_epochs_is_refused(capsys):
     assert cli_main(["run", "--preset", "smoke", "--budget", "10m", "--epochs", "3"]) == 2
     error = capsys.readouterr().err
     assert "--budget chooses the epochs; drop --epochs" in error
+
+
+def test_budget_checks_the_folder_and_the_data_before_calibrating(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    assert cli_main(["run", "--preset", "smoke", "--budget", "10m", "--out", str(taken)]) == 2
+    assert (taken / "notes.txt").read_text() == "mine" and len(list(taken.iterdir())) == 1
+    missing = tmp_path / "missing.tar.gz"
+    argv = ["run", "--preset", "smoke", "--budget", "10m", "--data", str(missing)]
+    assert cli_main(argv + ["--out", str(tmp_path / "new")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

@@ -397,9 +397,13 @@ def size_run_to_budget(config, out_dir, *, resume=False, flag_given=None, log=pr
     logged (one line per stage).
 
     A resumed run keeps the sizes saved in its `config.json`; asking a
-    budget again on `--resume` (`flag_given`) is refused. The time this
-    process has already run (imports, data) counts against the budget.
+    budget again on `--resume` (`flag_given`) is refused. Where CIFAR-10
+    comes from is checked before the calibration (the CLI checks the run
+    folder before this). The time this process has already run (imports,
+    data) counts against the budget.
     """
+    from kd_keras.config import data_kind
+    from kd_keras.data.cifar10 import resolve_source
     from kd_keras.errors import ConfigError
     from kd_keras.run_folder import RunFolder
     from kd_keras.train.speed import apply_threading
@@ -411,6 +415,8 @@ def size_run_to_budget(config, out_dir, *, resume=False, flag_given=None, log=pr
                 "images in its config.json: drop --budget to resume it"
             )
         return config
+    if data_kind(config.data) == "cifar10":
+        resolve_source(config.data)  # A missing archive fails here, not after calibrating.
     apply_threading(config)  # Before TensorFlow starts, as in a run.
     sized, plan = plan_budget(config, spent_seconds=_process_seconds())
     log(format_budget_plan(plan))
