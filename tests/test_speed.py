@@ -509,3 +509,23 @@ def test_budget_checks_the_folder_and_the_data_before_calibrating(tmp_path, caps
     assert cli_main(argv + ["--out", str(tmp_path / "new")]) == 2
     assert str(missing) in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_budget_dry_run_prints_the_sized_config_and_the_plan(monkeypatch, capsys):
+    from kd_keras.train import estimate
+
+    # This test process has run for a while; a real run's process starts with it.
+    monkeypatch.setattr(estimate, "_process_seconds", lambda: 0.0)
+    assert cli_main(["run", "--preset", "smoke", "--budget", "1h", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    config, _ = json.JSONDecoder().raw_decode(captured.out)
+    assert config["budget"] == "1h" and config["precision"] == "float32"
+    assert config["teacher_epochs"] == config["student_epochs"] > 4  # More than smoke's 4.
+    assert config["train_per_class"] == 50  # Not reduced: the epochs fit.
+    plan = [line for line in captured.err.splitlines() if "epochs x" in line]
+    assert [line.split()[0] for line in plan] == [
+        "teacher",
+        "student_baseline",
+        "student_distilled",
+    ]
+    assert all(f"{config['student_epochs']} epochs x" in line for line in plan)
