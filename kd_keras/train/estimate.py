@@ -131,6 +131,15 @@ def _stage_epoch_seconds(measured, steps, val_batches, overhead):
     }
 
 
+def _stage_setup_seconds(trace):
+    """Seconds of each stage's one-time graph tracing."""
+    return {
+        "teacher": trace["teacher_train_trace_s"],
+        "student_baseline": trace["student_train_trace_s"],
+        "student_distilled": trace["student_train_trace_s"] + trace["teacher_forward_trace_s"],
+    }
+
+
 def stage_times(config, measured, trace, steps_per_epoch, val_images):
     """Per-stage epochs, seconds an epoch and total seconds, from the step
     times `calibrate` measured.
@@ -146,11 +155,7 @@ def stage_times(config, measured, trace, steps_per_epoch, val_images):
     per_epoch = _stage_epoch_seconds(
         measured, steps_per_epoch, val_images / config.batch_size, overhead=0.0
     )
-    setup = {
-        "teacher": trace["teacher_train_trace_s"],
-        "student_baseline": trace["student_train_trace_s"],
-        "student_distilled": trace["student_train_trace_s"] + trace["teacher_forward_trace_s"],
-    }
+    setup = _stage_setup_seconds(trace)
     epochs = {
         "teacher": 0 if config.teacher else config.teacher_epochs,
         "student_baseline": config.student_epochs,
@@ -214,8 +219,7 @@ def size_to_budget(
 
     Raises:
         ConfigError: not even `min_epochs` on `min_images_per_class`
-            images a class fit; the message says the shortest budget that
-            does.
+            images a class fit; the message says how long those need.
     """
     from kd_keras.errors import ConfigError
 
@@ -228,11 +232,7 @@ def size_to_budget(
     evaluation = (val_batches + test_batches) * (
         (t_fwd if teacher_epochs else 0.0) + 2 * s_fwd  # Teacher, baseline, distilled.
     )
-    setup = {
-        "teacher": trace["teacher_train_trace_s"],
-        "student_baseline": trace["student_train_trace_s"],
-        "student_distilled": trace["student_train_trace_s"] + trace["teacher_forward_trace_s"],
-    }
+    setup = _stage_setup_seconds(trace)
 
     def plan(images, epochs):
         per_epoch = _stage_epoch_seconds(
