@@ -301,7 +301,8 @@ def get_args(argv=None):
     parser.add_argument(
         "--torch",
         action="store_true",
-        help="add the PyTorch cases (needs torch: pip install -r requirements-bench.txt)",
+        help="add the PyTorch cases: float32 and CPU autocast bfloat16, float16 where "
+        "CUDA is (needs torch: pip install -r requirements-bench.txt)",
     )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument(
