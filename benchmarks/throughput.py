@@ -16,11 +16,14 @@ graph optimisation, first allocations), then `--repeats` timed repeats of
 `--steps` steps each. Throughput is images per second per repeat; the
 report gives the median and the min-max over the repeats.
 
-Writes `results.json` (machine, versions, settings and every case's
-numbers) and `results.md` (a table with each distillation step's speed
-relative to `keras.distillation.Distiller`'s step in the same run, and to
-the best PyTorch variant when `--torch` ran) into `--out`, and prints the
-table. The cases and measured tables: `docs/speed.md`.
+Every case records its precision (float32, bfloat16 or float16; "student X,
+teacher Y" where the two differ). Writes `results.json` (machine, versions,
+settings, every case's numbers and, per precision, the reference cases) and
+`results.md` (one table per precision, each distillation step's speed
+relative to the `keras.distillation.Distiller` case and to the fastest
+PyTorch case OF THE SAME PRECISION) into `--out`, and prints the tables.
+The float16 cases need a GPU and are skipped, with that reason, elsewhere.
+The cases and measured tables: `docs/speed.md`.
 """
 
 import argparse
@@ -39,7 +42,6 @@ from pathlib import Path
 from kd_keras.hardware import auto_precisions, this_machine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-REFERENCE_CASE = "keras_distiller"
 DEFAULT_OUT = "runs/benchmark"
 
 
@@ -180,6 +182,53 @@ CASES = {
         "kind": "torch",
         "what": "PyTorch loop, channels_last + torch.compile",
     },
+    # Like for like at the other precisions kd_keras runs (ratios are taken
+    # only between cases of equal precision, see `report_groups`).
+    "keras_distiller_bf16": {
+        "kind": "keras_distill",
+        "precision": "mixed_bfloat16",
+        "teacher_precision": "bfloat16",
+        "what": "keras_distiller with both models built under mixed_bfloat16 "
+        "(logits and losses float32)",
+    },
+    "torch_channels_last_bf16": {
+        "kind": "torch",
+        "precision": "bfloat16",
+        "what": "PyTorch loop, channels_last, CPU autocast bfloat16 (losses float32)",
+    },
+    "torch_channels_last_compile_bf16": {
+        "kind": "torch",
+        "precision": "bfloat16",
+        "what": "PyTorch loop, channels_last + torch.compile, CPU autocast bfloat16 "
+        "(losses float32)",
+    },
+    "kd_distiller_fp16_both": {
+        "kind": "distill",
+        "precision": "mixed_float16",
+        "teacher_precision": "float16",
+        "gpu": True,
+        "what": "student mixed_float16 + teacher float16 (GPU only)",
+    },
+    "keras_distiller_fp16": {
+        "kind": "keras_distill",
+        "precision": "mixed_float16",
+        "teacher_precision": "float16",
+        "gpu": True,
+        "what": "keras_distiller with both models under mixed_float16 (GPU only)",
+    },
+    "torch_channels_last_fp16": {
+        "kind": "torch",
+        "precision": "float16",
+        "gpu": True,
+        "what": "PyTorch loop, channels_last, CUDA autocast float16 + GradScaler (GPU only)",
+    },
+    "torch_channels_last_compile_fp16": {
+        "kind": "torch",
+        "precision": "float16",
+        "gpu": True,
+        "what": "PyTorch loop, channels_last + torch.compile, CUDA autocast float16 "
+        "+ GradScaler (GPU only)",
+    },
 }
 TORCH_CASES = tuple(name for name, case in CASES.items() if case["kind"] == "torch")
 # Left out by default to keep a full run under ~8 minutes on 2 cores; `all`
@@ -189,6 +238,37 @@ DEFAULT_CASES = tuple(
     name for name in CASES if name not in TORCH_CASES and name not in OPTIONAL_CASES
 )
 DISTILL_KINDS = ("distill", "keras_distill", "torch")
+# A Keras precision or policy -> the arithmetic it runs in.
+ARITHMETIC = {
+    "float32": "float32",
+    "mixed_bfloat16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "mixed_float16": "float16",
+    "float16": "float16",
+}
+# Tables of the report, in this order; then any other precision label, then
+# the cases without a model.
+PRECISION_ORDER = ("float32", "bfloat16", "float16")
+NO_MODEL = "no model"
+
+
+def case_precision(kind, options):
+    """The precision a case computes in: "float32", "bfloat16" or "float16"
+    when every model it runs does; "student X, teacher Y" when they differ;
+    None for the input pipeline. `options` holds `precision` and
+    `teacher_precision` (a Keras case's, resolved) or a torch case's
+    `precision`."""
+    if kind == "input":
+        return None
+    student = options.get("precision", "float32")
+    student = ARITHMETIC.get(student, student)
+    if kind in ("torch", "train"):
+        return student
+    teacher = options.get("teacher_precision", "float32")
+    teacher = ARITHMETIC.get(teacher, teacher)
+    if kind == "forward":
+        return teacher
+    return student if student == teacher else f"student {student}, teacher {teacher}"
 
 
 def get_args(argv=None):
@@ -221,7 +301,8 @@ def get_args(argv=None):
     parser.add_argument(
         "--torch",
         action="store_true",
-        help="add the PyTorch cases (needs torch: pip install -r requirements-bench.txt)",
+        help="add the PyTorch cases: float32 and CPU autocast bfloat16, float16 where "
+        "CUDA is (needs torch: pip install -r requirements-bench.txt)",
     )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument(
@@ -512,7 +593,11 @@ def run_worker(name, args):
         "what": case["what"],
         "options": {
             "precision": case.get("precision", "float32"),
-            "teacher_precision": case.get("teacher_precision", "float32"),
+            # A torch case runs both models at its one precision.
+            "teacher_precision": case.get(
+                "teacher_precision",
+                case.get("precision", "float32") if case["kind"] == "torch" else "float32",
+            ),
             "steps_per_execution": spe,
             "jit_compile": case.get("jit", False),
             "threads": threads,
@@ -524,6 +609,7 @@ def run_worker(name, args):
         "repeats": args.repeats,
         "warmup_steps": warmup,
     }
+    result["precision"] = case_precision(case["kind"], result["options"])
     start = time.perf_counter()
     if case["kind"] == "torch":
         try:
@@ -531,6 +617,10 @@ def run_worker(name, args):
         except ImportError as error:
             return {**result, "status": "skipped", "error": f"torch is not installed ({error})"}
         from benchmarks import torch_resnet
+
+        reason = torch_resnet.unavailable_reason(name)
+        if reason:
+            return {**result, "status": "skipped", "error": reason}
 
         images, labels = _synthetic_batch(args.batch_size)
         result["rss_after_import_mib"] = round(_rss_mib(), 1)
@@ -548,6 +638,12 @@ def run_worker(name, args):
         import kd_keras  # noqa: F401  (sets KERAS_BACKEND before Keras loads)
         from kd_keras.train.speed import apply_threading
 
+        if case.get("gpu"):
+            import tensorflow as tf
+
+            if not tf.config.list_physical_devices("GPU"):
+                reason = "needs a GPU (float16 is a GPU precision); TensorFlow sees none here"
+                return {**result, "status": "skipped", "error": reason}
         if threads is not None and not apply_threading(threads):
             raise RuntimeError(f"could not set threads={threads}")
         images, labels = _synthetic_batch(args.batch_size)
@@ -672,6 +768,7 @@ def run_case(name, args, out):
             "case": name,
             "kind": CASES[name]["kind"],
             "what": CASES[name]["what"],
+            "precision": case_precision(CASES[name]["kind"], CASES[name]),
             "status": "failed",
             "error": f"exit {code}: " + " | ".join(tail),
         }
@@ -710,34 +807,91 @@ def _ratio(value, reference):
     return f"{value / reference:.2f}×"
 
 
-def format_table(results):
-    """The Markdown table of a list of case results."""
-    by_name = {r["case"]: r for r in results}
-    reference = by_name.get(REFERENCE_CASE, {}).get("median_images_per_s")
-    torch_rows = [r for r in results if r.get("kind") == "torch" and r.get("status") == "ok"]
-    best_torch = max(torch_rows, key=lambda r: r["median_images_per_s"], default=None)
-    header = [
-        "case",
-        "img/s (median)",
-        "min–max",
-        "step ms",
-        "peak MiB",
-        "+MiB over import",
-        f"vs {REFERENCE_CASE}",
-    ]
-    if best_torch:
-        header.append(f"vs {best_torch['case']}")
+def _result_precision(result):
+    if "precision" in result:
+        return result["precision"]
+    case = CASES.get(result.get("case"), {})
+    return case_precision(result.get("kind", case.get("kind")), result.get("options", case))
+
+
+def report_groups(results):
+    """The results split by precision, each group with its own references.
+
+    Returns a list of dicts, one per precision present (float32, bfloat16,
+    float16 first, then mixed labels, then the cases without a model):
+    `precision`, `results` (in the given order), `torch` (the fastest ok
+    PyTorch case at this precision, or None) and `keras` (the ok
+    `keras.distillation` case at this precision, or None). A ratio is only
+    ever taken inside one group, so no case is divided by a case of another
+    precision.
+    """
+    groups = {}
+    for result in results:
+        label = _result_precision(result) or NO_MODEL
+        groups.setdefault(label, []).append(result)
+    order = [p for p in PRECISION_ORDER if p in groups]
+    order += [p for p in groups if p not in PRECISION_ORDER and p != NO_MODEL]
+    order += [NO_MODEL] if NO_MODEL in groups else []
+    report = []
+    for label in order:
+        rows = groups[label]
+        ok = [r for r in rows if r.get("status") == "ok"]
+        torch_rows = [r for r in ok if r.get("kind") == "torch"]
+        keras_rows = [r for r in ok if r.get("kind") == "keras_distill"]
+        report.append(
+            {
+                "precision": label,
+                "results": rows,
+                "torch": max(torch_rows, key=lambda r: r["median_images_per_s"], default=None),
+                "keras": keras_rows[0] if keras_rows else None,
+            }
+        )
+    return report
+
+
+def ratios(result, group):
+    """`(vs best PyTorch, vs keras.distillation)` of one result of `group`
+    (`report_groups`): floats, or None where either side is missing or the
+    case is not a distillation step."""
+    if result.get("status") != "ok" or result.get("kind") not in DISTILL_KINDS:
+        return None, None
+    value = result["median_images_per_s"]
+    found = []
+    for reference in (group["torch"], group["keras"]):
+        found.append(value / reference["median_images_per_s"] if reference else None)
+    return tuple(found)
+
+
+def _cell(ratio):
+    return "–" if ratio is None else f"{ratio:.2f}×"
+
+
+def format_group(group):
+    """One precision's Markdown table, with a line saying what its ratios compare."""
+    label = group["precision"]
+    header = ["case", "img/s (median)", "min–max", "step ms", "peak MiB", "+MiB over import"]
+    with_ratios = label != NO_MODEL
+    if with_ratios:
+        header += [f"vs best PyTorch at {label}", f"vs keras.distillation at {label}"]
     header.append("what")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in results:
+    lines = [f"### {label}", ""]
+    if with_ratios:
+        torch_ref, keras_ref = group["torch"], group["keras"]
+        lines += [
+            f"Ratios compare {label} cases only: best PyTorch at {label} = "
+            + (f"`{torch_ref['case']}`" if torch_ref else "none measured")
+            + f"; keras.distillation at {label} = "
+            + (f"`{keras_ref['case']}`" if keras_ref else "none measured")
+            + ".",
+            "",
+        ]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in group["results"]:
         if r.get("status") != "ok":
-            cells = [f"`{r['case']}`", r.get("status", "failed"), "", "", "", "", ""]
-            if best_torch:
-                cells.append("")
+            cells = [f"`{r['case']}`", r.get("status", "failed")] + [""] * (len(header) - 3)
             cells.append(r.get("error", "")[:200].replace("|", "/"))
             lines.append("| " + " | ".join(cells) + " |")
             continue
-        distill = r["kind"] in DISTILL_KINDS
         cells = [
             f"`{r['case']}`",
             f"{r['median_images_per_s']:.1f}",
@@ -745,27 +899,36 @@ def format_table(results):
             f"{r['step_ms']:.1f}",
             f"{r['peak_rss_mib']:.0f}",
             f"{r['peak_rss_mib'] - r.get('rss_after_import_mib', 0):.0f}",
-            _ratio(r["median_images_per_s"], reference) if distill else "–",
         ]
-        if best_torch:
-            cells.append(
-                _ratio(r["median_images_per_s"], best_torch["median_images_per_s"])
-                if distill
-                else "–"
-            )
+        if with_ratios:
+            cells += [_cell(ratio) for ratio in ratios(r, group)]
         cells.append(r["what"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def format_table(results):
+    """The Markdown tables of a list of case results: one per precision."""
+    return "\n\n".join(format_group(group) for group in report_groups(results))
+
+
 def write_report(out, machine, settings, results):
-    """Writes results.json and results.md into `out`; returns the table."""
-    table = format_table(results)
+    """Writes results.json and results.md into `out`; returns the tables."""
+    groups = report_groups(results)
+    table = "\n\n".join(format_group(group) for group in groups)
     by_name = {r["case"]: r for r in results}
     document = {
         "machine": machine,
         "settings": settings,
-        "reference_case": REFERENCE_CASE if REFERENCE_CASE in by_name else None,
+        # Per precision: the cases its ratios divide by.
+        "references": {
+            g["precision"]: {
+                "pytorch": g["torch"]["case"] if g["torch"] else None,
+                "keras_distillation": g["keras"]["case"] if g["keras"] else None,
+            }
+            for g in groups
+            if g["precision"] != NO_MODEL
+        },
         "cases": by_name,
     }
     (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
@@ -785,10 +948,12 @@ def write_report(out, machine, settings, results):
         f"{settings['repeats']} repeats of {settings['steps']} steps per case, each case "
         f"in its own process; {settings.get('rounds', 1)} interleaved round(s), repeats "
         "pooled.",
+        "- One table per precision. Ratios compare median images/s of "
+        "distillation steps of the same precision only (a bfloat16 step is "
+        "never divided by a float32 one); cases whose student and teacher "
+        "differ in precision have no like-for-like reference.",
         "",
         table,
-        "",
-        "Ratios compare median images/s of distillation steps only.",
         "",
     ]
     (out / "results.md").write_text("\n".join(markdown))
@@ -837,6 +1002,7 @@ def main(argv=None):
                     "case": name,
                     "kind": "torch",
                     "what": CASES[name]["what"],
+                    "precision": case_precision("torch", CASES[name]),
                     "status": "skipped",
                     "error": "torch is not installed",
                 }

@@ -9,6 +9,13 @@ momentum and weight decay, cross-entropy on the hard labels plus
 T**2 * KL(teacher || student) at temperature T, the teacher in `eval()`
 under `torch.no_grad()`.
 
+Each variant runs at one precision, as kd_keras's precisions do: float32;
+bfloat16 (`torch.autocast("cpu", dtype=torch.bfloat16)` around both forward
+passes, like `mixed_bfloat16` with a bfloat16 teacher); float16 (CUDA
+autocast with a `GradScaler`, like `mixed_float16`; GPUs only). Under
+autocast the logits are cast to float32 and the softmax and losses computed
+in float32 outside it, as kd_keras computes them.
+
 PyTorch is a benchmark-only dependency (`requirements-bench.txt`); this
 module imports it only inside its functions, so it can be imported without
 it. The depth rule and the normalisation constants are kd_keras's own
@@ -19,11 +26,46 @@ from kd_keras.data.cifar10 import CIFAR10_MEAN as MEAN
 from kd_keras.data.cifar10 import CIFAR10_STD as STD
 from kd_keras.models.depth import stage_blocks  # Keras-free: the same depth rule.
 
+# precision: "float32", "bfloat16" (CPU autocast) or "float16" (CUDA
+# autocast); device: "cpu" or "cuda".
 VARIANTS = {
     "torch_nchw": {"channels_last": False, "compile": False},
     "torch_channels_last": {"channels_last": True, "compile": False},
     "torch_channels_last_compile": {"channels_last": True, "compile": True},
+    "torch_channels_last_bf16": {"channels_last": True, "compile": False, "precision": "bfloat16"},
+    "torch_channels_last_compile_bf16": {
+        "channels_last": True,
+        "compile": True,
+        "precision": "bfloat16",
+    },
+    "torch_channels_last_fp16": {
+        "channels_last": True,
+        "compile": False,
+        "precision": "float16",
+        "device": "cuda",
+    },
+    "torch_channels_last_compile_fp16": {
+        "channels_last": True,
+        "compile": True,
+        "precision": "float16",
+        "device": "cuda",
+    },
 }
+VARIANT_DEFAULTS = {"precision": "float32", "device": "cpu"}
+
+
+def variant_options(variant):
+    """The options of `variant` with the defaults filled in."""
+    return {**VARIANT_DEFAULTS, **VARIANTS[variant]}
+
+
+def unavailable_reason(variant):
+    """Why `variant` cannot run here (a CUDA variant without CUDA), or None."""
+    import torch
+
+    if variant_options(variant)["device"] == "cuda" and not torch.cuda.is_available():
+        return "needs a CUDA GPU (float16 autocast is a GPU precision); no CUDA device here"
+    return None
 
 
 def build_resnet(depth, width=16, num_classes=10):
@@ -111,12 +153,16 @@ def make_case(
     import torch
     from torch.nn import functional as F
 
-    options = VARIANTS[variant]
+    options = variant_options(variant)
+    device = torch.device(options["device"])
+    autocast_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        options["precision"]
+    ]
     torch.manual_seed(seed)
-    teacher = build_resnet(teacher_depth, teacher_width).eval()
-    student = build_resnet(student_depth, student_width).train()
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(labels.astype("int64"))
+    teacher = build_resnet(teacher_depth, teacher_width).eval().to(device)
+    student = build_resnet(student_depth, student_width).train().to(device)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+    y = torch.from_numpy(labels.astype("int64")).to(device)
     if options["channels_last"]:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
@@ -126,15 +172,22 @@ def make_case(
     optimizer = torch.optim.SGD(
         student.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
+    # float16 needs loss scaling (as Keras's LossScaleOptimizer under mixed_float16).
+    scaler = torch.amp.GradScaler(device.type) if options["precision"] == "float16" else None
     teacher_call, student_call = teacher, student
     if options["compile"]:
         teacher_call = torch.compile(teacher)
         student_call = torch.compile(student)
 
+    def forward():
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.no_grad():
+                teacher_logits = teacher_call(x)
+            student_logits = student_call(x)
+        return teacher_logits.float(), student_logits.float()  # Losses in float32.
+
     def step():
-        with torch.no_grad():
-            teacher_logits = teacher_call(x)
-        student_logits = student_call(x)
+        teacher_logits, student_logits = forward()
         hard = F.cross_entropy(student_logits, y)
         soft = (
             F.kl_div(
@@ -146,14 +199,21 @@ def make_case(
         )
         loss = alpha * hard + (1 - alpha) * soft
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         return loss
 
     def run(steps):
         loss = None
         for _ in range(steps):
             loss = step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return {"loss": float(loss.item())}
 
     info = {

@@ -240,9 +240,27 @@ def _run(args):
     check_data_path(config.data)
     start_tensorflow(args.verbose)  # Every check above ran without TensorFlow.
     from kd_keras.report.results import format_table
-    from kd_keras.train.pipeline import describe_models, run_pipeline
+    from kd_keras.train.pipeline import check_run_folder, describe_models, run_pipeline
 
     out = Path(args.out or f"runs/{config.preset}")
+    if config.budget is not None:
+        from kd_keras.train.estimate import size_run_to_budget
+
+        given = [f for f in ("epochs", "teacher_epochs", "student_epochs") if getattr(args, f)]
+        if args.budget is not None and given:
+            flags = "/".join("--" + f.replace("_", "-") for f in given)
+            raise ConfigError(f"--budget chooses the epochs; drop {flags} or drop --budget")
+
+        if not (args.dry_run or args.resume):  # A folder that would refuse the run: now.
+            check_run_folder(out, config, overwrite=args.overwrite)
+        stream = sys.stderr if args.dry_run else sys.stdout  # A dry run's stdout is JSON.
+        config = size_run_to_budget(
+            config,
+            out,
+            resume=args.resume,
+            flag_given=args.budget,
+            log=lambda text: print(text, file=stream, flush=True),
+        )
     if args.dry_run:
         from kd_keras.train.estimate import estimate_run_seconds, format_estimate
         from kd_keras.train.speed import apply_threading, resolve_run_precisions

@@ -9,6 +9,7 @@ the settings that produced it. Presets are plain dicts of field overrides.
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -135,6 +136,25 @@ def validate_warmup(warmup_epochs, stage_epochs):
         )
 
 
+# --budget: "90s", "10m", "1h", "1h30m"; sized by kd_keras/train/estimate.py.
+BUDGET_PATTERN = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+MIN_BUDGET_SECONDS, MAX_BUDGET_SECONDS = 30, 7 * 24 * 3600
+
+
+def parse_budget(text):
+    """Seconds of a time budget such as "90s", "10m", "1h" or "1h30m";
+    raises `ValueError` naming the flag and the accepted forms."""
+    form = "a duration such as 90s, 10m, 1h or 1h30m"
+    match = BUDGET_PATTERN.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    if not match or not any(match.groups()):
+        raise ValueError(f"--budget must be {form}, got {text!r}")
+    hours, minutes, seconds = (float(group or 0) for group in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if not MIN_BUDGET_SECONDS <= total <= MAX_BUDGET_SECONDS:
+        raise ValueError(f"--budget {text} is outside 30s..7 days; give {form}")
+    return total
+
+
 def validate_devices(strategy, devices, sync_batch_norm):
     """Raises `ConfigError`, naming the bad value, for an invalid strategy,
     device list or `sync_batch_norm`."""
@@ -245,6 +265,7 @@ NON_RESULT_FIELDS = (
     "strategy",
     "devices",
     "accept_weak_teacher",
+    "budget",  # The epochs and images it chose are saved and are result fields.
 )
 
 
@@ -400,6 +421,16 @@ class RunConfig:
         "--threads",
         "TensorFlow intra-op threads, inter-op 1 (default: TensorFlow's choice)",
     )
+    # Sizes a new run to a time budget: the epochs and, below a floor, the
+    # training images are chosen from a calibration (kd_keras/train/estimate.py)
+    # and saved resolved; this keeps the budget asked for.
+    budget: Optional[str] = _option(
+        None,
+        "--budget",
+        "fit all three stages, evaluation included, into this time, e.g. 90s, 10m, "
+        "1h: sets the epochs (teacher and students in the preset's ratio) and, "
+        "below a floor of epochs, the training images, from a few measured steps",
+    )
     # --- Devices (see kd_keras/train/distribute.py) ---
     strategy: str = _option(
         "default",
@@ -532,6 +563,8 @@ class RunConfig:
                 self.steps_per_execution,
                 self.threads,
             )
+            if self.budget is not None:
+                parse_budget(self.budget)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         validate_devices(self.strategy, self.devices, self.sync_batch_norm)

@@ -61,6 +61,7 @@ EVERY_OPTION = {
     "teacher_precision": "bfloat16",
     "steps_per_execution": 4,
     "threads": 2,
+    "budget": "10m",
     "strategy": "mirrored",
     "devices": ["/gpu:0", "/gpu:1"],
     "sync_batch_norm": True,

@@ -340,3 +340,192 @@ def test_benchmark_rounds_pool_every_repeat():
     assert merged["rounds"] == 2 and merged["wall_s"] == 10.0
     failed = {"case": "c", "kind": "distill", "status": "failed", "error": "boom"}
     assert merge_rounds([result([1.0], 1.0), failed])["status"] == "failed"
+
+
+# --budget: the sizing is a pure function of a (fabricated) calibration.
+STEP = {
+    "teacher_train_step_s": 0.1,
+    "student_train_step_s": 0.05,
+    "teacher_forward_batch_s": 0.03,
+    "student_forward_batch_s": 0.01,
+}
+NO_TRACE = {
+    "teacher_train_trace_s": 0.0,
+    "student_train_trace_s": 0.0,
+    "teacher_forward_trace_s": 0.0,
+}
+SIZES = {
+    "train_images": 10000,
+    "val_images": 1000,
+    "test_images": 1000,
+    "num_classes": 10,
+    "batch_size": 100,
+}
+
+
+def _run_seconds(images, teacher_epochs, student_epochs, step=STEP, teacher=True):
+    """The run's seconds by hand: per epoch, steps x step time + 10
+    validation batches + 1 s; evaluation 20 batches a model; 15 s once."""
+    steps = -(-images // 100)
+    teacher_epoch = steps * step["teacher_train_step_s"] + 10 * 0.03 + 1
+    baseline_epoch = steps * 0.05 + 10 * 0.01 + 1
+    distilled_epoch = steps * (0.05 + 0.03) + 10 * (0.01 + 0.03) + 1
+    evaluation = 20 * ((0.03 if teacher else 0.0) + 2 * 0.01)
+    return (
+        teacher_epochs * teacher_epoch
+        + student_epochs * (baseline_epoch + distilled_epoch)
+        + evaluation
+        + 15
+    )
+
+
+def test_budget_chooses_the_most_epochs_that_fit():
+    from kd_keras.train.estimate import size_to_budget
+
+    sizes = size_to_budget(600, STEP, NO_TRACE, teacher_epochs=20, student_epochs=20, **SIZES)
+    # Per epoch 11.3 + 6.1 + 9.4 = 26.8 s; 1 s evaluation and 15 s once:
+    # 21 epochs = 579.8 s fit in 600, 22 = 606.6 s do not.
+    assert (sizes["teacher_epochs"], sizes["student_epochs"]) == (21, 21)
+    assert sizes["train_images"] == 10000 and sizes["train_per_class"] is None
+    assert sizes["predicted_seconds"] == pytest.approx(_run_seconds(10000, 21, 21), abs=0.2)
+    assert _run_seconds(10000, 22, 22) > 600 >= sizes["predicted_seconds"]
+    assert sizes["stages"]["teacher"]["epoch_seconds"] == pytest.approx(11.3)
+    assert sizes["stages"]["student_distilled"]["epoch_seconds"] == pytest.approx(9.4)
+
+
+def test_budget_keeps_the_presets_teacher_to_student_ratio_and_counts_spent_time():
+    from kd_keras.train.estimate import size_to_budget
+
+    sizes = size_to_budget(
+        1200, STEP, NO_TRACE, teacher_epochs=40, student_epochs=20, spent_seconds=100, **SIZES
+    )
+    assert sizes["teacher_epochs"] == 2 * sizes["student_epochs"]
+    epochs = sizes["student_epochs"]
+    assert 100 + _run_seconds(10000, 2 * epochs, epochs) <= 1200
+    assert 100 + _run_seconds(10000, 2 * epochs + 2, epochs + 1) > 1200
+
+
+def test_a_faster_machine_gets_more_epochs_in_the_same_budget():
+    from kd_keras.train.estimate import size_to_budget
+
+    slow = size_to_budget(600, STEP, NO_TRACE, teacher_epochs=20, student_epochs=20, **SIZES)
+    fast_step = {key: value / 2 for key, value in STEP.items()}
+    fast = size_to_budget(600, fast_step, NO_TRACE, teacher_epochs=20, student_epochs=20, **SIZES)
+    assert fast["student_epochs"] > slow["student_epochs"]
+
+
+def test_below_the_epoch_floor_the_training_images_shrink():
+    from kd_keras.train.estimate import MIN_BUDGET_EPOCHS, size_to_budget
+
+    # 5 epochs on all 10,000 images need 5 x 26.8 + 16 = 150 s; 120 s do not hold them.
+    sizes = size_to_budget(120, STEP, NO_TRACE, teacher_epochs=20, student_epochs=20, **SIZES)
+    assert sizes["student_epochs"] == sizes["teacher_epochs"] == MIN_BUDGET_EPOCHS
+    per_class = sizes["train_per_class"]
+    assert 10 <= per_class < 1000 and sizes["train_images"] == 10 * per_class
+    assert _run_seconds(10 * per_class, 5, 5) <= 120 < _run_seconds(10 * (per_class + 1), 5, 5)
+
+
+def test_a_budget_too_short_for_the_floor_is_refused_with_the_time_needed():
+    from kd_keras.train.estimate import size_to_budget
+
+    with pytest.raises(ConfigError, match=r"--budget of 30s is too short.*need about \d+s"):
+        size_to_budget(30, STEP, NO_TRACE, teacher_epochs=20, student_epochs=20, **SIZES)
+
+
+def test_a_reused_teacher_is_not_trained_or_budgeted():
+    from kd_keras.train.estimate import size_to_budget
+
+    sizes = size_to_budget(600, STEP, NO_TRACE, teacher_epochs=0, student_epochs=20, **SIZES)
+    assert sizes["teacher_epochs"] == 0 and sizes["stages"]["teacher"]["total_seconds"] == 0
+    epochs = sizes["student_epochs"]
+    assert _run_seconds(10000, 0, epochs, teacher=False) <= 600
+    assert _run_seconds(10000, 0, epochs + 1, teacher=False) > 600
+
+
+@pytest.mark.parametrize(
+    "text, seconds", [("90s", 90), ("10m", 600), ("1h", 3600), ("1h30m", 5400), ("2.5m", 150)]
+)
+def test_parse_budget(text, seconds):
+    from kd_keras.config import parse_budget
+
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["10", "10x", "m", "1h1h", "30m1h", "", "5s", "8d"])
+def test_bad_budget_exits_2_naming_the_flag(text, capsys):
+    assert cli_main(["run", "--preset", "smoke", "--budget", text, "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert "--budget" in error and len(error.strip().splitlines()) == 1
+
+
+def test_budget_on_resume_is_refused_and_the_saved_run_untouched(tmp_path, capsys):
+    saved = RunConfig.from_preset("smoke", budget="10m", student_epochs=7)
+    (tmp_path / "config.json").write_text(saved.to_json())
+    before = (tmp_path / "config.json").read_text()
+    assert cli_main(["run", "--resume", "--out", str(tmp_path), "--budget", "20m"]) == 2
+    assert "drop --budget to resume" in capsys.readouterr().err
+    assert (tmp_path / "config.json").read_text() == before
+
+
+def test_plan_budget_sizes_the_config_it_returns():
+    from kd_keras.train.estimate import format_budget_plan, plan_budget
+
+    config = RunConfig.from_preset("smoke", budget="3m")
+    sized, plan = plan_budget(config, calibration_steps=1)
+    assert sized.budget == "3m" and sized.is_resolved()
+    assert (sized.teacher_epochs, sized.student_epochs) == (
+        plan["teacher_epochs"],
+        plan["student_epochs"],
+    )
+    # smoke: equal teacher and student epochs; at least the floor (its 4 epochs).
+    assert sized.teacher_epochs == sized.student_epochs >= 4
+    assert sized.train_per_class == (plan["train_per_class"] or 50)
+    assert plan["predicted_seconds"] <= 180
+    text = format_budget_plan(plan)
+    assert text.startswith("Budget 3m (3:00)")
+    stage_lines = text.splitlines()[1:]
+    assert [line.split()[0] for line in stage_lines] == [
+        "teacher",
+        "student_baseline",
+        "student_distilled",
+    ]
+    assert all(f"{sized.student_epochs} epochs" in line for line in stage_lines)
+
+
+def test_budget_with_explicit_epochs_is_refused(capsys):
+    assert cli_main(["run", "--preset", "smoke", "--budget", "10m", "--epochs", "3"]) == 2
+    error = capsys.readouterr().err
+    assert "--budget chooses the epochs; drop --epochs" in error
+
+
+def test_budget_checks_the_folder_and_the_data_before_calibrating(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    assert cli_main(["run", "--preset", "smoke", "--budget", "10m", "--out", str(taken)]) == 2
+    assert (taken / "notes.txt").read_text() == "mine" and len(list(taken.iterdir())) == 1
+    missing = tmp_path / "missing.tar.gz"
+    argv = ["run", "--preset", "smoke", "--budget", "10m", "--data", str(missing)]
+    assert cli_main(argv + ["--out", str(tmp_path / "new")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_budget_dry_run_prints_the_sized_config_and_the_plan(monkeypatch, capsys):
+    from kd_keras.train import estimate
+
+    # This test process has run for a while; a real run's process starts with it.
+    monkeypatch.setattr(estimate, "_process_seconds", lambda: 0.0)
+    assert cli_main(["run", "--preset", "smoke", "--budget", "1h", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    config, _ = json.JSONDecoder().raw_decode(captured.out)
+    assert config["budget"] == "1h" and config["precision"] == "float32"
+    assert config["teacher_epochs"] == config["student_epochs"] > 4  # More than smoke's 4.
+    assert config["train_per_class"] == 50  # Not reduced: the epochs fit.
+    plan = [line for line in captured.err.splitlines() if "epochs x" in line]
+    assert [line.split()[0] for line in plan] == [
+        "teacher",
+        "student_baseline",
+        "student_distilled",
+    ]
+    assert all(f"{config['student_epochs']} epochs x" in line for line in plan)

@@ -1,0 +1,230 @@
+"""The benchmark report: one table per precision, ratios only between cases
+of equal precision (fabricated results; nothing is timed)."""
+
+import json
+
+import pytest
+
+from benchmarks import torch_resnet
+from benchmarks.throughput import (
+    CASES,
+    case_precision,
+    format_table,
+    ratios,
+    report_groups,
+    write_report,
+)
+
+
+def row(case, kind, precision, images_per_s, status="ok"):
+    result = {"case": case, "kind": kind, "what": case, "precision": precision, "status": status}
+    if status == "ok":
+        result.update(
+            median_images_per_s=images_per_s,
+            min_images_per_s=images_per_s,
+            max_images_per_s=images_per_s,
+            step_ms=128 / images_per_s * 1000,
+            peak_rss_mib=900.0,
+            rss_after_import_mib=500.0,
+        )
+    else:
+        result["error"] = "needs a CUDA GPU"
+    return result
+
+
+RESULTS = [
+    row("kd_distiller", "distill", "float32", 600.0),
+    row("kd_distiller_bf16_both", "distill", "bfloat16", 1200.0),
+    row("kd_distiller_bf16", "distill", "student bfloat16, teacher float32", 900.0),
+    row("keras_distiller", "keras_distill", "float32", 500.0),
+    row("keras_distiller_bf16", "keras_distill", "bfloat16", 800.0),
+    row("torch_channels_last", "torch", "float32", 400.0),
+    row("torch_channels_last_compile", "torch", "float32", 300.0),
+    row("torch_channels_last_compile_bf16", "torch", "bfloat16", 1000.0),
+    row("torch_channels_last_fp16", "torch", "float16", 0, status="skipped"),
+    row("student_train", "train", "float32", 1700.0),
+    row("input_pipeline", "input", None, 26000.0),
+]
+
+
+def groups_by_precision(results):
+    return {group["precision"]: group for group in report_groups(results)}
+
+
+def test_ratios_divide_only_by_cases_of_the_same_precision():
+    groups = groups_by_precision(RESULTS)
+    assert list(groups) == [
+        "float32",
+        "bfloat16",
+        "float16",
+        "student bfloat16, teacher float32",
+        "no model",
+    ]
+    float32, bf16 = groups["float32"], groups["bfloat16"]
+    # The fastest PyTorch case of each precision, not the fastest overall.
+    assert float32["torch"]["case"] == "torch_channels_last"
+    assert bf16["torch"]["case"] == "torch_channels_last_compile_bf16"
+    assert float32["keras"]["case"] == "keras_distiller"
+    assert bf16["keras"]["case"] == "keras_distiller_bf16"
+    kd_bf16 = next(r for r in bf16["results"] if r["case"] == "kd_distiller_bf16_both")
+    assert ratios(kd_bf16, bf16) == pytest.approx((1.2, 1.5))  # 1200/1000, 1200/800.
+    kd_fp32 = next(r for r in float32["results"] if r["case"] == "kd_distiller")
+    assert ratios(kd_fp32, float32) == pytest.approx((1.5, 1.2))  # 600/400, 600/500.
+    # Not a distillation step: no ratio.
+    train = next(r for r in float32["results"] if r["case"] == "student_train")
+    assert ratios(train, float32) == (None, None)
+
+
+def test_a_precision_without_its_own_pytorch_case_gets_no_ratio():
+    # Only float32 PyTorch ran: the bfloat16 step must not be divided by it.
+    results = [
+        row("kd_distiller_bf16_both", "distill", "bfloat16", 1200.0),
+        row("torch_channels_last", "torch", "float32", 400.0),
+        row("keras_distiller", "keras_distill", "float32", 500.0),
+    ]
+    groups = groups_by_precision(results)
+    bf16 = groups["bfloat16"]
+    assert bf16["torch"] is None and bf16["keras"] is None
+    assert ratios(bf16["results"][0], bf16) == (None, None)
+    table = format_table(results)
+    bf16_line = next(line for line in table.splitlines() if "kd_distiller_bf16_both" in line)
+    assert "3.00×" not in bf16_line and "2.40×" not in bf16_line
+    assert [cell.strip() for cell in bf16_line.split("|")][7:9] == ["–", "–"]
+    assert "best PyTorch at bfloat16 = none measured" in table
+
+
+def test_mixed_precision_steps_are_compared_with_nothing():
+    groups = groups_by_precision(RESULTS)
+    mixed = groups["student bfloat16, teacher float32"]
+    assert mixed["torch"] is None and mixed["keras"] is None
+    assert ratios(mixed["results"][0], mixed) == (None, None)
+
+
+def test_markdown_has_one_table_per_precision_with_labelled_ratio_columns(tmp_path):
+    machine = {
+        "cpu_model": "Test CPU",
+        "cpu_flags": ["avx512_bf16"],
+        "auto_precision": ["mixed_bfloat16", "bfloat16"],
+        "usable_cores": 2,
+        "tensorflow": "2.21.0",
+        "keras": "3.15.1",
+        "torch": "2.13.0",
+        "python": "3.12",
+        "date": "2026-12-06",
+    }
+    settings = {
+        "teacher_depth": 32,
+        "teacher_width": 16,
+        "student_depth": 14,
+        "student_width": 16,
+        "batch_size": 128,
+        "warmup_steps": 2,
+        "repeats": 1,
+        "steps": 2,
+    }
+    table = write_report(tmp_path, machine, settings, RESULTS)
+    markdown = (tmp_path / "results.md").read_text()
+    assert table in markdown
+    headings = [line for line in markdown.splitlines() if line.startswith("### ")]
+    assert headings == [
+        "### float32",
+        "### bfloat16",
+        "### float16",
+        "### student bfloat16, teacher float32",
+        "### no model",
+    ]
+    assert "| vs best PyTorch at bfloat16 | vs keras.distillation at bfloat16 |" in markdown
+    kd_line = next(line for line in markdown.splitlines() if "`kd_distiller_bf16_both`" in line)
+    assert "| 1.20× | 1.50× |" in kd_line
+    skipped = next(line for line in markdown.splitlines() if "`torch_channels_last_fp16`" in line)
+    assert "skipped" in skipped and "CUDA" in skipped
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["references"]["bfloat16"] == {
+        "pytorch": "torch_channels_last_compile_bf16",
+        "keras_distillation": "keras_distiller_bf16",
+    }
+    assert document["references"]["float16"] == {"pytorch": None, "keras_distillation": None}
+
+
+@pytest.mark.parametrize(
+    "kind, options, expected",
+    [
+        ("distill", {"precision": "float32", "teacher_precision": "float32"}, "float32"),
+        ("distill", {"precision": "mixed_bfloat16", "teacher_precision": "bfloat16"}, "bfloat16"),
+        (
+            "keras_distill",
+            {"precision": "mixed_float16", "teacher_precision": "float16"},
+            "float16",
+        ),
+        (
+            "distill",
+            {"precision": "float32", "teacher_precision": "bfloat16"},
+            "student float32, teacher bfloat16",
+        ),
+        ("forward", {"precision": "float32", "teacher_precision": "bfloat16"}, "bfloat16"),
+        ("train", {"precision": "mixed_bfloat16"}, "bfloat16"),
+        ("torch", {"precision": "bfloat16"}, "bfloat16"),
+        ("torch", {}, "float32"),
+        ("input", {}, None),
+    ],
+)
+def test_case_precision(kind, options, expected):
+    assert case_precision(kind, options) == expected
+
+
+def test_torch_cases_agree_with_the_torch_variants():
+    torch_cases = {name: case for name, case in CASES.items() if case["kind"] == "torch"}
+    assert set(torch_cases) == set(torch_resnet.VARIANTS)
+    for name, case in torch_cases.items():
+        options = torch_resnet.variant_options(name)
+        assert case_precision("torch", case) == options["precision"]
+        assert case.get("gpu", False) == (options["device"] == "cuda")
+    precisions = {case_precision("torch", case) for case in torch_cases.values()}
+    assert precisions == {"float32", "bfloat16", "float16"}
+    # Every precision with a PyTorch case also has a keras.distillation case.
+    keras_precisions = {
+        case_precision("keras_distill", case)
+        for case in CASES.values()
+        if case["kind"] == "keras_distill"
+    }
+    assert keras_precisions == precisions
+
+
+def test_epoch_time_compares_later_epochs_with_step_times_steps():
+    from benchmarks.epoch_time import summarise
+
+    calibration = {
+        "teacher_train_step_s": 0.1,
+        "student_train_step_s": 0.05,
+        "teacher_forward_batch_s": 0.02,
+        "student_forward_batch_s": 0.01,
+    }
+    epochs = {
+        # The first epoch (tracing) is left out of the median.
+        "teacher": [
+            {"epoch": 1, "epoch_s": 30.0, "steps_s": 25.0},
+            {"epoch": 2, "epoch_s": 11.0, "steps_s": 10.0},
+            {"epoch": 3, "epoch_s": 13.0, "steps_s": 10.4},
+        ],
+        "student_baseline": [
+            {"epoch": 1, "epoch_s": 9.0, "steps_s": 8.0},
+            {"epoch": 2, "epoch_s": 6.0, "steps_s": 5.0},
+        ],
+        "student_distilled": [
+            {"epoch": 1, "epoch_s": 9.0, "steps_s": 8.0},
+            {"epoch": 2, "epoch_s": 8.4, "steps_s": 7.0},
+        ],
+    }
+    rows = {r["stage"]: r for r in summarise(epochs, calibration, 100, 10)}
+    teacher = rows["teacher"]
+    assert teacher["epochs_timed"] == 2 and teacher["first_epoch_s"] == 30.0
+    assert teacher["epoch_s"] == 12.0 and teacher["steps_s"] == 10.2
+    assert teacher["rest_s"] == pytest.approx(1.8)
+    assert teacher["step_x_steps_s"] == 10.0  # 0.1 s x 100 steps.
+    assert teacher["epoch_vs_step_x_steps"] == 1.2
+    assert teacher["estimate_s"] == 10.2  # + 10 validation batches x 0.02 s.
+    distilled = rows["student_distilled"]
+    # A distillation step is a student step plus a teacher forward pass.
+    assert distilled["step_x_steps_s"] == 7.0
+    assert distilled["epoch_vs_step_x_steps"] == 1.2
+    assert distilled["estimate_s"] == 7.3
