@@ -30,6 +30,9 @@ TEACHER_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 AUTO_FIELDS = ("precision", "teacher_precision")
 # tf.distribute strategies (see kd_keras/train/distribute.py).
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# What a --teacher file outputs: "auto" is detected when the run starts (a
+# softmax last layer, or rows >= 0 summing to 1) and saved resolved.
+TEACHER_OUTPUTS = ("auto", "logits", "probabilities")
 
 
 def validate_alpha(alpha):
@@ -283,6 +286,14 @@ class RunConfig:
         "distil from a --teacher even if it is near chance on the validation "
         "split (refused by default: wrong preprocessing, class order or data)",
     )
+    teacher_outputs: str = _option(
+        "auto",
+        "--teacher-outputs",
+        "what the --teacher file outputs: auto (default: detected from its last "
+        "layer or outputs; a softmax's probabilities are distilled from log p), "
+        "logits or probabilities",
+        choices=TEACHER_OUTPUTS,
+    )
     # Architectures (kd_keras/models/specs.py): None = resnet<depth> with the
     # depth and width above; a keras.applications name; a .keras file.
     teacher_model: Optional[str] = _option(
@@ -409,7 +420,7 @@ class RunConfig:
             for k in mine
             if k not in NON_RESULT_FIELDS
             and mine[k] != theirs[k]
-            and not (k in AUTO_FIELDS and theirs[k] == "auto")
+            and not (k in AUTO_FIELDS + ("teacher_outputs",) and theirs[k] == "auto")
         )
 
     def is_resolved(self):
@@ -458,6 +469,11 @@ class RunConfig:
         if not isinstance(self.accept_weak_teacher, bool):
             raise ConfigError(
                 f"accept_weak_teacher must be true or false, got {self.accept_weak_teacher!r}"
+            )
+        if self.teacher_outputs not in TEACHER_OUTPUTS:
+            raise ConfigError(
+                f"teacher_outputs must be one of {', '.join(TEACHER_OUTPUTS)}, got "
+                f"{self.teacher_outputs!r}; pass --teacher-outputs auto to detect it"
             )
         if isinstance(self.devices, tuple):
             self.devices = list(self.devices)
