@@ -412,7 +412,8 @@ class RunConfig:
         """Fields that differ between two configs and change results.
 
         A precision asked as "auto" matches whatever `self` resolved it to:
-        a resumed run keeps the precision it started with.
+        a resumed run keeps the precision it started with. So does
+        `teacher_outputs` "auto", on either side.
         """
         mine, theirs = self.to_dict(), other.to_dict()
         return sorted(
@@ -420,7 +421,9 @@ class RunConfig:
             for k in mine
             if k not in NON_RESULT_FIELDS
             and mine[k] != theirs[k]
-            and not (k in AUTO_FIELDS + ("teacher_outputs",) and theirs[k] == "auto")
+            and not (k in AUTO_FIELDS and theirs[k] == "auto")
+            # Resolved when a run starts; a folder from before the field says "auto".
+            and not (k == "teacher_outputs" and "auto" in (mine[k], theirs[k]))
         )
 
     def is_resolved(self):

@@ -98,6 +98,7 @@ def test_teacher_outputs_field_flag_choices_and_resume_match():
     # Asked "auto" matches what a run resolved; an explicit other kind does not.
     assert saved.result_differences(tiny_config()) == []
     assert saved.result_differences(tiny_config(teacher_outputs="logits")) == ["teacher_outputs"]
+    assert tiny_config().result_differences(saved) == []  # A folder saved before resolving.
     # A config.json from before the field loads with "auto".
     old = tiny_config().to_dict()
     del old["teacher_outputs"]
@@ -377,6 +378,16 @@ def test_run_with_a_softmax_teacher_distils_from_log_p_and_resumes(tmp_path, cap
     assert [r["stage"] for r in rows] == ["teacher", "student_baseline", "student_distilled"]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["teacher_outputs"] == "probabilities"
+    # The teacher's loss is the cross-entropy of its probabilities, not of
+    # probabilities taken as logits (which is at least log(classes) - 1).
+    import keras
+
+    teacher = keras.saving.load_model(tmp_path / "run" / "models" / "teacher.keras")
+    with np.load(data) as arrays:
+        images, labels = arrays["x_test"].astype("float32"), arrays["y_test"]
+    p = keras.ops.convert_to_numpy(teacher(images))
+    expected = float(np.mean(-np.log(p[np.arange(len(labels)), labels])))
+    assert rows[0]["test_loss"] == pytest.approx(expected, rel=1e-4)
     out = capsys.readouterr().out
     assert "outputs probabilities" in out and "distilling from log p" in out
     # A folder of an older kd_keras ("auto" saved, distilled stage to redo)
@@ -408,3 +419,24 @@ def test_run_with_a_softmax_student_is_refused_before_any_stage(tmp_path):
     with pytest.raises(ModelSpecError, match="student model .* ends in a softmax"):
         run_pipeline(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # Nothing trained, nothing left.
+
+
+def test_command_line_refusals_are_one_line_exit_2(tmp_path, capsys):
+    from kd_keras.cli import main
+
+    channel_model(tmp_path / "t.keras")
+    data = (tmp_path / "t.keras").read_bytes()
+    (tmp_path / "cut.keras").write_bytes(data[:-100])
+    cases = [
+        (
+            ["run", "--teacher-outputs", "softmax", "--out", str(tmp_path / "run")],
+            "teacher_outputs must be one of auto, logits, probabilities, got 'softmax'",
+        ),
+        (["evaluate", str(tmp_path / "cut.keras")], "damaged/truncated .keras file"),
+    ]
+    for argv, fragment in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("kd_keras: error: ") and fragment in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

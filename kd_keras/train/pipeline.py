@@ -213,15 +213,25 @@ def prepare_run_folder(out_dir, config, *, resume=False, overwrite=False):
 
 
 def evaluate_model(model, dataset):
-    """Test-time accuracy and cross-entropy of a logits model.
+    """Test-time accuracy and cross-entropy of a logits model (or of a
+    teacher that outputs a softmax's probabilities).
 
     Returns:
         `{"accuracy": float, "loss": float}`; `loss` is the mean
         cross-entropy of the model's own predictions, so rows of different
         stages are comparable.
     """
+    from kd_keras.distill.distiller import outputs_kind
+
     probe = keras.Model(model.inputs, model.outputs, name=f"{model.name}_eval")
-    compile_classifier(probe, None)  # Evaluated only: Keras's default optimizer.
+    if outputs_kind(model) == "probabilities":
+        # A softmax teacher: its cross-entropy is that of its probabilities.
+        probe.compile(
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+    else:
+        compile_classifier(probe, None)  # Evaluated only: Keras's default optimizer.
     logs = distribute.evaluate(probe, dataset)  # model.evaluate, or its multi-worker form.
     return {"accuracy": float(logs["accuracy"]), "loss": float(logs["loss"])}
 
