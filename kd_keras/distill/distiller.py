@@ -364,9 +364,10 @@ class Distiller(keras.Model):
     Raises:
         ValueError: if either model is not a `keras.Model` with one output,
             the teacher is unbuilt, their input or output shapes differ, the
-            student ends in a softmax, or the teacher's outputs are not what
-            `teacher_outputs` says (detected from its last layer, or else
-            from its outputs on a synthetic batch: rows >= 0 summing to 1).
+            student ends in a softmax or sigmoid, the teacher ends in a
+            sigmoid, or the teacher's outputs are not what `teacher_outputs`
+            says (detected from its last layer, or else from its outputs on
+            a synthetic batch: rows >= 0 summing to 1).
 
     Example:
 

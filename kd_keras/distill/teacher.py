@@ -1,9 +1,12 @@
 """The teacher: loading a trained one, checking it can teach, and the fast
 frozen copy that runs while distilling.
 
-`load_teacher` reads a `.keras` file in Keras's safe mode and checks its
-contract once (one image input, one output of logits for the run's classes,
+`load_teacher` checks a `.keras` file's zip directory (`check_keras_archive`:
+complete, members of sane sizes), reads it in Keras's safe mode and checks
+its contract once (one image input, one output per class of the run,
 finite values on blank images), so no stage fails on it later.
+`resolve_teacher_outputs` says whether it outputs logits or a softmax's
+probabilities (refusing a sigmoid's).
 `teacher_sanity_check` refuses a teacher that is near chance on the run's
 validation split (wrong preprocessing, class order or data), and
 `teacher_for_inference` folds batch norm and casts to the teacher precision.
@@ -54,8 +57,9 @@ def check_keras_archive(path, *, role="teacher"):
             members = archive.infolist()
     except (zipfile.BadZipFile, EOFError, ValueError) as error:
         raise TeacherError(
-            f"{role} file '{path}' is a damaged/truncated .keras file ({error}); copy it "
-            "again or save the model again with model.save('model.keras')"
+            f"{role} file '{path}' is not a loadable Keras model: a damaged/truncated "
+            f".keras file ({error}); copy it again or save the model again with "
+            "model.save('model.keras')"
         ) from None
     except OSError as error:
         raise TeacherError(f"cannot read {role} file '{path}': {error.strerror or error}") from None
