@@ -785,8 +785,12 @@ def check_models(config, out, splits, reused_teacher=None):
     teacher_params = None
     kind = config.teacher_outputs
     if folder.is_complete("teacher"):
-        row = atomic.read_json_object(folder.stage_file("teacher")) or {}
-        teacher_params = row.get("params")
+        try:
+            teacher_params = (atomic.read_json_object(folder.stage_file("teacher")) or {}).get(
+                "params"
+            )
+        except DamagedFileError:
+            pass  # Reported and rebuilt by the run; only the warning needs it.
         teacher = _saved_teacher_or_none(folder, contract)
         if teacher is not None:
             kind = resolve_teacher_outputs(
