@@ -37,6 +37,9 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 # (1e9 hung in its first step); the data's own size caps the batch further.
 MAX_THREADS = 256
 MAX_BATCH_SIZE = 65536
+# What a --teacher file outputs: "auto" is detected when the run starts (a
+# softmax last layer, or rows >= 0 summing to 1) and saved resolved.
+TEACHER_OUTPUTS = ("auto", "logits", "probabilities")
 
 
 def validate_alpha(alpha):
@@ -361,6 +364,14 @@ class RunConfig:
         "distil from a --teacher even if it is near chance on the validation "
         "split (refused by default: wrong preprocessing, class order or data)",
     )
+    teacher_outputs: str = _option(
+        "auto",
+        "--teacher-outputs",
+        "what the --teacher file outputs: auto (default: detected from its last "
+        "layer or outputs; a softmax's probabilities are distilled from log p), "
+        "logits or probabilities",
+        choices=TEACHER_OUTPUTS,
+    )
     # Architectures (kd_keras/models/specs.py): None = resnet<depth> with the
     # depth and width above; a keras.applications name; a .keras file.
     teacher_model: Optional[str] = _option(
@@ -496,7 +507,8 @@ class RunConfig:
         """Fields that differ between two configs and change results.
 
         A precision asked as "auto" matches whatever `self` resolved it to:
-        a resumed run keeps the precision it started with.
+        a resumed run keeps the precision it started with. So does
+        `teacher_outputs` "auto", on either side.
         """
         mine, theirs = self.to_dict(), other.to_dict()
         return sorted(
@@ -505,6 +517,8 @@ class RunConfig:
             if k not in NON_RESULT_FIELDS
             and mine[k] != theirs[k]
             and not (k in AUTO_FIELDS and theirs[k] == "auto")
+            # Resolved when a run starts; a folder from before the field says "auto".
+            and not (k == "teacher_outputs" and "auto" in (mine[k], theirs[k]))
         )
 
     def trained_stage_epochs(self):
@@ -571,6 +585,11 @@ class RunConfig:
         if not isinstance(self.accept_weak_teacher, bool):
             raise ConfigError(
                 f"accept_weak_teacher must be true or false, got {self.accept_weak_teacher!r}"
+            )
+        if self.teacher_outputs not in TEACHER_OUTPUTS:
+            raise ConfigError(
+                f"teacher_outputs must be one of {', '.join(TEACHER_OUTPUTS)}, got "
+                f"{self.teacher_outputs!r}; pass --teacher-outputs auto to detect it"
             )
         if isinstance(self.devices, tuple):
             self.devices = list(self.devices)

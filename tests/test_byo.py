@@ -246,7 +246,6 @@ def test_near_chance_teacher_is_refused_with_the_causes(tmp_path):
         "Rescaling(1/255)",
         "class order",
         "k0, k1, k2, k3",
-        "probabilities",
     ):
         assert cause in message
     assert not (tmp_path / "run").exists()  # Refused before the folder is made.

@@ -45,6 +45,7 @@ EVERY_OPTION = {
     "student_width": 8,
     "teacher": "/models/teacher.keras",
     "accept_weak_teacher": True,
+    "teacher_outputs": "probabilities",
     "teacher_model": "resnet20",
     "student_model": "mobilenetv3small:alpha=0.35",
     "image_size": 48,

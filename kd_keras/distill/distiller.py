@@ -40,25 +40,60 @@ def _producer(tensor):
     return None if history is None else history.operation
 
 
+def _single_input(tensor):
+    """The one input tensor of the layer call that made `tensor`, or None."""
+    history = getattr(tensor, "_keras_history", None)
+    nodes = getattr(getattr(history, "operation", None), "_inbound_nodes", None)
+    if history is None or not nodes or history.node_index >= len(nodes):
+        return None
+    inputs = nodes[history.node_index].input_tensors
+    return inputs[0] if len(inputs) == 1 else None
+
+
+# Activations whose outputs lie in [0, 1] without summing to 1 per row.
+_BOUNDED_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
+
+
+def _passes_values_on(operation):
+    """True for a layer that hands its input's values on unchanged at
+    inference (a linear Activation, such as a float32 cast layer, Dropout,
+    Identity): what made its input decides the output kind."""
+    if isinstance(operation, keras.layers.Activation):
+        return getattr(operation.activation, "__name__", None) == "linear"
+    return isinstance(operation, (keras.layers.Dropout, keras.layers.Identity))
+
+
 def _static_outputs_kind(model):
     """ "probabilities" if `model`'s single output is made by a softmax,
+    "bounded" if by a sigmoid (values in [0, 1] that do not sum to 1),
     "logits" if by a layer with a linear activation (Dense, Conv...), else
-    None (not inspectable: a subclassed model, a Lambda, ...)."""
+    None (not inspectable: a subclassed model, a Lambda, ...). Layers that
+    pass values on (a linear Activation, Dropout) are looked through."""
     outputs = getattr(model, "outputs", None)
     if not outputs or len(outputs) != 1:
         return None
-    operation = _producer(outputs[0])
+    tensor = outputs[0]
+    operation = _producer(tensor)
+    for _ in range(32):  # A chain of pass-through layers, bounded.
+        if operation is None or not _passes_values_on(operation):
+            break
+        tensor = _single_input(tensor)
+        operation = _producer(tensor)
     if operation is None or operation is model:
         return None
     if isinstance(operation, keras.Model):
         return _static_outputs_kind(operation)
-    if type(operation).__name__ == "Softmax":  # The layer or keras.ops.softmax.
+    name = type(operation).__name__
+    if name == "Softmax":  # The layer or keras.ops.softmax.
         return "probabilities"
+    if name in ("Sigmoid", "HardSigmoid"):  # keras.ops.sigmoid, hard_sigmoid.
+        return "bounded"
     activation = getattr(getattr(operation, "activation", None), "__name__", None)
     if activation == "softmax":
         return "probabilities"
+    if activation in _BOUNDED_ACTIVATIONS:
+        return "bounded"
     if activation == "linear" and not isinstance(operation, keras.layers.Activation):
-        # (A linear Activation layer only passes on what comes before it.)
         return "logits"
     return None
 
@@ -75,6 +110,24 @@ def _rows_are_probabilities(outputs):
     )
 
 
+def _outputs_kind_of_values(outputs):
+    """What a batch of outputs (classes last) looks like: "probabilities"
+    (rows >= 0 summing to 1), "bounded" (every value in [0, 1], rows not
+    summing to 1: a sigmoid's) or "logits"."""
+    if _rows_are_probabilities(outputs):
+        return "probabilities"
+    outputs = np.asarray(outputs, dtype="float64")
+    if (
+        outputs.ndim >= 2
+        and outputs.shape[-1] >= 2
+        and np.all(np.isfinite(outputs))
+        and outputs.min() >= 0.0
+        and outputs.max() <= 1.0
+    ):
+        return "bounded"
+    return "logits"
+
+
 def _input_shape(model):
     """The shape of `model`'s single input, `(None, ...)`, if known: from
     its `inputs` (functional, Sequential) or the shape it was built with
@@ -89,29 +142,47 @@ def _input_shape(model):
     return None
 
 
-def _probe_outputs_kind(teacher, input_shape):
-    """Runs the teacher on two fixed synthetic inputs: "probabilities" if
-    its output rows are non-negative and sum to 1, else "logits"; None if
-    the input shape is not fully known. Being a probability row is a
-    property of the last layer, not of the input, so any input shows it."""
-    if input_shape is None or any(d is None for d in input_shape[1:]):
-        return None
-    inputs = getattr(teacher, "inputs", None)
-    dtype = keras.backend.standardize_dtype(inputs[0].dtype) if inputs else "float32"
-    rng = np.random.default_rng(0)
-    shape = (2,) + tuple(input_shape[1:])
-    if "int" in dtype:
-        probe = rng.integers(0, 256, shape).astype(dtype)
-    else:
-        probe = rng.uniform(0.0, 1.0, shape).astype("float32")
-    outputs = teacher(probe, training=False)
+# Synthetic inputs the teacher is probed with: enough rows that logits are
+# essentially never all in [0, 1] by chance (2 classes: 2**-16).
+_PROBE_ROWS = 8
+
+
+def _probe_outputs_kind(teacher, input_shape, images=None):
+    """Runs the teacher on fixed synthetic inputs (or on `images`):
+    "probabilities" if its output rows are non-negative and sum to 1,
+    "bounded" if all its outputs lie in [0, 1] without summing to 1, else
+    "logits"; None if the input shape is not fully known. Being a
+    probability row is a property of the last layer, not of the input, so
+    any input shows it."""
+    if images is None:
+        if input_shape is None or any(d is None for d in input_shape[1:]):
+            return None
+        inputs = getattr(teacher, "inputs", None)
+        dtype = keras.backend.standardize_dtype(inputs[0].dtype) if inputs else "float32"
+        rng = np.random.default_rng(0)
+        shape = (_PROBE_ROWS,) + tuple(input_shape[1:])
+        if "int" in dtype:
+            images = rng.integers(0, 256, shape).astype(dtype)
+        else:
+            images = rng.uniform(0.0, 1.0, shape).astype("float32")
+    outputs = teacher(images, training=False)
     if not keras.ops.is_tensor(outputs):
         return None  # Several outputs: refused by the shape checks.
-    return (
-        "probabilities"
-        if _rows_are_probabilities(keras.ops.convert_to_numpy(outputs))
-        else "logits"
-    )
+    return _outputs_kind_of_values(keras.ops.convert_to_numpy(outputs))
+
+
+def outputs_kind(model, images=None):
+    """What `model` outputs: "logits", "probabilities" (a softmax's) or
+    "bounded" (a sigmoid's: values in [0, 1] not summing to 1).
+
+    From its last layer where that can be inspected (looking through
+    linear pass-through layers), else from its outputs on `images` (or on
+    synthetic inputs of its input shape); None if neither is possible.
+    """
+    kind = _static_outputs_kind(model)
+    if kind is None:
+        kind = _probe_outputs_kind(model, _input_shape(model), images)
+    return kind
 
 
 def _single_output_shape(outputs, role, model):
@@ -293,9 +364,10 @@ class Distiller(keras.Model):
     Raises:
         ValueError: if either model is not a `keras.Model` with one output,
             the teacher is unbuilt, their input or output shapes differ, the
-            student ends in a softmax, or the teacher's outputs are not what
-            `teacher_outputs` says (detected from its last layer, or else
-            from its outputs on a synthetic batch: rows >= 0 summing to 1).
+            student ends in a softmax or sigmoid, the teacher ends in a
+            sigmoid, or the teacher's outputs are not what `teacher_outputs`
+            says (detected from its last layer, or else from its outputs on
+            a synthetic batch: rows >= 0 summing to 1).
 
     Example:
 
@@ -344,9 +416,9 @@ class Distiller(keras.Model):
             _output_shape(student, "student", input_shape),
             _output_shape(teacher, "teacher", input_shape),
         )
-        if _static_outputs_kind(student) == "probabilities":
+        if _static_outputs_kind(student) in ("probabilities", "bounded"):
             raise ValueError(
-                f"The student {student.name} ends in a softmax: the Distiller "
+                f"The student {student.name} ends in a softmax or sigmoid: the Distiller "
                 "trains on its logits. Remove the softmax (activation=None on the "
                 "last layer); apply it at inference if needed."
             )
@@ -375,6 +447,12 @@ class Distiller(keras.Model):
 
     @staticmethod
     def _teacher_outputs_message(teacher, kind, teacher_outputs):
+        if kind == "bounded":
+            return (
+                f"The teacher {teacher.name} ends in a sigmoid (its outputs lie in "
+                "[0, 1] and do not sum to 1), neither logits nor probabilities: "
+                "rebuild its last layer with activation=None (logits) or a softmax."
+            )
         if kind == "probabilities":
             return (
                 f"The teacher {teacher.name} outputs probabilities (it ends in a "
@@ -470,6 +548,11 @@ class Distiller(keras.Model):
         super().compile(
             optimizer=optimizer, metrics=metrics, weighted_metrics=weighted_metrics, **kwargs
         )
+        if self.built:
+            # The optimizer's slots exist from here on, so a Distiller saved
+            # before training holds the state a reload builds (else Keras
+            # warns "Skipping variable loading for optimizer" on load).
+            self.optimizer.build(self.student.trainable_variables)
 
     @property
     def metrics(self):

@@ -1,9 +1,12 @@
 """The teacher: loading a trained one, checking it can teach, and the fast
 frozen copy that runs while distilling.
 
-`load_teacher` reads a `.keras` file in Keras's safe mode and checks its
-contract once (one image input, one output of logits for the run's classes,
+`load_teacher` checks a `.keras` file's zip directory (`check_keras_archive`:
+complete, members of sane sizes), reads it in Keras's safe mode and checks
+its contract once (one image input, one output per class of the run,
 finite values on blank images), so no stage fails on it later.
+`resolve_teacher_outputs` says whether it outputs logits or a softmax's
+probabilities (refusing a sigmoid's).
 `teacher_sanity_check` refuses a teacher that is near chance on the run's
 validation split (wrong preprocessing, class order or data), and
 `teacher_for_inference` folds batch norm and casts to the teacher precision.
@@ -11,6 +14,7 @@ validation split (wrong preprocessing, class order or data), and
 
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import keras
@@ -22,50 +26,115 @@ from kd_keras.data.splits import make_dataset
 from kd_keras.errors import TeacherError
 from kd_keras.models.folding import fold_batch_norm
 
+# Largest uncompressed size of a `.keras` file's JSON members (config.json,
+# metadata.json), read whole into memory by Keras: the config of the
+# largest keras.applications model is about 0.3 MB. Other members (the
+# weights, read piece by piece) may be up to `KERAS_MEMBER_MAX_BYTES`.
+KERAS_JSON_MAX_BYTES = 64 * 2**20
+KERAS_MEMBER_MAX_BYTES = 16 * 2**30
+KERAS_MAX_MEMBERS = 10_000
 
-def check_teacher_file(path):
-    """Raises `TeacherError` unless `path` is a regular `.keras` file (the
-    cheap checks of `load_teacher`, made before any data loads); returns it
-    as a `Path`."""
+
+def _size(count):
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+
+
+def check_keras_archive(path, *, role="teacher"):
+    """Checks that `path` is a complete `.keras` archive whose members are
+    of sane sizes, from its zip directory alone (nothing is decompressed),
+    so that Keras never reads a damaged file or a member that would fill
+    memory (a small file whose config.json inflates to gigabytes).
+
+    Raises:
+        TeacherError: a truncated or damaged zip, no `config.json` inside,
+            too many members, or a member larger than its cap.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, EOFError, ValueError) as error:
+        raise TeacherError(
+            f"{role} file '{path}' is not a loadable Keras model: a damaged/truncated "
+            f".keras file ({error}); copy it again or save the model again with "
+            "model.save('model.keras')"
+        ) from None
+    except OSError as error:
+        raise TeacherError(f"cannot read {role} file '{path}': {error.strerror or error}") from None
+    if len(members) > KERAS_MAX_MEMBERS:
+        raise TeacherError(
+            f"{role} file '{path}' holds {len(members)} files, more than a .keras model "
+            f"ever has ({KERAS_MAX_MEMBERS} at most); save the model again with model.save"
+        )
+    names = {member.filename for member in members}
+    if "config.json" not in names:
+        raise TeacherError(
+            f"{role} file '{path}' is not a Keras v3 .keras file (no config.json inside); "
+            "save the model with model.save('model.keras')"
+        )
+    for member in members:
+        json_member = member.filename.endswith(".json")
+        cap = KERAS_JSON_MAX_BYTES if json_member else KERAS_MEMBER_MAX_BYTES
+        if member.file_size > cap:
+            raise TeacherError(
+                f"{role} file '{path}': its member {member.filename[:80]!r} unpacks to "
+                f"{_size(member.file_size)}, over the {_size(cap)} a .keras model's "
+                f"{'JSON' if json_member else 'member'} may hold; refused before reading "
+                "(a damaged or crafted file): save the model again with model.save"
+            )
+
+
+def check_teacher_file(path, *, role="teacher"):
+    """Raises `TeacherError` unless `path` is a regular, complete `.keras`
+    file of sane member sizes (the cheap checks of `load_teacher`, made
+    before any data loads); returns it as a `Path`."""
     path = Path(path)
     if path.is_dir():
         raise TeacherError(
-            f"teacher '{path}' is a folder (a TensorFlow SavedModel?), not a Keras "
+            f"{role} '{path}' is a folder (a TensorFlow SavedModel?), not a Keras "
             "'.keras' file; load the model in Keras and save it with "
-            "model.save('teacher.keras')"
+            f"model.save('{role}.keras')"
         )
     if not path.exists():
-        raise TeacherError(f"teacher file '{path}' does not exist")
+        raise TeacherError(f"{role} file '{path}' does not exist")
     if not path.is_file():
-        raise TeacherError(f"teacher '{path}' is not a regular file (a FIFO, socket or device)")
+        raise TeacherError(f"{role} '{path}' is not a regular file (a FIFO, socket or device)")
     if path.suffix != ".keras":
-        raise TeacherError(f"teacher file '{path}' must be a Keras v3 '.keras' file")
+        raise TeacherError(f"{role} file '{path}' must be a Keras v3 '.keras' file")
+    check_keras_archive(path, role=role)
     return path
 
 
-def load_teacher(path, num_classes=NUM_CLASSES, *, image_shape=IMAGE_SHAPE):
+def load_teacher(path, num_classes=NUM_CLASSES, *, image_shape=IMAGE_SHAPE, role="teacher"):
     """Loads a trained teacher `.keras` file in Keras's safe mode and checks
     that it can serve as a teacher.
 
     The contract, checked once here so that no stage fails on it later: one
     input that accepts `(batch, 32, 32, 3)` images (a dimension may be
-    `None`), one output of `(batch, num_classes)` logits, and a forward pass
-    on two blank images that returns that shape with finite values.
+    `None`), one output of `(batch, num_classes)` (logits, or a softmax's
+    probabilities: see `resolve_teacher_outputs`), and a forward pass on two
+    blank images that returns that shape with finite values. The file's
+    zip directory is checked first (`check_keras_archive`).
 
     Args:
         path: path of a `.keras` model file.
         num_classes: the number of classes its logits must have.
+        image_shape: the data's `(height, width, channels)`.
+        role: "teacher" or "student", for messages.
 
     Returns:
         The `keras.Model`.
 
     Raises:
-        TeacherError: the file is missing, a folder (e.g. a SavedModel) or
-            not a regular file, is not a Keras model, needs unsafe
-            deserialisation (e.g. a `Lambda` layer), has the wrong inputs or
-            outputs, or fails on a batch of images.
+        TeacherError: the file is missing, a folder (e.g. a SavedModel),
+            not a regular file or a damaged/truncated archive, is not a
+            Keras model, needs unsafe deserialisation (e.g. a `Lambda`
+            layer), has the wrong inputs or outputs, or fails on a batch of
+            images.
     """
-    path = check_teacher_file(path)
+    path = check_teacher_file(path, role=role)
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for bad files.
@@ -76,10 +145,52 @@ def load_teacher(path, num_classes=NUM_CLASSES, *, image_shape=IMAGE_SHAPE):
                 "kd_keras refuses; rebuild it from stock layers"
             )
         raise TeacherError(
-            f"teacher file '{path}' is not a loadable Keras model: {message}"
+            f"{role} file '{path}' is not a loadable Keras model: {message[:300]}"
         ) from None
-    check_teacher(model, num_classes, name=f"'{path}'", image_shape=image_shape)
+    check_teacher(model, num_classes, name=f"'{path}'", image_shape=image_shape, role=role)
     return model
+
+
+def resolve_teacher_outputs(teacher, requested="auto", *, name="the teacher", images=None):
+    """What the teacher outputs, as the Distiller takes it: "logits" or
+    "probabilities" (a softmax's, distilled from log p).
+
+    Detected from its last layer (`kd_keras.distill.distiller.outputs_kind`),
+    or from its outputs on `images` (a few of the run's images) when the
+    last layer cannot be inspected.
+
+    Args:
+        teacher: the loaded teacher.
+        requested: the run's `teacher_outputs`: "auto", "logits" or
+            "probabilities".
+        name: the teacher, for messages.
+        images: a few images of the data, for the probe.
+
+    Returns:
+        "logits" or "probabilities".
+
+    Raises:
+        TeacherError: a sigmoid-ended teacher (outputs in [0, 1] that do
+            not sum to 1), or a `requested` kind the outputs contradict.
+    """
+    from kd_keras.distill.distiller import outputs_kind
+
+    detected = outputs_kind(teacher, images)
+    if detected == "bounded":
+        raise TeacherError(
+            f"teacher {name} ends in a sigmoid (its outputs lie in [0, 1] and do not sum "
+            "to 1), neither logits nor softmax probabilities; save it with its last "
+            "layer's activation=None (logits) or softmax"
+        )
+    if requested == "auto":
+        return detected or "logits"
+    if detected is not None and detected != requested:
+        what = "probabilities (it ends in a softmax)" if detected == "probabilities" else "logits"
+        raise TeacherError(
+            f"teacher {name} outputs {what}, but --teacher-outputs {requested} was given; "
+            f"pass --teacher-outputs auto (or {detected})"
+        )
+    return requested
 
 
 def _symbolic(model, attribute):
@@ -89,45 +200,55 @@ def _symbolic(model, attribute):
         return []
 
 
-def check_teacher(model, num_classes=NUM_CLASSES, *, name="model", image_shape=IMAGE_SHAPE):
+def check_teacher(
+    model, num_classes=NUM_CLASSES, *, name="model", image_shape=IMAGE_SHAPE, role="teacher"
+):
     """Checks a model's input and output contract as a teacher (see
     `load_teacher`), for images of `image_shape`; raises `TeacherError`
     naming what does not fit."""
     IMAGE_SHAPE = tuple(image_shape)  # noqa: N806 (the data's, not CIFAR's)
     if not isinstance(model, keras.Model):
-        raise TeacherError(f"teacher {name} is a {type(model).__name__}, not a Keras model")
+        raise TeacherError(f"{role} {name} is a {type(model).__name__}, not a Keras model")
     inputs, outputs = _symbolic(model, "inputs"), _symbolic(model, "outputs")
     if not inputs or not outputs:
         raise TeacherError(
-            f"teacher {name} has no defined inputs or outputs (an unbuilt "
+            f"{role} {name} has no defined inputs or outputs (an unbuilt "
             "Sequential model?); build it on (32, 32, 3) images before saving, "
             "e.g. with keras.Input((32, 32, 3)) as its first layer"
         )
     if len(inputs) != 1:
         raise TeacherError(
-            f"teacher {name} takes {len(inputs)} inputs; a teacher takes one batch "
+            f"{role} {name} takes {len(inputs)} inputs; a teacher takes one batch "
             f"of images of shape {IMAGE_SHAPE}"
         )
     if len(outputs) != 1:
         raise TeacherError(
-            f"teacher {name} has {len(outputs)} outputs; a teacher returns one "
+            f"{role} {name} has {len(outputs)} outputs; a teacher returns one "
             f"batch of logits of shape (batch, {num_classes})"
         )
     in_shape = tuple(inputs[0].shape[1:])
     if len(in_shape) != len(IMAGE_SHAPE) or any(
         dim is not None and dim != want for dim, want in zip(in_shape, IMAGE_SHAPE)
     ):
-        raise TeacherError(f"teacher {name} takes inputs of shape {in_shape}, not {IMAGE_SHAPE}")
+        square = len(in_shape) == 3 and in_shape[0] == in_shape[1] and in_shape[0] is not None
+        fix = (
+            f"pass --image-size {in_shape[0]} to resize the data to its size"
+            if square and in_shape[2] == IMAGE_SHAPE[2]
+            else f"use a {role} built for {IMAGE_SHAPE} images"
+        )
+        raise TeacherError(
+            f"{role} {name} takes inputs of shape {in_shape}, not {IMAGE_SHAPE} (the data's); {fix}"
+        )
     out_shape = tuple(outputs[0].shape)
     if out_shape[-1] != num_classes:
         raise TeacherError(
-            f"teacher {name} predicts {out_shape[-1]} classes (output {out_shape}) "
+            f"{role} {name} predicts {out_shape[-1]} classes (output {out_shape}) "
             f"but the student predicts {num_classes}; use a teacher trained on "
             "the same classes"
         )
     if len(out_shape) != 2:
         raise TeacherError(
-            f"teacher {name} outputs shape {out_shape}; a teacher must output "
+            f"{role} {name} outputs shape {out_shape}; a teacher must output "
             f"logits of shape (batch, {num_classes}) (add pooling and a Dense "
             f"layer of {num_classes} units)"
         )
@@ -141,15 +262,15 @@ def check_teacher(model, num_classes=NUM_CLASSES, *, name="model", image_shape=I
     except Exception as error:  # Whatever the model raises, it cannot serve.
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise TeacherError(
-            f"teacher {name} fails on a batch of {IMAGE_SHAPE} images: "
+            f"{role} {name} fails on a batch of {IMAGE_SHAPE} images: "
             f"{type(error).__name__}: {first}"
         ) from None
     if logits.shape != (2, num_classes):
         raise TeacherError(
-            f"teacher {name} returned shape {logits.shape} for 2 images, not (2, {num_classes})"
+            f"{role} {name} returned shape {logits.shape} for 2 images, not (2, {num_classes})"
         )
     if not np.all(np.isfinite(logits.astype("float32"))):
-        raise TeacherError(f"teacher {name} returns non-finite logits for blank images")
+        raise TeacherError(f"{role} {name} returns non-finite logits for blank images")
 
 
 def validation_accuracy(teacher, images, labels, *, batch_size=256):
@@ -206,8 +327,7 @@ def teacher_sanity_check(teacher, splits, *, name=None, verbose=1, refuse=True, 
             "(kd_keras feeds raw 0-255 pixels; a teacher trained on 0-1 inputs needs "
             "keras.layers.Rescaling(1/255) as its first layer), wrong class order "
             f"(class i here is: {shown}; see classes.json), or a teacher trained on "
-            "other data or outputs not matching its classes (probabilities are "
-            "accepted only via Distiller(teacher_outputs='probabilities'))"
+            "other data or outputs not matching its classes"
         )
         if refuse:  # Only a reused --teacher is refused; the run's flag overrides it.
             raise TeacherError(f"{message}; if the teacher is meant, pass --accept-weak-teacher")

@@ -15,7 +15,8 @@ data pipeline is the same for all of them:
   `logits_float32` closes the model, so the logits stay float32 under a
   mixed-precision policy.
 - a `.keras` file: loaded in Keras's safe mode; it must take the data's
-  images and return `num_classes` logits.
+  images and return `num_classes` logits (a model ending in a softmax or
+  sigmoid is refused: it would be trained on probabilities as logits).
 """
 
 import warnings
@@ -70,10 +71,28 @@ def build_model(spec, *, role, depth, width, input_shape, num_classes, name=None
         from kd_keras.errors import TeacherError
 
         try:
-            return load_teacher(parsed["path"], num_classes, image_shape=input_shape)
+            model = load_teacher(parsed["path"], num_classes, image_shape=input_shape, role=role)
         except TeacherError as error:
             raise ModelSpecError(f"{role} model: {error}") from None
+        check_trains_on_logits(model, role=role, name=parsed["path"])
+        return model
     return _build_application(parsed, role, input_shape, num_classes, name)
+
+
+def check_trains_on_logits(model, *, role, name):
+    """Raises `ModelSpecError` unless `model` (a `.keras` file to train as
+    `role`) outputs logits: a model ending in a softmax or sigmoid would be
+    trained by cross-entropy on its probabilities taken as logits."""
+    from kd_keras.distill.distiller import outputs_kind
+
+    kind = outputs_kind(model)
+    if kind in ("probabilities", "bounded"):
+        last = "a softmax" if kind == "probabilities" else "a sigmoid"
+        raise ModelSpecError(
+            f"{role} model '{name}' ends in {last}, but kd_keras trains {role}s on logits; "
+            "save it without the final activation (keras.applications: "
+            "classifier_activation=None; else activation=None on the last layer)"
+        )
 
 
 def _build_application(parsed, role, input_shape, num_classes, name):

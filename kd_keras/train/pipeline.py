@@ -35,6 +35,7 @@ from kd_keras.data.splits import data_summary, make_dataset, splits_for
 from kd_keras.distill.teacher import (
     check_teacher_file,
     load_teacher,
+    resolve_teacher_outputs,
     teacher_for_inference,
     teacher_sanity_check,
 )
@@ -212,15 +213,25 @@ def prepare_run_folder(out_dir, config, *, resume=False, overwrite=False):
 
 
 def evaluate_model(model, dataset):
-    """Test-time accuracy and cross-entropy of a logits model.
+    """Test-time accuracy and cross-entropy of a logits model (or of a
+    teacher that outputs a softmax's probabilities).
 
     Returns:
         `{"accuracy": float, "loss": float}`; `loss` is the mean
         cross-entropy of the model's own predictions, so rows of different
         stages are comparable.
     """
+    from kd_keras.distill.distiller import outputs_kind
+
     probe = keras.Model(model.inputs, model.outputs, name=f"{model.name}_eval")
-    compile_classifier(probe, None)  # Evaluated only: Keras's default optimizer.
+    if outputs_kind(model) == "probabilities":
+        # A softmax teacher: its cross-entropy is that of its probabilities.
+        probe.compile(
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+    else:
+        compile_classifier(probe, None)  # Evaluated only: Keras's default optimizer.
     logs = distribute.evaluate(probe, dataset)  # model.evaluate, or its multi-worker form.
     return {"accuracy": float(logs["accuracy"]), "loss": float(logs["loss"])}
 
@@ -659,6 +670,9 @@ def _run_pipeline(config, out, *, resume, overwrite):
             verbose=config.verbose,
             refuse=not config.accept_weak_teacher,
         )
+    # What the teacher and student imply (classes, image size, output kind,
+    # sizes) is checked before any stage trains; "auto" is resolved.
+    config = check_models(config, out, splits, reused_teacher)
     created = not out.exists()
     # A new run in a new or empty folder: a failed start leaves nothing.
     fresh = not resume and (created or not any(c.name != atomic.LOCK_FILE for c in out.iterdir()))
@@ -717,6 +731,129 @@ def _run_pipeline(config, out, *, resume, overwrite):
         if not started:
             _remove_failed_start(out, lock, created, fresh=fresh)
         lock.release()
+
+
+def _probe_images(splits, count=16):
+    """A few validation images, as the teacher sees them (float32)."""
+    images, _ = splits["val"]
+    return np.asarray(images[:count], dtype="float32")
+
+
+def check_models(config, out, splits, reused_teacher=None):
+    """Checks, before any stage trains, what the run's models imply, and
+    resolves `teacher_outputs`.
+
+    - the student (a `.keras` student ending in a softmax or sigmoid is
+      refused: both students would train on probabilities as logits);
+    - the teacher to train (`--teacher-model FILE.keras`, the same), or the
+      reused `--teacher` (classes and image size are checked when it
+      loads): its output kind, "auto" detected from its last layer or its
+      outputs on a few validation images, and printed;
+    - a warning when the student has at least the teacher's parameters.
+
+    Args:
+        config: the run's `RunConfig` (precisions resolved).
+        out: the run folder (its completed stages are not checked again).
+        splits: the run's data splits.
+        reused_teacher: the loaded `config.teacher`, if the teacher stage
+            is still to be done.
+
+    Returns:
+        `config` with `teacher_outputs` resolved ("logits" or
+        "probabilities"), or as it was if no distillation is left to run.
+
+    Raises:
+        TeacherError: a sigmoid teacher, or a `--teacher-outputs` its outputs
+            contradict.
+        ModelSpecError: a student or trained teacher that does not output logits.
+        ConfigError: `--teacher-outputs probabilities` for a teacher kd_keras
+            trains (it outputs logits).
+    """
+    import dataclasses
+
+    from kd_keras.errors import ConfigError
+
+    folder = RunFolder(out)
+    if all(folder.is_complete(stage) for stage in STAGES[1:]):
+        return config
+    images, _ = splits["train"]
+    contract = {
+        "input_shape": tuple(images.shape[1:]),
+        "num_classes": len(splits.get("classes") or range(NUM_CLASSES)),
+    }
+    student_params = recipe.build_student(config, precision="float32", **contract).count_params()
+    teacher_params = None
+    kind = config.teacher_outputs
+    if folder.is_complete("teacher"):
+        try:
+            teacher_params = (atomic.read_json_object(folder.stage_file("teacher")) or {}).get(
+                "params"
+            )
+        except DamagedFileError:
+            pass  # Reported and rebuilt by the run; only the warning needs it.
+        teacher = _saved_teacher_or_none(folder, contract)
+        if teacher is not None:
+            kind = resolve_teacher_outputs(
+                teacher,
+                kind,
+                name=f"'{folder.model_file('teacher')}'",
+                images=_probe_images(splits),
+            )
+    elif config.teacher:
+        name = f"'{config.teacher}'"
+        kind = resolve_teacher_outputs(
+            reused_teacher, kind, name=name, images=_probe_images(splits)
+        )
+        teacher_params = reused_teacher.count_params()
+        if config.verbose:
+            what = (
+                "probabilities (a softmax: rows >= 0 summing to 1); distilling from log p"
+                if kind == "probabilities"
+                else "logits; distilling from them"
+            )
+            how = "detected" if config.teacher_outputs == "auto" else "as given"
+            print(
+                f"kd_keras: teacher {name} outputs {what} ({how}; teacher_outputs "
+                f'"{kind}" in config.json)',
+                flush=True,
+            )
+    else:
+        if kind == "probabilities":
+            raise ConfigError(
+                "--teacher-outputs probabilities applies to a --teacher file; the teacher "
+                "kd_keras trains outputs logits: drop --teacher-outputs or pass --teacher FILE"
+            )
+        kind = "logits"
+        teacher_params = recipe.build_teacher(
+            config, precision="float32", **contract
+        ).count_params()
+    if isinstance(teacher_params, int) and student_params >= teacher_params:
+        _warn(
+            f"the student ({_model_spec(config, 'student')}, {student_params:,} parameters) "
+            f"is not smaller than the teacher ({teacher_params:,}); distillation usually "
+            "compresses a large teacher into a small student (choose a smaller --student-model)"
+        )
+    if kind == config.teacher_outputs:
+        return config
+    return dataclasses.replace(config, teacher_outputs=kind)
+
+
+def _saved_teacher_or_none(folder, contract):
+    """The run's `models/teacher.keras`, or None if it is missing or damaged
+    (the pipeline then rebuilds it)."""
+    try:
+        return load_teacher(
+            folder.model_file("teacher"),
+            contract["num_classes"],
+            image_shape=contract["input_shape"],
+        )
+    except TeacherError:
+        return None
+
+
+def _model_spec(config, role):
+    spec = getattr(config, f"{role}_model")
+    return spec or f"resnet{getattr(config, f'{role}_depth')}"
 
 
 def write_classes(out, config, splits):

@@ -38,6 +38,7 @@ import keras
 from kd_keras.config import RunConfig
 from kd_keras.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES
 from kd_keras.distill.distiller import Distiller
+from kd_keras.distill.teacher import resolve_teacher_outputs
 from kd_keras.models.zoo import build_model
 from kd_keras.train.speed import precision_scope
 
@@ -273,9 +274,10 @@ def compile_distiller(
 
     Args:
         student: the student `keras.Model` (logits).
-        teacher: the teacher `keras.Model` (logits).
-        config: a `RunConfig`; its `temperature` and `alpha` are used
-            unless given here.
+        teacher: the teacher `keras.Model` (logits, or a softmax's
+            probabilities: `config.teacher_outputs`, "auto" detects it).
+        config: a `RunConfig`; its `temperature`, `alpha` and
+            `teacher_outputs` are used unless given here.
         optimizer: the student's optimizer (`make_optimizer`).
         temperature: T, overriding `config.temperature` (a search trial's).
         alpha: the hard-label weight, overriding `config.alpha`.
@@ -293,7 +295,9 @@ def compile_distiller(
     """
     config = _check_config(config)
     _check_compile_options("compile_distiller", compile_options, ("metrics",))
-    distiller = Distiller(student=student, teacher=teacher)
+    # "auto" (a Python caller's config) is detected here; a run's is resolved.
+    outputs = resolve_teacher_outputs(teacher, config.teacher_outputs)
+    distiller = Distiller(student=student, teacher=teacher, teacher_outputs=outputs)
     distiller.compile(
         optimizer=optimizer,
         metrics=["accuracy"],
