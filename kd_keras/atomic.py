@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -25,7 +26,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kd_keras.errors import DamagedFileError, DiskWriteError, RunLockedError
+from kd_keras.errors import DamagedFileError, DiskWriteError, RunFolderError, RunLockedError
 
 
 @contextlib.contextmanager
@@ -194,9 +195,9 @@ def lock_holder(folder=None, *, path=None):
     """
     path = Path(path) if path is not None else Path(folder) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
-        return None  # No lock file (or an unreadable one: nobody can hold it).
+        return None  # No lock file (or an unreadable one or a link: nobody can hold it).
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -252,7 +253,7 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + _ACQUIRE_GRACE_S
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -276,6 +277,33 @@ class RunLock:
                 raise
             self._fd, self._pid = fd, os.getpid()
             return self
+
+    def _open(self):
+        """Opens (creating) the lock file, never through a symbolic link nor
+        into a file with another name (a hard link): writing the record
+        there would overwrite someone's file."""
+        try:
+            fd = os.open(
+                self.path,
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                0o666,
+            )
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise self._foreign_error("a symbolic link") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            os.close(fd)
+            what = "not a regular file" if not stat.S_ISREG(info.st_mode) else "a hard link"
+            raise self._foreign_error(what)
+        return fd
+
+    def _foreign_error(self, what):
+        return RunFolderError(
+            f"the lock file '{self.path}' is {what}, which kd_keras never writes "
+            f"through; remove it (rm '{self.path}') and run again"
+        )
 
     def _write_record(self, fd):
         record = {

@@ -560,3 +560,201 @@ def test_report_with_a_damaged_stage_row_is_one_line(run_copy, capsys):
     assert code == 2
     assert f"'{out / 'stages' / 'teacher.json'}' is damaged" in _one_line_error(err)
     assert f"python -m kd_keras run --resume --out {out}" in err
+
+
+# --- Destruction only of what is ours: --overwrite, links, the lock. ---
+
+
+def _fake_run(folder):
+    """A run folder as kd_keras leaves it (file contents are placeholders)."""
+    from kd_keras.run_folder import RunFolder
+
+    run = RunFolder(folder)
+    (folder / "stages").mkdir(parents=True)
+    run.config_file.write_text(RunConfig.from_preset("smoke", verbose=0).to_json())
+    run.progress_file.write_text('{"status": "finished"}')
+    for name in ("classes.json", "results.csv", "results.json", "report.png"):
+        (folder / name).write_text("x")
+    run.stage_file("teacher").write_text("{}")
+    run.history_file("teacher").parent.mkdir()
+    run.history_file("teacher").write_text("epoch\n1\n")
+    run.model_file("teacher").parent.mkdir()
+    run.model_file("teacher").write_bytes(b"PK model")
+    run.checkpoint_dir("teacher").mkdir(parents=True)
+    (run.checkpoint_dir("teacher") / "meta.json").write_text("{}")
+    (run.checkpoint_dir("teacher") / "latest.npz").write_bytes(b"npz")
+    run.student_init_file.write_bytes(b"h5")
+    export = folder / "export" / "student_distilled"
+    (export / "saved_model" / "variables").mkdir(parents=True)
+    (export / "saved_model" / "saved_model.pb").write_bytes(b"pb")
+    (export / "saved_model" / "variables" / "variables.index").write_bytes(b"i")
+    (export / "int8.tflite").write_bytes(b"tfl")
+    (export / "int8.json").write_text("{}")
+    (export / ".saved_model.partial-ab12" / "saved_model").mkdir(parents=True)
+    (folder / "models" / ".teacher.x1.tmp.keras").write_bytes(b"half")
+    return run
+
+
+def _snapshot(folder):
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_overwrite_refuses_a_foreign_config_json_and_keeps_everything(tmp_path):
+    folder = tmp_path / "webapp"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"compilerOptions": {}}')
+    (folder / "src.ts").write_text("code")
+    before = _snapshot(folder)
+    from kd_keras.errors import RunFolderError
+
+    with pytest.raises(RunFolderError) as raised:
+        run_pipeline(RunConfig.from_preset("smoke", verbose=0), folder, overwrite=True)
+    message = str(raised.value)
+    assert "not a kd_keras run config" in message and "compilerOptions" in message
+    assert "\n" not in message and len(message) < 400
+    assert _snapshot(folder) == before
+
+
+def test_overwrite_removes_only_kd_keras_files_and_keeps_the_users(tmp_path):
+    from kd_keras.train.pipeline import prepare_run_folder
+
+    folder = tmp_path / "run"
+    _fake_run(folder)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "models" / "my_model.h5").write_bytes(b"mine too")
+    (folder / "checkpoints" / "teacher" / "diary.md").write_text("mine three")
+    prepare_run_folder(folder, RunConfig.from_preset("smoke", verbose=0), overwrite=True)
+    assert _snapshot(folder) == {
+        "checkpoints/teacher/diary.md": b"mine three",
+        "models/my_model.h5": b"mine too",
+        "notes.txt": b"mine",
+    }
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "models", "notes.txt"]
+
+
+def test_overwrite_refuses_unknown_files_in_a_folder_removed_whole(tmp_path):
+    from kd_keras.errors import RunFolderError
+    from kd_keras.train.pipeline import prepare_run_folder
+
+    folder = tmp_path / "run"
+    _fake_run(folder)
+    stray = folder / "export" / "student_distilled" / "saved_model" / "thesis.tex"
+    stray.write_text("years")
+    before = _snapshot(folder)
+    with pytest.raises(RunFolderError, match="thesis.tex' were not written by kd_keras"):
+        prepare_run_folder(folder, RunConfig.from_preset("smoke", verbose=0), overwrite=True)
+    assert _snapshot(folder) == before
+
+
+def test_links_inside_a_run_are_unlinked_never_followed(tmp_path):
+    from kd_keras.errors import RunFolderError
+    from kd_keras.train.pipeline import prepare_run_folder
+
+    outside = tmp_path / "outside"
+    (outside / "models").mkdir(parents=True)
+    (outside / "models" / "teacher.keras").write_bytes(b"someone's model")
+    (outside / "history.csv").write_text("someone's table")
+    (outside / "stages").mkdir()
+    (outside / "stages" / "x.json").write_text("{}")
+    before = _snapshot(outside)
+    folder = tmp_path / "run"
+    run = _fake_run(folder)
+    for name in ("models", "stages"):
+        sub = folder / name
+        for child in sub.iterdir():
+            child.unlink()
+        sub.rmdir()
+        sub.symlink_to(outside / name)
+    run.history_file("teacher").unlink()
+    run.history_file("teacher").symlink_to(outside / "history.csv")
+    config = RunConfig.from_preset("smoke", verbose=0)
+    # Resuming would write through the links: refused, naming them.
+    with pytest.raises(RunFolderError, match="'models', 'stages' in .* are symbolic links"):
+        prepare_run_folder(folder, config, resume=True)
+    prepare_run_folder(folder, config, overwrite=True)
+    assert _snapshot(outside) == before
+    assert not any(p.is_symlink() for p in folder.rglob("*"))
+    assert not (folder / "models").exists() and not (folder / "stages").exists()
+
+
+def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
+    from kd_keras.errors import RunFolderError
+    from kd_keras.run_folder import SearchFolder
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.lock").symlink_to(victim)
+    with pytest.raises(RunFolderError, match="is a symbolic link") as raised:
+        RunLock(folder).acquire()
+    assert "\n" not in str(raised.value)
+    assert lock_holder(folder) is None
+    # The search's lock, beside its folder, the same.
+    search = tmp_path / "search"
+    SearchFolder(search).lock_file.symlink_to(victim)
+    with pytest.raises(RunFolderError, match="is a symbolic link"):
+        RunLock(search, path=SearchFolder(search).lock_file).acquire()
+    # A hard link would be overwritten as surely.
+    os.link(victim, tmp_path / "hard.lock")
+    with pytest.raises(RunFolderError, match="is a hard link"):
+        RunLock(tmp_path, path=tmp_path / "hard.lock").acquire()
+    assert victim.read_bytes() == b"precious\n"
+
+
+def test_an_atomic_write_replaces_a_link_at_the_final_name_not_its_target(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "run").mkdir()
+    progress = tmp_path / "run" / "progress.json"
+    progress.symlink_to(victim)
+    write_json(progress, {"status": "running"})
+    assert victim.read_text() == "precious"
+    assert not progress.is_symlink() and json.loads(progress.read_text()) == {"status": "running"}
+
+
+def _fake_search(folder):
+    folder.mkdir(parents=True)
+    settings = {
+        "tuner": "random",
+        "objective": "val_accuracy",
+        "epochs": 1,
+        "max_trials": 2,
+        "space": {},
+        "config": {},
+        "teacher_sha256": "0",
+    }
+    (folder / "search.json").write_text(json.dumps(settings))
+    for name in ("trials.csv", "best.json", "search.png", "oracle.json", "tuner0.json"):
+        (folder / name).write_text("x")
+    for name in ("trial.json", "build_config.json", "checkpoint.weights.h5", "kd_trial.json"):
+        (folder / "trial_0").mkdir(exist_ok=True)
+        (folder / "trial_0" / name).write_text("x")
+
+
+def test_search_overwrite_needs_kd_keras_settings_and_keeps_the_users_files(tmp_path):
+    from kd_keras.errors import SearchError
+    from kd_keras.run_folder import SearchFolder, remove_planned
+    from tuning.search import check_search_folder
+
+    foreign = tmp_path / "project"
+    foreign.mkdir()
+    (foreign / "oracle.json").write_text("{}")
+    with pytest.raises(SearchError, match="did not start"):
+        check_search_folder(foreign, overwrite=True)
+    (foreign / "search.json").write_text('{"compilerOptions": {}}')
+    with pytest.raises(SearchError, match="search.json is not a kd_keras search"):
+        check_search_folder(foreign, overwrite=True)
+    assert sorted(p.name for p in foreign.iterdir()) == ["oracle.json", "search.json"]
+
+    folder = tmp_path / "search"
+    _fake_search(folder)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "trial_0" / "plot.png").write_bytes(b"mine too")
+    assert check_search_folder(folder, overwrite=True) is None
+    remove_planned(SearchFolder(folder).removal_plan())
+    assert _snapshot(folder) == {"notes.txt": b"mine", "trial_0/plot.png": b"mine too"}

@@ -16,6 +16,7 @@ skips complete stages and continues an interrupted one from its last
 completed epoch.
 """
 
+import fnmatch
 import math
 import os
 import shutil
@@ -42,7 +43,13 @@ from kd_keras.errors import DamagedFileError, RunFolderError, RunStopped, Teache
 from kd_keras.models.fused_batch_norm import with_keras_batch_norm, with_local_batch_norm
 from kd_keras.models.resnet import count_flops, stage_blocks
 from kd_keras.report.results import load_stage_rows, write_results
-from kd_keras.run_folder import RunFolder
+from kd_keras.run_folder import (
+    TEMP_PATTERN,
+    RemovalPlan,
+    RunFolder,
+    describe_paths,
+    remove_planned,
+)
 from kd_keras.stages import STAGES
 from kd_keras.train import distribute, recipe
 from kd_keras.train.callbacks import (
@@ -155,15 +162,37 @@ def check_run_folder(out_dir, config, *, resume=False, overwrite=False):
                 f"'{out}' is not empty; pass --resume to continue it, "
                 "--overwrite to replace it, or choose another --out"
             )
-        if not saved_path.is_file():
-            raise RunFolderError(
-                f"refusing to overwrite '{out}': it is not a kd_keras run folder "
-                "(no config.json); choose another --out"
-            )
+        _check_overwrite(out, run)
         holder = atomic.lock_holder(out)
         if holder is not None and holder.get("pid") != os.getpid():
             raise RunFolderError(f"'{out}' is in use by process {holder.get('pid')}")
     return config
+
+
+def _check_overwrite(out, run):
+    """Refuses `--overwrite` of a folder that is not a kd_keras run (its
+    `config.json` must be a `RunConfig`), or that holds unknown entries
+    inside a folder only removed whole; returns the `RemovalPlan`."""
+    if not run.config_file.is_file() or run.config_file.is_symlink():
+        raise RunFolderError(
+            f"refusing to overwrite '{out}': it is not a kd_keras run folder "
+            "(no config.json); choose another --out"
+        )
+    try:
+        run.config()
+    except DamagedFileError as error:
+        problem = error.problem if len(error.problem) <= 100 else error.problem[:97] + "..."
+        raise RunFolderError(
+            f"refusing to overwrite '{out}': its config.json is not a kd_keras run config "
+            f"({problem}); kd_keras replaces only its own runs: choose another --out"
+        ) from None
+    plan = run.removal_plan()
+    if plan.refused:
+        raise RunFolderError(
+            f"refusing to overwrite '{out}': {describe_paths(plan.refused, out)} "
+            "were not written by kd_keras; move them out of the folder, or choose another --out"
+        )
+    return plan
 
 
 def prepare_run_folder(out_dir, config, *, resume=False, overwrite=False):
@@ -191,16 +220,25 @@ def prepare_run_folder(out_dir, config, *, resume=False, overwrite=False):
     """
     out = Path(out_dir)
     config = check_run_folder(out, config, resume=resume, overwrite=overwrite)
+    run = RunFolder(out)
     if resume:
+        run.check_real_folders()
         # A kill during a write can leave a temporary file; never a final one.
-        for leftover in out.rglob(".*.tmp*"):
-            leftover.unlink()
+        plan = run.removal_plan()
+        remove_planned(
+            RemovalPlan(files=[p for p in plan.files if fnmatch.fnmatchcase(p.name, TEMP_PATTERN)])
+        )
         return config
     if overwrite and out.is_dir():
-        for child in out.iterdir():
-            if child.name == atomic.LOCK_FILE:
-                continue
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        # Only what kd_keras wrote; links are unlinked, never followed.
+        plan = _check_overwrite(out, run)
+        remove_planned(plan)
+        if plan.kept and config.verbose:
+            print(
+                f"kd_keras: kept {len(plan.kept)} entr{'y' if len(plan.kept) == 1 else 'ies'} "
+                f"kd_keras did not write: {describe_paths(plan.kept, out)}",
+                flush=True,
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-probe"
@@ -757,11 +795,7 @@ def _remove_failed_start(out, lock, created, *, fresh):
     if created:
         shutil.rmtree(out, ignore_errors=True)
         return
-    for child in out.iterdir() if out.is_dir() else ():
-        if child.name != atomic.LOCK_FILE:
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(
-                missing_ok=True
-            )
+    remove_planned(RunFolder(out).removal_plan())  # Only kd_keras's names.
 
 
 def _in_main_thread():
