@@ -28,10 +28,36 @@ from pathlib import Path
 
 from kd_keras.errors import DamagedFileError, DiskWriteError, RunFolderError, RunLockedError
 
+_UMASK = None
+
+
+def process_umask():
+    """The process's umask, read once: from `/proc/self/status` (which
+    leaves it unchanged, safe with threads), else by setting and restoring
+    it (only before threads start: kd_keras reads it on its first write)."""
+    global _UMASK
+    if _UMASK is None:
+        try:
+            with open("/proc/self/status") as file:
+                line = next(line for line in file if line.startswith("Umask:"))
+            _UMASK = int(line.split()[1], 8)
+        except (OSError, StopIteration, ValueError, IndexError):
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+    return _UMASK
+
+
+def file_mode():
+    """The mode `open()` gives a new file: 0o666 less the umask."""
+    return 0o666 & ~process_umask()
+
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
     """Yields a temporary path beside `path`; renames it over `path` on success.
+
+    The file gets the mode `open()` would give it (0o666 less the umask),
+    and a symbolic link at `path` is replaced, never written through.
 
     Args:
         path: the final file path.
@@ -51,6 +77,8 @@ def atomic_path(path, suffix=None):
         yield Path(tmp)
         with open(tmp, "rb") as file:
             os.fsync(file.fileno())
+            # mkstemp made it 0600; the final file has open()'s mode.
+            os.fchmod(file.fileno(), file_mode())
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)

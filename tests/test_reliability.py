@@ -758,3 +758,64 @@ def test_search_overwrite_needs_kd_keras_settings_and_keeps_the_users_files(tmp_
     assert check_search_folder(folder, overwrite=True) is None
     remove_planned(SearchFolder(folder).removal_plan())
     assert _snapshot(folder) == {"notes.txt": b"mine", "trial_0/plot.png": b"mine too"}
+
+
+# --- Ordinary file modes: what open() would give, under the user's umask. ---
+
+_MODES_SCRIPT = """
+import os, stat, sys
+os.umask(int(sys.argv[2], 8))
+from pathlib import Path
+from kd_keras import atomic
+from kd_keras.report.results import write_results
+run = Path(sys.argv[1])
+atomic.write_json(run / "stages" / "teacher.json", {"stage": "teacher"})
+rows = [
+    {"stage": s, "model": "m", "test_accuracy": a, "params": 10, "size_mb": 0.1, "latency_ms": 1.0}
+    for s, a in (("teacher", 0.9), ("student_baseline", 0.8), ("student_distilled", 0.85))
+]
+write_results(run, rows)
+with atomic.RunLock(run):
+    lock = (run / "run.lock").stat().st_mode
+for p in sorted(run.rglob("*")):
+    if p.is_file():
+        print(p.relative_to(run), oct(stat.S_IMODE(p.stat().st_mode)))
+print("run.lock", oct(stat.S_IMODE(lock)))
+"""
+
+
+@pytest.mark.parametrize("umask, mode", [("022", "0o644"), ("077", "0o600"), ("002", "0o664")])
+def test_files_get_the_mode_open_would_give_under_the_umask(tmp_path, umask, mode):
+    out = subprocess.run(
+        [sys.executable, "-c", _MODES_SCRIPT, str(tmp_path), umask],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg"},
+    )
+    assert out.returncode == 0, out.stderr
+    modes = dict(line.split() for line in out.stdout.splitlines())
+    assert sorted(modes) == [
+        "report.png",
+        "results.csv",
+        "results.json",
+        "run.lock",
+        "stages/teacher.json",
+        "test_accuracy_bar.png",
+    ]  # Atomic as before: no temporary file is left.
+    assert set(modes.values()) == {mode}, modes
+
+
+def test_a_saved_model_file_gets_the_umask_mode(tmp_path):
+    import keras
+
+    from kd_keras.atomic import file_mode
+    from kd_keras.train.pipeline import save_model
+
+    inputs = keras.Input((4,))
+    save_model(keras.Model(inputs, keras.layers.Dense(3)(inputs)), tmp_path / "m.keras")
+    current = os.umask(0o022)
+    os.umask(current)
+    assert file_mode() == 0o666 & ~current
+    assert (tmp_path / "m.keras").stat().st_mode & 0o777 == 0o666 & ~current
+    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
