@@ -26,7 +26,13 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kd_keras.errors import DamagedFileError, DiskWriteError, RunFolderError, RunLockedError
+from kd_keras.errors import (
+    DamagedFileError,
+    DiskWriteError,
+    RunFolderError,
+    RunLockedError,
+    is_disk_full,
+)
 
 _UMASK = None
 
@@ -80,15 +86,18 @@ def atomic_path(path, suffix=None):
             # mkstemp made it 0600; the final file has open()'s mode.
             os.fchmod(file.fileno(), file_mode())
         os.replace(tmp, path)
-    except OSError as error:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        hint = " (the disk is full: free some space)" if error.errno == errno.ENOSPC else ""
-        raise DiskWriteError(
-            error.errno, f"could not write '{path}': {error.strerror or error}{hint}"
-        ) from error
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if isinstance(error, DiskWriteError) or not (
+            isinstance(error, OSError) or (isinstance(error, Exception) and is_disk_full(error))
+        ):
+            raise
+        if is_disk_full(error):
+            # The library's own text (HDF5's spans lines) says no more.
+            detail, code = "the disk is full: free some space", errno.ENOSPC
+        else:
+            detail, code = " ".join(str(error.strerror or error).split())[:200], error.errno
+        raise DiskWriteError(code, f"could not write '{path}': {detail}") from error
 
 
 def write_text(path, text):

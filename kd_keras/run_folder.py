@@ -105,9 +105,6 @@ RUN_MARKERS = (CONFIG_FILE, PROGRESS_FILE, STAGES_DIR)
 TEMP_PATTERN = ".*.tmp*"
 PARTIAL_PATTERNS = (".*.partial-*", ".*.old-*")
 WRITE_PROBE = ".write-probe"
-# Where an export converts: a temporary folder inside the run's export area,
-# emptied when an export starts and ends.
-EXPORT_WORK_DIR = ".work"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +173,6 @@ RUN_LAYOUT = Layout(
             EXPORT_DIR,
             Layout(
                 dirs=(
-                    (EXPORT_WORK_DIR, _ANYTHING),
                     (
                         "*",
                         Layout(files=("*.tflite", "*.json"), dirs=(("saved_model", _SAVED_MODEL),)),
