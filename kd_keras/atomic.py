@@ -75,10 +75,13 @@ def atomic_path(path, suffix=None):
             final path is then left as it was, and no temporary file remains.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{suffix}")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{suffix}")
+        os.close(fd)
+    except OSError as error:
+        raise _write_error(path, error) from None
     try:
         yield Path(tmp)
         with open(tmp, "rb") as file:
@@ -92,12 +95,20 @@ def atomic_path(path, suffix=None):
             isinstance(error, OSError) or (isinstance(error, Exception) and is_disk_full(error))
         ):
             raise
-        if is_disk_full(error):
-            # The library's own text (HDF5's spans lines) says no more.
-            detail, code = "the disk is full: free some space", errno.ENOSPC
-        else:
-            detail, code = " ".join(str(error.strerror or error).split())[:200], error.errno
-        raise DiskWriteError(code, f"could not write '{path}': {detail}") from error
+        raise _write_error(path, error) from error
+
+
+def _write_error(path, error):
+    """A one-line `DiskWriteError` for a failed write of `path`."""
+    if is_disk_full(error):
+        # The library's own text (HDF5's spans lines) says no more.
+        detail, code = "the disk is full: free some space", errno.ENOSPC
+    elif getattr(error, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM):
+        detail, code = f"the folder is read-only ({error.strerror})", error.errno
+    else:
+        text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        detail, code = " ".join(str(text).split())[:200], getattr(error, "errno", None)
+    return DiskWriteError(code, f"could not write '{path}': {detail}")
 
 
 def write_text(path, text):

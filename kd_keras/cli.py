@@ -274,14 +274,16 @@ def _evaluate(args):
 
 
 def _report(args):
-    from kd_keras.report.results import format_table, load_stage_rows, write_results
+    from kd_keras.report.results import format_table, load_stage_rows, write_results_or_reason
 
     run_dir = Path(args.run_dir)
     rows = load_stage_rows(run_dir)
     if not rows:
         raise ConfigError(f"'{run_dir}' holds no completed stage (no stages/*.json)")
-    write_results(run_dir, rows)
+    unwritten = write_results_or_reason(run_dir, rows)  # A read-only run is only read.
     print(format_table(rows))
+    if unwritten:
+        print(f"kd_keras: note: {unwritten}", file=sys.stderr)
     if args.reference:
         from kd_keras.report.reference import reference_table_of
 

@@ -51,7 +51,8 @@ HISTORY_DIR = "history"
 MODELS_DIR = "models"
 CHECKPOINTS_DIR = "checkpoints"
 EXPORT_DIR = "export"
-STUDENT_INIT_FILE = "student_init.weights.h5"
+STUDENT_INIT_FILE = "student_init.npz"
+LEGACY_STUDENT_INIT_FILE = "student_init.weights.h5"  # Read if found: older runs.
 MODEL_SUFFIX = ".keras"
 
 # `progress.json`: `status` is one of STATUSES while a process owns the run.
@@ -168,7 +169,10 @@ RUN_LAYOUT = Layout(
         (STAGES_DIR, Layout(files=("*.json",))),
         (HISTORY_DIR, Layout(files=("*.csv",))),
         (MODELS_DIR, Layout(files=(f"*{MODEL_SUFFIX}",))),
-        (CHECKPOINTS_DIR, Layout(files=(STUDENT_INIT_FILE,), dirs=(("*", _CHECKPOINT),))),
+        (
+            CHECKPOINTS_DIR,
+            Layout(files=(STUDENT_INIT_FILE, LEGACY_STUDENT_INIT_FILE), dirs=(("*", _CHECKPOINT),)),
+        ),
         (
             EXPORT_DIR,
             Layout(

@@ -531,14 +531,14 @@ def test_damaged_progress_stage_row_and_derivable_files_are_rebuilt(run_copy, ca
     (out / "progress.json").write_text('{"status": "runn')
     (out / "stages" / "student_distilled.json").write_text("")
     (out / "models" / "teacher.keras").write_bytes(b"PK\x03\x04 torn")
-    (out / "checkpoints" / "student_init.weights.h5").write_bytes(b"\x89HDF torn")
+    (out / "checkpoints" / "student_init.npz").write_bytes(b"PK\x03\x04 torn")
     code, err = _cli(["run", "--resume", "--out", str(out), "--quiet"], capsys)
     assert code == 0, err
     for name in (
         "progress.json",
         "student_distilled.json",
         "teacher.keras",
-        "student_init.weights.h5",
+        "student_init.npz",
     ):
         assert name in err  # Each rebuild is reported.
     assert json.loads((out / "progress.json").read_text())["status"] == "finished"

@@ -57,6 +57,7 @@ from kd_keras.export.spec import (
     model_path,
     path_size,
     plan_exports,
+    read_only_error,
     row_name,
     row_path,
     validate_options,
@@ -703,7 +704,16 @@ def export_run(
     plan_exports(run_dir, stages, specs, overwrite=overwrite)  # Before the lock makes anything.
     say = log or (lambda line: None)
     done = {}
-    with atomic.RunLock(run_dir):
+    lock = atomic.RunLock(run_dir)
+    try:
+        lock.acquire()
+    except OSError as error:
+        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise read_only_error(run_dir) from None
+        raise DiskWriteError(
+            error.errno, f"could not write '{lock.path}': {error.strerror or error}"
+        ) from None
+    with lock:
         RunFolder(run_dir).check_real_folders()
         # Again under the lock: another export may have finished some.
         plan = plan_exports(run_dir, stages, specs, overwrite=overwrite)

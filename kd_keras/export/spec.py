@@ -345,6 +345,25 @@ def validate_options(
         raise ExportError(f"seed must be an int >= 0 or None, got {seed!r}")
 
 
+def read_only_error(run_dir):
+    """The `ExportError` for a run folder that cannot be written."""
+    return ExportError(
+        f"'{run_dir}' is read-only, and an export writes into its run folder (export/, "
+        "results.csv); copy the run to a writable place and export the copy: "
+        f"cp -r '{run_dir}' COPY && python -m kd_keras export COPY ..."
+    )
+
+
+def check_writable(run_dir, stages=()):
+    """Raises `read_only_error` unless the run folder, and the export folders
+    of `stages` that exist, can be written (`os.access`: a read-only file
+    system or a folder without write permission)."""
+    folders = [Path(run_dir), Path(run_dir) / EXPORT_DIR]
+    folders += [stage_export_dir(run_dir, stage) for stage in stages]
+    if any(folder.is_dir() and not os.access(folder, os.W_OK) for folder in folders):
+        raise read_only_error(run_dir)
+
+
 def run_stages(run_dir):
     """Stage names a run folder knows: the pipeline's and any added ones."""
     extra = {p.stem for p in RunFolder(run_dir).stages_dir.glob("*.json")}
@@ -440,6 +459,7 @@ def plan_exports(run_dir, stages=("student_distilled",), specs=(), *, overwrite=
     stages = _flatten(stages, "stages")
     if not stages:
         raise ExportError("no stage to export; pass --stage, e.g. student_distilled")
+    check_writable(run_dir, stages)
     if not specs:
         raise ExportError("no format to export; pass --format saved_model and/or litert")
     known = run_stages(run_dir)

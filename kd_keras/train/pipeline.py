@@ -16,6 +16,7 @@ skips complete stages and continues an interrupted one from its last
 completed epoch.
 """
 
+import errno
 import fnmatch
 import math
 import os
@@ -39,11 +40,19 @@ from kd_keras.distill.teacher import (
     teacher_for_inference,
     teacher_sanity_check,
 )
-from kd_keras.errors import DamagedFileError, RunFolderError, RunStopped, TeacherError
+from kd_keras.errors import (
+    DamagedFileError,
+    DiskWriteError,
+    RunFolderError,
+    RunStopped,
+    TeacherError,
+    is_disk_full,
+)
 from kd_keras.models.fused_batch_norm import with_keras_batch_norm, with_local_batch_norm
 from kd_keras.models.resnet import count_flops, stage_blocks
 from kd_keras.report.results import load_stage_rows, write_results
 from kd_keras.run_folder import (
+    LEGACY_STUDENT_INIT_FILE,
     TEMP_PATTERN,
     RemovalPlan,
     RunFolder,
@@ -421,20 +430,31 @@ class Pipeline:
     def student_initial_weights(self):
         """The one set of initial weights both students start from."""
         path = self.folder.student_init_file
+        legacy = self.folder.checkpoints_dir / LEGACY_STUDENT_INIT_FILE
         student = self.build_student()
-        if path.exists():
+        for source in (path, legacy):
+            if not source.exists():
+                continue
             try:
-                student.load_weights(path)
+                if source == legacy:
+                    student.load_weights(source)  # Written by an older kd_keras.
+                else:
+                    with np.load(source, allow_pickle=False) as saved:
+                        weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+                    student.set_weights(weights)
                 return student
-            except Exception as error:  # h5py and Keras raise many types.
+            except Exception as error:  # NumPy, h5py and Keras raise many types.
                 # Derivable: the seeded build above made these very weights.
                 _warn(
-                    f"'{path}' was damaged ({type(error).__name__}); rebuilding it "
+                    f"'{source}' was damaged ({type(error).__name__}); rebuilding it "
                     "from the run's seed"
                 )
                 student = self.build_student()
+        # A plain .npz through Python's file API: a full disk is a clean
+        # DiskWriteError (HDF5, failing on a full disk, crashes at exit).
         with atomic.atomic_path(path) as tmp:
-            student.save_weights(tmp)
+            with open(tmp, "wb") as file:
+                np.savez(file, *student.get_weights())
         return student
 
     def build_student(self):
@@ -743,11 +763,20 @@ def _run_pipeline(config, out, *, resume, overwrite):
         return rows
     except (RunStopped, KeyboardInterrupt) as error:
         if started or not fresh:
-            progress.update(status="stopped", error=str(error) or "interrupted")
+            _mark(progress, status="stopped", error=str(error) or "interrupted")
         raise
     except BaseException as error:
         if started or not fresh:
-            progress.update(status="failed", error=f"{type(error).__name__}: {error}")
+            # Out of memory included: the folder says failed, not running.
+            _mark(progress, status="failed", error=f"{type(error).__name__}: {error}"[:1000])
+        if (started or not fresh) and (isinstance(error, DiskWriteError) or is_disk_full(error)):
+            # Everything written so far is whole: the run continues from it.
+            resume = RunFolder(out).resume_command()
+            raise DiskWriteError(
+                errno.ENOSPC if is_disk_full(error) else error.errno,
+                f"{error.strerror if isinstance(error, OSError) else 'the disk is full'}; "
+                f"then continue with '{resume}'",
+            ) from error
         raise
     finally:
         for signum, handler in previous.items():
@@ -755,6 +784,15 @@ def _run_pipeline(config, out, *, resume, overwrite):
         if not started:
             _remove_failed_start(out, lock, created, fresh=fresh)
         lock.release()
+
+
+def _mark(progress, **fields):
+    """Records the run's end in `progress.json`, unless that write fails too
+    (a full disk, no memory left): the error being raised says more."""
+    try:
+        progress.update(**fields)
+    except (OSError, MemoryError):
+        pass
 
 
 def write_classes(out, config, splits):
