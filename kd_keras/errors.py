@@ -205,7 +205,9 @@ def one_line(error):
 
 def describe(error):
     """The one line a CLI prints for `error` after "<prog>: error: "."""
-    if is_disk_full(error) and not isinstance(error, DiskWriteError):
+    if isinstance(error, DiskWriteError) and error.strerror:
+        return one_line(error.strerror)  # Without OSError's "[Errno 28]".
+    if is_disk_full(error):
         return DISK_FULL.format(where="")
     if isinstance(error, MemoryError):
         return OUT_OF_MEMORY.format(where="")

@@ -819,3 +819,245 @@ def test_a_saved_model_file_gets_the_umask_mode(tmp_path):
     assert file_mode() == 0o666 & ~current
     assert (tmp_path / "m.keras").stat().st_mode & 0o777 == 0o666 & ~current
     assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
+
+
+# --- Out of memory, a full disk, a read-only folder. ---
+
+
+def _tiny_npz(path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(80) % 4
+    images = rng.integers(0, 256, size=(80, 16, 16, 3), dtype=np.uint8)
+    np.savez(path, x_train=images[:60], y_train=labels[:60], x_test=images[60:], y_test=labels[60:])
+    return path
+
+
+def _tiny_config(data):
+    fields = RunConfig.from_preset("smoke", verbose=0).to_dict()
+    fields.update(
+        data=str(data),
+        val_size=8,
+        train_per_class=None,
+        val_per_class=None,
+        test_per_class=None,
+        teacher_depth=8,
+        teacher_width=4,
+        student_depth=8,
+        student_width=4,
+        teacher_epochs=1,
+        student_epochs=1,
+        batch_size=16,
+    )
+    return RunConfig.from_dict(fields)
+
+
+class ResourceExhaustedError(Exception):
+    """Named as TensorFlow's (kd_keras.errors checks the name, not the class)."""
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (MemoryError(), "out of memory; use smaller models or batches"),
+        (ResourceExhaustedError("OOM when allocating tensor"), "out of memory in TensorFlow"),
+        (
+            ResourceExhaustedError("saving: No space left on device"),
+            "the disk is full: free some space; then continue with 'python -m kd_keras run",
+        ),
+    ],
+)
+def test_out_of_memory_or_disk_in_training_is_one_line_and_marks_the_run_failed(
+    tmp_path, monkeypatch, capsys, error, line
+):
+    from kd_keras.errors import run_command
+    from kd_keras.train import pipeline
+
+    def exhausted(self):
+        raise error
+
+    monkeypatch.setattr(pipeline.Pipeline, "run", exhausted)
+    out = tmp_path / "run"
+    config = _tiny_config(_tiny_npz(tmp_path / "d.npz"))
+    assert run_command("kd_keras", lambda: pipeline.run_pipeline(config, out)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"kd_keras: error: {line}"), err
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["status"] == "failed"
+    assert progress["error"].startswith(type(error).__name__)
+
+
+def test_a_disk_full_while_training_names_the_resume_command(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from kd_keras.errors import run_command
+    from kd_keras.train import pipeline
+
+    def full(self):
+        with pipeline.atomic.atomic_path(self.folder.student_init_file) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    monkeypatch.setattr(pipeline.Pipeline, "run", full)
+    out = tmp_path / "run"
+    config = _tiny_config(_tiny_npz(tmp_path / "d.npz"))
+    assert run_command("kd_keras", lambda: pipeline.run_pipeline(config, out)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the disk is full: free some space" in err
+    assert f"then continue with 'python -m kd_keras run --resume --out {out}'" in err
+    assert json.loads((out / "progress.json").read_text())["status"] == "failed"
+    assert not list((out / "checkpoints").glob(".*"))  # No temporary left.
+
+
+_FULL_DISK_SCRIPT = """
+import json, sys
+from pathlib import Path
+from kd_keras import RunConfig
+from kd_keras.errors import run_command
+from kd_keras.train import pipeline
+
+disk, config, phase = Path(sys.argv[1]), RunConfig.from_dict(json.loads(sys.argv[2])), sys.argv[3]
+out = disk / "run"
+initial = pipeline.Pipeline.student_initial_weights
+
+
+def fill_disk_first(self):
+    try:
+        with open(disk / "filler", "wb", buffering=0) as file:
+            while True:
+                file.write(bytes(4096))
+    except OSError:
+        pass
+    return initial(self)
+
+
+if phase == "fill":
+    pipeline.Pipeline.student_initial_weights = fill_disk_first
+else:
+    (disk / "filler").unlink()
+code = run_command(
+    "kd_keras", lambda: pipeline.run_pipeline(config, out, resume=phase != "fill") and 0
+)
+print(json.dumps({"code": code, "status": json.loads((out / "progress.json").read_text())["status"]}))
+sys.exit(0)
+"""
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_at_the_initial_weights_is_one_line_and_resumable(tmp_path):
+    """On a small tmpfs filled just before the students' initial weights are
+    written: one line, exit 1, the run marked failed, no crash (HDF5 used to
+    segfault at exit, status 139); freed, `--resume` finishes the run."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to mount a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    config = _tiny_config(_tiny_npz(tmp_path / "d.npz")).to_json()
+    script = tmp_path / "full_disk.py"
+    script.write_text(_FULL_DISK_SCRIPT)
+    python = f"{sys.executable} {script} {disk} '{config}'"
+    shell = (
+        f"mount -t tmpfs -o size=16m tmpfs {disk} || exit 77; "
+        f"{python} fill; echo exit=$?; {python} resume; echo exit=$?"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if done.returncode == 77:
+        pytest.skip("cannot mount a tmpfs here")
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("{", "exit="))]
+    assert lines == [
+        '{"code": 1, "status": "failed"}',
+        "exit=0",
+        '{"code": 0, "status": "finished"}',
+        "exit=0",
+    ], done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("kd_keras: error:")]
+    assert len(errors) == 1 and "the disk is full" in errors[0] and "--resume" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+def _finished_fake_run(folder):
+    run = _fake_run(folder)
+    rows = {
+        "teacher": 0.90,
+        "student_baseline": 0.80,
+        "student_distilled": 0.84,
+    }
+    for stage, accuracy in rows.items():
+        row = {"stage": stage, "model": "resnet", "depth": 8, "params": 1000, "flops": 10}
+        row.update(test_accuracy=accuracy, test_loss=0.5, val_accuracy=accuracy, val_loss=0.5)
+        row.update(size_mb=0.1, latency_ms=1.0, epochs=1, best_epoch=1, train_seconds=1.0)
+        run.stage_file(stage).write_text(json.dumps(row))
+    for name in ("results.csv", "results.json", "report.png"):
+        (folder / name).unlink()
+    return run
+
+
+def test_report_on_a_folder_it_cannot_write_prints_and_writes_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    from kd_keras.cli import main
+
+    folder = tmp_path / "run"
+    _finished_fake_run(folder)
+    before = _snapshot(folder)
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **k: False if Path(p) == folder else real_access(p, mode)
+    )
+    assert main(["report", str(folder)]) == 0
+    out, err = capsys.readouterr()
+    assert "student_distilled" in out and "+4.00 points" in out
+    assert err == (
+        f"kd_keras: note: '{folder}' is read-only: the table is printed, its results "
+        "files and plots are not rewritten\n"
+    )
+    assert _snapshot(folder) == before
+
+
+_READ_ONLY_SHELL = """
+mount --bind {run} {run} && mount -o remount,bind,ro {run} || exit 77
+touch {run}/probe 2>/dev/null && exit 78
+for args in "report {run}" "report {run} --reference" "export {run}"; do
+    {python} -m kd_keras $args > /dev/null 2> {err}
+    echo "exit=$? $(cat {err} | tr '\\n' '|')"
+done
+"""
+
+
+def test_report_and_export_on_a_read_only_run_folder(tmp_path):
+    """A real read-only bind mount (root writes through permission bits):
+    report and report --reference print, export says how to export a copy;
+    one line each, no traceback, nothing written."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare for a read-only bind mount")
+    folder = tmp_path / "run"
+    _finished_fake_run(folder)
+    before = _snapshot(folder)
+    shell = _READ_ONLY_SHELL.format(run=folder, python=sys.executable, err=tmp_path / "err")
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if done.returncode in (77, 78):
+        pytest.skip("cannot make a read-only bind mount here")
+    report, reference, export = done.stdout.splitlines()
+    note = f"kd_keras: note: '{folder}' is read-only: the table is printed"
+    assert report.startswith(f"exit=0 {note}") and report.count("|") == 1, report
+    assert reference.startswith(f"exit=0 {note}") and reference.count("|") == 1, reference
+    assert export.startswith(f"exit=2 kd_keras: error: '{folder}' is read-only"), export
+    assert f"cp -r '{folder}' COPY && python -m kd_keras export COPY" in export
+    assert export.count("|") == 1 and "Traceback" not in done.stdout
+    assert _snapshot(folder) == before

@@ -18,6 +18,7 @@ completed epoch.
 
 import errno
 import fnmatch
+import json
 import math
 import os
 import shutil
@@ -774,7 +775,7 @@ def _run_pipeline(config, out, *, resume, overwrite):
             resume = RunFolder(out).resume_command()
             raise DiskWriteError(
                 errno.ENOSPC if is_disk_full(error) else error.errno,
-                f"{error.strerror if isinstance(error, OSError) else 'the disk is full'}; "
+                f"{error.strerror if isinstance(error, DiskWriteError) else DISK_FULL_HINT}; "
                 f"then continue with '{resume}'",
             ) from error
         raise
@@ -786,13 +787,33 @@ def _run_pipeline(config, out, *, resume, overwrite):
         lock.release()
 
 
+DISK_FULL_HINT = "the disk is full: free some space"
+
+
 def _mark(progress, **fields):
-    """Records the run's end in `progress.json`, unless that write fails too
-    (a full disk, no memory left): the error being raised says more."""
+    """Records the run's end in `progress.json`. On a full disk, where the
+    atomic write has no room for its new file, the file is rewritten in
+    place instead (its blocks exist already), so the folder does not say
+    "running"; if that fails too, the error being raised says more."""
     try:
         progress.update(**fields)
-    except (OSError, MemoryError):
+    except MemoryError:
         pass
+    except OSError as error:
+        if not is_disk_full(error):
+            return
+        data = (json.dumps(progress.state, indent=2, sort_keys=True, default=str) + "\n").encode()
+        try:
+            fd = os.open(progress.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def write_classes(out, config, splits):
