@@ -184,9 +184,10 @@ def _check_overwrite(out, run):
     `config.json` must be a `RunConfig`), or that holds unknown entries
     inside a folder only removed whole; returns the `RemovalPlan`."""
     if not run.config_file.is_file() or run.config_file.is_symlink():
+        what = "is a symbolic link" if run.config_file.is_symlink() else "is missing"
         raise RunFolderError(
             f"refusing to overwrite '{out}': it is not a kd_keras run folder "
-            "(no config.json); choose another --out"
+            f"(no config.json: it {what}); choose another --out"
         )
     try:
         run.config()
