@@ -13,11 +13,17 @@ layout lives here once:
 <run>/history/<stage>.csv     its per-epoch metrics
 <run>/models/<stage>.keras    its final model
 <run>/checkpoints/<stage>/    resumable training state (not worth keeping)
+<run>/checkpoints/student_init.npz    the students' shared initial weights
 <run>/export/<stage>/...      exported models (kd_keras.export.spec)
 <run>/results.csv  results.json  test_accuracy_bar.png  report.png
 
 <search>/search.json  trials.csv  best.json  trial_<id>/  run.lock
 ```
+
+What kd_keras writes is listed once, as patterns: `RUN_LAYOUT` and
+`SEARCH_LAYOUT`. `--overwrite` removes only those entries (`plan_removal`,
+`remove_planned`), unlinking links without following them; everything else
+in the folder stays.
 
 Reading never needs Keras: `RunFolder.config()` is a validated `RunConfig`,
 `progress()` a dict, `stage_rows()` the completed stages' rows,
