@@ -81,7 +81,7 @@ def atomic_path(path, suffix=None):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{suffix}")
         os.close(fd)
     except OSError as error:
-        raise _write_error(path, error) from None
+        raise write_error(path, error) from None
     try:
         yield Path(tmp)
         with open(tmp, "rb") as file:
@@ -95,10 +95,10 @@ def atomic_path(path, suffix=None):
             isinstance(error, OSError) or (isinstance(error, Exception) and is_disk_full(error))
         ):
             raise
-        raise _write_error(path, error) from error
+        raise write_error(path, error) from error
 
 
-def _write_error(path, error):
+def write_error(path, error):
     """A one-line `DiskWriteError` for a failed write of `path`."""
     if is_disk_full(error):
         # The library's own text (HDF5's spans lines) says no more.

@@ -193,12 +193,15 @@ def _atomic_folder(path):
     """Yields a new temporary folder beside `path`; moves it to `path` on
     success (replacing what was there), removes it on failure.
 
-    Its name (`.<name>.partial-XXXX`) is not one of the `.*.tmp*` files a
-    resumed run deletes, since it is a folder.
+    Its name (`.<name>.partial-XXXX`) is one `export_run` removes when it
+    starts, should a kill leave it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    except OSError as error:
+        raise atomic.write_error(path, error) from None
     try:
         yield tmp / path.name
         old = None
@@ -209,9 +212,7 @@ def _atomic_folder(path):
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as error:
-        raise DiskWriteError(
-            error.errno, f"could not write '{path}': {error.strerror or error}"
-        ) from error
+        raise atomic.write_error(path, error) from error
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
