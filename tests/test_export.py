@@ -693,3 +693,33 @@ def test_sigkill_during_export_then_the_same_command_continues(tiny_run, tmp_pat
     ]
     assert _leftovers(tiny_run) == []
     assert _ours(system_temp) == []
+
+
+class ResourceExhaustedError(Exception):
+    """Named as TensorFlow's, which is how it reports a full disk."""
+
+
+def test_a_full_disk_during_conversion_says_disk_full_not_out_of_memory(tmp_path, monkeypatch):
+    import keras
+
+    from kd_keras.errors import DiskWriteError, describe, exit_code
+    from kd_keras.export import exporter
+
+    def full(*args):
+        raise ResourceExhaustedError("could not write variables: No space left on device")
+
+    monkeypatch.setattr(exporter, "_convert", full)
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(DiskWriteError) as raised:
+        exporter.export_model(model, tmp_path / "m.tflite")
+    line = describe(raised.value)
+    assert (
+        line
+        == f"could not write beside '{tmp_path / 'm.tflite'}': the disk is full: free some space"
+    )
+    assert exit_code(raised.value) == 1
+    assert list(tmp_path.iterdir()) == []
+    # Raised as TensorFlow raises it, it is named a full disk too.
+    tf_error = ResourceExhaustedError("No space left on device")
+    assert describe(tf_error).startswith("the disk is full") and exit_code(tf_error) == 1

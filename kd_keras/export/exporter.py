@@ -312,12 +312,12 @@ def export_model(
     try:
         flatbuffer = _convert(copy, spec, images, path.parent)
     except OSError as error:
-        raise DiskWriteError(
-            error.errno, f"could not write beside '{path}': {error.strerror or error}"
-        ) from None
+        raise atomic.write_error(path, error) from None
     except Exception as error:  # The converter raises many types.
         if is_disk_full(error):
-            raise DiskWriteError(errno.ENOSPC, f"could not write beside '{path}'") from None
+            raise DiskWriteError(
+                errno.ENOSPC, f"could not write beside '{path}': the disk is full: free some space"
+            ) from None
         raise ExportError(
             f"the LiteRT converter cannot convert model '{model.name}' to "
             f"{spec.variant} ({spec.describe()}): {_short_converter_message(error)}; "
