@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -25,12 +26,44 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kd_keras.errors import DamagedFileError, DiskWriteError, RunLockedError
+from kd_keras.errors import (
+    DamagedFileError,
+    DiskWriteError,
+    RunFolderError,
+    RunLockedError,
+    is_disk_full,
+)
+
+_UMASK = None
+
+
+def process_umask():
+    """The process's umask, read once: from `/proc/self/status` (which
+    leaves it unchanged, safe with threads), else by setting and restoring
+    it (only before threads start: kd_keras reads it on its first write)."""
+    global _UMASK
+    if _UMASK is None:
+        try:
+            with open("/proc/self/status") as file:
+                line = next(line for line in file if line.startswith("Umask:"))
+            _UMASK = int(line.split()[1], 8)
+        except (OSError, StopIteration, ValueError, IndexError):
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+    return _UMASK
+
+
+def file_mode():
+    """The mode `open()` gives a new file: 0o666 less the umask."""
+    return 0o666 & ~process_umask()
 
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
     """Yields a temporary path beside `path`; renames it over `path` on success.
+
+    The file gets the mode `open()` would give it (0o666 less the umask),
+    and a symbolic link at `path` is replaced, never written through.
 
     Args:
         path: the final file path.
@@ -42,24 +75,40 @@ def atomic_path(path, suffix=None):
             final path is then left as it was, and no temporary file remains.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{suffix}")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{suffix}")
+        os.close(fd)
+    except OSError as error:
+        raise write_error(path, error) from None
     try:
         yield Path(tmp)
         with open(tmp, "rb") as file:
             os.fsync(file.fileno())
+            # mkstemp made it 0600; the final file has open()'s mode.
+            os.fchmod(file.fileno(), file_mode())
         os.replace(tmp, path)
-    except OSError as error:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        hint = " (the disk is full: free some space)" if error.errno == errno.ENOSPC else ""
-        raise DiskWriteError(
-            error.errno, f"could not write '{path}': {error.strerror or error}{hint}"
-        ) from error
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if isinstance(error, DiskWriteError) or not (
+            isinstance(error, OSError) or (isinstance(error, Exception) and is_disk_full(error))
+        ):
+            raise
+        raise write_error(path, error) from error
+
+
+def write_error(path, error):
+    """A one-line `DiskWriteError` for a failed write of `path`."""
+    if is_disk_full(error):
+        # The library's own text (HDF5's spans lines) says no more.
+        detail, code = "the disk is full: free some space", errno.ENOSPC
+    elif getattr(error, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM):
+        detail, code = f"the folder is read-only ({error.strerror})", error.errno
+    else:
+        text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        detail, code = " ".join(str(text).split())[:200], getattr(error, "errno", None)
+    return DiskWriteError(code, f"could not write '{path}': {detail}")
 
 
 def write_text(path, text):
@@ -194,9 +243,9 @@ def lock_holder(folder=None, *, path=None):
     """
     path = Path(path) if path is not None else Path(folder) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
-        return None  # No lock file (or an unreadable one: nobody can hold it).
+        return None  # No lock file (or an unreadable one or a link: nobody can hold it).
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -252,7 +301,7 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + _ACQUIRE_GRACE_S
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -276,6 +325,33 @@ class RunLock:
                 raise
             self._fd, self._pid = fd, os.getpid()
             return self
+
+    def _open(self):
+        """Opens (creating) the lock file, never through a symbolic link nor
+        into a file with another name (a hard link): writing the record
+        there would overwrite someone's file."""
+        try:
+            fd = os.open(
+                self.path,
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                0o666,
+            )
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise self._foreign_error("a symbolic link") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            os.close(fd)
+            what = "not a regular file" if not stat.S_ISREG(info.st_mode) else "a hard link"
+            raise self._foreign_error(what)
+        return fd
+
+    def _foreign_error(self, what):
+        return RunFolderError(
+            f"the lock file '{self.path}' is {what}, which kd_keras never writes "
+            f"through; remove it (rm '{self.path}') and run again"
+        )
 
     def _write_record(self, fd):
         record = {

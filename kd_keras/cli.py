@@ -375,7 +375,7 @@ def _evaluate(args):
 
 def _report(args):
     from kd_keras.report.reference import check_comparable, reference_table_of
-    from kd_keras.report.results import format_table, load_stage_rows, write_results
+    from kd_keras.report.results import format_table, load_stage_rows, write_results_or_reason
 
     run_dir = Path(args.run_dir)
     rows = load_stage_rows(run_dir)
@@ -383,8 +383,10 @@ def _report(args):
         raise ConfigError(f"'{run_dir}' holds no completed stage (no stages/*.json)")
     if args.reference:
         check_comparable(RunFolder(run_dir).config())  # Before anything is written.
-    write_results(run_dir, rows)
+    unwritten = write_results_or_reason(run_dir, rows)  # A read-only run is only read.
     print(format_table(rows))
+    if unwritten:
+        print(f"kd_keras: note: {unwritten}", file=sys.stderr)
     if args.reference:
         print()
         print(reference_table_of(run_dir))

@@ -163,7 +163,20 @@ OUT_OF_MEMORY = (
 def is_tensorflow_out_of_memory(error):
     """True for TensorFlow's `ResourceExhaustedError` (checked by name, so
     this module does not import TensorFlow)."""
-    return type(error).__name__ == "ResourceExhaustedError"
+    return type(error).__name__ == "ResourceExhaustedError" and not is_disk_full(error)
+
+
+def is_disk_full(error):
+    """True for an error caused by a full disk, however a library wraps it
+    (TensorFlow reports ENOSPC as a `ResourceExhaustedError`, HDF5 in its
+    message)."""
+    if getattr(error, "errno", None) == 28:  # ENOSPC
+        return True
+    text = str(error)
+    return "No space left on device" in text or "errno = 28," in text
+
+
+DISK_FULL = "the disk is full{where}; free some space and run the same command again"
 
 
 def exit_code(error):
@@ -173,7 +186,7 @@ def exit_code(error):
         return EXIT_STOPPED
     if isinstance(error, BAD_INPUT):
         return EXIT_BAD_INPUT
-    if isinstance(error, FAILED) or is_tensorflow_out_of_memory(error):
+    if isinstance(error, FAILED) or is_tensorflow_out_of_memory(error) or is_disk_full(error):
         return EXIT_FAILED
     return None
 
@@ -210,6 +223,10 @@ def one_line(error):
 
 def describe(error):
     """The one line a CLI prints for `error` after "<prog>: error: "."""
+    if isinstance(error, DiskWriteError) and error.strerror:
+        return one_line(error.strerror)  # Without OSError's "[Errno 28]".
+    if is_disk_full(error):
+        return DISK_FULL.format(where="")
     if isinstance(error, MemoryError):
         return OUT_OF_MEMORY.format(where="")
     if is_tensorflow_out_of_memory(error):

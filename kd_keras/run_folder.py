@@ -13,11 +13,17 @@ layout lives here once:
 <run>/history/<stage>.csv     its per-epoch metrics
 <run>/models/<stage>.keras    its final model
 <run>/checkpoints/<stage>/    resumable training state (not worth keeping)
+<run>/checkpoints/student_init.npz    the students' shared initial weights
 <run>/export/<stage>/...      exported models (kd_keras.export.spec)
 <run>/results.csv  results.json  test_accuracy_bar.png  report.png
 
 <search>/search.json  trials.csv  best.json  trial_<id>/  run.lock
 ```
+
+What kd_keras writes is listed once, as patterns: `RUN_LAYOUT` and
+`SEARCH_LAYOUT`. `--overwrite` removes only those entries (`plan_removal`,
+`remove_planned`), unlinking links without following them; everything else
+in the folder stays.
 
 Reading never needs Keras: `RunFolder.config()` is a validated `RunConfig`,
 `progress()` a dict, `stage_rows()` the completed stages' rows,
@@ -27,12 +33,15 @@ raises `DamagedFileError` naming the file and the fix (`damaged_file_fix`).
 
 import csv
 import dataclasses
+import fnmatch
 import io
+import os
 import shlex
+import shutil
 from pathlib import Path
 
 from kd_keras import atomic
-from kd_keras.errors import ConfigError, DamagedFileError
+from kd_keras.errors import ConfigError, DamagedFileError, RunFolderError
 from kd_keras.stages import STAGES
 
 CONFIG_FILE = "config.json"
@@ -48,7 +57,8 @@ HISTORY_DIR = "history"
 MODELS_DIR = "models"
 CHECKPOINTS_DIR = "checkpoints"
 EXPORT_DIR = "export"
-STUDENT_INIT_FILE = "student_init.weights.h5"
+STUDENT_INIT_FILE = "student_init.npz"
+LEGACY_STUDENT_INIT_FILE = "student_init.weights.h5"  # Read if found: older runs.
 MODEL_SUFFIX = ".keras"
 
 # `progress.json`: `status` is one of STATUSES while a process owns the run.
@@ -95,6 +105,202 @@ TABLE_COLUMNS = (
 
 # A folder is a run folder once it holds one of these.
 RUN_MARKERS = (CONFIG_FILE, PROGRESS_FILE, STAGES_DIR)
+
+# --- What kd_keras writes, the one list `--overwrite` removes ------------------
+# `atomic.atomic_path`'s temporaries, and the folders an export writes under a
+# temporary name (`kd_keras.export.exporter`), anywhere kd_keras writes.
+TEMP_PATTERN = ".*.tmp*"
+PARTIAL_PATTERNS = (".*.partial-*", ".*.old-*")
+WRITE_PROBE = ".write-probe"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The entries kd_keras writes in one folder, as `fnmatch` patterns.
+
+    Args:
+        files: names of files kd_keras writes here.
+        dirs: `(pattern, Layout)` pairs: sub-folders and what kd_keras
+            writes in them.
+        whole: a folder another library writes (a SavedModel): removed as a
+            whole, so every name in it must be one of `files` or `dirs`
+            (anything else is refused, never deleted).
+        anything: every entry inside is kd_keras's (a temporary folder of a
+            unique name it made itself).
+    """
+
+    files: tuple = ()
+    dirs: tuple = ()
+    whole: bool = False
+    anything: bool = False
+
+    def file_match(self, name):
+        patterns = (*self.files, TEMP_PATTERN)
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    def dir_layout(self, name):
+        for pattern, layout in (*self.dirs, *((p, _ANYTHING) for p in PARTIAL_PATTERNS)):
+            if fnmatch.fnmatchcase(name, pattern):
+                return layout
+        return None
+
+
+_ANYTHING = Layout(anything=True)
+_SAVED_MODEL = Layout(
+    files=("saved_model.pb", "fingerprint.pb", "keras_metadata.pb"),
+    dirs=(
+        (
+            "variables",
+            Layout(
+                files=("variables.index", "variables.data-*"), dirs=(("*", _ANYTHING),), whole=True
+            ),
+        ),
+        ("assets", _ANYTHING),
+    ),
+    whole=True,
+)
+_CHECKPOINT = Layout(files=("latest.npz", "best.npz", "meta.json", "params.json"))
+RUN_LAYOUT = Layout(
+    files=(
+        CONFIG_FILE,
+        PROGRESS_FILE,
+        CLASSES_FILE,
+        RESULTS_CSV,
+        RESULTS_JSON,
+        BAR_PLOT,
+        REPORT_PLOT,
+        WRITE_PROBE,
+    ),
+    dirs=(
+        (STAGES_DIR, Layout(files=("*.json",))),
+        (HISTORY_DIR, Layout(files=("*.csv",))),
+        (MODELS_DIR, Layout(files=(f"*{MODEL_SUFFIX}",))),
+        (
+            CHECKPOINTS_DIR,
+            Layout(files=(STUDENT_INIT_FILE, LEGACY_STUDENT_INIT_FILE), dirs=(("*", _CHECKPOINT),)),
+        ),
+        (
+            EXPORT_DIR,
+            Layout(
+                dirs=(
+                    (
+                        "*",
+                        Layout(files=("*.tflite", "*.json"), dirs=(("saved_model", _SAVED_MODEL),)),
+                    ),
+                )
+            ),
+        ),
+    ),
+)
+
+
+@dataclasses.dataclass
+class RemovalPlan:
+    """What removing kd_keras's files from a folder does (`plan_removal`).
+
+    `files`: kd_keras's files and symbolic links (unlinked); `trees`: its
+    temporary folders (deleted whole); `folders`: its folders, deepest first
+    (removed once empty); `kept`: other entries, which stay; `refused`:
+    unknown entries inside a folder that only goes as a whole.
+    """
+
+    files: list = dataclasses.field(default_factory=list)
+    trees: list = dataclasses.field(default_factory=list)
+    folders: list = dataclasses.field(default_factory=list)
+    kept: list = dataclasses.field(default_factory=list)
+    refused: list = dataclasses.field(default_factory=list)
+
+
+def plan_removal(folder, layout, *, keep=()):
+    """Which entries of `folder` are kd_keras's under `layout`, without
+    changing anything. Symbolic links are never followed: a link with one
+    of kd_keras's names is itself removed (unlinked), whatever it points to.
+
+    Args:
+        folder: the folder (a run or search folder).
+        layout: its `Layout`.
+        keep: top-level names never removed (the lock file).
+
+    Returns:
+        A `RemovalPlan`.
+    """
+    plan = RemovalPlan()
+
+    def walk(path, layout, top):
+        with os.scandir(path) as entries:
+            children = sorted(entries, key=lambda e: e.name)
+        for entry in children:
+            child = Path(entry.path)
+            if top and entry.name in keep:
+                continue
+            is_link = entry.is_symlink()
+            is_dir = not is_link and entry.is_dir(follow_symlinks=False)
+            sub = layout.dir_layout(entry.name)
+            if is_link and (sub is not None or layout.file_match(entry.name)):
+                plan.files.append(child)
+            elif is_dir and sub is not None and sub.anything:
+                plan.trees.append(child)
+            elif is_dir and sub is not None:
+                walk(child, sub, False)
+                plan.folders.append(child)
+            elif not is_dir and not is_link and layout.file_match(entry.name):
+                plan.files.append(child)
+            else:
+                (plan.refused if layout.whole else plan.kept).append(child)
+
+    folder = Path(folder)
+    if folder.is_dir():
+        walk(folder, layout, True)
+    return plan
+
+
+def remove_planned(plan):
+    """Carries out a `RemovalPlan`: files and links are unlinked, temporary
+    folders deleted whole (`shutil.rmtree`, which never follows a link),
+    other folders removed only once empty (a user's file keeps its folder)."""
+    for path in plan.files:
+        path.unlink(missing_ok=True)
+    for path in plan.trees:
+        shutil.rmtree(path, ignore_errors=True)
+    for path in plan.folders:
+        try:
+            path.rmdir()
+        except OSError:
+            pass  # Not empty: a user's file inside stays, and its folder.
+
+
+def symlinked_folders(folder, layout):
+    """The folders of `layout` under `folder` that are symbolic links."""
+    found = []
+
+    def walk(path, layout):
+        with os.scandir(path) as entries:
+            children = sorted(entries, key=lambda e: e.name)
+        for entry in children:
+            sub = layout.dir_layout(entry.name)
+            if sub is None or sub.anything:
+                continue
+            if entry.is_symlink():
+                found.append(Path(entry.path))
+            elif entry.is_dir(follow_symlinks=False):
+                walk(entry.path, sub)
+
+    if Path(folder).is_dir():
+        walk(Path(folder), layout)
+    return found
+
+
+def describe_paths(paths, folder, limit=3):
+    """`'a', 'b', 'c' and 2 more`, relative to `folder`, for one-line messages."""
+    names = []
+    for path in paths[:limit]:
+        try:
+            name = str(Path(path).relative_to(folder))
+        except ValueError:
+            name = str(path)
+        names.append(repr(name if len(name) <= 60 else name[:57] + "..."))
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(names) + more
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +417,28 @@ class RunFolder:
         extra = sorted(found - set(STAGES))
         return [s for s in STAGES if s in found] + extra
 
+    def removal_plan(self):
+        """What `--overwrite` removes: the files kd_keras writes here
+        (`RUN_LAYOUT`), never the lock, never a user's other files."""
+        return plan_removal(self.path, RUN_LAYOUT, keep=(LOCK_FILE,))
+
+    def symlinked_folders(self):
+        """kd_keras's folders in this run that are symbolic links (kd_keras
+        writes only inside its folder: these are refused, never followed)."""
+        return symlinked_folders(self.path, RUN_LAYOUT)
+
+    def check_real_folders(self):
+        """Raises `RunFolderError` if one of kd_keras's folders here is a
+        symbolic link."""
+        links = self.symlinked_folders()
+        if links:
+            raise RunFolderError(
+                f"{describe_paths(links, self.path)} in '{self.path}' "
+                f"{'is a symbolic link' if len(links) == 1 else 'are symbolic links'}; "
+                "kd_keras writes only inside its run folder: replace "
+                f"{'it' if len(links) == 1 else 'them'} with a real folder (or copy the run)"
+            )
+
     def has_teacher(self):
         """True if the teacher stage is complete and its model saved."""
         return self.is_complete("teacher") and self.model_file("teacher").is_file()
@@ -283,6 +511,18 @@ TRIAL_COLUMNS = (
     "status",
 )
 TRIAL_COMPLETED = "COMPLETED"  # A finished trial's `status` (keras-tuner's).
+# The entries `search.json` always has.
+SEARCH_KEYS = ("tuner", "objective", "epochs", "max_trials", "space", "config")
+# What a search writes in its folder: kd_keras's files, then Keras Tuner's.
+SEARCH_LAYOUT = Layout(
+    files=(SEARCH_FILE, TRIALS_FILE, BEST_FILE, SEARCH_PLOT, "oracle.json", "tuner*.json"),
+    dirs=(
+        (
+            "trial_*",
+            Layout(files=("trial.json", "build_config.json", "checkpoint*", TRIAL_FILE)),
+        ),
+    ),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,6 +558,25 @@ class SearchFolder:
 
     def is_search(self):
         return self.settings_file.is_file()
+
+    def removal_plan(self):
+        """What `--overwrite` removes: kd_keras's and Keras Tuner's files
+        (`SEARCH_LAYOUT`), never a user's other files."""
+        return plan_removal(self.path, SEARCH_LAYOUT)
+
+    def saved_settings(self):
+        """`search.json` as a dict holding `SEARCH_KEYS`, or `None` if absent.
+
+        Raises:
+            DamagedFileError: the file is not such an object.
+        """
+        values = atomic.read_json_object(self.settings_file, None, keys=SEARCH_KEYS)
+        if values is not None and not (
+            values["tuner"] in TUNERS
+            and all(isinstance(values[k], dict) for k in ("space", "config"))
+        ):
+            raise DamagedFileError(self.settings_file, "not the settings of a kd_keras search")
+        return values
 
     def settings(self):
         """`search.json` as a dict (empty if absent)."""

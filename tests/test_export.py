@@ -133,19 +133,52 @@ def test_plan_refuses_unknown_and_unfinished_stages(tmp_path):
     assert not (run / "export").exists()  # Planning writes nothing.
 
 
-def test_plan_refuses_existing_exports_without_overwrite(tmp_path):
+def _complete(run, stage, variant, source=None):
+    """A variant as a finished export leaves it: its file, then its row."""
+    target = run / "export" / stage / f"{variant}.tflite"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"shipped " + variant.encode())
+    row = {
+        "stage": row_name(stage, variant),
+        "file": f"export/{stage}/{variant}.tflite",
+        "size_bytes": target.stat().st_size,
+        "source_sha256": source or file_sha256(run / "models" / f"{stage}.keras"),
+    }
+    (target.parent / f"{variant}.json").write_text(json.dumps(row))
+    return target
+
+
+def test_plan_skips_complete_exports_redoes_partial_ones_refuses_stale_ones(tmp_path):
+    from kd_keras.export.spec import export_status
+
     run = fake_run(tmp_path / "run")
-    target = run / "export" / "teacher" / "int8.tflite"
-    target.parent.mkdir(parents=True)
-    target.write_bytes(b"shipped")
-    specs = export_specs("litert", ["none", "int8"])
+    specs = export_specs("litert", ["none", "float16", "dynamic", "int8"])
+    by_variant = {spec.variant: spec for spec in specs}
+    _complete(run, "teacher", "float32")
+    # A kill after the file, before its row: partial.
+    (run / "export" / "teacher" / "float16.tflite").write_bytes(b"whole file, no row")
+    # A row whose file is shorter than recorded: partial.
+    _complete(run, "teacher", "dynamic").write_bytes(b"torn")
+    statuses = {v: export_status(run, "teacher", s) for v, s in by_variant.items()}
+    assert statuses == {
+        "float32": "complete",
+        "float16": "partial",
+        "dynamic": "partial",
+        "int8": "absent",
+    }
+    plan = plan_exports(run, ["teacher"], specs)
+    assert [s.variant for _, s in plan] == ["float16", "dynamic", "int8"]
+    assert [s.variant for _, s in plan.skipped] == ["float32"]
+    assert [s.variant for _, s in plan.requested] == ["float32", "float16", "dynamic", "int8"]
+    assert len(plan_exports(run, ["teacher"], specs, overwrite=True)) == 4
+    # Exported from an older model of the stage: only --overwrite replaces it.
+    _complete(run, "teacher", "int8", source="0" * 64)
     with pytest.raises(ExportError) as info:
         plan_exports(run, ["teacher"], specs)
     message = str(info.value)
     assert "export/teacher/int8.tflite already exists" in message and "--overwrite" in message
-    assert "float32" not in message
-    assert target.read_bytes() == b"shipped"
-    assert len(plan_exports(run, ["teacher"], specs, overwrite=True)) == 2
+    assert "older model" in message and "float16" not in message
+    assert (run / "export" / "teacher" / "int8.tflite").read_bytes() == b"shipped int8"
 
 
 def test_rows_of_changed_models_or_missing_files_are_left_out(tmp_path):
@@ -363,7 +396,7 @@ def test_rows_land_in_results_csv_json_and_chart(exported_run):
 
 
 @pytest.mark.slow
-def test_existing_exports_are_kept_unless_overwrite(exported_run):
+def test_existing_exports_are_skipped_unless_overwrite(exported_run):
     from kd_keras.export.exporter import export_run
 
     run, rows = exported_run
@@ -371,8 +404,14 @@ def test_existing_exports_are_kept_unless_overwrite(exported_run):
     before = target.read_bytes()
     row_file = run / "export" / "student_distilled" / "int8.json"
     row_before = row_file.read_text()
-    with pytest.raises(ExportError, match="int8.tflite already exists .*--overwrite"):
-        export_run(run, quantizations=["int8"], max_images=10, latency_repeats=2)
+    lines = []
+    skipped = export_run(
+        run, quantizations=["int8"], max_images=10, latency_repeats=2, log=lines.append
+    )
+    assert [r["stage"] for r in skipped] == ["student_distilled@int8"]
+    assert lines == [
+        "student_distilled@int8: already exported, skipped (--overwrite exports it again)"
+    ]
     assert target.read_bytes() == before and row_file.read_text() == row_before
     new = export_run(
         run,
@@ -514,5 +553,173 @@ def test_cli_exports_teacher_and_student_and_prints_the_table(smoke_run, tmp_pat
     assert str(run / "export" / "teacher" / "int8.tflite") in out
     saved = json.loads((run / "results.json").read_text())
     assert [r["variant"] for r in saved["teacher_vs_student"]] == ["keras", "int8"]
-    assert main(argv) == 2  # Exists now.
-    assert "--overwrite" in capsys.readouterr().err
+    assert main(argv) == 0  # Both exported: the same command skips them.
+    assert capsys.readouterr().out.count("already exported, skipped") == 2
+
+
+# --------------------------------------------------------------------------
+# An interrupted export continues
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A finished run folder on generated data: 4 classes of 16x16 images
+    in an `.npz`, and a tiny Keras model as its distilled student."""
+    import keras
+
+    from kd_keras import RunConfig
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(80) % 4
+    images = rng.integers(0, 256, size=(80, 16, 16, 3), dtype=np.uint8)
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=images[:60], y_train=labels[:60], x_test=images[60:], y_test=labels[60:])
+    fields = RunConfig.from_preset("smoke").to_dict()
+    fields.update(
+        data=str(data), val_size=8, train_per_class=None, val_per_class=None, test_per_class=None
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(RunConfig.from_dict(fields).to_json())
+    (run / "stages").mkdir()
+    row = {"stage": "student_distilled", "model": "tiny", "test_accuracy": 0.25}
+    (run / "stages" / "student_distilled.json").write_text(json.dumps(row))
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
+    (run / "models").mkdir()
+    keras.Model(inputs, outputs, name="tiny").save(run / "models" / "student_distilled.keras")
+    return run
+
+
+def _leftovers(run):
+    return sorted(
+        str(p.relative_to(run)) for p in (run / "export").rglob("*") if p.name.startswith(".")
+    )
+
+
+def _ours(system_temp):
+    """What an export left in the system's temp folder, but TensorFlow's
+    autograph sources (its own, removed when the process exits)."""
+    return [p.name for p in system_temp.iterdir() if not p.name.startswith("__autograph_generated")]
+
+
+def test_export_continues_after_the_leftovers_of_a_kill(tiny_run, tmp_path, monkeypatch):
+    """The folder as a SIGKILL during an export leaves it: one variant
+    complete, a SavedModel without its row, a half-converted SavedModel
+    (`.saved_model.partial-*`) and a temporary .tflite. The same call
+    continues: the complete variant is kept as it is, the others redone."""
+    from kd_keras.export.exporter import export_run
+
+    system_temp = tmp_path / "system-temp"
+    system_temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_temp))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    options = dict(formats=["saved_model", "litert"], quantizations=["none"], latency_repeats=2)
+    first = export_run(tiny_run, **dict(options, formats=["litert"]))
+    stage_dir = tiny_run / "export" / "student_distilled"
+    complete = (stage_dir / "float32.tflite").read_bytes(), (stage_dir / "float32.json").read_text()
+    (stage_dir / "saved_model" / "variables").mkdir(parents=True)
+    (stage_dir / "saved_model" / "saved_model.pb").write_bytes(b"orphan")
+    (stage_dir / ".saved_model.partial-k1ll" / "saved_model").mkdir(parents=True)
+    (stage_dir / ".float16.x7.tmp.tflite").write_bytes(b"half")
+    plan = plan_exports(
+        tiny_run, ["student_distilled"], export_specs(["saved_model", "litert"], ["none"])
+    )
+    assert [s.variant for _, s in plan] == ["saved_model"]  # The orphan is not an export.
+    assert [s.variant for _, s in plan.skipped] == ["float32"]
+    lines = []
+    rows = export_run(tiny_run, log=lines.append, **options)
+    assert [r["stage"] for r in rows] == [
+        "student_distilled@saved_model",
+        "student_distilled@float32",
+    ]
+    assert rows[1] == first[0]  # Skipped: the recorded row, untouched.
+    assert "student_distilled@float32: already exported, skipped" in lines[0]
+    assert not any("float32: exporting" in line for line in lines)
+    assert (stage_dir / "float32.tflite").read_bytes() == complete[0]
+    assert (stage_dir / "float32.json").read_text() == complete[1]
+    assert (stage_dir / "saved_model" / "saved_model.pb").read_bytes() != b"orphan"
+    assert _leftovers(tiny_run) == []
+    assert _ours(system_temp) == []  # No kd_keras_export_* in the system's temp.
+    assert [r["stage"] for r in read_export_rows(tiny_run)] == [r["stage"] for r in rows]
+    # Everything done: the same command again exports nothing.
+    again = []
+    assert export_run(tiny_run, log=again.append, **options) == rows
+    assert all("skipped" in line for line in again)
+
+
+@pytest.mark.slow
+def test_sigkill_during_export_then_the_same_command_continues(tiny_run, tmp_path):
+    import signal
+
+    system_temp = tmp_path / "system-temp"
+    system_temp.mkdir()
+    argv = [
+        sys.executable,
+        "-m",
+        "kd_keras",
+        "export",
+        str(tiny_run),
+        "--format",
+        "saved_model",
+        "litert",
+        "--quantize",
+        "none",
+        "float16",
+        "--latency-repeats",
+        "2",
+    ]
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "TMPDIR": str(system_temp)}
+    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if "student_distilled@float32: exporting" in line:
+            process.send_signal(signal.SIGKILL)  # In the middle of the second variant.
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    saved_model = tiny_run / "export" / "student_distilled" / "saved_model"
+    before = (saved_model / "saved_model.pb").stat().st_mtime_ns
+    again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "student_distilled@saved_model: already exported, skipped" in again.stdout
+    assert (saved_model / "saved_model.pb").stat().st_mtime_ns == before
+    assert [r["stage"] for r in read_export_rows(tiny_run)] == [
+        "student_distilled@saved_model",
+        "student_distilled@float32",
+        "student_distilled@float16",
+    ]
+    assert _leftovers(tiny_run) == []
+    assert _ours(system_temp) == []
+
+
+class ResourceExhaustedError(Exception):
+    """Named as TensorFlow's, which is how it reports a full disk."""
+
+
+def test_a_full_disk_during_conversion_says_disk_full_not_out_of_memory(tmp_path, monkeypatch):
+    import keras
+
+    from kd_keras.errors import DiskWriteError, describe, exit_code
+    from kd_keras.export import exporter
+
+    def full(*args):
+        raise ResourceExhaustedError("could not write variables: No space left on device")
+
+    monkeypatch.setattr(exporter, "_convert", full)
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(DiskWriteError) as raised:
+        exporter.export_model(model, tmp_path / "m.tflite")
+    line = describe(raised.value)
+    assert (
+        line
+        == f"could not write beside '{tmp_path / 'm.tflite'}': the disk is full: free some space"
+    )
+    assert exit_code(raised.value) == 1
+    assert list(tmp_path.iterdir()) == []
+    # Raised as TensorFlow raises it, it is named a full disk too.
+    tf_error = ResourceExhaustedError("No space left on device")
+    assert describe(tf_error).startswith("the disk is full") and exit_code(tf_error) == 1

@@ -531,14 +531,14 @@ def test_damaged_progress_stage_row_and_derivable_files_are_rebuilt(run_copy, ca
     (out / "progress.json").write_text('{"status": "runn')
     (out / "stages" / "student_distilled.json").write_text("")
     (out / "models" / "teacher.keras").write_bytes(b"PK\x03\x04 torn")
-    (out / "checkpoints" / "student_init.weights.h5").write_bytes(b"\x89HDF torn")
+    (out / "checkpoints" / "student_init.npz").write_bytes(b"PK\x03\x04 torn")
     code, err = _cli(["run", "--resume", "--out", str(out), "--quiet"], capsys)
     assert code == 0, err
     for name in (
         "progress.json",
         "student_distilled.json",
         "teacher.keras",
-        "student_init.weights.h5",
+        "student_init.npz",
     ):
         assert name in err  # Each rebuild is reported.
     assert json.loads((out / "progress.json").read_text())["status"] == "finished"
@@ -560,3 +560,504 @@ def test_report_with_a_damaged_stage_row_is_one_line(run_copy, capsys):
     assert code == 2
     assert f"'{out / 'stages' / 'teacher.json'}' is damaged" in _one_line_error(err)
     assert f"python -m kd_keras run --resume --out {out}" in err
+
+
+# --- Destruction only of what is ours: --overwrite, links, the lock. ---
+
+
+def _fake_run(folder):
+    """A run folder as kd_keras leaves it (file contents are placeholders)."""
+    from kd_keras.run_folder import RunFolder
+
+    run = RunFolder(folder)
+    (folder / "stages").mkdir(parents=True)
+    run.config_file.write_text(RunConfig.from_preset("smoke", verbose=0).to_json())
+    run.progress_file.write_text('{"status": "finished"}')
+    for name in ("classes.json", "results.csv", "results.json", "report.png"):
+        (folder / name).write_text("x")
+    run.stage_file("teacher").write_text("{}")
+    run.history_file("teacher").parent.mkdir()
+    run.history_file("teacher").write_text("epoch\n1\n")
+    run.model_file("teacher").parent.mkdir()
+    run.model_file("teacher").write_bytes(b"PK model")
+    run.checkpoint_dir("teacher").mkdir(parents=True)
+    (run.checkpoint_dir("teacher") / "meta.json").write_text("{}")
+    (run.checkpoint_dir("teacher") / "latest.npz").write_bytes(b"npz")
+    run.student_init_file.write_bytes(b"h5")
+    export = folder / "export" / "student_distilled"
+    (export / "saved_model" / "variables").mkdir(parents=True)
+    (export / "saved_model" / "saved_model.pb").write_bytes(b"pb")
+    (export / "saved_model" / "variables" / "variables.index").write_bytes(b"i")
+    (export / "int8.tflite").write_bytes(b"tfl")
+    (export / "int8.json").write_text("{}")
+    (export / ".saved_model.partial-ab12" / "saved_model").mkdir(parents=True)
+    (folder / "models" / ".teacher.x1.tmp.keras").write_bytes(b"half")
+    return run
+
+
+def _snapshot(folder):
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_overwrite_refuses_a_foreign_config_json_and_keeps_everything(tmp_path):
+    folder = tmp_path / "webapp"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"compilerOptions": {}}')
+    (folder / "src.ts").write_text("code")
+    before = _snapshot(folder)
+    from kd_keras.errors import RunFolderError
+
+    with pytest.raises(RunFolderError) as raised:
+        run_pipeline(RunConfig.from_preset("smoke", verbose=0), folder, overwrite=True)
+    message = str(raised.value)
+    assert "not a kd_keras run config" in message and "compilerOptions" in message
+    assert "\n" not in message and len(message) < 400
+    assert _snapshot(folder) == before
+
+
+def test_overwrite_removes_only_kd_keras_files_and_keeps_the_users(tmp_path):
+    from kd_keras.train.pipeline import prepare_run_folder
+
+    folder = tmp_path / "run"
+    _fake_run(folder)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "models" / "my_model.h5").write_bytes(b"mine too")
+    (folder / "checkpoints" / "teacher" / "diary.md").write_text("mine three")
+    prepare_run_folder(folder, RunConfig.from_preset("smoke", verbose=0), overwrite=True)
+    assert _snapshot(folder) == {
+        "checkpoints/teacher/diary.md": b"mine three",
+        "models/my_model.h5": b"mine too",
+        "notes.txt": b"mine",
+    }
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "models", "notes.txt"]
+
+
+def test_overwrite_refuses_unknown_files_in_a_folder_removed_whole(tmp_path):
+    from kd_keras.errors import RunFolderError
+    from kd_keras.train.pipeline import prepare_run_folder
+
+    folder = tmp_path / "run"
+    _fake_run(folder)
+    stray = folder / "export" / "student_distilled" / "saved_model" / "thesis.tex"
+    stray.write_text("years")
+    before = _snapshot(folder)
+    with pytest.raises(RunFolderError, match="thesis.tex' were not written by kd_keras"):
+        prepare_run_folder(folder, RunConfig.from_preset("smoke", verbose=0), overwrite=True)
+    assert _snapshot(folder) == before
+
+
+def test_links_inside_a_run_are_unlinked_never_followed(tmp_path):
+    from kd_keras.errors import RunFolderError
+    from kd_keras.train.pipeline import prepare_run_folder
+
+    outside = tmp_path / "outside"
+    (outside / "models").mkdir(parents=True)
+    (outside / "models" / "teacher.keras").write_bytes(b"someone's model")
+    (outside / "history.csv").write_text("someone's table")
+    (outside / "stages").mkdir()
+    (outside / "stages" / "x.json").write_text("{}")
+    before = _snapshot(outside)
+    folder = tmp_path / "run"
+    run = _fake_run(folder)
+    for name in ("models", "stages"):
+        sub = folder / name
+        for child in sub.iterdir():
+            child.unlink()
+        sub.rmdir()
+        sub.symlink_to(outside / name)
+    run.history_file("teacher").unlink()
+    run.history_file("teacher").symlink_to(outside / "history.csv")
+    config = RunConfig.from_preset("smoke", verbose=0)
+    # Resuming would write through the links: refused, naming them.
+    with pytest.raises(RunFolderError, match="'models', 'stages' in .* are symbolic links"):
+        prepare_run_folder(folder, config, resume=True)
+    prepare_run_folder(folder, config, overwrite=True)
+    assert _snapshot(outside) == before
+    assert not any(p.is_symlink() for p in folder.rglob("*"))
+    assert not (folder / "models").exists() and not (folder / "stages").exists()
+
+
+def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
+    from kd_keras.errors import RunFolderError
+    from kd_keras.run_folder import SearchFolder
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.lock").symlink_to(victim)
+    with pytest.raises(RunFolderError, match="is a symbolic link") as raised:
+        RunLock(folder).acquire()
+    assert "\n" not in str(raised.value)
+    assert lock_holder(folder) is None
+    # The search's lock, beside its folder, the same.
+    search = tmp_path / "search"
+    SearchFolder(search).lock_file.symlink_to(victim)
+    with pytest.raises(RunFolderError, match="is a symbolic link"):
+        RunLock(search, path=SearchFolder(search).lock_file).acquire()
+    # A hard link would be overwritten as surely.
+    os.link(victim, tmp_path / "hard.lock")
+    with pytest.raises(RunFolderError, match="is a hard link"):
+        RunLock(tmp_path, path=tmp_path / "hard.lock").acquire()
+    assert victim.read_bytes() == b"precious\n"
+
+
+def test_an_atomic_write_replaces_a_link_at_the_final_name_not_its_target(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "run").mkdir()
+    progress = tmp_path / "run" / "progress.json"
+    progress.symlink_to(victim)
+    write_json(progress, {"status": "running"})
+    assert victim.read_text() == "precious"
+    assert not progress.is_symlink() and json.loads(progress.read_text()) == {"status": "running"}
+
+
+def _fake_search(folder):
+    folder.mkdir(parents=True)
+    settings = {
+        "tuner": "random",
+        "objective": "val_accuracy",
+        "epochs": 1,
+        "max_trials": 2,
+        "space": {},
+        "config": {},
+        "teacher_sha256": "0",
+    }
+    (folder / "search.json").write_text(json.dumps(settings))
+    for name in ("trials.csv", "best.json", "search.png", "oracle.json", "tuner0.json"):
+        (folder / name).write_text("x")
+    for name in ("trial.json", "build_config.json", "checkpoint.weights.h5", "kd_trial.json"):
+        (folder / "trial_0").mkdir(exist_ok=True)
+        (folder / "trial_0" / name).write_text("x")
+
+
+def test_search_overwrite_needs_kd_keras_settings_and_keeps_the_users_files(tmp_path):
+    from kd_keras.errors import SearchError
+    from kd_keras.run_folder import SearchFolder, remove_planned
+    from tuning.search import check_search_folder
+
+    foreign = tmp_path / "project"
+    foreign.mkdir()
+    (foreign / "oracle.json").write_text("{}")
+    with pytest.raises(SearchError, match="did not start"):
+        check_search_folder(foreign, overwrite=True)
+    (foreign / "search.json").write_text('{"compilerOptions": {}}')
+    with pytest.raises(SearchError, match="search.json is not a kd_keras search"):
+        check_search_folder(foreign, overwrite=True)
+    assert sorted(p.name for p in foreign.iterdir()) == ["oracle.json", "search.json"]
+
+    folder = tmp_path / "search"
+    _fake_search(folder)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "trial_0" / "plot.png").write_bytes(b"mine too")
+    assert check_search_folder(folder, overwrite=True) is None
+    remove_planned(SearchFolder(folder).removal_plan())
+    assert _snapshot(folder) == {"notes.txt": b"mine", "trial_0/plot.png": b"mine too"}
+
+
+# --- Ordinary file modes: what open() would give, under the user's umask. ---
+
+_MODES_SCRIPT = """
+import os, stat, sys
+os.umask(int(sys.argv[2], 8))
+from pathlib import Path
+from kd_keras import atomic
+from kd_keras.report.results import write_results
+run = Path(sys.argv[1])
+atomic.write_json(run / "stages" / "teacher.json", {"stage": "teacher"})
+rows = [
+    {"stage": s, "model": "m", "test_accuracy": a, "params": 10, "size_mb": 0.1, "latency_ms": 1.0}
+    for s, a in (("teacher", 0.9), ("student_baseline", 0.8), ("student_distilled", 0.85))
+]
+write_results(run, rows)
+with atomic.RunLock(run):
+    lock = (run / "run.lock").stat().st_mode
+for p in sorted(run.rglob("*")):
+    if p.is_file():
+        print(p.relative_to(run), oct(stat.S_IMODE(p.stat().st_mode)))
+print("run.lock", oct(stat.S_IMODE(lock)))
+"""
+
+
+@pytest.mark.parametrize("umask, mode", [("022", "0o644"), ("077", "0o600"), ("002", "0o664")])
+def test_files_get_the_mode_open_would_give_under_the_umask(tmp_path, umask, mode):
+    out = subprocess.run(
+        [sys.executable, "-c", _MODES_SCRIPT, str(tmp_path), umask],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg"},
+    )
+    assert out.returncode == 0, out.stderr
+    modes = dict(line.split() for line in out.stdout.splitlines())
+    assert sorted(modes) == [
+        "report.png",
+        "results.csv",
+        "results.json",
+        "run.lock",
+        "stages/teacher.json",
+        "test_accuracy_bar.png",
+    ]  # Atomic as before: no temporary file is left.
+    assert set(modes.values()) == {mode}, modes
+
+
+def test_a_saved_model_file_gets_the_umask_mode(tmp_path):
+    import keras
+
+    from kd_keras.atomic import file_mode
+    from kd_keras.train.pipeline import save_model
+
+    inputs = keras.Input((4,))
+    save_model(keras.Model(inputs, keras.layers.Dense(3)(inputs)), tmp_path / "m.keras")
+    current = os.umask(0o022)
+    os.umask(current)
+    assert file_mode() == 0o666 & ~current
+    assert (tmp_path / "m.keras").stat().st_mode & 0o777 == 0o666 & ~current
+    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
+
+
+# --- Out of memory, a full disk, a read-only folder. ---
+
+
+def _tiny_npz(path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(80) % 4
+    images = rng.integers(0, 256, size=(80, 16, 16, 3), dtype=np.uint8)
+    np.savez(path, x_train=images[:60], y_train=labels[:60], x_test=images[60:], y_test=labels[60:])
+    return path
+
+
+def _tiny_config(data):
+    fields = RunConfig.from_preset("smoke", verbose=0).to_dict()
+    fields.update(
+        data=str(data),
+        val_size=8,
+        train_per_class=None,
+        val_per_class=None,
+        test_per_class=None,
+        teacher_depth=8,
+        teacher_width=4,
+        student_depth=8,
+        student_width=4,
+        teacher_epochs=1,
+        student_epochs=1,
+        batch_size=16,
+    )
+    return RunConfig.from_dict(fields)
+
+
+class ResourceExhaustedError(Exception):
+    """Named as TensorFlow's (kd_keras.errors checks the name, not the class)."""
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (MemoryError(), "out of memory; use smaller models or batches"),
+        (ResourceExhaustedError("OOM when allocating tensor"), "out of memory in TensorFlow"),
+        (
+            ResourceExhaustedError("saving: No space left on device"),
+            "the disk is full: free some space; then continue with 'python -m kd_keras run",
+        ),
+    ],
+)
+def test_out_of_memory_or_disk_in_training_is_one_line_and_marks_the_run_failed(
+    tmp_path, monkeypatch, capsys, error, line
+):
+    from kd_keras.errors import run_command
+    from kd_keras.train import pipeline
+
+    def exhausted(self):
+        raise error
+
+    monkeypatch.setattr(pipeline.Pipeline, "run", exhausted)
+    out = tmp_path / "run"
+    config = _tiny_config(_tiny_npz(tmp_path / "d.npz"))
+    assert run_command("kd_keras", lambda: pipeline.run_pipeline(config, out)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"kd_keras: error: {line}"), err
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["status"] == "failed"
+    assert progress["error"].startswith(type(error).__name__)
+
+
+def test_a_disk_full_while_training_names_the_resume_command(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from kd_keras.errors import run_command
+    from kd_keras.train import pipeline
+
+    def full(self):
+        with pipeline.atomic.atomic_path(self.folder.student_init_file) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    monkeypatch.setattr(pipeline.Pipeline, "run", full)
+    out = tmp_path / "run"
+    config = _tiny_config(_tiny_npz(tmp_path / "d.npz"))
+    assert run_command("kd_keras", lambda: pipeline.run_pipeline(config, out)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the disk is full: free some space" in err
+    assert f"then continue with 'python -m kd_keras run --resume --out {out}'" in err
+    assert json.loads((out / "progress.json").read_text())["status"] == "failed"
+    assert not list((out / "checkpoints").glob(".*"))  # No temporary left.
+
+
+_FULL_DISK_SCRIPT = """
+import json, sys
+from pathlib import Path
+from kd_keras import RunConfig
+from kd_keras.errors import run_command
+from kd_keras.train import pipeline
+
+disk, config, phase = Path(sys.argv[1]), RunConfig.from_dict(json.loads(sys.argv[2])), sys.argv[3]
+out = disk / "run"
+initial = pipeline.Pipeline.student_initial_weights
+
+
+def fill_disk_first(self):
+    try:
+        with open(disk / "filler", "wb", buffering=0) as file:
+            while True:
+                file.write(bytes(4096))
+    except OSError:
+        pass
+    return initial(self)
+
+
+if phase == "fill":
+    pipeline.Pipeline.student_initial_weights = fill_disk_first
+else:
+    (disk / "filler").unlink()
+code = run_command(
+    "kd_keras", lambda: pipeline.run_pipeline(config, out, resume=phase != "fill") and 0
+)
+print(json.dumps({"code": code, "status": json.loads((out / "progress.json").read_text())["status"]}))
+sys.exit(0)
+"""
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_at_the_initial_weights_is_one_line_and_resumable(tmp_path):
+    """On a small tmpfs filled just before the students' initial weights are
+    written: one line, exit 1, the run marked failed, no crash (HDF5 used to
+    segfault at exit, status 139); freed, `--resume` finishes the run."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to mount a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    config = _tiny_config(_tiny_npz(tmp_path / "d.npz")).to_json()
+    script = tmp_path / "full_disk.py"
+    script.write_text(_FULL_DISK_SCRIPT)
+    python = f"{sys.executable} {script} {disk} '{config}'"
+    shell = (
+        f"mount -t tmpfs -o size=16m tmpfs {disk} || exit 77; "
+        f"{python} fill; echo exit=$?; {python} resume; echo exit=$?"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if done.returncode == 77:
+        pytest.skip("cannot mount a tmpfs here")
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("{", "exit="))]
+    assert lines == [
+        '{"code": 1, "status": "failed"}',
+        "exit=0",
+        '{"code": 0, "status": "finished"}',
+        "exit=0",
+    ], done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("kd_keras: error:")]
+    assert len(errors) == 1 and "the disk is full" in errors[0] and "--resume" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+def _finished_fake_run(folder):
+    run = _fake_run(folder)
+    rows = {
+        "teacher": 0.90,
+        "student_baseline": 0.80,
+        "student_distilled": 0.84,
+    }
+    for stage, accuracy in rows.items():
+        row = {"stage": stage, "model": "resnet", "depth": 8, "params": 1000, "flops": 10}
+        row.update(test_accuracy=accuracy, test_loss=0.5, val_accuracy=accuracy, val_loss=0.5)
+        row.update(size_mb=0.1, latency_ms=1.0, epochs=1, best_epoch=1, train_seconds=1.0)
+        run.stage_file(stage).write_text(json.dumps(row))
+    for name in ("results.csv", "results.json", "report.png"):
+        (folder / name).unlink()
+    return run
+
+
+def test_report_on_a_folder_it_cannot_write_prints_and_writes_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    from kd_keras.cli import main
+
+    folder = tmp_path / "run"
+    _finished_fake_run(folder)
+    before = _snapshot(folder)
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **k: False if Path(p) == folder else real_access(p, mode)
+    )
+    assert main(["report", str(folder)]) == 0
+    out, err = capsys.readouterr()
+    assert "student_distilled" in out and "+4.00 points" in out
+    assert err == (
+        f"kd_keras: note: '{folder}' is read-only: the table is printed, its results "
+        "files and plots are not rewritten\n"
+    )
+    assert _snapshot(folder) == before
+
+
+_READ_ONLY_SHELL = """
+mount --bind {run} {run} && mount -o remount,bind,ro {run} || exit 77
+touch {run}/probe 2>/dev/null && exit 78
+for args in "report {run}" "report {run} --reference" "export {run}"; do
+    {python} -m kd_keras $args > /dev/null 2> {err}
+    echo "exit=$? $(cat {err} | tr '\\n' '|')"
+done
+"""
+
+
+def test_report_and_export_on_a_read_only_run_folder(tmp_path):
+    """A real read-only bind mount (root writes through permission bits):
+    report and report --reference print, export says how to export a copy;
+    one line each, no traceback, nothing written."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare for a read-only bind mount")
+    folder = tmp_path / "run"
+    _finished_fake_run(folder)
+    before = _snapshot(folder)
+    shell = _READ_ONLY_SHELL.format(run=folder, python=sys.executable, err=tmp_path / "err")
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if done.returncode in (77, 78):
+        pytest.skip("cannot make a read-only bind mount here")
+    report, reference, export = done.stdout.splitlines()
+    note = f"kd_keras: note: '{folder}' is read-only: the table is printed"
+    assert report.startswith(f"exit=0 {note}") and report.count("|") == 1, report
+    assert reference.startswith(f"exit=0 {note}") and reference.count("|") == 1, reference
+    assert export.startswith(f"exit=2 kd_keras: error: '{folder}' is read-only"), export
+    assert f"cp -r '{folder}' COPY && python -m kd_keras export COPY" in export
+    assert export.count("|") == 1 and "Traceback" not in done.stdout
+    assert _snapshot(folder) == before

@@ -119,3 +119,49 @@ def test_results_csv_has_the_table_columns(tmp_path):
     assert run.results()[0]["test_accuracy"] == 0.5
     assert run.bar_plot.is_file() and run.report_plot.is_file()
     assert json.loads(run.results_json.read_text())["rows"] == rows
+
+
+def test_removal_plan_lists_only_kd_keras_names_and_never_follows_links(tmp_path):
+    run = RunFolder(tmp_path / "r")
+    run.stages_dir.mkdir(parents=True)
+    run.config_file.write_text("{}")
+    run.lock_file.write_text("")
+    run.stage_file("teacher").write_text("{}")
+    (run.path / "notes.txt").write_text("mine")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.keras").write_text("someone's")
+    run.models_dir.symlink_to(outside)  # kd_keras's name: the link itself goes.
+    (run.path / "photos").symlink_to(outside)  # Not kd_keras's: stays.
+    (run.stages_dir / ".teacher.ab.tmp.json").write_text("half")
+    plan = run.removal_plan()
+    rel = lambda paths: sorted(str(p.relative_to(run.path)) for p in paths)  # noqa: E731
+    assert rel(plan.files) == [
+        "config.json",
+        "models",
+        "stages/.teacher.ab.tmp.json",
+        "stages/teacher.json",
+    ]
+    assert rel(plan.folders) == ["stages"] and plan.trees == [] and plan.refused == []
+    assert rel(plan.kept) == ["notes.txt", "photos"]  # run.lock is never listed.
+    assert run.symlinked_folders() == [run.models_dir]
+    from kd_keras.errors import RunFolderError
+    from kd_keras.run_folder import remove_planned
+
+    with pytest.raises(RunFolderError, match="'models' in .* is a symbolic link"):
+        run.check_real_folders()
+    remove_planned(plan)
+    assert sorted(p.name for p in run.path.iterdir()) == ["notes.txt", "photos", "run.lock"]
+    assert (outside / "x.keras").read_text() == "someone's"
+
+
+def test_search_removal_plan_keeps_a_users_files(tmp_path):
+    search = SearchFolder(tmp_path / "s")
+    (search.path / "trial_03").mkdir(parents=True)
+    for name in ("search.json", "oracle.json", "tuner0.json", "trials.csv", "notes.md"):
+        (search.path / name).write_text("x")
+    for name in ("trial.json", "checkpoint.weights.h5", "kd_trial.json", "mine.png"):
+        (search.path / "trial_03" / name).write_text("x")
+    plan = search.removal_plan()
+    assert sorted(p.name for p in plan.kept) == ["mine.png", "notes.md"]
+    assert len(plan.files) == 7 and plan.folders == [search.path / "trial_03"]

@@ -37,7 +37,7 @@ from kd_keras.config import data_kind
 from kd_keras.data.cifar10 import NUM_CLASSES
 from kd_keras.data.splits import splits_for
 from kd_keras.distill.teacher import teacher_sanity_check
-from kd_keras.errors import SearchError
+from kd_keras.errors import DamagedFileError, SearchError
 from kd_keras.run_folder import (
     BEST_FILE,
     OBJECTIVE,
@@ -49,6 +49,8 @@ from kd_keras.run_folder import (
     TRIALS_FILE,
     TUNERS,
     SearchFolder,
+    describe_paths,
+    remove_planned,
 )
 from kd_keras.train.speed import resolve_run_precisions
 from tuning.hypermodel import DistillationHyperModel, SearchSpace  # noqa: E402
@@ -300,16 +302,32 @@ def check_search_folder(folder, *, overwrite=False):
         raise SearchError(
             f"'{folder}' is not empty and holds no search (no {SEARCH_FILE}); choose another --out"
         )
-    if overwrite:
-        return None
     if not has_settings:
         # run_search writes search.json before keras-tuner writes anything.
         raise SearchError(
             f"'{folder}' holds a Keras Tuner project that this package did not "
-            f"start (no {SEARCH_FILE}); pass --overwrite to replace it, or choose "
-            "another --out"
+            f"start (no {SEARCH_FILE}); kd_keras replaces only its own searches: "
+            "choose another --out"
         )
-    return atomic.read_json(folder / SEARCH_FILE)
+    search = SearchFolder(folder)
+    if not overwrite:
+        return search.saved_settings()
+    # --overwrite removes only what a search writes (SearchFolder.removal_plan).
+    try:
+        search.saved_settings()
+    except DamagedFileError as error:
+        problem = error.problem if len(error.problem) <= 100 else error.problem[:97] + "..."
+        raise SearchError(
+            f"refusing to overwrite '{folder}': its {SEARCH_FILE} is not a kd_keras "
+            f"search ({problem}); choose another --out"
+        ) from None
+    plan = search.removal_plan()
+    if plan.refused:
+        raise SearchError(
+            f"refusing to overwrite '{folder}': {describe_paths(plan.refused, folder)} "
+            "were not written by a search; move them out, or choose another --out"
+        )
+    return None
 
 
 def run_search(
@@ -461,8 +479,10 @@ def run_search(
             space=space,
             cache_teacher_logits=cache_teacher_logits,
         )
-        # With overwrite, keras-tuner deletes the folder: check_search_folder
-        # made sure it holds a search and nothing else of the user's.
+        if overwrite:
+            # Only the search's own files go (never keras-tuner's rmtree of
+            # the folder): a user's other files stay, links are unlinked.
+            remove_planned(SearchFolder(folder).removal_plan())
         search_tuner = build_tuner(
             tuner,
             hypermodel,
@@ -470,7 +490,6 @@ def run_search(
             max_trials=max_trials,
             epochs=epochs,
             seed=config.seed,
-            overwrite=overwrite,
         )
         search_tuner.kd_report = report
         atomic.write_json(folder / SEARCH_FILE, settings)

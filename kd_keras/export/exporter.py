@@ -34,6 +34,8 @@ the same process, as rows `<stage>@<variant>` of the run's results.
 """
 
 import contextlib
+import errno
+import fnmatch
 import os
 import shutil
 import tempfile
@@ -46,7 +48,7 @@ import keras
 import numpy as np
 
 from kd_keras import atomic
-from kd_keras.errors import DiskWriteError, ExportError
+from kd_keras.errors import DiskWriteError, ExportError, is_disk_full
 from kd_keras.export.spec import (
     ExportSpec,
     export_path,
@@ -55,13 +57,14 @@ from kd_keras.export.spec import (
     model_path,
     path_size,
     plan_exports,
+    read_only_error,
     row_name,
     row_path,
     validate_options,
 )
 from kd_keras.models.folding import fold_batch_norm
 from kd_keras.models.layer_swap import copy_weights, model_config, rebuild
-from kd_keras.run_folder import RunFolder
+from kd_keras.run_folder import TEMP_PATTERN, RemovalPlan, RunFolder, remove_planned
 
 LATENCY_WARMUP = 20  # Calls before timing: graph tracing, caches, allocation.
 MAX_MESSAGE = 240  # Characters of a converter message kept in an error.
@@ -190,12 +193,15 @@ def _atomic_folder(path):
     """Yields a new temporary folder beside `path`; moves it to `path` on
     success (replacing what was there), removes it on failure.
 
-    Its name (`.<name>.partial-XXXX`) is not one of the `.*.tmp*` files a
-    resumed run deletes, since it is a folder.
+    Its name (`.<name>.partial-XXXX`) is one `export_run` removes when it
+    starts, should a kill leave it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    except OSError as error:
+        raise atomic.write_error(path, error) from None
     try:
         yield tmp / path.name
         old = None
@@ -206,17 +212,17 @@ def _atomic_folder(path):
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as error:
-        raise DiskWriteError(
-            error.errno, f"could not write '{path}': {error.strerror or error}"
-        ) from error
+        raise atomic.write_error(path, error) from error
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _convert(model, spec, representative_images):
+def _convert(model, spec, representative_images, work_dir):
     import tensorflow as tf
 
-    with tempfile.TemporaryDirectory(prefix="kd_keras_export_") as folder:
+    # The intermediate SavedModel goes beside the target, never into the
+    # system's temp: a kill leaves it where the next export removes it.
+    with tempfile.TemporaryDirectory(prefix=".saved_model.partial-", dir=work_dir) as folder:
         saved = Path(folder) / "saved_model"
         _write_saved_model(model, saved)
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
@@ -302,9 +308,16 @@ def export_model(
                     f"{_short_converter_message(error)}"
                 ) from None
         return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        flatbuffer = _convert(copy, spec, images)
+        flatbuffer = _convert(copy, spec, images, path.parent)
+    except OSError as error:
+        raise atomic.write_error(path, error) from None
     except Exception as error:  # The converter raises many types.
+        if is_disk_full(error):
+            raise DiskWriteError(
+                errno.ENOSPC, f"could not write beside '{path}': the disk is full: free some space"
+            ) from None
         raise ExportError(
             f"the LiteRT converter cannot convert model '{model.name}' to "
             f"{spec.variant} ({spec.describe()}): {_short_converter_message(error)}; "
@@ -637,7 +650,13 @@ def export_run(
     `results.csv`, `results.json` and plots are rewritten with the new rows.
 
     Everything is checked before any work (`plan_exports`); the run folder
-    is locked while exporting.
+    is locked while exporting. A variant is complete once its row is
+    written (`kd_keras.export.spec.export_status`): without `overwrite`,
+    complete variants are skipped, so after a kill the same call continues
+    where it stopped; the leftovers of unfinished ones (a file without its
+    row, `.*.partial-*` folders, temporary files) are removed when an export
+    starts and ends. Nothing is written outside the run's `export/` and
+    results files, not even in the system's temp folder.
 
     Args:
         run_dir: a kd_keras run folder.
@@ -657,7 +676,8 @@ def export_run(
         log: a function taking one line of progress text, or None.
 
     Returns:
-        The new rows (dicts, as in `results.json`).
+        The rows of the request (dicts, as in `results.json`): the new ones
+        and, for variants skipped as complete, the recorded ones.
 
     Raises:
         ExportError: see `plan_exports`, `export_model`.
@@ -670,7 +690,6 @@ def export_run(
     >>> [r["stage"] for r in rows]
     ['student_distilled@float32', 'student_distilled@int8']
     """
-    from kd_keras.data.splits import splits_for
     from kd_keras.report.results import load_stage_rows, write_results
 
     run_dir = Path(run_dir)
@@ -683,77 +702,156 @@ def export_run(
         seed=seed,
     )
     specs = export_specs(formats, quantizations, io)
-    plan = plan_exports(run_dir, stages, specs, overwrite=overwrite)
+    plan_exports(run_dir, stages, specs, overwrite=overwrite)  # Before the lock makes anything.
     say = log or (lambda line: None)
-    new_rows = []
-    with atomic.RunLock(run_dir):
-        config = RunFolder(run_dir).config()
-        seed = config.seed if seed is None else seed
-        splits = splits_for(config, data=data)
-        test_images, test_labels = splits["test"]
-        if max_images is not None:
-            test_images, test_labels = test_images[:max_images], test_labels[:max_images]
-        test_images = test_images.astype("float32")
-        calibration = None
-        if any(spec.quantize == "int8" for _, spec in plan):
-            calibration = calibration_sample(splits["train"][0], calibration_images, seed)
-            calibration = calibration.astype("float32")
-        for stage in dict.fromkeys(stage for stage, _ in plan):
-            source_row = RunFolder(run_dir).stage_row(stage)
-            source_file = model_path(run_dir, stage)
-            digest = file_sha256(source_file)
-            model = load_stage_model(run_dir, stage)
-            say(f"{stage}: measuring the Keras model on {len(test_labels)} test images")
-            reference = evaluate_keras(
-                model, test_images, test_labels, latency_repeats=latency_repeats
-            )
-            for _, spec in (p for p in plan if p[0] == stage):
-                name = row_name(stage, spec.variant)
-                target = export_path(run_dir, stage, spec)
-                say(f"{name}: exporting {spec.describe()} to {target.relative_to(run_dir)}")
-                export_model(
-                    model,
-                    target,
-                    format=spec.format,
-                    quantize=spec.quantize,
-                    io=spec.io,
-                    representative_images=calibration,
-                    overwrite=overwrite,
-                )
-                say(f"{name}: evaluating")
-                if spec.format == "litert":
-                    measured = evaluate_litert(
-                        target,
-                        (test_images, test_labels),
-                        batch_size=batch_size,
-                        latency_repeats=latency_repeats,
-                        threads=threads,
-                    )
-                else:
-                    measured = evaluate_saved_model(
-                        target,
-                        (test_images, test_labels),
-                        batch_size=batch_size,
-                        latency_repeats=latency_repeats,
-                    )
-                row = _export_row(
-                    name,
-                    stage,
-                    spec,
-                    source_row,
-                    source_file,
-                    digest,
+    done = {}
+    lock = atomic.RunLock(run_dir)
+    try:
+        lock.acquire()
+    except OSError as error:
+        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise read_only_error(run_dir) from None
+        raise DiskWriteError(
+            error.errno, f"could not write '{lock.path}': {error.strerror or error}"
+        ) from None
+    with lock:
+        RunFolder(run_dir).check_real_folders()
+        # Again under the lock: another export may have finished some.
+        plan = plan_exports(run_dir, stages, specs, overwrite=overwrite)
+        for stage, spec in plan.skipped:
+            name = row_name(stage, spec.variant)
+            say(f"{name}: already exported, skipped (--overwrite exports it again)")
+            done[(stage, spec.variant)] = atomic.read_json(row_path(run_dir, stage, spec.variant))
+        remove_export_leftovers(run_dir)
+        try:
+            if plan:
+                _export_planned(
                     run_dir,
-                    target,
-                    measured,
-                    reference,
-                    calibration,
+                    plan,
+                    done,
+                    say,
+                    calibration_images,
                     seed,
+                    data,
+                    max_images,
+                    batch_size,
+                    latency_repeats,
+                    threads,
                 )
-                atomic.write_json(row_path(run_dir, stage, spec.variant), row)
-                new_rows.append(row)
-        write_results(run_dir, load_stage_rows(run_dir))
-    return new_rows
+                write_results(run_dir, load_stage_rows(run_dir))
+        finally:
+            remove_export_leftovers(run_dir)  # A failed variant's partial files.
+    order = [(stage, spec.variant) for stage, spec in plan.requested]
+    return [done[key] for key in order if key in done]
+
+
+def remove_export_leftovers(run_dir):
+    """Removes what an interrupted export leaves in a run's `export/`: the
+    temporary files and `.*.partial-*` / `.*.old-*` folders of writes that
+    did not finish. Call it holding the run's lock."""
+    export_dir = RunFolder(run_dir).export_dir
+    plan = RunFolder(run_dir).removal_plan()
+    leftovers = RemovalPlan(
+        files=[p for p in plan.files if p.is_relative_to(export_dir) and _is_temporary(p)],
+        trees=[p for p in plan.trees if p.is_relative_to(export_dir)],
+    )
+    remove_planned(leftovers)
+
+
+def _is_temporary(path):
+    return fnmatch.fnmatchcase(path.name, TEMP_PATTERN)
+
+
+def _export_planned(
+    run_dir,
+    plan,
+    done,
+    say,
+    calibration_images,
+    seed,
+    data,
+    max_images,
+    batch_size,
+    latency_repeats,
+    threads,
+):
+    from kd_keras.data.splits import splits_for
+
+    config = RunFolder(run_dir).config()
+    seed = config.seed if seed is None else seed
+    splits = splits_for(config, data=data)
+    test_images, test_labels = splits["test"]
+    if max_images is not None:
+        test_images, test_labels = test_images[:max_images], test_labels[:max_images]
+    test_images = test_images.astype("float32")
+    calibration = None
+    if any(spec.quantize == "int8" for _, spec in plan):
+        calibration = calibration_sample(splits["train"][0], calibration_images, seed)
+        calibration = calibration.astype("float32")
+    for stage in dict.fromkeys(stage for stage, _ in plan):
+        source_row = RunFolder(run_dir).stage_row(stage)
+        source_file = model_path(run_dir, stage)
+        digest = file_sha256(source_file)
+        model = load_stage_model(run_dir, stage)
+        say(f"{stage}: measuring the Keras model on {len(test_labels)} test images")
+        reference = evaluate_keras(model, test_images, test_labels, latency_repeats=latency_repeats)
+        for _, spec in (p for p in plan if p[0] == stage):
+            name = row_name(stage, spec.variant)
+            target = export_path(run_dir, stage, spec)
+            row_file = row_path(run_dir, stage, spec.variant)
+            # The row is the variant's completion marker, written last: it goes
+            # first, so a kill from here on leaves the variant partial.
+            row_file.unlink(missing_ok=True)
+            _remove_target(target)
+            say(f"{name}: exporting {spec.describe()} to {target.relative_to(run_dir)}")
+            export_model(
+                model,
+                target,
+                format=spec.format,
+                quantize=spec.quantize,
+                io=spec.io,
+                representative_images=calibration,
+            )
+            say(f"{name}: evaluating")
+            if spec.format == "litert":
+                measured = evaluate_litert(
+                    target,
+                    (test_images, test_labels),
+                    batch_size=batch_size,
+                    latency_repeats=latency_repeats,
+                    threads=threads,
+                )
+            else:
+                measured = evaluate_saved_model(
+                    target,
+                    (test_images, test_labels),
+                    batch_size=batch_size,
+                    latency_repeats=latency_repeats,
+                )
+            row = _export_row(
+                name,
+                stage,
+                spec,
+                source_row,
+                source_file,
+                digest,
+                run_dir,
+                target,
+                measured,
+                reference,
+                calibration,
+                seed,
+            )
+            atomic.write_json(row_file, row)
+            done[(stage, spec.variant)] = row
+
+
+def _remove_target(target):
+    """Removes a variant's file or SavedModel folder (a link: unlinked)."""
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
 
 
 def _export_row(

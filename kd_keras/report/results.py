@@ -8,8 +8,10 @@ see `kd_keras.export.spec`).
 
 import csv
 import io
+import os
 
 from kd_keras import atomic
+from kd_keras.errors import DiskWriteError
 from kd_keras.export.spec import (
     EXPORT_COLUMNS,
     VARIANTS,
@@ -248,6 +250,27 @@ def write_results(run_dir, rows, **summary):
     )
     plot_test_accuracy(rows, run.bar_plot)
     plot_report(run.path, run.report_plot)
+
+
+def write_results_or_reason(run_dir, rows, **summary):
+    """`write_results`, unless the run folder cannot be written (a read-only
+    folder or file system, a full disk): then nothing is written and the
+    reason is returned, one line, for a reader that only prints the table.
+
+    Returns:
+        None once written, else why not.
+    """
+    run_dir = RunFolder(run_dir).path
+    if not os.access(run_dir, os.W_OK):
+        return (
+            f"'{run_dir}' is read-only: the table is printed, its results files "
+            "and plots are not rewritten"
+        )
+    try:
+        write_results(run_dir, rows, **summary)
+    except DiskWriteError as error:
+        return f"{error.strerror}; the table is printed, its results files are not rewritten"
+    return None
 
 
 def _figure():

@@ -16,6 +16,9 @@ skips complete stages and continues an interrupted one from its last
 completed epoch.
 """
 
+import errno
+import fnmatch
+import json
 import math
 import os
 import shutil
@@ -39,11 +42,25 @@ from kd_keras.distill.teacher import (
     teacher_for_inference,
     teacher_sanity_check,
 )
-from kd_keras.errors import DamagedFileError, RunFolderError, RunStopped, TeacherError
+from kd_keras.errors import (
+    DamagedFileError,
+    DiskWriteError,
+    RunFolderError,
+    RunStopped,
+    TeacherError,
+    is_disk_full,
+)
 from kd_keras.models.fused_batch_norm import with_keras_batch_norm, with_local_batch_norm
 from kd_keras.models.resnet import count_flops, stage_blocks
 from kd_keras.report.results import load_stage_rows, write_results
-from kd_keras.run_folder import RunFolder
+from kd_keras.run_folder import (
+    LEGACY_STUDENT_INIT_FILE,
+    TEMP_PATTERN,
+    RemovalPlan,
+    RunFolder,
+    describe_paths,
+    remove_planned,
+)
 from kd_keras.stages import STAGES
 from kd_keras.train import distribute, recipe
 from kd_keras.train.callbacks import (
@@ -156,15 +173,38 @@ def check_run_folder(out_dir, config, *, resume=False, overwrite=False):
                 f"'{out}' is not empty; pass --resume to continue it, "
                 "--overwrite to replace it, or choose another --out"
             )
-        if not saved_path.is_file():
-            raise RunFolderError(
-                f"refusing to overwrite '{out}': it is not a kd_keras run folder "
-                "(no config.json); choose another --out"
-            )
+        _check_overwrite(out, run)
         holder = atomic.lock_holder(out)
         if holder is not None and holder.get("pid") != os.getpid():
             raise RunFolderError(f"'{out}' is in use by process {holder.get('pid')}")
     return config
+
+
+def _check_overwrite(out, run):
+    """Refuses `--overwrite` of a folder that is not a kd_keras run (its
+    `config.json` must be a `RunConfig`), or that holds unknown entries
+    inside a folder only removed whole; returns the `RemovalPlan`."""
+    if not run.config_file.is_file() or run.config_file.is_symlink():
+        what = "is a symbolic link" if run.config_file.is_symlink() else "is missing"
+        raise RunFolderError(
+            f"refusing to overwrite '{out}': it is not a kd_keras run folder "
+            f"(no config.json: it {what}); choose another --out"
+        )
+    try:
+        run.config()
+    except DamagedFileError as error:
+        problem = error.problem if len(error.problem) <= 100 else error.problem[:97] + "..."
+        raise RunFolderError(
+            f"refusing to overwrite '{out}': its config.json is not a kd_keras run config "
+            f"({problem}); kd_keras replaces only its own runs: choose another --out"
+        ) from None
+    plan = run.removal_plan()
+    if plan.refused:
+        raise RunFolderError(
+            f"refusing to overwrite '{out}': {describe_paths(plan.refused, out)} "
+            "were not written by kd_keras; move them out of the folder, or choose another --out"
+        )
+    return plan
 
 
 def prepare_run_folder(out_dir, config, *, resume=False, overwrite=False):
@@ -192,16 +232,25 @@ def prepare_run_folder(out_dir, config, *, resume=False, overwrite=False):
     """
     out = Path(out_dir)
     config = check_run_folder(out, config, resume=resume, overwrite=overwrite)
+    run = RunFolder(out)
     if resume:
+        run.check_real_folders()
         # A kill during a write can leave a temporary file; never a final one.
-        for leftover in out.rglob(".*.tmp*"):
-            leftover.unlink()
+        plan = run.removal_plan()
+        remove_planned(
+            RemovalPlan(files=[p for p in plan.files if fnmatch.fnmatchcase(p.name, TEMP_PATTERN)])
+        )
         return config
     if overwrite and out.is_dir():
-        for child in out.iterdir():
-            if child.name == atomic.LOCK_FILE:
-                continue
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        # Only what kd_keras wrote; links are unlinked, never followed.
+        plan = _check_overwrite(out, run)
+        remove_planned(plan)
+        if plan.kept and config.verbose:
+            print(
+                f"kd_keras: kept {len(plan.kept)} entr{'y' if len(plan.kept) == 1 else 'ies'} "
+                f"kd_keras did not write: {describe_paths(plan.kept, out)}",
+                flush=True,
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-probe"
@@ -394,20 +443,31 @@ class Pipeline:
     def student_initial_weights(self):
         """The one set of initial weights both students start from."""
         path = self.folder.student_init_file
+        legacy = self.folder.checkpoints_dir / LEGACY_STUDENT_INIT_FILE
         student = self.build_student()
-        if path.exists():
+        for source in (path, legacy):
+            if not source.exists():
+                continue
             try:
-                student.load_weights(path)
+                if source == legacy:
+                    student.load_weights(source)  # Written by an older kd_keras.
+                else:
+                    with np.load(source, allow_pickle=False) as saved:
+                        weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+                    student.set_weights(weights)
                 return student
-            except Exception as error:  # h5py and Keras raise many types.
+            except Exception as error:  # NumPy, h5py and Keras raise many types.
                 # Derivable: the seeded build above made these very weights.
                 _warn(
-                    f"'{path}' was damaged ({type(error).__name__}); rebuilding it "
+                    f"'{source}' was damaged ({type(error).__name__}); rebuilding it "
                     "from the run's seed"
                 )
                 student = self.build_student()
+        # A plain .npz through Python's file API: a full disk is a clean
+        # DiskWriteError (HDF5, failing on a full disk, crashes at exit).
         with atomic.atomic_path(path) as tmp:
-            student.save_weights(tmp)
+            with open(tmp, "wb") as file:
+                np.savez(file, *student.get_weights())
         return student
 
     def build_student(self):
@@ -719,11 +779,20 @@ def _run_pipeline(config, out, *, resume, overwrite):
         return rows
     except (RunStopped, KeyboardInterrupt) as error:
         if started or not fresh:
-            progress.update(status="stopped", error=str(error) or "interrupted")
+            _mark(progress, status="stopped", error=str(error) or "interrupted")
         raise
     except BaseException as error:
         if started or not fresh:
-            progress.update(status="failed", error=f"{type(error).__name__}: {error}")
+            # Out of memory included: the folder says failed, not running.
+            _mark(progress, status="failed", error=f"{type(error).__name__}: {error}"[:1000])
+        if (started or not fresh) and (isinstance(error, DiskWriteError) or is_disk_full(error)):
+            # Everything written so far is whole: the run continues from it.
+            resume = RunFolder(out).resume_command()
+            raise DiskWriteError(
+                errno.ENOSPC if is_disk_full(error) else error.errno,
+                f"{error.strerror if isinstance(error, DiskWriteError) else DISK_FULL_HINT}; "
+                f"then continue with '{resume}'",
+            ) from error
         raise
     finally:
         for signum, handler in previous.items():
@@ -856,6 +925,35 @@ def _model_spec(config, role):
     return spec or f"resnet{getattr(config, f'{role}_depth')}"
 
 
+DISK_FULL_HINT = "the disk is full: free some space"
+
+
+def _mark(progress, **fields):
+    """Records the run's end in `progress.json`. On a full disk, where the
+    atomic write has no room for its new file, the file is rewritten in
+    place instead (its blocks exist already), so the folder does not say
+    "running"; if that fails too, the error being raised says more."""
+    try:
+        progress.update(**fields)
+    except MemoryError:
+        pass
+    except OSError as error:
+        if not is_disk_full(error):
+            return
+        data = (json.dumps(progress.state, indent=2, sort_keys=True, default=str) + "\n").encode()
+        try:
+            fd = os.open(progress.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def write_classes(out, config, splits):
     """Writes the run's `classes.json`: class names in label order, the
     data's kind, image shape and split sizes."""
@@ -894,11 +992,7 @@ def _remove_failed_start(out, lock, created, *, fresh):
     if created:
         shutil.rmtree(out, ignore_errors=True)
         return
-    for child in out.iterdir() if out.is_dir() else ():
-        if child.name != atomic.LOCK_FILE:
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(
-                missing_ok=True
-            )
+    remove_planned(RunFolder(out).removal_plan())  # Only kd_keras's names.
 
 
 def _in_main_thread():
