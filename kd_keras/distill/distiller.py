@@ -869,6 +869,10 @@ class _FeatureExtraction:
             self.student_names[index] = [layer.name for layer in s_layers]
             teacher_layers.update((layer.name, layer) for layer in t_layers)
             student_layers.update((layer.name, layer) for layer in s_layers)
+            loss.resolved_layer_names = {
+                "teacher": dict(zip(loss.teacher_layer_names, self.teacher_names[index])),
+                "student": dict(zip(loss.student_layer_names, self.student_names[index])),
+            }
             loss.build([_feature_shape(x) for x in t_layers], [_feature_shape(x) for x in s_layers])
         self.teacher = self._extractor(teacher, teacher_layers)
         self.student = self._extractor(student, student_layers)

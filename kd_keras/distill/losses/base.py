@@ -205,10 +205,19 @@ class DistillationLoss:
         Called by the Distiller when it is made. Raises a one-line
         `ValueError` naming both layers and both shapes on a mismatch."""
 
+    # {"teacher" | "student": {asked name: layer name}}, set by the
+    # Distiller before `build` ("stage1" -> "s1b3_out"), for messages.
+    resolved_layer_names = None
+
+    def _shown(self, role, name):
+        layer = ((self.resolved_layer_names or {}).get(role) or {}).get(name, name)
+        return repr(name) if layer == name else f"{name!r} ({layer})"
+
     def shape_error(self, teacher_name, teacher_shape, student_name, student_shape, need):
         return ValueError(
-            f"{self.name}: teacher layer {teacher_name!r} {tuple(teacher_shape)} and student "
-            f"layer {student_name!r} {tuple(student_shape)} do not match: {need}."
+            f"{self.name}: teacher layer {self._shown('teacher', teacher_name)} "
+            f"{tuple(teacher_shape)} and student layer {self._shown('student', student_name)} "
+            f"{tuple(student_shape)} do not match: {need}."
         )
 
     def set_epoch(self, epoch):
