@@ -38,6 +38,7 @@ import keras
 from kd_keras.config import RunConfig
 from kd_keras.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES
 from kd_keras.distill.distiller import Distiller
+from kd_keras.distill.losses.methods import method_losses
 from kd_keras.models.zoo import build_model
 from kd_keras.train.speed import precision_scope
 
@@ -275,7 +276,7 @@ def compile_distiller(
         student: the student `keras.Model` (logits).
         teacher: the teacher `keras.Model` (logits).
         config: a `RunConfig`; its `temperature` and `alpha` are used
-            unless given here.
+            unless given here, and its `method` picks the losses.
         optimizer: the student's optimizer (`make_optimizer`).
         temperature: T, overriding `config.temperature` (a search trial's).
         alpha: the hard-label weight, overriding `config.alpha`.
@@ -293,12 +294,20 @@ def compile_distiller(
     """
     config = _check_config(config)
     _check_compile_options("compile_distiller", compile_options, ("metrics",))
-    distiller = Distiller(student=student, teacher=teacher)
+    # config.method's losses; None: the default Hinton loss with T.
+    losses, weights = method_losses(config, temperature)
+    distiller = Distiller(
+        student=student,
+        teacher=teacher,
+        distillation_losses=losses,
+        distillation_loss_weights=weights,
+    )
+    if losses is None:
+        compile_options["temperature"] = config.temperature if temperature is None else temperature
     distiller.compile(
         optimizer=optimizer,
         metrics=["accuracy"],
         alpha=config.alpha if alpha is None else alpha,
-        temperature=config.temperature if temperature is None else temperature,
         **compile_options,
     )
     return distiller
