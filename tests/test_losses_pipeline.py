@@ -202,6 +202,7 @@ def test_smoke_run_of_every_method_records_it(tmp_path, method):
     out = tmp_path / "run"
     argv = ["run", "--preset", "smoke", "--data", str(data), "--out", str(out), "--quiet"]
     argv += ["--val-size", "20", "--teacher-epochs", "1", "--student-epochs", "2"]
+    argv += ["--train-per-class", "15", "--val-per-class", "5", "--test-per-class", "10"]
     argv += ["--teacher-width", "8", "--student-width", "4", "--method", method]
     assert main(argv) == 0
     config = json.loads((out / "config.json").read_text())
