@@ -59,7 +59,9 @@ class FitNets(DistillationLoss):
         if len(s_shape) == 3:
             layers = [
                 keras.layers.Conv2D(t_shape[-1], 1, use_bias=False, dtype="float32"),
-                keras.layers.BatchNormalization(dtype="float32"),
+                # Synchronized: under tf.distribute the statistics of the
+                # global batch, so replicas train as one device does.
+                keras.layers.BatchNormalization(synchronized=True, dtype="float32"),
                 keras.layers.ReLU(dtype="float32"),
             ]
         else:
