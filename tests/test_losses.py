@@ -403,3 +403,21 @@ def test_distiller_with_feature_losses_saves_and_reloads(tmp_path):
     a = distiller.evaluate(x, y, verbose=0, return_dict=True)
     b = again.evaluate(x, y, verbose=0, return_dict=True)
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_distiller_with_several_teachers_saves_their_weights(tmp_path):
+    teacher, student = resnets()
+    other = build_resnet(8, width=8, num_classes=4, input_shape=(8, 8, 3), name="other")
+    distiller = Distiller(
+        student, teacher, distillation_losses=[MultiTeacherKD([other], mode="weighted")]
+    )
+    distiller.compile(optimizer="sgd")
+    x, y = image_batch()
+    before = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    distiller.save(tmp_path / "d.keras")
+    again = keras.saving.load_model(tmp_path / "d.keras")
+    np.testing.assert_array_equal(
+        again.distillation_losses[0].other_teachers[0].get_weights()[0], other.get_weights()[0]
+    )
+    after = again.evaluate(x, y, verbose=0, return_dict=True)
+    assert after["distillation_loss"] == pytest.approx(before["distillation_loss"], rel=1e-5)

@@ -394,6 +394,10 @@ class Distiller(keras.Model):
         # the adapters (tracked: checkpointed) train with the student.
         self._features = features
         self.adapters = [a for loss in losses or [] for a in loss.adapters]
+        # Tracked so a saved Distiller keeps their weights (MultiTeacherKD).
+        self.other_teachers = [
+            t for loss in losses or [] for t in getattr(loss, "other_teachers", None) or []
+        ]
         self.student_loss_fn = None
         self.distillation_loss_fn = None
         self._student_loss = None
