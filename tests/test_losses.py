@@ -421,3 +421,19 @@ def test_distiller_with_several_teachers_saves_their_weights(tmp_path):
     )
     after = again.evaluate(x, y, verbose=0, return_dict=True)
     assert after["distillation_loss"] == pytest.approx(before["distillation_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", [FitNets, AttentionTransfer], ids=["fitnets", "at"])
+def test_feature_losses_read_a_folded_bfloat16_inference_teacher(loss):
+    """As the pipeline distils: the teacher folded and in bfloat16
+    (`teacher_for_inference`) keeps its layer names, so stages resolve."""
+    from kd_keras.distill.teacher import teacher_for_inference
+
+    teacher, student = resnets()
+    inference = teacher_for_inference(teacher, "bfloat16")
+    distiller = Distiller(student, inference, distillation_losses=[loss()])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+    x, y = image_batch()
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs["distillation_loss"] > 0
+    assert distiller._features.teacher_names[0][-1] in ("s2b2_out", "s3b2_out")
