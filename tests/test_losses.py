@@ -10,6 +10,8 @@ import pytest
 from kd_keras import Distiller
 from kd_keras.distill.losses import (
     DKD,
+    PKT,
+    RKD,
     AttentionTransfer,
     FeatureDistillation,
     FitNets,
@@ -241,6 +243,8 @@ def test_bad_keywords_are_refused_naming_them_in_one_line(make, words):
         FitNets("stage1", "stage2"),
         AttentionTransfer(beta=10.0),
         FeatureDistillation("mae", "x", "y"),
+        PKT("a", "b"),
+        RKD(distance_weight=1.0),
     ],
     ids=lambda loss: type(loss).__name__,
 )
@@ -307,6 +311,8 @@ def method_losses():
         "at": [AttentionTransfer()],
         "fitnets+kd": [FitNets(), HintonKD()],
         "multi": [MultiTeacherKD([other])],
+        "pkt": [PKT()],
+        "rkd": [RKD()],
     }
 
 
@@ -437,3 +443,47 @@ def test_feature_losses_read_a_folded_bfloat16_inference_teacher(loss):
     logs = distiller.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["loss"]) and logs["distillation_loss"] > 0
     assert distiller._features.teacher_names[0][-1] in ("s2b2_out", "s3b2_out")
+
+
+# --- Relational (optional methods) -----------------------------------------
+
+
+def test_pkt_is_kl_of_cosine_conditional_probabilities(dtype):
+    t, s = rng_features(60, (9,)), rng_features(61, (4,))
+
+    def conditional(f):
+        f = f / (np.linalg.norm(f, axis=-1, keepdims=True) + 1e-7)
+        similarity = (f @ f.T + 1) / 2
+        return similarity / similarity.sum(axis=-1, keepdims=True)
+
+    pt, ps = conditional(t), conditional(s)
+    expected = np.mean(pt * np.log((pt + 1e-7) / (ps + 1e-7)))
+    assert value(PKT("a", "b"), [t], [s], dtype) == pytest.approx(
+        expected, rel=TOLERANCE[dtype] * 4
+    )
+    assert expected > 1e-4
+
+
+def test_rkd_is_huber_of_normalised_distances_and_angles(dtype):
+    t, s = rng_features(62, (9,)), rng_features(63, (4,))
+
+    def huber(a, b):
+        d = np.abs(a - b)
+        return np.where(d < 1, 0.5 * d**2, d - 0.5)
+
+    def distances(f):
+        d = np.linalg.norm(f[:, None] - f[None], axis=-1)
+        return d / d[d > 0].mean()
+
+    def angles(f):
+        e = f[None, :, :] - f[:, None, :]  # e[a, b] = f[b] - f[a]
+        n = np.linalg.norm(e, axis=-1, keepdims=True)
+        e = e / np.maximum(n, 1e-12)
+        return np.einsum("abk,ack->abc", e, e)
+
+    expected = (
+        25 * huber(distances(s), distances(t)).mean() + 50 * huber(angles(s), angles(t)).mean()
+    )
+    got = value(RKD("a", "b"), [t], [s], dtype)
+    assert got == pytest.approx(expected, rel=TOLERANCE[dtype] * 4)
+    assert expected > 1e-2

@@ -18,6 +18,8 @@ _EXPORTS = {
     "FitNets": "kd_keras.distill.losses.fitnets",
     "AttentionTransfer": "kd_keras.distill.losses.attention",
     "MultiTeacherKD": "kd_keras.distill.losses.multi_teacher",
+    "PKT": "kd_keras.distill.losses.pkt",
+    "RKD": "kd_keras.distill.losses.rkd",
 }
 __all__ = sorted(_EXPORTS)
 
