@@ -372,6 +372,8 @@ def test_cached_teacher_logits_are_refused_for_feature_losses():
     distiller = Distiller(student, teacher, distillation_losses=[FitNets()])
     distiller.compile(optimizer="sgd")
     x, y = image_batch()
+    assert distiller.needs_live_teacher
+    assert not Distiller(student, teacher, distillation_losses=[DKD()]).needs_live_teacher
     with pytest.raises(ValueError, match="feature losses need the teacher"):
         distiller.train_on_batch({"images": x, "teacher_logits": np.zeros((8, 4))}, y)
 

@@ -691,6 +691,12 @@ class Distiller(keras.Model):
             tracker.update_state(_unscale_for_replicas(value), sample_weight=batch_size)
         return self.compute_metrics(inputs, y, student_logits, sample_weight=sample_weight)
 
+    @property
+    def needs_live_teacher(self):
+        """True if a loss reads the teacher's layers: the teacher must run
+        on every batch (batches with precomputed logits are refused)."""
+        return self._features.teacher is not None
+
     def trained_variables(self):
         """What the optimizer updates: the student's trainable variables,
         then the adapters'."""
