@@ -42,6 +42,8 @@ from pathlib import Path
 from kd_keras.hardware import auto_precisions, this_machine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The Hinton KD step the --method cases are compared with (same precision).
+KD_CASE = "kd_distiller"
 DEFAULT_OUT = "runs/benchmark"
 
 
@@ -175,6 +177,25 @@ CASES = {
         "jit": True,
         "spe": 4,
         "what": "jit_compile=True + steps_per_execution=4",
+    },
+    # One case per --method (docs/methods.md): the step's cost relative to
+    # Hinton KD's (`kd_distiller`), as the "what" column reports it.
+    "kd_method_ls": {
+        "kind": "distill",
+        "method": "hinton",
+        "logit_standardization": True,
+        "what": "--method hinton --logit-standardization, float32",
+    },
+    "kd_method_dkd": {"kind": "distill", "method": "dkd", "what": "--method dkd, float32"},
+    "kd_method_fitnets": {
+        "kind": "distill",
+        "method": "fitnets",
+        "what": "--method fitnets (stage2 hint, 1x1 conv adapter), float32",
+    },
+    "kd_method_at": {
+        "kind": "distill",
+        "method": "at",
+        "what": "--method at (three stage ends), float32",
     },
     "torch_nchw": {"kind": "torch", "what": "PyTorch loop, NCHW"},
     "torch_channels_last": {"kind": "torch", "what": "PyTorch loop, channels_last"},
@@ -426,6 +447,8 @@ def _case_config(case, args):
         batch_size=args.batch_size,
         precision=case.get("precision", "float32"),
         teacher_precision=case.get("teacher_precision", "float32"),
+        method=case.get("method", "hinton"),
+        logit_standardization=case.get("logit_standardization", False),
     )
 
 
@@ -902,7 +925,14 @@ def format_group(group):
         ]
         if with_ratios:
             cells += [_cell(ratio) for ratio in ratios(r, group)]
-        cells.append(r["what"])
+        what = r["what"]
+        kd = next(
+            (x for x in group["results"] if x["case"] == KD_CASE and x.get("status") == "ok"),
+            None,
+        )
+        if "method" in CASES.get(r["case"], {}) and kd:
+            what += f" ({_cell(r['median_images_per_s'] / kd['median_images_per_s'])} {KD_CASE})"
+        cells.append(what)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -40,6 +40,8 @@ MAX_BATCH_SIZE = 65536
 # What a --teacher file outputs: "auto" is detected when the run starts (a
 # softmax last layer, or rows >= 0 summing to 1) and saved resolved.
 TEACHER_OUTPUTS = ("auto", "logits", "probabilities")
+# Distillation methods of `--method` (kd_keras/distill/losses, docs/methods.md).
+METHODS = ("hinton", "dkd", "fitnets", "at")
 
 
 def validate_alpha(alpha):
@@ -70,6 +72,57 @@ def validate_temperature(temperature):
             f"default is 4), got {temperature:g}"
         )
     return float(temperature)
+
+
+def validate_method(
+    method,
+    logit_standardization,
+    dkd_alpha,
+    dkd_beta,
+    dkd_warmup_epochs,
+    hint_layer,
+    hint_weight,
+    at_beta,
+):
+    """Raises `ValueError`, naming the bad value and its flag, for an
+    invalid distillation method or method hyperparameter."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r} (--method)")
+    if not isinstance(logit_standardization, bool):
+        raise ValueError(
+            f"logit_standardization must be true or false, got {logit_standardization!r}"
+        )
+    if logit_standardization and method not in ("hinton", "dkd"):
+        raise ValueError(
+            f"--logit-standardization applies to --method hinton or dkd, not {method!r}; "
+            "drop the flag or change the method"
+        )
+    for name, value in (
+        ("dkd_alpha", dkd_alpha),
+        ("dkd_beta", dkd_beta),
+        ("hint_weight", hint_weight),
+        ("at_beta", at_beta),
+    ):
+        flag = "--" + name.replace("_", "-")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 <= value < float("inf")
+        ):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r} ({flag})")
+    if (
+        isinstance(dkd_warmup_epochs, bool)
+        or not isinstance(dkd_warmup_epochs, int)
+        or not 0 <= dkd_warmup_epochs <= 1000
+    ):
+        raise ValueError(
+            f"dkd_warmup_epochs must be an int in [0, 1000], got {dkd_warmup_epochs!r} "
+            "(--dkd-warmup-epochs)"
+        )
+    if not isinstance(hint_layer, str) or not hint_layer.strip():
+        raise ValueError(
+            f"hint_layer must be a layer name or stage1..stage3, got {hint_layer!r} (--hint-layer)"
+        )
 
 
 def validate_speed_options(precision, teacher_precision, steps_per_execution, threads):
@@ -403,6 +456,34 @@ class RunConfig:
     # --- Distillation ---
     temperature: float = _option(4.0, "--temperature", "distillation temperature T > 0 (default 4)")
     alpha: float = _option(0.3, "--alpha", "weight of the hard-label loss, in [0, 1] (default 0.3)")
+    # Method and its hyperparameters (docs/methods.md); --temperature is
+    # Hinton KD's and DKD's T.
+    method: str = _option(
+        "hinton",
+        "--method",
+        "distillation method: hinton (KD, default), dkd (decoupled KD), fitnets "
+        "(hint regression through an adapter) or at (attention transfer)",
+        choices=METHODS,
+    )
+    logit_standardization: bool = _option(
+        False,
+        "--logit-standardization",
+        "z-score both logits before softening (Sun et al. 2024), with --method hinton or dkd",
+    )
+    dkd_alpha: float = _option(1.0, "--dkd-alpha", "DKD: weight of target-class KD (default 1)")
+    dkd_beta: float = _option(8.0, "--dkd-beta", "DKD: weight of non-target KD (default 8)")
+    dkd_warmup_epochs: int = _option(
+        20, "--dkd-warmup-epochs", "DKD: epochs of linear warm-up of its loss (default 20)"
+    )
+    hint_layer: str = _option(
+        "stage2",
+        "--hint-layer",
+        "FitNets: teacher and student layer name, or stage1..stage3 (default stage2)",
+    )
+    hint_weight: float = _option(
+        100.0, "--hint-weight", "FitNets: weight of the hint loss (default 100)"
+    )
+    at_beta: float = _option(1000.0, "--at-beta", "attention transfer: beta (default 1000)")
     # --- Speed (see kd_keras/train/speed.py and kd_keras/hardware.py) ---
     # "auto": bfloat16 where the machine has native bfloat16, else float32
     # (float16 on older GPUs); resolved when a run starts.
@@ -569,6 +650,16 @@ class RunConfig:
         try:
             validate_alpha(self.alpha)
             validate_temperature(self.temperature)
+            validate_method(
+                self.method,
+                self.logit_standardization,
+                self.dkd_alpha,
+                self.dkd_beta,
+                self.dkd_warmup_epochs,
+                self.hint_layer,
+                self.hint_weight,
+                self.at_beta,
+            )
             stage_blocks(self.teacher_depth)
             stage_blocks(self.student_depth)
             validate_speed_options(

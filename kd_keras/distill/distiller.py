@@ -17,6 +17,8 @@ from kd_keras.config import (
     validate_alpha,
     validate_temperature,
 )
+from kd_keras.distill.losses.base import DistillationLoss, as_loss, resolve_layer
+from kd_keras.distill.losses.hinton import HintonKD
 from kd_keras.distill.teacher_cache import IMAGES, TEACHER_LOGITS
 
 # What the teacher's outputs are: "logits" (used as they are) or
@@ -265,22 +267,10 @@ def _check_sample_weight(sample_weight):
     return sample_weight
 
 
-class _PerSampleLoss(keras.losses.Loss):
-    """A loss function of per-example values (`fn(y_true, y_pred)` of shape
-    `(batch,)`) as a `keras.losses.Loss`: sample weights and the mean over
-    the batch (scaled for `tf.distribute`) as `keras.Model.compile` applies
-    them to a function."""
+_as_loss = as_loss
 
-    def __init__(self, fn):
-        super().__init__(name=getattr(fn, "__name__", type(fn).__name__))
-        self.fn = fn
-
-    def call(self, y_true, y_pred):
-        return self.fn(y_true, y_pred)
-
-
-def _as_loss(loss):
-    return loss if isinstance(loss, keras.losses.Loss) else _PerSampleLoss(loss)
+# compile's alpha and temperature when not given.
+_UNSET = object()
 
 
 def _replicas():
@@ -323,8 +313,20 @@ class Distiller(keras.Model):
 
     `alpha` weights the hard-label term; the T**2 factor keeps the soft
     term's gradients on the same scale as the hard term's when T changes.
-    The teacher runs with `training=False` and is never updated; only the
-    student's weights get gradients. `call` returns the student's logits, so
+    That is the default. Other methods are loss objects
+    (`kd_keras.distill.losses`: DKD, logit standardization, FitNets,
+    attention transfer, several teachers, keras.distillation's
+    FeatureDistillation), passed as keras.distillation takes them:
+
+    ```
+    loss = student_loss_weight * CE(y, student_logits)
+         + (1 - student_loss_weight) * sum_i(w_i * distillation_losses[i])
+    ```
+
+    with `student_loss_weight` = alpha and the default losses
+    `[HintonKD(temperature)]`. The teacher runs with `training=False` and
+    is never updated; only the student's weights (and the losses'
+    adapters, e.g. FitNets' regressor) get gradients. `call` returns the student's logits, so
     `predict` and `evaluate` behave like the student's.
 
     Batches are Keras's: `(x, y)` or `(x, y, sample_weight)`, and `fit`'s
@@ -359,6 +361,13 @@ class Distiller(keras.Model):
             by default). Probabilities `p` are distilled from `log(p)`,
             which is exact: `softmax(log(p) / T)` is `p**(1/T)`
             renormalised, what the logits would give.
+        distillation_losses: a `DistillationLoss` or a list of them
+            (default: `[HintonKD(T)]` with compile's `temperature`). Feature
+            losses name layers of functional models (`"stage1"`..`"stage3"`
+            for kd_keras ResNets); their shapes are checked here.
+        distillation_loss_weights: one weight >= 0 per loss (default 1 each).
+        student_loss_weight: the hard-label weight in [0, 1] (compile's
+            `alpha`; default 0.3).
         **kwargs: passed to `keras.Model`.
 
     Raises:
@@ -379,7 +388,16 @@ class Distiller(keras.Model):
     >>> distiller.student.save("student.keras")
     """
 
-    def __init__(self, student, teacher, teacher_outputs="logits", **kwargs):
+    def __init__(
+        self,
+        student,
+        teacher,
+        teacher_outputs="logits",
+        distillation_losses=None,
+        distillation_loss_weights=None,
+        student_loss_weight=None,
+        **kwargs,
+    ):
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(
                 "kd_keras.Distiller needs the TensorFlow backend, got "
@@ -425,6 +443,10 @@ class Distiller(keras.Model):
         kind = _static_outputs_kind(teacher) or _probe_outputs_kind(teacher, input_shape)
         if kind is not None and kind != teacher_outputs:
             raise ValueError(self._teacher_outputs_message(teacher, kind, teacher_outputs))
+        losses, weights = _check_losses(distillation_losses, distillation_loss_weights)
+        if student_loss_weight is not None:
+            student_loss_weight = validate_alpha(student_loss_weight)
+        features = _FeatureExtraction(student, teacher, losses or [])
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher
@@ -433,12 +455,24 @@ class Distiller(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
-        self.alpha = DEFAULT_ALPHA
-        self.temperature = DEFAULT_TEMPERATURE
+        self.student_loss_weight = student_loss_weight
+        self.alpha = DEFAULT_ALPHA if student_loss_weight is None else student_loss_weight
+        # None: the default [HintonKD(T)], made by compile with its T.
+        self._given_losses = losses
+        self.distillation_losses = losses
+        self.distillation_loss_weights = weights
+        self.temperature = DEFAULT_TEMPERATURE if losses is None else None
+        # Feature extractors (not tracked: their layers are the models');
+        # the adapters (tracked: checkpointed) train with the student.
+        self._features = features
+        self.adapters = [a for loss in losses or [] for a in loss.adapters]
+        # Tracked so a saved Distiller keeps their weights (MultiTeacherKD).
+        self.other_teachers = [
+            t for loss in losses or [] for t in getattr(loss, "other_teachers", None) or []
+        ]
         self.student_loss_fn = None
         self.distillation_loss_fn = None
         self._student_loss = None
-        self._distillation_loss = None
         self._metrics_config = {}
         if student.built:
             # Both models have their weights: so has the Distiller (what
@@ -494,8 +528,8 @@ class Distiller(keras.Model):
         metrics=None,
         student_loss_fn=None,
         distillation_loss_fn=None,
-        alpha=DEFAULT_ALPHA,
-        temperature=DEFAULT_TEMPERATURE,
+        alpha=_UNSET,
+        temperature=_UNSET,
         weighted_metrics=None,
         **kwargs,
     ):
@@ -514,15 +548,20 @@ class Distiller(keras.Model):
             distillation_loss_fn: loss between the teacher's and the
                 student's *probabilities* at temperature T; defaults to
                 `keras.losses.KLDivergence()`. It is multiplied by T**2.
-            alpha: weight of the hard-label loss, in [0, 1].
-            temperature: softmax temperature T > 0.
+                Only with the default loss (no `distillation_losses`).
+            alpha: weight of the hard-label loss, in [0, 1] (default: the
+                constructor's `student_loss_weight`, else 0.3).
+            temperature: softmax temperature T > 0 (default 4) of the
+                default loss; loss objects carry their own.
             weighted_metrics: metrics weighted by `sample_weight` or
                 `class_weight`.
             **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`,
                 `steps_per_execution`).
 
         Raises:
-            ValueError: for alpha outside [0, 1], T <= 0, or a `loss`.
+            ValueError: for alpha outside [0, 1], T <= 0, a `loss`, an
+                alpha other than `student_loss_weight`, or a temperature or
+                distillation_loss_fn next to `distillation_losses`.
         """
         for key in ("loss", "loss_weights"):
             if key in kwargs:
@@ -530,16 +569,41 @@ class Distiller(keras.Model):
                     f"Distiller.compile takes student_loss_fn and "
                     f"distillation_loss_fn, not {key}={kwargs[key]!r}."
                 )
-        self.alpha = validate_alpha(alpha)
-        self.temperature = validate_temperature(temperature)
+        if alpha is not _UNSET:
+            alpha = validate_alpha(alpha)
+            if self.student_loss_weight is not None and alpha != self.student_loss_weight:
+                raise ValueError(
+                    f"alpha={alpha} contradicts student_loss_weight="
+                    f"{self.student_loss_weight} given to the Distiller: pass one of them."
+                )
+        elif self.student_loss_weight is not None:
+            alpha = self.student_loss_weight
+        self.alpha = DEFAULT_ALPHA if alpha is _UNSET else alpha
         self.student_loss_fn = keras.losses.get(
             student_loss_fn or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         )
-        self.distillation_loss_fn = keras.losses.get(
-            distillation_loss_fn or keras.losses.KLDivergence()
-        )
         self._student_loss = _as_loss(self.student_loss_fn)
-        self._distillation_loss = _as_loss(self.distillation_loss_fn)
+        if self._given_losses is None:
+            self.temperature = validate_temperature(
+                DEFAULT_TEMPERATURE if temperature is _UNSET else temperature
+            )
+            self.distillation_loss_fn = keras.losses.get(
+                distillation_loss_fn or keras.losses.KLDivergence()
+            )
+            self.distillation_losses = [
+                HintonKD(temperature=self.temperature, loss=self.distillation_loss_fn)
+            ]
+        else:
+            for key, value in (
+                ("temperature", temperature),
+                ("distillation_loss_fn", distillation_loss_fn),
+            ):
+                if value is not _UNSET and value is not None:
+                    raise ValueError(
+                        f"compile({key}=...) applies to the default loss only; this Distiller "
+                        "has distillation_losses: set it on the loss objects instead."
+                    )
+            self.distillation_loss_fn = None
         self._metrics_config = {
             key: keras.saving.serialize_keras_object(value)
             for key, value in (("metrics", metrics), ("weighted_metrics", weighted_metrics))
@@ -568,7 +632,18 @@ class Distiller(keras.Model):
         inputs, _ = split_teacher_logits(inputs)
         return self.student(inputs, training=training)
 
-    def compute_losses(self, y, teacher_logits, student_logits, sample_weight=None):
+    def compute_losses(
+        self,
+        y,
+        teacher_logits,
+        student_logits,
+        sample_weight=None,
+        *,
+        teacher_features=None,
+        student_features=None,
+        other_teacher_logits=None,
+        training=None,
+    ):
         """The two loss terms and their blend, all float32 scalars.
 
         Backend-agnostic (`keras.ops`). Under a `tf.distribute` strategy the
@@ -583,11 +658,18 @@ class Distiller(keras.Model):
             student_logits: `(batch, classes)`.
             sample_weight: optional `(batch,)` weights of the examples, in
                 both terms.
+            teacher_features: for feature losses, a dict of the teacher's
+                layer outputs by layer name (what `train_step` extracts).
+            student_features: the student's, alike.
+            other_teacher_logits: for losses with `other_teachers`, a dict of
+                their logits lists by loss index.
+            training: whether the losses' adapters run in training mode.
 
         Returns:
             `(loss, student_loss, distillation_loss)`, where `loss` is
             `alpha * student_loss + (1 - alpha) * distillation_loss` and
-            `distillation_loss` already includes the T**2 factor.
+            `distillation_loss` is the weighted sum of the distillation
+            losses (the default: T**2 * KL).
 
         Raises:
             RuntimeError: if the Distiller is not compiled.
@@ -600,15 +682,24 @@ class Distiller(keras.Model):
         student_logits = keras.ops.cast(student_logits, "float32")
         if self.teacher_outputs == "probabilities":
             teacher_logits = keras.ops.log(keras.ops.maximum(teacher_logits, _TINY))
-        temperature = self.temperature
         student_loss = _scalar(self._student_loss(y, student_logits, sample_weight=sample_weight))
-        distillation_loss = temperature**2 * _scalar(
-            self._distillation_loss(
-                keras.ops.softmax(teacher_logits / temperature, axis=-1),
-                keras.ops.softmax(student_logits / temperature, axis=-1),
-                sample_weight=sample_weight,
+        distillation_loss = None
+        for index, (loss, weight) in enumerate(
+            zip(self.distillation_losses, self.distillation_loss_weights or [1.0])
+        ):
+            if loss.uses_features:
+                teacher_out = [teacher_features[n] for n in self._features.teacher_names[index]]
+                student_out = [student_features[n] for n in self._features.student_names[index]]
+            else:
+                teacher_out, student_out = teacher_logits, student_logits
+                if getattr(loss, "other_teachers", None):
+                    teacher_out = [teacher_logits, *other_teacher_logits[index]]
+            value = loss.compute(
+                teacher_out, student_out, y=y, sample_weight=sample_weight, training=training
             )
-        )
+            if weight != 1.0:
+                value = weight * value
+            distillation_loss = value if distillation_loss is None else distillation_loss + value
         loss = self.alpha * student_loss + (1.0 - self.alpha) * distillation_loss
         return loss, student_loss, distillation_loss
 
@@ -623,9 +714,9 @@ class Distiller(keras.Model):
         return loss + _scale_for_replicas(regularisation)
 
     def _unpack(self, data):
-        """`(inputs, y, sample_weight, teacher_logits, cached)` of a batch;
-        the teacher runs here unless the batch carries its logits
-        (`cached`)."""
+        """`(inputs, y, sample_weight, teacher_logits, cached, teacher_features,
+        other_teacher_logits)` of a batch; the teacher runs here unless the
+        batch carries its logits (`cached`)."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         inputs, teacher_logits = split_teacher_logits(x)
         sample_weight = _check_sample_weight(sample_weight)
@@ -633,18 +724,46 @@ class Distiller(keras.Model):
             # A subclassed student seen for the first time (while tracing).
             self.build(keras.tree.map_structure(lambda t: tuple(t.shape), inputs))
         cached = teacher_logits is not None
-        if not cached:
+        teacher_features = None
+        if self._features.teacher is not None:
+            if cached:
+                raise ValueError(
+                    f"x carries '{TEACHER_LOGITS}', but feature losses need the teacher's "
+                    "layers: pass the images alone so the teacher runs."
+                )
+            teacher_features = self._features.teacher(inputs, training=False)
+            teacher_logits = teacher_features[_LOGITS]
+        elif not cached:
             teacher_logits = self.teacher(inputs, training=False)
-        return inputs, y, sample_weight, teacher_logits, cached
+        other_teacher_logits = {
+            index: [t(inputs, training=False) for t in loss.other_teachers]
+            for index, loss in enumerate(self.distillation_losses or [])
+            if getattr(loss, "other_teachers", None)
+        }
+        return (
+            inputs,
+            y,
+            sample_weight,
+            teacher_logits,
+            cached,
+            teacher_features,
+            (other_teacher_logits),
+        )
 
-    def _student_logits(self, inputs, teacher_logits, cached, training):
-        student_logits = self.student(inputs, training=training)
+    def _student_outputs(self, inputs, teacher_logits, cached, training):
+        """`(student_logits, student_features)`."""
+        student_features = None
+        if self._features.student is not None:
+            student_features = self._features.student(inputs, training=training)
+            student_logits = student_features[_LOGITS]
+        else:
+            student_logits = self.student(inputs, training=training)
         _check_same_classes(
             _single_output_shape(student_logits, "student", self.student),
             _single_output_shape(teacher_logits, "teacher", self.teacher),
             cached=cached,
         )
-        return student_logits
+        return student_logits, student_features
 
     def _update_metrics(self, inputs, y, student_logits, losses, sample_weight):
         # As keras.Model's train_step: each loss tracker gets the value
@@ -655,64 +774,108 @@ class Distiller(keras.Model):
             tracker.update_state(_unscale_for_replicas(value), sample_weight=batch_size)
         return self.compute_metrics(inputs, y, student_logits, sample_weight=sample_weight)
 
-    def train_step(self, data):
-        inputs, y, sample_weight, teacher_logits, cached = self._unpack(data)
-        with tf.GradientTape() as tape:
-            student_logits = self._student_logits(inputs, teacher_logits, cached, training=True)
-            loss, student_loss, distillation_loss = self.compute_losses(
-                y, teacher_logits, student_logits, sample_weight=sample_weight
-            )
-            loss = self._regularised(loss)
-            objective = self.optimizer.scale_loss(loss)
-        variables = self.student.trainable_variables
-        gradients = tape.gradient(objective, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_metrics(
-            inputs, y, student_logits, (loss, student_loss, distillation_loss), sample_weight
-        )
+    @property
+    def needs_live_teacher(self):
+        """True if a loss reads the teacher's layers: the teacher must run
+        on every batch (batches with precomputed logits are refused)."""
+        return self._features.teacher is not None
 
-    def test_step(self, data):
-        inputs, y, sample_weight, teacher_logits, cached = self._unpack(data)
-        student_logits = self._student_logits(inputs, teacher_logits, cached, training=False)
+    def trained_variables(self):
+        """What the optimizer updates: the student's trainable variables,
+        then the adapters'."""
+        return self.student.trainable_variables + [
+            v for adapter in self.adapters for v in adapter.trainable_variables
+        ]
+
+    def _step(self, data, training):
+        inputs, y, sample_weight, teacher_logits, cached, teacher_features, others = self._unpack(
+            data
+        )
+        student_logits, student_features = self._student_outputs(
+            inputs, teacher_logits, cached, training=training
+        )
         loss, student_loss, distillation_loss = self.compute_losses(
-            y, teacher_logits, student_logits, sample_weight=sample_weight
+            y,
+            teacher_logits,
+            student_logits,
+            sample_weight=sample_weight,
+            teacher_features=teacher_features,
+            student_features=student_features,
+            other_teacher_logits=others,
+            training=training,
         )
         loss = self._regularised(loss)
-        return self._update_metrics(
-            inputs, y, student_logits, (loss, student_loss, distillation_loss), sample_weight
-        )
+        return inputs, y, sample_weight, student_logits, (loss, student_loss, distillation_loss)
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            inputs, y, sample_weight, student_logits, losses = self._step(data, training=True)
+            objective = self.optimizer.scale_loss(losses[0])
+        variables = self.trained_variables()
+        gradients = tape.gradient(objective, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._update_metrics(inputs, y, student_logits, losses, sample_weight)
+
+    def test_step(self, data):
+        inputs, y, sample_weight, student_logits, losses = self._step(data, training=False)
+        return self._update_metrics(inputs, y, student_logits, losses, sample_weight)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, telling the losses each epoch's number
+        (DKD's warm-up) at its start, resumed runs included."""
+        callbacks = list(callbacks or [])
+        callbacks.append(_EpochToLosses(self))
+        return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def get_config(self):
-        return {
+        config = {
             **super().get_config(),
             "student": keras.saving.serialize_keras_object(self.student),
             "teacher": keras.saving.serialize_keras_object(self.teacher),
             "teacher_outputs": self.teacher_outputs,
         }
+        if self._given_losses is not None:
+            config["distillation_losses"] = [
+                keras.saving.serialize_keras_object(loss) for loss in self._given_losses
+            ]
+            config["distillation_loss_weights"] = list(self.distillation_loss_weights)
+        if self.student_loss_weight is not None:
+            config["student_loss_weight"] = self.student_loss_weight
+        return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         for key in ("student", "teacher"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
+        if config.get("distillation_losses") is not None:
+            config["distillation_losses"] = [
+                keras.saving.deserialize_keras_object(loss)
+                for loss in config["distillation_losses"]
+            ]
         return cls(**config)
 
     def get_compile_config(self):
         if not self.compiled:
             return None
-        return {
+        config = {
             "optimizer": keras.saving.serialize_keras_object(self.optimizer),
             **self._metrics_config,
             "student_loss_fn": keras.saving.serialize_keras_object(self.student_loss_fn),
-            "distillation_loss_fn": keras.saving.serialize_keras_object(self.distillation_loss_fn),
             "alpha": self.alpha,
-            "temperature": self.temperature,
         }
+        if self._given_losses is None:
+            config["distillation_loss_fn"] = keras.saving.serialize_keras_object(
+                self.distillation_loss_fn
+            )
+            config["temperature"] = self.temperature
+        return config
 
     def compile_from_config(self, config):
         config = dict(config)
         for key in ("optimizer", "student_loss_fn", "distillation_loss_fn"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
+            if key in config:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
         for key in ("metrics", "weighted_metrics"):
             if config.get(key) is not None:
                 config[key] = [keras.saving.deserialize_keras_object(m) for m in config[key]]
@@ -720,4 +883,95 @@ class Distiller(keras.Model):
         if self.built:
             # As keras.Model.compile_from_config: the optimizer's variables
             # exist, so a saved optimizer state loads into them.
-            self.optimizer.build(self.student.trainable_variables)
+            self.optimizer.build(self.trained_variables())
+
+
+class _EpochToLosses(keras.callbacks.Callback):
+    def __init__(self, distiller):
+        super().__init__()
+        self._distiller = distiller
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for loss in self._distiller.distillation_losses or []:
+            loss.set_epoch(epoch)
+
+
+# The key of the final output (logits) in a feature extractor's outputs.
+_LOGITS = "__logits__"
+
+
+def _check_losses(losses, weights):
+    """`(losses, weights)` as lists (None, None: the default loss)."""
+    if losses is None:
+        if weights is not None:
+            raise ValueError(
+                "distillation_loss_weights needs distillation_losses (one weight per loss)."
+            )
+        return None, None
+    losses = list(losses) if isinstance(losses, (list, tuple)) else [losses]
+    for loss in losses:
+        if not isinstance(loss, DistillationLoss):
+            raise ValueError(
+                "distillation_losses must be kd_keras.distill.losses objects (HintonKD, DKD, "
+                f"FitNets, ...), got {type(loss).__name__}; for keras.distillation's "
+                "LogitsDistillation use HintonKD, for FeatureDistillation kd_keras's own."
+            )
+    if not losses:
+        raise ValueError("distillation_losses is empty: give at least one loss.")
+    if weights is None:
+        weights = [1.0] * len(losses)
+    weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+    if len(weights) != len(losses):
+        raise ValueError(
+            f"distillation_loss_weights has {len(weights)} weights for "
+            f"{len(losses)} distillation_losses: give one per loss."
+        )
+    for weight in weights:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValueError(f"distillation_loss_weights must be numbers >= 0, got {weight!r}")
+    return losses, [float(w) for w in weights]
+
+
+def _feature_shape(layer):
+    return tuple(layer.output.shape[1:])
+
+
+class _FeatureExtraction:
+    """The models returning the logits and the feature losses' layer
+    outputs in one pass (teacher, student), and each loss's layer names as
+    resolved (`"stage2"` -> `"s2b3_out"`). Builds the losses (shape checks,
+    adapters)."""
+
+    def __init__(self, student, teacher, losses):
+        self.teacher = self.student = None
+        self.teacher_names, self.student_names = {}, {}
+        feature_losses = [(i, loss) for i, loss in enumerate(losses) if loss.uses_features]
+        if not feature_losses:
+            return
+        for role, model in (("teacher", teacher), ("student", student)):
+            if not getattr(model, "inputs", None):
+                raise ValueError(
+                    f"Feature losses read named layers of functional or Sequential models; "
+                    f"the {role} {model.name} ({type(model).__name__}) is subclassed."
+                )
+        teacher_layers, student_layers = {}, {}
+        for index, loss in feature_losses:
+            t_layers = [resolve_layer(teacher, n, "teacher") for n in loss.teacher_layer_names]
+            s_layers = [resolve_layer(student, n, "student") for n in loss.student_layer_names]
+            self.teacher_names[index] = [layer.name for layer in t_layers]
+            self.student_names[index] = [layer.name for layer in s_layers]
+            teacher_layers.update((layer.name, layer) for layer in t_layers)
+            student_layers.update((layer.name, layer) for layer in s_layers)
+            loss.resolved_layer_names = {
+                "teacher": dict(zip(loss.teacher_layer_names, self.teacher_names[index])),
+                "student": dict(zip(loss.student_layer_names, self.student_names[index])),
+            }
+            loss.build([_feature_shape(x) for x in t_layers], [_feature_shape(x) for x in s_layers])
+        self.teacher = self._extractor(teacher, teacher_layers)
+        self.student = self._extractor(student, student_layers)
+
+    @staticmethod
+    def _extractor(model, layers):
+        outputs = {_LOGITS: model.outputs[0]}
+        outputs.update((name, layer.output) for name, layer in layers.items())
+        return keras.Model(model.inputs, outputs, name=f"{model.name}_features")

@@ -35,6 +35,7 @@ from kd_keras import atomic
 from kd_keras.config import PRECISIONS, TEACHER_PRECISIONS
 from kd_keras.data.cifar10 import NUM_CLASSES
 from kd_keras.data.splits import data_summary, make_dataset, splits_for
+from kd_keras.distill.losses.methods import method_summary
 from kd_keras.distill.teacher import (
     check_teacher_file,
     load_teacher,
@@ -547,6 +548,7 @@ class Pipeline:
             "distiller_val_loss": float(distiller_val["loss"]),
             "temperature": temperature,
             "alpha": alpha,
+            **method_summary(c),
         }
 
     def finish_stage(self, stage, model, extra):

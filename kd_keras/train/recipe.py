@@ -38,6 +38,7 @@ import keras
 from kd_keras.config import RunConfig
 from kd_keras.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES
 from kd_keras.distill.distiller import Distiller
+from kd_keras.distill.losses.methods import method_losses
 from kd_keras.distill.teacher import resolve_teacher_outputs
 from kd_keras.models.zoo import build_model
 from kd_keras.train.speed import precision_scope
@@ -277,7 +278,8 @@ def compile_distiller(
         teacher: the teacher `keras.Model` (logits, or a softmax's
             probabilities: `config.teacher_outputs`, "auto" detects it).
         config: a `RunConfig`; its `temperature`, `alpha` and
-            `teacher_outputs` are used unless given here.
+            `teacher_outputs` are used unless given here, and its `method`
+            picks the losses.
         optimizer: the student's optimizer (`make_optimizer`).
         temperature: T, overriding `config.temperature` (a search trial's).
         alpha: the hard-label weight, overriding `config.alpha`.
@@ -297,12 +299,21 @@ def compile_distiller(
     _check_compile_options("compile_distiller", compile_options, ("metrics",))
     # "auto" (a Python caller's config) is detected here; a run's is resolved.
     outputs = resolve_teacher_outputs(teacher, config.teacher_outputs)
-    distiller = Distiller(student=student, teacher=teacher, teacher_outputs=outputs)
+    # config.method's losses; None: the default Hinton loss with T.
+    losses, weights = method_losses(config, temperature)
+    distiller = Distiller(
+        student=student,
+        teacher=teacher,
+        teacher_outputs=outputs,
+        distillation_losses=losses,
+        distillation_loss_weights=weights,
+    )
+    if losses is None:
+        compile_options["temperature"] = config.temperature if temperature is None else temperature
     distiller.compile(
         optimizer=optimizer,
         metrics=["accuracy"],
         alpha=config.alpha if alpha is None else alpha,
-        temperature=config.temperature if temperature is None else temperature,
         **compile_options,
     )
     return distiller
