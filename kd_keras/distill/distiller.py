@@ -616,7 +616,7 @@ class Distiller(keras.Model):
             # The optimizer's slots exist from here on, so a Distiller saved
             # before training holds the state a reload builds (else Keras
             # warns "Skipping variable loading for optimizer" on load).
-            self.optimizer.build(self.student.trainable_variables)
+            self.optimizer.build(self.trained_variables())
 
     @property
     def metrics(self):
