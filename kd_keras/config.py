@@ -128,9 +128,9 @@ VAL_FRACTION = 0.1
 CIFAR10_COUNTS = {"train": (5000,) * 10, "test": (1000,) * 10}
 
 
-def short_list(items, limit=5):
+def short_list(items, limit=5, *, quote=True):
     """`'a', 'b', 'c' and 7 more`: a list that keeps a message one short line."""
-    items = [f"'{item}'" for item in items]
+    items = [f"'{item}'" if quote else str(item) for item in items]
     if len(items) <= limit:
         return ", ".join(items)
     return f"{', '.join(items[:limit])} and {len(items) - limit} more"
@@ -186,6 +186,12 @@ def resolve_sizes(sizes, train_counts, test_counts, classes=None, *, batch_size=
     names = list(classes) if classes is not None else [str(i) for i in range(count)]
     total, smallest = sum(train_counts), min(train_counts)
     small = names[train_counts.index(smallest)]
+    if smallest < 1:
+        empty = [name for name, n in zip(names, train_counts) if n < 1]
+        raise ConfigError(
+            f"class(es) {short_list(empty)} have no training images; add images of them "
+            "or remove them from the data"
+        )
     most_val = count * (smallest - 1)  # Every class keeps a training image.
     default_val = min(max(count, round(VAL_FRACTION * total)), most_val)
     conflicts = []

@@ -192,7 +192,9 @@ def test_prepare_splits_on_npz_records_classes(tmp_path):
     assert len(splits["val"][1]) == 8 and len(splits["train"][1]) == 32
     assert np.bincount(splits["val"][1]).tolist() == [2, 2, 2, 2]
     assert len(splits["test"][1]) == 20
-    with pytest.raises(ConfigError, match="lower --val-size"):
+    with pytest.raises(
+        ConfigError, match=r"--val-size 39 leaves no training image in class '0', '1', '2'; at most 36"
+    ):
         prepare_splits(tmp_path / "d.npz", val_size=39, seed=0)
 
 
