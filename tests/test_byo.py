@@ -712,3 +712,103 @@ def io_bytes_of_npy_header(shape, dtype):
         buffer, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
     )
     return buffer.getvalue()
+
+
+def test_a_runs_data_that_moved_is_named_again_and_checked_by_its_fingerprint(
+    tmp_path, monkeypatch
+):
+    from kd_keras.data.splits import splits_for
+    from kd_keras.run_folder import RunFolder
+
+    data = folder_of(tmp_path / "data", {"a": 10, "b": 10, "c": 10})
+    splits = splits_for(RunConfig.from_preset("smoke", data=str(data)))
+    # A run's config.json as the pipeline writes it: absolute path, resolved
+    # sizes (which CIFAR-10's counts would refuse), the fingerprint.
+    run = tmp_path / "run"
+    run.mkdir()
+    recorded = RunConfig.from_preset(
+        "smoke", data=str(data.resolve()), data_fingerprint=splits["fingerprint"], **splits["sizes"]
+    )
+    (run / "config.json").write_text(recorded.to_json())
+    moved = data.rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "run")  # Another working directory.
+    config = RunFolder(run).config()  # Valid, though its data is gone: not "damaged".
+    assert config.val_per_class == splits["sizes"]["val_per_class"]
+    with pytest.raises(DataSourceError) as info:
+        splits_for(config)
+    assert str(info.value) == (
+        f"data at '{data.resolve()}': the run's data is not there (moved, or the run folder "
+        "was made on another machine); pass --data PATH naming where it is now (checked "
+        "against the run's fingerprint)"
+    )
+    again = splits_for(config, data=str(moved))  # Same data, new place: accepted.
+    assert np.array_equal(again["val"][1], splits["val"][1])
+    assert np.array_equal(again["train"][0], splits["train"][0])
+    other = folder_of(tmp_path / "other", {"a": 10, "b": 10, "c": 9})
+    with pytest.raises(DataSourceError) as info:
+        splits_for(config, data=str(other))
+    message = str(info.value)
+    assert "not the data the run was made with" in message and "\n" not in message
+    assert "image counts (recorded 24 training and 6 test, found 23 and 6)" in message
+    # Same counts, other pixels: refused too.
+    for path in sorted((moved / "c").iterdir())[:1]:
+        Image.new("RGB", (12, 12), (1, 2, 3)).save(path)
+    with pytest.raises(DataSourceError, match=r"its pixels differ"):
+        splits_for(config, data=str(moved))
+
+
+def test_committed_results_cite_their_data_by_file_name_and_fingerprint():
+    from pathlib import Path
+
+    from kd_keras.run_folder import RunFolder
+
+    configs = sorted(Path(__file__).parent.parent.glob("results/*/config.json"))
+    assert configs
+    for path in configs:
+        config = RunFolder(path.parent).config()
+        assert config.data == "cifar-10-python.tar.gz"
+        fingerprint = config.data_fingerprint
+        assert fingerprint["counts"] == {"train": 50000, "test": 10000}
+        assert fingerprint["classes"][0] == "airplane" and fingerprint["image_shape"] == [32, 32, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_committed_results_fingerprint_matches_the_real_archive(cifar10_archive, monkeypatch):
+    from pathlib import Path
+
+    from kd_keras.data.splits import run_source, splits_for
+    from kd_keras.run_folder import RunFolder
+
+    monkeypatch.setenv("KD_KERAS_CIFAR10", str(cifar10_archive))
+    run = Path(__file__).parent.parent / "results" / "quick-seed0"
+    monkeypatch.chdir(run)
+    config = RunFolder(run).config()
+    assert run_source(config) == str(cifar10_archive)  # Found through $KD_KERAS_CIFAR10.
+    splits = splits_for(config, test_per_class=1)  # Checked against the fingerprint.
+    assert splits["fingerprint"]["pixels_sha256"] == config.data_fingerprint["pixels_sha256"]
+
+
+def test_size_flags_take_a_number_or_all():
+    import argparse
+
+    from kd_keras.options import add_run_options, command_line_flags, overrides_from_args
+
+    fields = ("val_size", "train_per_class", "val_per_class", "test_per_class")
+    parser = argparse.ArgumentParser()
+    add_run_options(parser, fields=fields)
+    args = parser.parse_args(
+        ["--val-size", "all", "--train-per-class", "30", "--test-per-class", "ALL"]
+    )
+    overrides = overrides_from_args(args, fields=fields)
+    assert overrides == {"val_size": "all", "train_per_class": 30, "test_per_class": "all"}
+    assert command_line_flags(overrides) == [
+        "--val-size",
+        "all",
+        "--train-per-class",
+        "30",
+        "--test-per-class",
+        "all",
+    ]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--val-per-class", "most"])
