@@ -812,3 +812,51 @@ def test_size_flags_take_a_number_or_all():
     ]
     with pytest.raises(SystemExit):
         parser.parse_args(["--val-per-class", "most"])
+
+
+@pytest.mark.slow
+def test_own_folder_runs_without_size_flags_and_the_run_folder_travels(
+    tmp_path, monkeypatch, capsys
+):
+    from kd_keras.cli import main
+
+    names = {"red car": 45, "blue sky": 45, "green leaf": 45, "grey cat": 45}
+    data = folder_of(tmp_path / "my images", names, size=(12, 12), grey=("grey cat",))
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--data", "my images", "--preset", "smoke", "--epochs", "1", "--quiet"]
+    assert main(argv + ["--out", "runs/a"]) == 0
+    printed = capsys.readouterr().out
+    assert "kd_keras: data: 4 classes, 12x12; training 130, validation 14, test 36 images" in (
+        printed
+    )
+    saved = json.loads((tmp_path / "runs" / "a" / "config.json").read_text())
+    assert saved["data"] == str(data.resolve())  # Absolute, wherever it was typed from.
+    assert [saved[k] for k in ("val_size", "train_per_class", "val_per_class")] == [14, 33, 4]
+    assert saved["data_fingerprint"]["counts"] == {"train": 144, "test": 36}
+    classes = (tmp_path / "runs" / "a" / "classes.json").read_text()
+
+    # From another working directory, after the data moved.
+    data.rename(tmp_path / "moved")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run = str(tmp_path / "runs" / "a")
+    model = str(tmp_path / "runs" / "a" / "models" / "student_distilled.keras")
+    assert main(["evaluate", model, "--run", run]) == 2
+    assert "pass --data PATH naming where it is now" in capsys.readouterr().err
+    assert main(["evaluate", model, "--run", run, "--data", str(tmp_path / "moved")]) == 0
+    assert json.loads(capsys.readouterr().out)["test_images"] == 36
+    assert main(["report", run]) == 0
+    capsys.readouterr()
+    # Other data is refused on resume, and nothing of the run is rewritten.
+    other = folder_of(tmp_path / "other", {"a": 20, "b": 20}, size=(16, 16))
+    assert main(["run", "--resume", "--out", run, "--data", str(other), "--quiet"]) == 2
+    assert "not the data the run was made with" in capsys.readouterr().err
+    assert json.loads((tmp_path / "runs" / "a" / "config.json").read_text()) == saved
+    assert (tmp_path / "runs" / "a" / "classes.json").read_text() == classes
+    # The moved data, named again, is accepted ("all" resolves to the saved 33).
+    resumed = ["run", "--resume", "--out", run, "--data", str(tmp_path / "moved"), "--quiet"]
+    assert main(resumed + ["--train-per-class", "all"]) == 0
+    capsys.readouterr()
+    assert main(resumed + ["--train-per-class", "20"]) == 2
+    assert "train_per_class (saved 33, asked 20)" in capsys.readouterr().err

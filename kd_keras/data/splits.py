@@ -71,6 +71,7 @@ def prepare_splits(
     cache_dir=None,
     image_size=None,
     batch_size=None,
+    fingerprint=None,
 ):
     """Loads the data (CIFAR-10, an image folder or a `.npz` file; see
     `kd_keras.data.sources`) and carves train / validation / test splits.
@@ -92,6 +93,8 @@ def prepare_splits(
         image_size: resize every image to this square size (`None`: the
             data's own size).
         batch_size: if given, refused when larger than the training split.
+        fingerprint: a run's recorded `kd_keras.data.fingerprint` that the
+            data must match (checked before the sizes), or `None`.
 
     Returns:
         A dict with keys `"train"`, `"val"`, `"test"`, each an
@@ -105,13 +108,15 @@ def prepare_splits(
         ConfigError: sizes that do not fit the data, every conflict in one
             line naming its flag.
     """
-    from kd_keras.data.fingerprint import data_fingerprint
+    from kd_keras.data.fingerprint import check_fingerprint, data_fingerprint
     from kd_keras.data.sources import load_source
 
     (x_train, y_train), (x_test, y_test), classes = load_source(
         source, image_size=image_size, seed=seed, cache_dir=cache_dir
     )
     found = data_fingerprint(source, (x_train, y_train), (x_test, y_test), classes)
+    if fingerprint:
+        check_fingerprint(fingerprint, found, source)
     train_counts = np.bincount(y_train, minlength=len(classes))
     test_counts = np.bincount(y_test, minlength=len(classes))
     sizes = resolve_sizes(
@@ -212,8 +217,6 @@ def splits_for(config, *, data=None, **overrides):
         `prepare_splits`'s dict, plus `"source"`: the path read (`None`:
         CIFAR-10's default lookup).
     """
-    from kd_keras.data.fingerprint import check_fingerprint
-
     source = run_source(config, data)
     fields = dict(
         val_size=config.val_size,
@@ -224,9 +227,9 @@ def splits_for(config, *, data=None, **overrides):
         image_size=config.image_size,
     )
     fields.update(overrides)
+    if fields["image_size"] == config.image_size:
+        fields.setdefault("fingerprint", config.data_fingerprint)
     splits = prepare_splits(source, **fields)
-    if config.data_fingerprint and fields["image_size"] == config.image_size:
-        check_fingerprint(config.data_fingerprint, splits["fingerprint"], source)
     splits["source"] = None if source is None else str(source)
     return splits
 
