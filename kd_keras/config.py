@@ -582,7 +582,8 @@ class RunConfig:
         """Fields that differ between two configs and change results.
 
         A precision asked as "auto" matches whatever `self` resolved it to:
-        a resumed run keeps the precision it started with.
+        a resumed run keeps the precision it started with. The sizes
+        (`SIZE_FIELDS`) are left out: they are compared resolved on the data.
         """
         mine, theirs = self.to_dict(), other.to_dict()
         return sorted(
@@ -591,10 +592,9 @@ class RunConfig:
             if k not in NON_RESULT_FIELDS
             and mine[k] != theirs[k]
             and not (k in AUTO_FIELDS and theirs[k] == "auto")
-            # Sizes that follow the data are compared once it is loaded.
-            and not (
-                k in SIZE_FIELDS and not (isinstance(mine[k], int) and isinstance(theirs[k], int))
-            )
+            # Sizes are compared resolved, once the data is read
+            # (kd_keras.train.pipeline.check_resumed_data), by flag.
+            and k not in SIZE_FIELDS
         )
 
     def is_resolved(self):

@@ -859,4 +859,4 @@ def test_own_folder_runs_without_size_flags_and_the_run_folder_travels(
     assert main(resumed + ["--train-per-class", "all"]) == 0
     capsys.readouterr()
     assert main(resumed + ["--train-per-class", "20"]) == 2
-    assert "train_per_class (saved 33, asked 20)" in capsys.readouterr().err
+    assert "--train-per-class (saved 33, asked 20)" in capsys.readouterr().err
