@@ -634,6 +634,11 @@ def test_empty_class_is_named_and_pixels_in_0_1_get_the_hint(tmp_path):
     scaled = npz_with(tmp_path / "s.npz", x_train=(x > 50).astype(np.uint8), y_train=y)
     with pytest.raises(DataSourceError, match="they look scaled to 0-1"):
         load_npz(scaled)
+    folder = folder_of(tmp_path / "f", {"a": 3, "b": 3}, size=(4, 4))
+    for path in folder.glob("*/*.png"):
+        Image.fromarray(np.ones((4, 4, 3), np.uint8)).save(path)
+    with pytest.raises(DataSourceError, match="every pixel is 0 or 1 .*look scaled to 0-1"):
+        load_image_folder(folder)
 
 
 def test_a_thousand_class_refusal_stays_one_short_line(tmp_path):

@@ -439,3 +439,18 @@ def test_sizes_that_follow_the_data_are_resolved_and_all_means_every_image(fake_
 
     with pytest.raises(ConfigError, match="--val-size all .* needs --train-per-class N"):
         prepare_splits(fake_archive, val_size="all")
+
+
+def test_data_modules_that_need_no_keras_import_none():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import kd_keras.config, kd_keras.data.sources, kd_keras.data.fingerprint\n"
+        "import kd_keras.data.cifar10\n"
+        "bad = [m for m in ('keras', 'tensorflow') if m in sys.modules]\n"
+        "print(bad)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr[-500:]

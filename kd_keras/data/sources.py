@@ -433,6 +433,11 @@ def _read_class_folders(root, image_size, names=None):
                 "images to one size",
             )
         images[index] = pixels
+    if images.max() <= 1:
+        raise DataSourceError(
+            root,
+            "every pixel is 0 or 1 (the images look scaled to 0-1: save the raw pixels, 0-255)",
+        )
     labels = np.array([label for label, _ in files], np.int64)
     return images, labels, found
 
