@@ -260,6 +260,15 @@ def resolve_sizes(sizes, train_counts, test_counts, classes=None, *, batch_size=
     return resolved
 
 
+def cifar10_sizes(fields):
+    """The sizes of `fields` (a config dict) resolved on CIFAR-10's counts,
+    so that `None`, `"all"` and the recorded numbers compare equal."""
+    from kd_keras.data.cifar10 import CLASS_NAMES  # Keras-free.
+
+    choices = {field: fields.get(field) for field in SIZE_FIELDS}
+    return resolve_sizes(choices, CIFAR10_COUNTS["train"], CIFAR10_COUNTS["test"], CLASS_NAMES)
+
+
 # Presets are named overrides of `RunConfig`'s defaults.
 PRESETS = {
     # Seconds: a few hundred images and the smallest ResNets. For tests; in
