@@ -865,3 +865,26 @@ def test_own_folder_runs_without_size_flags_and_the_run_folder_travels(
     capsys.readouterr()
     assert main(resumed + ["--train-per-class", "20"]) == 2
     assert "--train-per-class (saved 33, asked 20)" in capsys.readouterr().err
+
+
+def test_resume_of_a_run_recorded_before_fingerprints_compares_its_classes_json(tmp_path):
+    from kd_keras.data.splits import splits_for
+    from kd_keras.errors import RunFolderError
+    from kd_keras.train.pipeline import check_resumed_data, write_classes
+
+    data = folder_of(tmp_path / "d", {"a": 10, "b": 10, "c": 10})
+    config = RunConfig.from_preset("smoke", data=str(data))
+    run = tmp_path / "run"
+    run.mkdir()
+    write_classes(run, config, splits_for(config))  # As an older run left it.
+    other = folder_of(tmp_path / "o", {"a": 10, "b": 10, "x": 12})
+    old = RunConfig.from_preset("smoke", data=str(other))  # No fingerprint recorded.
+    with pytest.raises(RunFolderError) as info:
+        check_resumed_data(run, old, old, splits_for(old))
+    message = str(info.value)
+    assert "the data's classes (saved 3: 'a', 'b', 'c', found 3: 'a', 'b', 'x')" in message
+    assert "the data's images" in message and "\n" not in message
+    check_resumed_data(run, config, config, splits_for(config))  # The same data: accepted.
+    asked = RunConfig.from_preset("smoke", data=str(data), train_per_class=3)
+    with pytest.raises(RunFolderError, match=r"--train-per-class \(saved 7, asked 3\)"):
+        check_resumed_data(run, asked, config, splits_for(config))
