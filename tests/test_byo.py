@@ -576,6 +576,14 @@ def test_symlinked_class_folders_and_links_out_of_the_folder_are_refused(tmp_pat
     with pytest.raises(DataSourceError, match="symbolic link that leads out of the data folder"):
         load_image_folder(data)
     (data / "b" / "stolen.png").unlink()
+    (data / "b" / "sub").symlink_to(outside / "x", target_is_directory=True)
+    with pytest.raises(DataSourceError, match=r"sub': a symbolic link to a folder"):
+        load_image_folder(data)
+    (data / "b" / "sub").unlink()
+    (data / "train").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DataSourceError, match=r"train': a symbolic link"):
+        load_image_folder(data)
+    (data / "train").unlink()
     (data / "b" / "inside.png").symlink_to(data / "a" / "0.png")  # Inside: read.
     assert len(np.concatenate(load_image_folder(data)[0][1:] + load_image_folder(data)[1][1:])) == 7
 

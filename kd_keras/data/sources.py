@@ -27,7 +27,8 @@ BMP and GIF (first frame), converted to RGB, and resized (bilinear) to
 16-bit images (PNG mode `I;16`) are scaled to 8 bits, not clipped;
 grey, palette and RGBA images become RGB. A class folder that is a
 symbolic link is refused (it would duplicate a class or leave the data
-folder), as is an image whose link leads out of the data folder.
+folder), as are a linked `train/`, `test/` or subfolder and an image whose
+link leads out of the data folder.
 
 Reads are bounded before they happen: a regular file of at most
 `MAX_IMAGE_BYTES` per image and `MAX_IMAGE_PIXELS` pixels (checked from the
@@ -314,6 +315,13 @@ def _image_files(folder, root):
     inside = Path(os.path.realpath(root))
     for parent, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        linked = [d for d in dirs if (Path(parent) / d).is_symlink()]
+        if linked:
+            raise DataSourceError(
+                Path(parent) / linked[0],
+                "a symbolic link to a folder (it may duplicate images or leave the data "
+                "folder); replace it with a real folder",
+            )
         for name in sorted(names):
             if name.startswith("."):
                 continue
@@ -492,6 +500,11 @@ def load_image_folder(path, *, image_size=None, seed=0):
     if not root.is_dir():
         raise DataSourceError(root, "not a folder")
     train_dir, test_dir = root / "train", root / "test"
+    for linked in (train_dir, test_dir):
+        if linked.is_symlink():
+            raise DataSourceError(
+                linked, "a symbolic link (it may leave the data folder); replace it with a folder"
+            )
     if train_dir.is_dir() and test_dir.is_dir():
         x_train, y_train, names = _read_class_folders(train_dir, image_size)
         x_test, y_test, _ = _read_class_folders(test_dir, image_size, names)
