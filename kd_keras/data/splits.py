@@ -169,7 +169,7 @@ def run_source(config, data=None):
     A recorded CIFAR-10 path that is not there (a run folder from another
     machine; the committed results cite the archive by file name) falls back
     to `$KD_KERAS_CIFAR10` or the Keras cache, checked against the run's
-    fingerprint.
+    fingerprint (CIFAR-10's by its classes and counts).
 
     Raises:
         DataSourceError: the recorded data is not there; the message says
@@ -182,7 +182,11 @@ def run_source(config, data=None):
         return None
     if Path(source).expanduser().exists():
         return source
-    if data_kind(source) == "cifar10" and config.data_fingerprint is not None:
+    recorded = config.data_fingerprint or {}
+    if recorded.get("classes") == list(CLASS_NAMES) and recorded.get("counts") == {
+        "train": sum(CIFAR10_COUNTS["train"]),
+        "test": sum(CIFAR10_COUNTS["test"]),
+    }:  # CIFAR-10, which has a default place.
         from kd_keras.data.cifar10 import resolve_source
 
         try:
