@@ -591,7 +591,13 @@ def test_symlinked_class_folders_and_links_out_of_the_folder_are_refused(tmp_pat
 def test_oversized_images_are_refused_from_their_headers(tmp_path):
     data = folder_of(tmp_path / "d", {"a": 3, "b": 3}, size=(8, 8))
     png_header_only(data / "a" / "huge.png", 20000, 10000)  # 200 Mpixel.
-    with pytest.raises(DataSourceError, match=r"huge.png.*more than 50,000,000; shrink it"):
+    with pytest.raises(
+        DataSourceError,
+        match=r"huge.png.*more than 50,000,000 pixels; shrink it",
+    ):
+        load_image_folder(data, image_size=16)
+    png_header_only(data / "a" / "huge.png", 10000, 6000)  # Below Pillow's own limit.
+    with pytest.raises(DataSourceError, match=r"10000x6000 = 60,000,000 pixels, more than"):
         load_image_folder(data, image_size=16)
     (data / "a" / "huge.png").unlink()
     for i in range(6):

@@ -40,6 +40,7 @@ headers. Labels are checked (type, sign, range) before any class name is
 made from them.
 """
 
+import collections
 import os
 import resource
 import stat
@@ -94,8 +95,8 @@ def _too_big(path, needed, what, fix):
         raise DataSourceError(
             path,
             f"{what} need {needed / 2**30:.1f} GiB decoded, more than the "
-            f"{budget / 2**30:.1f} GiB this machine allows ({MEMORY_SHARE}x that is needed "
-            f"on the way); {fix}",
+            f"{budget / 2**30:.1f} GiB allowed here (1/{MEMORY_SHARE} of the available "
+            f"memory: images are copied on the way to training); {fix}",
         )
 
 
@@ -288,7 +289,7 @@ def _check_class_names(names, path):
             path, f"found {len(names)} classes; a classifier needs 2 to {MAX_CLASSES}"
         )
     if len(set(names)) != len(names):
-        repeated = sorted({n for n in names if names.count(n) > 1})
+        repeated = sorted(n for n, count in collections.Counter(names).items() if count > 1)
         raise DataSourceError(path, f"class names repeat: {short_list(repeated)}")
 
 
@@ -356,10 +357,9 @@ def _image_header(path, image_size):
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise DataSourceError(path, f"not a readable image ({error})") from None
     if width is None or width * height > MAX_IMAGE_PIXELS:
-        size = "more" if width is None else f"{width}x{height}"
+        size = "" if width is None else f"{width}x{height} = {width * height:,} pixels, "
         raise DataSourceError(
-            path,
-            f"the image has {size} pixels, more than {MAX_IMAGE_PIXELS:,}; shrink it",
+            path, f"the image has {size}more than {MAX_IMAGE_PIXELS:,} pixels; shrink it"
         )
     if image_size is None and max(width, height) > MAX_IMAGE_SIDE:
         raise DataSourceError(
@@ -372,7 +372,7 @@ def _image_header(path, image_size):
 
 def _as_8bit(image):
     """A Pillow image in a mode `convert("RGB")` takes without clipping:
-    16- and 32-bit integer images are scaled to 8 bits."""
+    16-bit images are scaled to 8 bits."""
     from PIL import Image
 
     if image.mode.startswith("I;16") or image.mode == "I":
@@ -380,10 +380,6 @@ def _as_8bit(image):
         # 16-bit PNGs (Pillow opens some as "I"): 0..65535 -> 0..255.
         pixels = (np.clip(pixels, 0, 65535) * 255 + 32767) // 65535
         return Image.fromarray(pixels.astype(np.uint8), "L")
-    if image.mode == "F":
-        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        high = 255.0 if pixels.max() > 1.0 else 1.0
-        return Image.fromarray((np.clip(pixels, 0, high) * (255 / high)).astype(np.uint8), "L")
     return image
 
 
