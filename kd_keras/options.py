@@ -151,7 +151,8 @@ def _with_words(kind, words, flag):
             return kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{flag} takes a {kind.__name__} or {' or '.join(words)}, got {text!r}"
+                f"{flag} takes {'an integer' if kind is int else 'a number'} or "
+                f"{' or '.join(words)}, got {text!r}"
             ) from None
 
     return parse
