@@ -237,6 +237,166 @@ def validate_devices(strategy, devices, sync_batch_norm):
         raise ConfigError(f"sync_batch_norm must be true or false, got {sync_batch_norm!r}")
 
 
+# --- Data sizes -----------------------------------------------------------------
+# The four size options: None follows the data, "all" takes every image, an
+# int is a number. `resolve_sizes` turns them into ints for given data.
+SIZE_WORDS = ("all",)
+SIZE_FLAGS = {
+    "val_size": "--val-size",
+    "train_per_class": "--train-per-class",
+    "val_per_class": "--val-per-class",
+    "test_per_class": "--test-per-class",
+}
+SIZE_FIELDS = tuple(SIZE_FLAGS)
+# The default validation split: this fraction of the training images (at
+# least one a class, and each class keeps at least one training image).
+VAL_FRACTION = 0.1
+# CIFAR-10's images per class: 5,000 training (the validation split is
+# carved from them) and 1,000 test.
+CIFAR10_COUNTS = {"train": (5000,) * 10, "test": (1000,) * 10}
+
+
+def short_list(items, limit=5, *, quote=True):
+    """`'a', 'b', 'c' and 7 more`: a list that keeps a message one short line."""
+    items = [f"'{item}'" if quote else str(item) for item in items]
+    if len(items) <= limit:
+        return ", ".join(items)
+    return f"{', '.join(items[:limit])} and {len(items) - limit} more"
+
+
+def validate_size(field, value):
+    """A size option's value: `None`, `"all"` or an int >= 1; raises
+    `ConfigError` naming the flag otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() in SIZE_WORDS:
+        return "all"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{SIZE_FLAGS[field]} must be a positive integer or 'all', got {value!r}; "
+            "leave it out for the default that follows the data"
+        )
+    return value
+
+
+def spread_split(size, classes):
+    """Images per class of a stratified split of `size` (as
+    `kd_keras.data.splits.stratified_split` takes them: earlier classes
+    take the remainder)."""
+    return [size // classes + (1 if i < size % classes else 0) for i in range(classes)]
+
+
+def resolve_sizes(sizes, train_counts, test_counts, classes=None, *, batch_size=None):
+    """The sizes of a run's splits, as ints, for data with these counts.
+
+    Args:
+        sizes: `{field: choice}` for `SIZE_FIELDS`: `None` (follow the data:
+            `VAL_FRACTION` of the training images for validation, every
+            image of the other splits), `"all"` (every image; for
+            `val_size`, every image `train_per_class` leaves) or an int (at
+            most that many; `val_size` 0 holds out nothing).
+        train_counts: training images per class, before the validation split.
+        test_counts: test images per class.
+        classes: the class names (default `"0"`, `"1"`, ...), for messages.
+        batch_size: if given, refused when larger than the training images.
+
+    Returns:
+        `{field: int}`; a per-class int at least the largest class's count
+        keeps every image.
+
+    Raises:
+        ConfigError: every conflict between the sizes and the data, in one
+            line, each naming its flag and the largest value that fits.
+    """
+    train_counts = [int(c) for c in train_counts]
+    test_counts = [int(c) for c in test_counts]
+    count = len(train_counts)
+    names = list(classes) if classes is not None else [str(i) for i in range(count)]
+    total, smallest = sum(train_counts), min(train_counts)
+    small = names[train_counts.index(smallest)]
+    if smallest < 1:
+        empty = [name for name, n in zip(names, train_counts) if n < 1]
+        raise ConfigError(
+            f"class(es) {short_list(empty)} have no training images; add images of them "
+            "or remove them from the data"
+        )
+    most_val = count * (smallest - 1)  # Every class keeps a training image.
+    default_val = min(max(count, round(VAL_FRACTION * total)), most_val)
+    conflicts = []
+    val, train = sizes.get("val_size"), sizes.get("train_per_class")
+    if val is None:
+        val = default_val
+        if val < 1:
+            conflicts.append(
+                f"class '{small}' has {smallest} training image, none left for validation; "
+                "add images to it"
+            )
+    elif val == "all":
+        if not isinstance(train, int) or isinstance(train, bool):
+            conflicts.append(
+                "--val-size all (every image --train-per-class leaves) needs --train-per-class N"
+            )
+            val = default_val
+        elif train >= smallest:
+            conflicts.append(
+                f"--val-size all with --train-per-class {train} leaves no validation image "
+                f"in class '{small}' ({smallest} images); lower --train-per-class below {smallest}"
+            )
+            val = default_val
+        else:
+            val = count * (smallest - train)
+    else:
+        taken = spread_split(val, count)
+        short = [names[i] for i in range(count) if taken[i] > train_counts[i] - 1]
+        if short:
+            conflicts.append(
+                f"--val-size {val} leaves no training image in class {short_list(short)}; "
+                f"at most {max(most_val, 0)} ({count} classes, the smallest, '{small}', "
+                f"has {smallest} images)"
+            )
+            val = default_val
+    taken = spread_split(max(val, 0), count)
+    left = [c - t for c, t in zip(train_counts, taken)]
+    resolved = {"val_size": val}
+    for field, have, what in (
+        ("train_per_class", left, "training images (after the validation split)"),
+        ("val_per_class", taken, "validation images"),
+        ("test_per_class", test_counts, "test images"),
+    ):
+        value, most = sizes.get(field), max(have)
+        if value is None or value == "all":
+            resolved[field] = most
+        elif value > most:
+            conflicts.append(
+                f"{SIZE_FLAGS[field]} {value} > the {most} {what} of the largest class "
+                f"(at most {most}, or all)"
+            )
+            resolved[field] = most
+        else:
+            resolved[field] = value
+    if batch_size is not None:
+        images = sum(min(n, resolved["train_per_class"]) for n in left)
+        if batch_size > images:
+            conflicts.append(
+                f"--batch-size {batch_size} > the {images} training images (at most {images})"
+            )
+    if conflicts:
+        raise ConfigError(
+            f"the sizes do not fit the data ({count} classes, {total} training and "
+            f"{sum(test_counts)} test images): {'; '.join(conflicts)}"
+        )
+    return resolved
+
+
+def cifar10_sizes(fields):
+    """The sizes of `fields` (a config dict) resolved on CIFAR-10's counts,
+    so that `None`, `"all"` and the recorded numbers compare equal."""
+    from kd_keras.data.cifar10 import CLASS_NAMES  # Keras-free.
+
+    choices = {field: fields.get(field) for field in SIZE_FIELDS}
+    return resolve_sizes(choices, CIFAR10_COUNTS["train"], CIFAR10_COUNTS["test"], CLASS_NAMES)
+
+
 # Presets are named overrides of `RunConfig`'s defaults.
 PRESETS = {
     # Seconds: a few hundred images and the smallest ResNets. For tests; in
@@ -315,6 +475,7 @@ PRESETS = {
 # changes the models' layers and is a result field.
 NON_RESULT_FIELDS = (
     "data",
+    "data_fingerprint",
     "verbose",
     "steps_per_execution",
     "threads",
@@ -350,7 +511,7 @@ def _flag(name):
     return RunConfig.__dataclass_fields__[name].metadata.get("flag", name)
 
 
-def _option(default, flag, help, choices=None):
+def _option(default, flag, help, choices=None, words=None):
     """A `RunConfig` field that is a run option: set by the command-line
     flag `flag` (see `kd_keras.options`).
 
@@ -360,10 +521,14 @@ def _option(default, flag, help, choices=None):
         help: the flag's help text.
         choices: the accepted values, for front ends that offer a list
             (checked by `RunConfig.validate`, not by the parser).
+        words: words the flag takes besides a value of the field's type
+            (e.g. `("all",)` for a size).
     """
     metadata = {"flag": flag, "help": help}
     if choices is not None:
         metadata["choices"] = tuple(choices)
+    if words is not None:
+        metadata["words"] = tuple(words)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -388,17 +553,37 @@ class RunConfig:
         "test/ with class subfolders), or a .npz file with x_train, "
         "y_train[, x_test, y_test, class_names]",
     )
+    # What the data was (kd_keras.data.fingerprint), recorded by the run: a
+    # moved dataset named again by --data is checked against it.
+    data_fingerprint: Optional[dict] = None
     seed: int = _option(0, "--seed", "random seed of data split, init and order")
     # --- Data ---
-    val_size: int = _option(5000, "--val-size", "training images held out for validation")
+    # Sizes (see `resolve_sizes`): None follows the data, "all" takes every
+    # image, an int is a number; a run's config.json holds the resolved ints.
+    val_size: Optional[int] = _option(
+        None,
+        "--val-size",
+        "training images held out for validation: a number, or all (every image "
+        "--train-per-class leaves); default: a tenth of the training images",
+        words=SIZE_WORDS,
+    )
     train_per_class: Optional[int] = _option(
-        None, "--train-per-class", "training images per class (subset)"
+        None,
+        "--train-per-class",
+        "training images per class (at most): a number or all (default: all)",
+        words=SIZE_WORDS,
     )
     val_per_class: Optional[int] = _option(
-        None, "--val-per-class", "validation images per class (subset)"
+        None,
+        "--val-per-class",
+        "validation images per class (at most): a number or all (default: all)",
+        words=SIZE_WORDS,
     )
     test_per_class: Optional[int] = _option(
-        None, "--test-per-class", "test images per class (subset)"
+        None,
+        "--test-per-class",
+        "test images per class (at most): a number or all (default: all)",
+        words=SIZE_WORDS,
     )
     # --- Models ---
     teacher_depth: int = _option(
@@ -554,7 +739,12 @@ class RunConfig:
         """A config from a named preset plus field overrides (None = keep)."""
         if name not in PRESETS:
             raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
-        fields = {"preset": name, **PRESETS[name]}
+        preset = dict(PRESETS[name])
+        if data_kind(overrides.get("data")) != "cifar10":
+            # The presets' sizes are CIFAR-10's; other data's follow the data.
+            for field in SIZE_FIELDS:
+                preset.pop(field, None)
+        fields = {"preset": name, **preset}
         given = {k: v for k, v in overrides.items() if v is not None}
         fields.update(given)
         config = cls(**fields).validate()
@@ -589,7 +779,8 @@ class RunConfig:
 
         A precision asked as "auto" matches whatever `self` resolved it to:
         a resumed run keeps the precision it started with. So does
-        `teacher_outputs` "auto", on either side.
+        `teacher_outputs` "auto", on either side. The sizes (`SIZE_FIELDS`)
+        are left out: they are compared resolved on the data.
         """
         mine, theirs = self.to_dict(), other.to_dict()
         return sorted(
@@ -600,6 +791,9 @@ class RunConfig:
             and not (k in AUTO_FIELDS and theirs[k] == "auto")
             # Resolved when a run starts; a folder from before the field says "auto".
             and not (k == "teacher_outputs" and "auto" in (mine[k], theirs[k]))
+            # Sizes are compared resolved, once the data is read
+            # (kd_keras.train.pipeline.check_resumed_data), by flag.
+            and k not in SIZE_FIELDS
         )
 
     def trained_stage_epochs(self):
@@ -644,6 +838,26 @@ class RunConfig:
                     f"{role} model {value!r} needs images of at least "
                     f"{MIN_APPLICATION_SIZE}x{MIN_APPLICATION_SIZE}; got image_size {size}"
                 )
+
+    def _validate_sizes(self):
+        """Checks the size options and the data fingerprint; for CIFAR-10,
+        whose counts are known, also against the data (every conflict in
+        one line). Other data's sizes are resolved when it loads."""
+        for field in SIZE_FIELDS:
+            setattr(self, field, validate_size(field, getattr(self, field)))
+        if self.data_fingerprint is not None and not isinstance(self.data_fingerprint, dict):
+            raise ConfigError(f"data_fingerprint must be an object, got {self.data_fingerprint!r}")
+        data = None if self.data is None else Path(self.data.strip()).expanduser()
+        if data_kind(self.data) == "cifar10" and (data is None or data.exists()):
+            from kd_keras.data.cifar10 import CLASS_NAMES  # Keras-free.
+
+            resolve_sizes(
+                {field: getattr(self, field) for field in SIZE_FIELDS},
+                CIFAR10_COUNTS["train"],
+                CIFAR10_COUNTS["test"],
+                CLASS_NAMES,
+                batch_size=self.batch_size,
+            )
 
     def validate(self):
         """Checks every field; returns self or raises `ConfigError`."""
@@ -708,7 +922,6 @@ class RunConfig:
         non_negative = {
             "teacher_epochs": (self.teacher_epochs, max_epochs),
             "warmup_epochs": (self.warmup_epochs, max_epochs),
-            "val_size": (self.val_size, None),
             "seed": (self.seed, max_seed),
         }
         for name, (value, high) in non_negative.items():
@@ -721,37 +934,7 @@ class RunConfig:
         if self.teacher_epochs == 0 and not self.teacher:
             raise ConfigError("teacher_epochs is 0 but no --teacher file was given to reuse")
         self._validate_models()
-        # An image folder's or .npz file's counts are checked when it loads.
-        cifar = data_kind(self.data) == "cifar10"
-        if not 0 < self.val_size < (50000 if cifar else float("inf")):
-            limit = " and at most 49900 for CIFAR-10 (10 training images a class)" if cifar else ""
-            raise ConfigError(f"val_size must be >= 1{limit}, got {self.val_size}")
-        # CIFAR-10: 5,000 training images per class (the validation split is
-        # carved from them, spread evenly; earlier classes take the
-        # remainder) and 1,000 test images per class.
-        train_left = 5000 - -(-self.val_size // 10) if cifar else float("inf")
-        min_train = 10
-        if train_left < min_train:
-            raise ConfigError(
-                f"val_size {self.val_size} leaves {max(train_left, 0)} training images "
-                f"per class; at most {50000 - 10 * min_train} keeps {min_train} per class"
-            )
-        available = {
-            "train_per_class": (train_left, "after the validation split"),
-            "val_per_class": (self.val_size // 10, f"in a validation split of {self.val_size}"),
-            "test_per_class": (1000, "in the test set"),
-        }
-        for name, (count, where) in available.items():
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ConfigError(f"{name} must be an int >= 1 or None, got {value!r}")
-            if value is not None and cifar and value > count:
-                raise ConfigError(
-                    f"{name} {value} > {count} images per class available {where}; "
-                    f"ask for at most {count} (or leave it unset for all)"
-                )
+        self._validate_sizes()
         numbers = {
             "learning_rate": self.learning_rate,
             "momentum": self.momentum,

@@ -46,6 +46,8 @@ class Option:
         help: the flag's help text.
         choices: the accepted values where there is a fixed set, for front
             ends that offer a list; `RunConfig.validate` checks them.
+        words: words the flag takes besides a value of `type` (e.g.
+            `("all",)` for a size option).
     """
 
     field: str
@@ -53,6 +55,7 @@ class Option:
     type: type
     help: str
     choices: typing.Optional[tuple] = None
+    words: tuple = ()
 
 
 def _value_type(field):
@@ -83,6 +86,7 @@ def _build_options():
                 type=_value_type(field),
                 help=field.metadata["help"],
                 choices=tuple(choices) if choices is not None else None,
+                words=tuple(field.metadata.get("words", ())),
             )
         )
     return tuple(options)
@@ -137,6 +141,23 @@ def _comma_list(flag):
     return parse
 
 
+def _with_words(kind, words, flag):
+    """argparse `type` of an option that also takes `words` (e.g. `all`)."""
+
+    def parse(text):
+        if text.strip().lower() in words:
+            return text.strip().lower()
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes {'an integer' if kind is int else 'a number'} or "
+                f"{' or '.join(words)}, got {text!r}"
+            ) from None
+
+    return parse
+
+
 def add_run_options(parser, fields=None, help_texts=None):
     """Adds run options to an `argparse` parser.
 
@@ -172,6 +193,8 @@ def add_run_options(parser, fields=None, help_texts=None):
             )
             continue
         kind = _comma_list(option.flag) if option.type is list else option.type
+        if option.words:
+            kind = _with_words(kind, option.words, option.flag)
         parser.add_argument(option.flag, dest=option.field, type=kind, default=None, help=text)
     return options
 
@@ -204,6 +227,8 @@ def overrides_from_args(args, fields=None):
 def _flag_value(option, value):
     """The command-line text of one option value."""
     kind, name = option.type, option.field
+    if isinstance(value, str) and value.strip().lower() in option.words:
+        return value.strip().lower()
     if kind is int:
         if (
             isinstance(value, bool)

@@ -67,10 +67,10 @@ def test_epochs_sets_both_stages_and_flags_override_the_preset():
         # Requests larger than CIFAR-10, once silently shrunk.
         (
             ["run", "--train-per-class", "6000"],
-            "train_per_class 6000 > 4500 images per class available after the validation split",
+            "--train-per-class 6000 > the 4500 training images (after the validation split)",
         ),
-        (["run", "--val-size", "49995"], "val_size 49995 leaves 0 training images per class"),
-        (["run", "--test-per-class", "1001"], "test_per_class 1001 > 1000"),
+        (["run", "--val-size", "49995"], "--val-size 49995 leaves no training image in class"),
+        (["run", "--test-per-class", "1001"], "--test-per-class 1001 > the 1000 test images"),
         # Unbounded values that hung or aborted TensorFlow, and a warm-up
         # longer than the stages.
         (["run", "--threads", "100000"], "threads must be at most 256"),

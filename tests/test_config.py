@@ -36,12 +36,10 @@ def test_overrides_replace_preset_values_and_none_keeps_them():
         ("student_depth", 5, "depth must be an int >= 8"),
         ("batch_size", 0, "batch_size must be an int >= 1, got 0"),
         ("learning_rate", 0.0, "learning_rate must be > 0, got 0.0"),
-        ("train_per_class", 0, "train_per_class must be an int >= 1 or None, got 0"),
-        (
-            "val_size",
-            50000,
-            "val_size must be >= 1 and at most 49900 for CIFAR-10 (10 training images a class), got 50000",
-        ),
+        ("train_per_class", 0, "--train-per-class must be a positive integer or 'all', got 0"),
+        ("val_size", "most", "--val-size must be a positive integer or 'all', got 'most'"),
+        ("test_per_class", 2.5, "--test-per-class must be a positive integer or 'all', got 2.5"),
+        ("val_size", 50000, "--val-size 50000 leaves no training image in class 'airplane'"),
     ],
 )
 def test_bad_values_are_refused_with_the_value(field, value, fragment):

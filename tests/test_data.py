@@ -381,14 +381,76 @@ def test_per_class_requests_beyond_the_data_name_the_available_count(fake_archiv
     # The fake archive: 10 training images per class; 2 per class go to validation.
     with pytest.raises(
         ConfigError,
-        match=r"train_per_class 9 > 8 images per class "
-        r"available in the train split after the validation",
+        match=r"--train-per-class 9 > the 8 training images \(after the validation split\) "
+        r"of the largest class \(at most 8, or all\)",
     ):
         prepare_splits(fake_archive, val_size=20, train_per_class=9)
-    with pytest.raises(ConfigError, match="val_per_class 3 > 2"):
+    with pytest.raises(ConfigError, match="--val-per-class 3 > the 2 validation images"):
         prepare_splits(fake_archive, val_size=20, val_per_class=3)
-    with pytest.raises(ConfigError, match="test_per_class 3 > 2"):
+    with pytest.raises(ConfigError, match="--test-per-class 3 > the 2 test images"):
         prepare_splits(fake_archive, val_size=20, test_per_class=3)
-    with pytest.raises(ConfigError, match="val_size 100 must be below the 100"):
+    with pytest.raises(ConfigError, match="--val-size 100 leaves no training image in class"):
         prepare_splits(fake_archive, val_size=100)
     assert len(prepare_splits(fake_archive, val_size=20, train_per_class=8)["train"][1]) == 80
+
+
+def test_every_size_conflict_is_named_by_its_flag_in_one_line(fake_archive):
+    from kd_keras.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        prepare_splits(
+            fake_archive,
+            val_size=100,
+            train_per_class=50,
+            val_per_class=20,
+            test_per_class=5,
+            batch_size=1000,
+        )
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 800
+    for flag in ("--val-size 100", "--train-per-class 50", "--val-per-class 20"):
+        assert flag in message
+    assert "--test-per-class 5 > the 2 test images" in message
+    # The batch is checked against the training images the default split leaves.
+    assert "--batch-size 1000 > the 90 training images (at most 90)" in message
+
+
+def test_sizes_that_follow_the_data_are_resolved_and_all_means_every_image(fake_archive):
+    default = prepare_splits(fake_archive)
+    # A tenth of the 100 training images, every other image.
+    assert default["sizes"] == {
+        "val_size": 10,
+        "train_per_class": 9,
+        "val_per_class": 1,
+        "test_per_class": 2,
+    }
+    assert [len(default[k][1]) for k in ("train", "val", "test")] == [90, 10, 20]
+    every = prepare_splits(
+        fake_archive, val_size="all", train_per_class=6, val_per_class="all", test_per_class="all"
+    )
+    assert every["sizes"]["val_size"] == 40  # Every image the 6 a class leave.
+    assert [len(every[k][1]) for k in ("train", "val", "test")] == [60, 40, 20]
+    # The resolved ints select exactly what the choices selected.
+    again = prepare_splits(fake_archive, **every["sizes"])
+    for name in ("train", "val", "test"):
+        assert np.array_equal(again[name][1], every[name][1])
+        assert np.array_equal(again[name][0], every[name][0])
+    from kd_keras.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--val-size all .* needs --train-per-class N"):
+        prepare_splits(fake_archive, val_size="all")
+
+
+def test_data_modules_that_need_no_keras_import_none():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import kd_keras.config, kd_keras.data.sources, kd_keras.data.fingerprint\n"
+        "import kd_keras.data.cifar10\n"
+        "bad = [m for m in ('keras', 'tensorflow') if m in sys.modules]\n"
+        "print(bad)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr[-500:]

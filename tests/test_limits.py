@@ -50,8 +50,9 @@ def test_deepest_accepted_teacher_trains_saves_and_loads_at_python_default_recur
         ({"student_width": 257}, "student_width must be at most 256"),
         ({"teacher_epochs": 1001}, "teacher_epochs must be at most 1000"),
         ({"warmup_epochs": 1001}, "warmup_epochs must be at most 1000"),
-        ({"val_size": 49901}, "val_size 49901 leaves 9 training images per class; at most 49900"),
-        ({"val_size": 1000, "val_per_class": 101}, "val_per_class 101 > 100"),
+        ({"val_size": 49991}, "--val-size 49991 leaves no training image in class 'airplane'"),
+        ({"val_size": 1000, "val_per_class": 101}, "--val-per-class 101 > the 100 validation"),
+        ({"batch_size": 501}, "--batch-size 501 > the 500 training images (at most 500)"),
         ({"learning_rate": float("inf")}, "learning_rate must be a finite number"),
         ({"weight_decay": "0.1"}, "weight_decay must be a finite number, got '0.1'"),
         ({"data": 5}, "data must be a string, got 5"),
@@ -76,3 +77,36 @@ def test_largest_accepted_values_pass():
         student_width=256,
     )
     assert config.temperature == 100.0 and config.val_size == 49900
+
+
+def test_decoded_data_is_bounded_by_the_memory_this_process_may_use():
+    import subprocess
+
+    from kd_keras.data.sources import MAX_ARRAY_BYTES, MEMORY_SHARE, memory_budget
+
+    assert 0 < memory_budget() <= MAX_ARRAY_BYTES
+    limit = 2 << 30
+    code = (
+        "import resource\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))\n"
+        "from kd_keras.data.sources import memory_budget\n"
+        "print(memory_budget())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert int(done.stdout) == limit // MEMORY_SHARE, done.stderr[-300:]
+
+
+def test_size_options_are_checked_by_flag_before_any_data_is_read():
+    from kd_keras.config import resolve_sizes
+
+    # A per-class number is "at most": unbalanced classes keep what they have.
+    assert resolve_sizes({"train_per_class": 40}, [50, 20], [5, 5]) == {
+        "val_size": 7,
+        "train_per_class": 40,
+        "val_per_class": 4,
+        "test_per_class": 5,
+    }
+    with pytest.raises(ConfigError, match=r"class\(es\) 'b' have no training images"):
+        resolve_sizes({}, [5, 0], [1, 1], ["a", "b"])
+    with pytest.raises(ConfigError, match=r"--val-size all with --train-per-class 20 leaves no"):
+        resolve_sizes({"val_size": "all", "train_per_class": 20}, [50, 20], [5, 5])

@@ -86,8 +86,13 @@ def test_every_flagged_field_is_one_option_and_flags_are_unique():
     for option in RUN_OPTIONS:
         assert option.flag == "--" + option.field.replace("_", "-")
         assert option.help and isinstance(option, Option)
-    # Set another way: --preset chooses the base, --quiet sets verbose.
-    assert {f.name for f in dataclasses.fields(RunConfig)} - set(flagged) == {"preset", "verbose"}
+    # Set another way: --preset chooses the base, --quiet sets verbose, the
+    # run records its data's fingerprint.
+    assert {f.name for f in dataclasses.fields(RunConfig)} - set(flagged) == {
+        "preset",
+        "verbose",
+        "data_fingerprint",
+    }
 
 
 def test_types_come_from_the_annotations_and_choices_from_the_config():

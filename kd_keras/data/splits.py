@@ -7,11 +7,20 @@ into shuffled, augmented batches whose order is a function of the seed and the
 epoch alone.
 """
 
+from pathlib import Path
+
 import numpy as np
 
-from kd_keras.config import data_kind
-from kd_keras.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES
-from kd_keras.errors import ConfigError
+from kd_keras.config import (
+    CIFAR10_COUNTS,
+    SIZE_FIELDS,
+    SIZE_FLAGS,
+    data_kind,
+    resolve_sizes,
+    spread_split,
+)
+from kd_keras.data.cifar10 import CLASS_NAMES, IMAGE_SHAPE
+from kd_keras.errors import DatasetError, DataSourceError
 
 
 def stratified_split(labels, size, *, seed):
@@ -54,85 +63,152 @@ def per_class_subset(labels, per_class, *, seed):
 def prepare_splits(
     source=None,
     *,
-    val_size=5000,
+    val_size=None,
     train_per_class=None,
     val_per_class=None,
     test_per_class=None,
     seed=0,
     cache_dir=None,
     image_size=None,
+    batch_size=None,
+    fingerprint=None,
 ):
     """Loads the data (CIFAR-10, an image folder or a `.npz` file; see
     `kd_keras.data.sources`) and carves train / validation / test splits.
 
     The validation split is stratified and seeded and comes out of the
-    training set, never the test set.
+    training set, never the test set. The sizes follow the data unless
+    given (see `kd_keras.config.resolve_sizes`).
 
     Args:
         source: see `load_cifar10`.
-        val_size: number of training images held out for validation.
+        val_size: training images held out for validation: `None` (a tenth),
+            `"all"` (every image `train_per_class` leaves) or an int (0: none).
         train_per_class: keep at most this many training images per class
-            (after the validation split), or `None` for all.
+            (after the validation split); `None` or `"all"`: all.
         val_per_class: likewise for the validation split.
         test_per_class: likewise for the test set (for fast smoke runs).
         seed: seed of the split and subsets.
         cache_dir: see `load_cifar10`.
         image_size: resize every image to this square size (`None`: the
             data's own size).
+        batch_size: if given, refused when larger than the training split.
+        fingerprint: a run's recorded `kd_keras.data.fingerprint` that the
+            data must match (checked before the sizes), or `None`.
 
     Returns:
         A dict with keys `"train"`, `"val"`, `"test"`, each an
-        `(images, labels)` tuple, and `"classes"`, the class names.
+        `(images, labels)` tuple; `"classes"`, the class names; `"sizes"`,
+        the four sizes resolved to ints; `"counts"`, the images per class
+        of the data's training and test sets (`{"train": [...], "test":
+        [...]}`); `"fingerprint"`, the data's (`kd_keras.data.fingerprint`).
 
     Raises:
         DatasetError: see `load_cifar10`.
-        ConfigError: `val_size` is not below the training set's size, or a
-            per-class request exceeds what a class has (after the
-            validation split, for the training split); the message names
-            the count available.
+        ConfigError: sizes that do not fit the data, every conflict in one
+            line naming its flag.
     """
+    from kd_keras.data.fingerprint import check_fingerprint, data_fingerprint
     from kd_keras.data.sources import load_source
 
     (x_train, y_train), (x_test, y_test), classes = load_source(
         source, image_size=image_size, seed=seed, cache_dir=cache_dir
     )
-    if not 0 <= val_size < len(y_train):
-        raise ConfigError(f"val_size {val_size} must be below the {len(y_train)} training images")
-    val_idx, train_idx = stratified_split(y_train, val_size, seed=seed)
+    found = data_fingerprint(source, (x_train, y_train), (x_test, y_test), classes)
+    if fingerprint:
+        check_fingerprint(fingerprint, found, source)
+    train_counts = np.bincount(y_train, minlength=len(classes))
+    test_counts = np.bincount(y_test, minlength=len(classes))
+    sizes = resolve_sizes(
+        {
+            "val_size": val_size,
+            "train_per_class": train_per_class,
+            "val_per_class": val_per_class,
+            "test_per_class": test_per_class,
+        },
+        train_counts,
+        test_counts,
+        classes,
+        batch_size=batch_size,
+    )
+    val_idx, train_idx = stratified_split(y_train, sizes["val_size"], seed=seed)
     splits = {
         "train": (x_train[train_idx], y_train[train_idx]),
         "val": (x_train[val_idx], y_train[val_idx]),
         "test": (x_test, y_test),
     }
-    for name, per_class in (
-        ("train", train_per_class),
-        ("val", val_per_class),
-        ("test", test_per_class),
-    ):
-        if per_class is not None:
-            images, labels = splits[name]
-            available = int(np.bincount(labels, minlength=len(classes)).min())
-            if per_class > available:
-                where = " after the validation split" if name == "train" else ""
-                raise ConfigError(
-                    f"{name}_per_class {per_class} > {available} images per class "
-                    f"available in the {name} split{where}; ask for at most {available}"
-                )
+    for name in ("train", "val", "test"):
+        images, labels = splits[name]
+        per_class = sizes[f"{name}_per_class"]
+        if len(labels) and per_class < np.bincount(labels).max():
             keep = per_class_subset(labels, per_class, seed=seed)
             splits[name] = (images[keep], labels[keep])
-    left = np.bincount(splits["train"][1], minlength=len(classes))
-    if left.min() < 1:
-        raise ConfigError(
-            f"class '{classes[int(left.argmin())]}' has no training image left after "
-            f"the validation split of {val_size}; lower --val-size"
-        )
     splits["classes"] = tuple(classes)
+    splits["sizes"] = sizes
+    splits["counts"] = {"train": train_counts.tolist(), "test": test_counts.tolist()}
+    splits["fingerprint"] = found
     return splits
+
+
+def describe_splits(splits):
+    """One line saying the sizes chosen, e.g. `data: 4 classes, 32x32;
+    training 130, validation 14, test 36 images (--val-size 14 ...)`."""
+    height, width = splits["train"][0].shape[1:3]
+    counts = ", ".join(
+        f"{what} {len(splits[name][1])}"
+        for name, what in (("train", "training"), ("val", "validation"), ("test", "test"))
+    )
+    flags = " ".join(f"{SIZE_FLAGS[field]} {value}" for field, value in splits["sizes"].items())
+    return f"data: {len(splits['classes'])} classes, {width}x{height}; {counts} images ({flags})"
+
+
+def run_source(config, data=None):
+    """Where a run's data is read from: `data` (named again by `--data`),
+    else the run's recorded `config.data`.
+
+    A recorded CIFAR-10 path that is not there (a run folder from another
+    machine; the committed results cite the archive by file name) falls back
+    to `$KD_KERAS_CIFAR10` or the Keras cache, checked against the run's
+    fingerprint (CIFAR-10's by its classes and counts).
+
+    Raises:
+        DataSourceError: the recorded data is not there; the message says
+            to name it with `--data PATH`.
+    """
+    if data is not None and str(data).strip():
+        return data
+    source = config.data
+    if source is None or not str(source).strip():
+        return None
+    if Path(source).expanduser().exists():
+        return source
+    recorded = config.data_fingerprint or {}
+    if recorded.get("classes") == list(CLASS_NAMES) and recorded.get("counts") == {
+        "train": sum(CIFAR10_COUNTS["train"]),
+        "test": sum(CIFAR10_COUNTS["test"]),
+    }:  # CIFAR-10, which has a default place.
+        from kd_keras.data.cifar10 import resolve_source
+
+        try:
+            found = resolve_source(None)  # $KD_KERAS_CIFAR10, the Keras cache.
+        except DatasetError:
+            found = None
+        if found is not None:
+            return str(found)
+    raise DataSourceError(
+        source,
+        "the run's data is not there (moved, or the run folder was made on another "
+        "machine); pass --data PATH naming where it is now (checked against the "
+        "run's fingerprint)",
+    )
 
 
 def splits_for(config, *, data=None, **overrides):
     """The splits a `RunConfig` describes: `prepare_splits` with the
     config's data, validation size, per-class subsets, seed and image size.
+
+    The data is checked against the run's recorded fingerprint
+    (`config.data_fingerprint`), if it has one and `image_size` is the run's.
 
     Args:
         config: a `kd_keras.RunConfig`.
@@ -140,7 +216,12 @@ def splits_for(config, *, data=None, **overrides):
             elsewhere, e.g. on another machine).
         **overrides: `prepare_splits` arguments to replace, e.g.
             `test_per_class=1` where the test split is never used.
+
+    Returns:
+        `prepare_splits`'s dict, plus `"source"`: the path read (`None`:
+        CIFAR-10's default lookup).
     """
+    source = run_source(config, data)
     fields = dict(
         val_size=config.val_size,
         train_per_class=config.train_per_class,
@@ -150,7 +231,11 @@ def splits_for(config, *, data=None, **overrides):
         image_size=config.image_size,
     )
     fields.update(overrides)
-    return prepare_splits(data or config.data, **fields)
+    if fields["image_size"] == config.image_size:
+        fields.setdefault("fingerprint", config.data_fingerprint)
+    splits = prepare_splits(source, **fields)
+    splits["source"] = None if source is None else str(source)
+    return splits
 
 
 def data_summary(config):
@@ -167,22 +252,24 @@ def data_summary(config):
     kind = data_kind(config.data)
     if kind == "cifar10":
         size = config.image_size or IMAGE_SHAPE[0]
-        classes = NUM_CLASSES
-        totals = (
-            (config.train_per_class, 50_000 - config.val_size),
-            (config.val_per_class, config.val_size),
-            (config.test_per_class, 10_000),
+        sizes = resolve_sizes(
+            {field: getattr(config, field) for field in SIZE_FIELDS},
+            CIFAR10_COUNTS["train"],
+            CIFAR10_COUNTS["test"],
+            CLASS_NAMES,
         )
-        train, val, test = (
-            min(classes * wanted, total) if wanted else total for wanted, total in totals
-        )
+        val = sizes["val_size"]
+        train, test = CIFAR10_COUNTS["train"], CIFAR10_COUNTS["test"]
+        left = [n - k for n, k in zip(train, spread_split(val, len(train)))]
         return {
             "kind": kind,
-            "train_images": train,
-            "val_images": val,
-            "test_images": test,
+            "train_images": sum(min(n, sizes["train_per_class"]) for n in left),
+            "val_images": sum(
+                min(n, sizes["val_per_class"]) for n in spread_split(val, len(train))
+            ),
+            "test_images": sum(min(n, sizes["test_per_class"]) for n in test),
             "image_shape": (size, size, 3),
-            "num_classes": classes,
+            "num_classes": len(train),
         }
     splits = splits_for(config)
     return {

@@ -85,13 +85,19 @@ def setting_differences(config, reference=REFERENCE):
         A list of `"field: run value (reference value)"` strings, empty when
         the run is the reference's setting (CIFAR-10 data included).
     """
-    from kd_keras.config import data_kind
+    from kd_keras.config import SIZE_FIELDS, cifar10_sizes, data_kind
 
     fields = config if isinstance(config, dict) else config.to_dict()
+    # Sizes compare resolved (a run records None/"all" as numbers).
+    try:
+        sizes = (cifar10_sizes(fields), cifar10_sizes(reference["setting"]))
+    except ValueError:
+        sizes = ({}, {})
     differences = [
         f"{name}: {fields.get(name)!r} (reference {value!r})"
         for name, value in reference["setting"].items()
-        if fields.get(name) != value
+        if (sizes[0].get(name, fields.get(name)) if name in SIZE_FIELDS else fields.get(name))
+        != (sizes[1].get(name, value) if name in SIZE_FIELDS else value)
     ]
     if data_kind(fields.get("data")) != "cifar10":
         differences.insert(0, f"data: {fields.get('data')!r} (reference CIFAR-10)")

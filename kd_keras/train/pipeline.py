@@ -16,6 +16,7 @@ skips complete stages and continues an interrupted one from its last
 completed epoch.
 """
 
+import dataclasses
 import errno
 import fnmatch
 import json
@@ -34,7 +35,7 @@ import numpy as np
 from kd_keras import atomic
 from kd_keras.config import PRECISIONS, TEACHER_PRECISIONS
 from kd_keras.data.cifar10 import NUM_CLASSES
-from kd_keras.data.splits import data_summary, make_dataset, splits_for
+from kd_keras.data.splits import data_summary, describe_splits, make_dataset, splits_for
 from kd_keras.distill.losses.methods import method_summary
 from kd_keras.distill.teacher import (
     check_teacher_file,
@@ -703,6 +704,7 @@ def run_pipeline(config, out_dir, *, resume=False, overwrite=False):
 def _run_pipeline(config, out, *, resume, overwrite):
     # Everything that can be checked is checked before the folder is made
     # or touched: the folder's state, the teacher file, the data.
+    requested = config
     config = check_run_folder(out, config, resume=resume, overwrite=overwrite)
     apply_threading(config)  # Before TensorFlow starts (the teacher and data load next).
     # The strategy too: tf.distribute fixes its devices and cluster when it starts.
@@ -719,7 +721,18 @@ def _run_pipeline(config, out, *, resume, overwrite):
     )
     if config.teacher and not RunFolder(out).is_complete("teacher"):
         check_teacher_file(config.teacher)  # Before the data loads.
-    splits = splits_for(config)
+    splits = splits_for(config, batch_size=config.batch_size)
+    if resume:
+        check_resumed_data(out, requested, config, splits)
+    # Recorded resolved: the absolute data path, the sizes, the fingerprint.
+    config = dataclasses.replace(
+        config,
+        data=None if splits["source"] is None else os.path.abspath(splits["source"]),
+        data_fingerprint=splits["fingerprint"],
+        **splits["sizes"],
+    )
+    if config.verbose:
+        print(f"kd_keras: {describe_splits(splits)}", flush=True)
     reused_teacher = None
     if config.teacher and not RunFolder(out).is_complete("teacher"):
         contract = Pipeline(config, out, None, splits=splits).teacher_contract()
@@ -954,6 +967,56 @@ def _mark(progress, **fields):
             pass
         finally:
             os.close(fd)
+
+
+def check_resumed_data(out, requested, saved, splits):
+    """Refuses a resume whose sizes, once resolved on the data, differ from
+    the saved ones, or whose data differs from the run's (for a run
+    recorded before fingerprints: its classes.json's classes, image shape
+    and split sizes).
+
+    Raises:
+        RunFolderError: one line naming each differing flag or fact.
+    """
+    from kd_keras.config import SIZE_FIELDS, SIZE_FLAGS, resolve_sizes, short_list
+
+    counts = splits["counts"]
+    asked = resolve_sizes(
+        {field: getattr(requested, field) for field in SIZE_FIELDS},
+        counts["train"],
+        counts["test"],
+        splits["classes"],
+    )
+    differences = [
+        f"{SIZE_FLAGS[field]} (saved {splits['sizes'][field]}, asked {asked[field]})"
+        for field in SIZE_FIELDS
+        if asked[field] != splits["sizes"][field]
+    ]
+    if saved.data_fingerprint is None:
+        recorded = atomic.read_json_object(RunFolder(out).classes_file, None) or {}
+        images, _ = splits["train"]
+        found = {
+            "classes": list(splits["classes"]),
+            "image_shape": list(images.shape[1:]),
+            "images": {k: int(len(splits[k][1])) for k in ("train", "val", "test")},
+        }
+        for key in found:
+            if key in recorded and recorded[key] != found[key]:
+                mine, theirs = recorded[key], found[key]
+                if key == "classes":
+                    mine = f"{len(mine)}: {short_list(mine, 3)}"
+                    theirs = f"{len(theirs)}: {short_list(theirs, 3)}"
+                differences.append(
+                    f"the data's {key.replace('_', ' ')} (saved {mine}, found {theirs})"
+                )
+    if differences:
+        shown = differences[:4] + (
+            [f"and {len(differences) - 4} more"] if len(differences) > 4 else []
+        )
+        raise RunFolderError(
+            f"cannot resume '{out}': {'; '.join(shown)}. Resume with the saved settings "
+            "and data, or start a new --out folder."
+        )
 
 
 def write_classes(out, config, splits):
