@@ -1,6 +1,7 @@
 """Command line: `python -m tuning --teacher T.keras --data ARCHIVE --out DIR`."""
 
 import argparse
+import dataclasses
 import sys
 
 from kd_keras.config import PRESETS, RunConfig
@@ -21,6 +22,11 @@ _CONFIG_FIELDS = (
     "val_per_class",
     "batch_size",
     "learning_rate",
+) + tuple(
+    # The teacher's output kind, where the run has that option.
+    f.name
+    for f in dataclasses.fields(RunConfig)
+    if f.name == "teacher_outputs"
 )
 # Where the search's meaning differs from `python -m kd_keras run`'s.
 _CONFIG_HELP = {
@@ -152,7 +158,15 @@ def _space_from_args(args):
 
 
 def _config_from_args(args):
+    """The search's `RunConfig`: the --apply-to run's (its data, classes,
+    image size and split sizes) or the preset's, with the flags given.
+
+    `data` is part of it, so that the split sizes are checked against the
+    data the search reads (CIFAR-10's limits only for CIFAR-10; an image
+    folder's or `.npz` file's when its splits are made)."""
     overrides = overrides_from_args(args, _CONFIG_FIELDS)
+    if args.data:
+        overrides["data"] = args.data
     if args.apply_to:
         from tuning.apply import check_run_folder
 
@@ -198,10 +212,9 @@ def _run(args):
                 "--teacher is required (or --apply-to a run folder with models/teacher.keras)"
             )
         teacher = RunFolder(args.apply_to).model_file("teacher")
-    data = args.data or (config.data if args.apply_to else None)
     result = run_search(
         teacher,
-        data,
+        config.data,
         args.out,
         config=config,
         space=space,

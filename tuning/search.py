@@ -16,6 +16,7 @@ interrupted one is re-run, and only the missing trials are trained.
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import math
@@ -36,7 +37,7 @@ from kd_keras import (
 from kd_keras.config import data_kind
 from kd_keras.data.cifar10 import NUM_CLASSES
 from kd_keras.data.splits import splits_for
-from kd_keras.distill.teacher import teacher_sanity_check
+from kd_keras.distill.teacher import check_teacher_file, teacher_sanity_check
 from kd_keras.errors import SearchError
 from kd_keras.run_folder import (
     BEST_FILE,
@@ -69,6 +70,11 @@ CONFIG_FIELDS = (
     "momentum",
     "weight_decay",
     "warmup_epochs",
+) + tuple(
+    # The teacher's output kind, where the run has that option.
+    f.name
+    for f in dataclasses.fields(RunConfig)
+    if f.name == "teacher_outputs"
 )
 # Hyperband: each model trains at most `epochs`; successive halving keeps
 # the best third of the models of each round.
@@ -242,8 +248,8 @@ def teacher_fingerprint(model):
     return digest.hexdigest()
 
 
-def search_settings(*, tuner, epochs, max_trials, config, space, teacher_sha256):
-    """The dict saved as `search.json`."""
+def search_settings(*, tuner, epochs, max_trials, config, space, teacher_sha256, data=None):
+    """The dict saved as `search.json`; `data` is `describe_data(splits)`."""
     return {
         "tuner": tuner,
         "objective": OBJECTIVE,
@@ -252,18 +258,22 @@ def search_settings(*, tuner, epochs, max_trials, config, space, teacher_sha256)
         "space": space.to_dict(),
         "config": {k: getattr(config, k) for k in CONFIG_FIELDS},
         "teacher_sha256": teacher_sha256,
+        "data": data,
     }
 
 
 def _settings_differences(saved, new):
     differences = []
-    for key in ("tuner", "objective", "epochs", "space", "config", "teacher_sha256"):
+    for key in ("tuner", "objective", "epochs", "space", "config", "teacher_sha256", "data"):
         old, now = saved.get(key), new.get(key)
+        if key == "data" and old is None:
+            continue  # Saved before the data was recorded.
         if isinstance(old, dict) and isinstance(now, dict):
             differences += [
                 f"{key}.{k} (saved {old.get(k)!r}, asked {now.get(k)!r})"
                 for k in sorted(set(old) | set(now))
-                if old.get(k) != now.get(k)
+                # A field missing from the saved settings is newer than the search.
+                if old.get(k) != now.get(k) and (k in old or key != "config")
             ]
         elif old != now:
             if key == "teacher_sha256":
@@ -336,9 +346,13 @@ def run_search(
 
     Args:
         teacher: a trained teacher, as a `.keras` path or a `keras.Model`.
-        data: the CIFAR-10 source for `kd_keras.prepare_splits` (archive
-            path, folder, or `None` for `$KD_KERAS_CIFAR10`), or a splits
-            dict as it returns (only `"train"` and `"val"` are used).
+        data: the data for `kd_keras.data.splits.splits_for(config)`
+            (CIFAR-10, an image folder or a `.npz` file; `None` for
+            `config.data`, then `$KD_KERAS_CIFAR10`), or a splits dict as
+            it returns (only `"train"`, `"val"` and `"classes"` are used).
+            The teacher is loaded for the data's classes and image shape
+            (after `config.image_size`), and the split sizes are checked
+            against the data itself.
         out_dir: the search folder.
         config: a `kd_keras.RunConfig` for the data split and subsets
             (`seed`, `val_size`, `train_per_class`, `val_per_class`), the
@@ -356,6 +370,8 @@ def run_search(
             been started with the same settings (all but `max_trials`).
         verbose: 0 silent, 1 progress bars, 2 one line per epoch.
         report: optional callable receiving each finished trial's row.
+            With `report` or `verbose`, a line says what the data is
+            (classes, image shape, training and validation images).
         cache_teacher_logits: replay the teacher's logits of the first
             trial in later trials instead of running the teacher again
             (same batches, same logits; see `DistillationHyperModel`).
@@ -392,24 +408,10 @@ def run_search(
     with hold_search_lock(folder):
         saved = check_search_folder(folder, overwrite=overwrite)
 
-        teacher_model = teacher if isinstance(teacher, keras.Model) else None
-        if (
-            teacher_model is None
-            and not isinstance(data, dict)
-            and (data_kind(data) == "cifar10" and config.image_size is None)
-        ):
-            teacher_model = load_teacher(teacher)  # Checked before the data loads.
-        if isinstance(data, dict):
-            splits = data
-        else:
-            # The test split is never used by a search; keep it tiny.
-            splits = splits_for(config, data=data, test_per_class=1)
-        if teacher_model is None:
-            teacher_model = load_teacher(
-                teacher,
-                len(splits.get("classes") or range(NUM_CLASSES)),
-                image_shape=tuple(splits["train"][0].shape[1:]),
-            )
+        splits, teacher_model = _load_data_and_teacher(teacher, data, config)
+        data_facts = describe_data(splits)
+        if verbose or report is not None:
+            print(f"search data: {format_data(data_facts)}", flush=True)
         settings = search_settings(
             tuner=tuner,
             epochs=epochs,
@@ -417,6 +419,7 @@ def run_search(
             config=config,
             space=space,
             teacher_sha256=teacher_fingerprint(teacher_model),
+            data=data_facts,
         )
         if saved is not None:
             differences = _settings_differences(saved, settings)
@@ -479,6 +482,57 @@ def run_search(
         )
         rows = write_search_outputs(search_tuner)
         return SearchResult(tuner=search_tuner, rows=rows, best=best_row(rows), folder=folder)
+
+
+def _load_data_and_teacher(teacher, data, config):
+    """The search's splits and its teacher, loaded for the data's classes
+    and image shape (an image folder's or `.npz` file's, at the config's
+    image size; not CIFAR-10's unless the data is CIFAR-10)."""
+    if isinstance(teacher, keras.Model):
+        teacher_model = teacher
+    elif not isinstance(data, dict) and data_kind(data) == "cifar10" and config.image_size is None:
+        teacher_model = load_teacher(teacher)  # CIFAR-10's shape: checked before the data loads.
+    else:
+        check_teacher_file(teacher)  # The cheap checks, before the data loads.
+        teacher_model = None
+    if isinstance(data, dict):
+        splits = data
+    else:
+        # The library's splits of the config (its sizes checked against the
+        # data itself); the test split is never used by a search: keep it tiny.
+        splits = splits_for(config, data=data, test_per_class=1)
+    if teacher_model is None:
+        teacher_model = load_teacher(teacher, **_teacher_contract(splits))
+    return splits, teacher_model
+
+
+def _teacher_contract(splits):
+    return {
+        "num_classes": len(splits.get("classes") or range(NUM_CLASSES)),
+        "image_shape": tuple(int(d) for d in splits["train"][0].shape[1:]),
+    }
+
+
+def describe_data(splits):
+    """What a search trains and scores on: `{"classes", "image_shape",
+    "train_images", "val_images"}` (saved in `search.json`; a resumed search
+    must see the same)."""
+    return {
+        "classes": [str(c) for c in (splits.get("classes") or range(NUM_CLASSES))],
+        "image_shape": [int(d) for d in splits["train"][0].shape[1:]],
+        "train_images": int(len(splits["train"][1])),
+        "val_images": int(len(splits["val"][1])),
+    }
+
+
+def format_data(facts):
+    """One line of `describe_data`'s facts, e.g. `3 classes, 20x20x3 images:
+    60 training, 30 validation`."""
+    shape = "x".join(str(d) for d in facts["image_shape"])
+    return (
+        f"{len(facts['classes'])} classes, {shape} images: {facts['train_images']} "
+        f"training, {facts['val_images']} validation"
+    )
 
 
 def search_lock(folder):
