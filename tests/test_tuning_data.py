@@ -1,17 +1,25 @@
 """The search on the user's own data: classes, image size and split sizes
-come from the data (or the --apply-to run), not from CIFAR-10.
+come from the data (or the --apply-to run), not from CIFAR-10. And a search
+whose trials fail: a diverging loss is a FAILED trial with the run's hint,
+no best is chosen from failed trials, every JSON written is strict, and the
+epochs and trials have caps.
 
 Tiny generated data (3 classes, 20x20 images in a `.npz` file), tiny models,
 one epoch."""
 
+import csv
 import json
+import math
 
 import keras
 import numpy as np
 import pytest
 
-from kd_keras.config import RunConfig
+from kd_keras.config import MAX_EPOCHS, RunConfig
+from kd_keras.errors import SearchFailedError
+from kd_keras.run_folder import MAX_TRIALS
 from tuning.cli import _config_from_args, get_args, main
+from tuning.search import best_row, check_failures, write_strict_json
 
 TINY = dict(
     teacher_depth=8,
@@ -103,3 +111,119 @@ def test_apply_to_a_run_on_own_data_uses_its_classes_and_image_size(npz, tmp_pat
     code = main(argv + ["--quiet", "--val-per-class", "10", "--image-size", "12"])
     err = capsys.readouterr().err
     assert code == 2 and "cannot resume" in err and "image_size" in err
+
+
+# --- Failed trials, strict JSON, caps ---
+
+
+def row(trial_id, status, score=None, error=None):
+    return {
+        "trial_id": str(trial_id),
+        "temperature": 4.0,
+        "alpha": 0.5,
+        "val_accuracy": score,
+        "val_loss": None,
+        "epochs": 1,
+        "status": status,
+        "error": error,
+    }
+
+
+def test_no_best_is_chosen_from_failed_or_non_finite_trials():
+    rows = [
+        row(0, "FAILED", error="the loss is nan"),
+        row(1, "COMPLETED", 0.40),
+        row(2, "COMPLETED", float("nan")),
+        row(3, "INVALID"),
+    ]
+    best = best_row(rows)
+    assert best["trial_id"] == "1" and best["score"] == 0.40 and best["completed_trials"] == 1
+    assert best_row([row(0, "FAILED"), row(1, "COMPLETED", float("nan"))]) is None
+
+
+def test_strict_json_refuses_nan(tmp_path):
+    with pytest.raises(ValueError):
+        write_strict_json(tmp_path / "best.json", {"score": float("nan")})
+    assert not (tmp_path / "best.json").exists()
+    write_strict_json(tmp_path / "best.json", {"score": 0.5})
+    assert json.loads((tmp_path / "best.json").read_text()) == {"score": 0.5}
+
+
+def test_the_search_stops_after_three_failed_trials_in_a_row():
+    failed = [row(i, "FAILED", error="the loss is nan.") for i in range(1, 4)]
+    check_failures([row(0, "COMPLETED", 0.5)] + failed[:2])  # Two: goes on.
+    check_failures(failed[:2] + [row(3, "COMPLETED", 0.5)])  # Broken by a completed one.
+    with pytest.raises(SearchFailedError) as error:
+        check_failures([row(0, "COMPLETED", 0.5)] + failed)
+    message = str(error.value)
+    assert "the last 3 trials failed" in message and "trial 3: the loss is nan)" in message
+    assert "--overwrite" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        (
+            "--trials",
+            MAX_TRIALS + 1,
+            f"--trials must be at most {MAX_TRIALS}, got {MAX_TRIALS + 1}",
+        ),
+        (
+            "--epochs",
+            MAX_EPOCHS + 1,
+            f"--epochs must be at most {MAX_EPOCHS}, got {MAX_EPOCHS + 1}",
+        ),
+        ("--trials", 10**9, f"--trials must be at most {MAX_TRIALS}, got 1000000000"),
+    ],
+)
+def test_trials_and_epochs_have_the_runs_caps(flag, value, message, tmp_path, capsys):
+    out = tmp_path / "search"
+    code = main(["--teacher", str(tmp_path / "t.keras"), "--out", str(out), flag, str(value)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err
+    assert not out.exists()
+
+
+def strict_json(path):
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_diverging_search_fails_its_trials_and_exits_1(tmp_path, capsys):
+    data = three_class_npz(tmp_path / "three.npz")
+    teacher = tmp_path / "t.keras"
+    keras.Sequential(
+        [keras.Input((20, 20, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)]
+    ).save(teacher)
+    out = tmp_path / "search"
+    argv = ["--teacher", str(teacher), "--data", str(data), "--out", str(out)]
+    argv += ["--preset", "smoke", "--val-size", "30", "--train-per-class", "20"]
+    argv += ["--val-per-class", "10"]
+    argv += ["--student-depth", "8", "--student-width", "4", "--batch-size", "30"]
+    argv += ["--trials", "2", "--epochs", "1", "--quiet", "--learning-rate", "1e300"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    # (Before it, a warning that the untrained teacher is near chance.)
+    [error] = [line for line in captured.err.splitlines() if line.startswith("tuning:")]
+    assert error.startswith("tuning: error: no trial completed (trial 1: ")
+    assert "the loss is" in error and "--learning-rate" in error
+    assert "Traceback" not in captured.err + captured.out
+    assert captured.out.count("FAILED: ") == 2
+    rows = list(csv_rows(out / "trials.csv"))
+    assert [r["status"] for r in rows] == ["FAILED", "FAILED"]
+    assert all(r["val_accuracy"] == "" for r in rows)
+    assert not (out / "best.json").exists()
+    written = sorted(out.rglob("*.json"))
+    assert out / "search.json" in written and out / "trial_0" / "kd_trial.json" in written
+    for path in written:
+        strict_json(path)
+    recorded = strict_json(out / "trial_1" / "kd_trial.json")
+    assert "the loss is" in recorded["error"] and "--learning-rate" in recorded["error"]
+    assert not math.isnan(recorded["seconds"])
+
+
+def csv_rows(path):
+    with open(path, newline="") as file:
+        yield from csv.DictReader(file)

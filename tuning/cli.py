@@ -2,12 +2,11 @@
 
 import argparse
 import dataclasses
-import sys
 
-from kd_keras.config import PRESETS, RunConfig
+from kd_keras.config import MAX_EPOCHS, PRESETS, RunConfig
 from kd_keras.errors import run_command
 from kd_keras.options import add_run_options, overrides_from_args
-from kd_keras.run_folder import TRIAL_COMPLETED, RunFolder
+from kd_keras.run_folder import MAX_TRIALS, TRIAL_COMPLETED, RunFolder
 
 # Recipe options the search takes (run options, kd_keras/options.py); the
 # rest of the recipe comes from --preset or the --apply-to run.
@@ -72,12 +71,12 @@ def get_args(argv=None):
         "--trials",
         type=int,
         default=10,
-        help="number of trials; for hyperband a cap on them (default: 10)",
+        help=f"number of trials, at most {MAX_TRIALS}; for hyperband a cap on them (default: 10)",
     )
     parser.add_argument(
         "--epochs",
         type=int,
-        help="epochs per trial; for hyperband the "
+        help=f"epochs per trial, at most {MAX_EPOCHS}; for hyperband the "
         "most one model trains (default: the recipe's student epochs)",
     )
     parser.add_argument(
@@ -180,9 +179,10 @@ def _config_from_args(args):
 
 def _print_trial(row):
     if row["val_accuracy"] is None:
+        error = f": {row['error']}" if row.get("error") else ""
         print(
             f"trial {row['trial_id']}: T={row['temperature']:.3g} "
-            f"alpha={row['alpha']:.3g} {row['status']}",
+            f"alpha={row['alpha']:.3g} {row['status']}{error}",
             flush=True,
         )
         return
@@ -195,14 +195,18 @@ def _print_trial(row):
 
 
 def _run(args):
-    from kd_keras.errors import SearchError
+    from kd_keras.errors import SearchError, SearchFailedError
     from tuning.apply import run_best
     from tuning.search import run_search
 
-    if args.trials < 1:
-        raise SearchError(f"--trials must be >= 1, got {args.trials}")
-    if args.epochs is not None and args.epochs < 1:
-        raise SearchError(f"--epochs must be >= 1, got {args.epochs}")
+    for flag, value, high in (
+        ("--trials", args.trials, MAX_TRIALS),
+        ("--epochs", args.epochs, MAX_EPOCHS),
+    ):
+        if value is not None and value < 1:
+            raise SearchError(f"{flag} must be >= 1, got {value}")
+        if value is not None and value > high:
+            raise SearchError(f"{flag} must be at most {high}, got {value}; ask for fewer")
     space = _space_from_args(args)
     config = _config_from_args(args)
     teacher = args.teacher
@@ -229,13 +233,12 @@ def _run(args):
     done = sum(r["status"] == TRIAL_COMPLETED for r in result.rows)
     print(f"\n{done} of {len(result.rows)} trials completed; search folder: {result.folder}")
     if result.best is None:
-        print(
-            "tuning: error: no trial completed (their errors are in "
-            f"{result.folder}/trial_*/trial.json); fix the cause and run again "
-            "with --overwrite",
-            file=sys.stderr,
+        failed = [r for r in result.rows if r.get("error")]
+        last = failed[-1] if failed else None
+        reason = f" (trial {last['trial_id']}: {last['error'].rstrip('.')})" if last else ""
+        raise SearchFailedError(
+            f"no trial completed{reason}; fix the cause and run again with --overwrite"
         )
-        return 1
     best = result.best
     print(
         f"best: T={best['temperature']:.4g} alpha={best['alpha']:.4g} "

@@ -20,7 +20,9 @@ from kd_keras import RunConfig  # First: sets KERAS_BACKEND.
 from kd_keras.config import validate_temperature
 from kd_keras.distill.teacher import teacher_for_inference
 from kd_keras.distill.teacher_cache import TeacherLogitCache, with_teacher_logits
+from kd_keras.errors import NonFiniteLossError
 from kd_keras.train import recipe
+from kd_keras.train.callbacks import NonFiniteLossGuard
 
 DEFAULT_TEMPERATURE_RANGE = (1.0, 20.0)
 DEFAULT_ALPHA_RANGE = (0.0, 1.0)
@@ -358,6 +360,11 @@ class DistillationHyperModel(keras_tuner.HyperModel):
 
         Returns:
             The `keras.callbacks.History` of `model.fit`.
+
+        Raises:
+            keras_tuner.errors.FailedTrialError: the loss became NaN or
+                infinite (the message says where and what to lower); the
+                tuner marks the trial FAILED.
         """
         # Same seed for every trial (the seed of anything drawn in fit).
         recipe.seed_training(self.config)
@@ -382,4 +389,12 @@ class DistillationHyperModel(keras_tuner.HyperModel):
             # Hyperband continues a trial from its best-epoch checkpoint at
             # `initial_epoch`: put the learning-rate schedule there too.
             model.optimizer.iterations.assign(initial_epoch * self.steps_per_epoch)
-        return model.fit(*args, **kwargs)
+        # A diverging loss fails the trial (keras-tuner's FAILED, with the
+        # run's hint) instead of completing it at chance.
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [
+            NonFiniteLossGuard("search trial")
+        ]
+        try:
+            return model.fit(*args, **kwargs)
+        except NonFiniteLossError as error:
+            raise keras_tuner.errors.FailedTrialError(str(error)) from None

@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -34,13 +35,14 @@ from kd_keras import (
     load_teacher,
     make_dataset,
 )
-from kd_keras.config import data_kind
+from kd_keras.config import MAX_EPOCHS, data_kind
 from kd_keras.data.cifar10 import NUM_CLASSES
 from kd_keras.data.splits import splits_for
 from kd_keras.distill.teacher import check_teacher_file, teacher_sanity_check
-from kd_keras.errors import SearchError
+from kd_keras.errors import SearchError, SearchFailedError
 from kd_keras.run_folder import (
     BEST_FILE,
+    MAX_TRIALS,
     OBJECTIVE,
     SEARCH_FILE,
     SEARCH_PLOT,
@@ -76,6 +78,10 @@ CONFIG_FIELDS = (
     for f in dataclasses.fields(RunConfig)
     if f.name == "teacher_outputs"
 )
+# The search stops when this many trials in a row failed.
+MAX_CONSECUTIVE_FAILURES = 3
+# keras-tuner's statuses of a trial that ended without a score.
+TRIAL_FAILED = ("FAILED", "INVALID")
 # Hyperband: each model trains at most `epochs`; successive halving keeps
 # the best third of the models of each round.
 HYPERBAND_FACTOR = 3
@@ -126,6 +132,18 @@ class _TrialRecorder:
         if any(type(c).__name__ == "TensorBoard" for c in callbacks):
             super()._configure_tensorboard_dir(callbacks, trial, execution)
 
+    def _try_run_and_update_trial(self, trial, *fit_args, **fit_kwargs):
+        # keras-tuner prints each failed trial's traceback (its DEBUG flag);
+        # the error's last line is printed by the report and kept in
+        # kd_trial.json, the traceback in keras-tuner's trial.json.
+        from keras_tuner.src import config as keras_tuner_config
+
+        previous, keras_tuner_config.DEBUG = keras_tuner_config.DEBUG, False
+        try:
+            super()._try_run_and_update_trial(trial, *fit_args, **fit_kwargs)
+        finally:
+            keras_tuner_config.DEBUG = previous
+
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
         self._kd_started = time.time()
@@ -137,14 +155,19 @@ class _TrialRecorder:
 
     def on_trial_end(self, trial):
         # Stored beside keras-tuner's trial.json so it survives a resume.
-        atomic.write_json(
+        write_strict_json(
             Path(self.project_dir) / f"trial_{trial.trial_id}" / TRIAL_FILE,
-            {"seconds": round(time.time() - self._kd_started, 3), "epochs": self._kd_epochs},
+            {
+                "seconds": round(time.time() - self._kd_started, 3),
+                "epochs": self._kd_epochs,
+                "error": trial_error(trial),
+            },
         )
         super().on_trial_end(trial)  # Scores the trial and saves the oracle.
         rows = write_search_outputs(self)
         if self.kd_report is not None:
             self.kd_report(next(r for r in rows if r["trial_id"] == trial.trial_id))
+        check_failures(rows)
 
 
 class RandomSearch(_TrialRecorder, keras_tuner.RandomSearch):
@@ -157,6 +180,37 @@ class BayesianOptimization(_TrialRecorder, keras_tuner.BayesianOptimization):
 
 class Hyperband(_TrialRecorder, keras_tuner.Hyperband):
     """`keras_tuner.Hyperband` that records each trial."""
+
+
+def trial_error(trial):
+    """A failed trial's error on one line (keras-tuner keeps the traceback
+    in `trial.message`: its last line, without the exception's module), or
+    `None`."""
+    if trial.status == TRIAL_COMPLETED or not trial.message:
+        return None
+    lines = [line.strip() for line in str(trial.message).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    name, sep, text = last.partition(": ")
+    return text if sep and " " not in name else last
+
+
+def check_failures(rows):
+    """Raises `SearchFailedError` once the last `MAX_CONSECUTIVE_FAILURES`
+    finished trials all failed (keras-tuner's own limit, which raises before
+    it saves the last trial, is lifted in `build_tuner`)."""
+    streak = []
+    for row in sorted(rows, key=lambda r: int(r["trial_id"])):
+        if row["status"] == TRIAL_COMPLETED:
+            streak = []
+        elif row["status"] in TRIAL_FAILED:
+            streak.append(row)
+    if len(streak) >= MAX_CONSECUTIVE_FAILURES:
+        last = streak[-1]
+        raise SearchFailedError(
+            f"the last {len(streak)} trials failed and the search stopped (trial "
+            f"{last['trial_id']}: {(last.get('error') or last['status']).rstrip('.')}); "
+            "fix the cause and run again with --overwrite"
+        )
 
 
 def build_tuner(name, hypermodel, folder, *, max_trials, epochs, seed=0, overwrite=False):
@@ -215,6 +269,8 @@ def build_tuner(name, hypermodel, folder, *, max_trials, epochs, seed=0, overwri
         # HyperbandOracle takes no max_trials, but Oracle.create_trial stops
         # at `max_trials`: set it so --trials bounds Hyperband too.
         tuner.oracle.max_trials = max_trials
+    # Failed trials are counted by `check_failures` after they are saved.
+    tuner.oracle.max_consecutive_failed_trials = max_trials + 1
     return tuner
 
 
@@ -233,9 +289,11 @@ def check_tuner(name):
             ) from None
 
 
-def _int_at_least(name, value, low):
+def _int_in_range(name, value, low, high):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise SearchError(f"{name} must be an int >= {low}, got {value!r}")
+    if value > high:
+        raise SearchError(f"{name} must be at most {high}, got {value}")
     return int(value)
 
 
@@ -393,11 +451,13 @@ def run_search(
     >>> result.best["temperature"], result.best["alpha"]
     """
     check_tuner(tuner)
-    max_trials = _int_at_least("max_trials", max_trials, 1)
+    max_trials = _int_in_range("max_trials", max_trials, 1, MAX_TRIALS)
     config = (config or RunConfig.from_preset("quick")).validate()
     # "auto" precisions are resolved for this machine and saved resolved.
     config, _ = resolve_run_precisions(config)
-    epochs = _int_at_least("epochs", config.student_epochs if epochs is None else epochs, 1)
+    epochs = _int_in_range(
+        "epochs", config.student_epochs if epochs is None else epochs, 1, MAX_EPOCHS
+    )
     try:
         space = (space or SearchSpace()).validate()
     except ValueError as error:
@@ -476,7 +536,7 @@ def run_search(
             overwrite=overwrite,
         )
         search_tuner.kd_report = report
-        atomic.write_json(folder / SEARCH_FILE, settings)
+        write_strict_json(folder / SEARCH_FILE, settings)
         search_tuner.search(
             train_dataset, validation_data=val_dataset, epochs=epochs, verbose=verbose
         )
@@ -571,7 +631,7 @@ def _metric(trial, name, best=False):
     if not trial.metrics.exists(name):
         return None
     value = trial.metrics.get_best_value(name) if best else trial.metrics.get_last_value(name)
-    return None if value is None else float(value)
+    return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
 def trial_rows(tuner):
@@ -609,6 +669,7 @@ def trial_rows(tuner):
                 else None,
                 "distiller_val_loss": _metric(trial, "val_loss") if completed else None,
                 "status": trial.status,
+                "error": extra.get("error"),
             }
         )
     return rows
@@ -618,7 +679,11 @@ def best_row(rows):
     """The completed trial with the highest val accuracy (earliest on ties),
     as the `best.json` dict, or `None` if no trial completed."""
     completed = [
-        r for r in rows if r["status"] == TRIAL_COMPLETED and r["val_accuracy"] is not None
+        r
+        for r in rows
+        if r["status"] == TRIAL_COMPLETED
+        and r["val_accuracy"] is not None
+        and math.isfinite(r["val_accuracy"])
     ]
     if not completed:
         return None
@@ -648,15 +713,25 @@ def write_search_outputs(tuner, folder=None):
     folder = Path(folder or tuner.project_dir)
     rows = trial_rows(tuner)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TRIAL_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=TRIAL_COLUMNS, lineterminator="\n", extrasaction="ignore"
+    )
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(folder / TRIALS_FILE, buffer.getvalue())
     best = best_row(rows)
     if best is not None:
-        atomic.write_json(folder / BEST_FILE, best)
+        write_strict_json(folder / BEST_FILE, best)
     plot_search(rows, best, folder / SEARCH_PLOT)
     return rows
+
+
+def write_strict_json(path, value):
+    """Writes `value` as JSON atomically, refusing NaN and infinity
+    (`ValueError`): every JSON file a search writes parses anywhere."""
+    atomic.write_text(
+        path, json.dumps(value, indent=2, sort_keys=True, allow_nan=False, default=str) + "\n"
+    )
 
 
 def load_trials(folder):
