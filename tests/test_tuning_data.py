@@ -19,7 +19,8 @@ from kd_keras.config import MAX_EPOCHS, RunConfig
 from kd_keras.errors import SearchFailedError
 from kd_keras.run_folder import MAX_TRIALS
 from tuning.cli import _config_from_args, get_args, main
-from tuning.search import best_row, check_failures, write_strict_json
+from tuning.report import best_row, write_strict_json
+from tuning.tuners import check_failures
 
 TINY = dict(
     teacher_depth=8,
@@ -107,10 +108,11 @@ def test_apply_to_a_run_on_own_data_uses_its_classes_and_image_size(npz, tmp_pat
     assert results["rows"][-1]["stage"] == "student_distilled_tuned"
     tuned = keras.saving.load_model(run / "models" / "student_distilled_tuned.keras")
     assert tuple(tuned.input_shape) == (None, 16, 16, 3) and tuned.output_shape == (None, 3)
-    # Resuming with other data (here: another image size) is refused.
-    code = main(argv + ["--quiet", "--val-per-class", "10", "--image-size", "12"])
+    # Resuming on other data (here: fewer validation images) is refused.
+    code = main(argv + ["--quiet", "--val-per-class", "9"])
     err = capsys.readouterr().err
-    assert code == 2 and "cannot resume" in err and "image_size" in err
+    assert code == 2 and "cannot resume" in err
+    assert "data.val_images (saved 30, asked 27)" in err
 
 
 # --- Failed trials, strict JSON, caps ---

@@ -14,19 +14,9 @@ from kd_keras.errors import SearchError
 from tuning.apply import TUNED_STAGE, run_best  # noqa: E402
 from tuning.cli import main  # noqa: E402
 from tuning.hypermodel import DistillationHyperModel, SearchSpace  # noqa: E402
-from tuning.search import (
-    OBJECTIVE,
-    TUNERS,
-    SearchResult,
-    best_row,
-    build_tuner,
-    load_best,
-    load_trials,
-    objective,
-    run_search,
-    trial_rows,
-    write_search_outputs,
-)
+from tuning.report import best_row, load_best, load_trials, trial_rows, write_search_outputs
+from tuning.search import SearchResult, run_search
+from tuning.tuners import OBJECTIVE, TUNERS, build_tuner, objective
 
 __all__ = [
     "DistillationHyperModel",
