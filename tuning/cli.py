@@ -2,11 +2,12 @@
 
 import argparse
 import dataclasses
+import sys
 
 from kd_keras.config import MAX_EPOCHS, PRESETS, RunConfig
 from kd_keras.errors import run_command
 from kd_keras.options import add_run_options, overrides_from_args
-from kd_keras.run_folder import MAX_TRIALS, TRIAL_COMPLETED, RunFolder
+from kd_keras.run_folder import MAX_TRIALS, TRIAL_COMPLETED, RunFolder, SearchFolder
 
 # Recipe options the search takes (run options, kd_keras/options.py); the
 # rest of the recipe comes from --preset or the --apply-to run.
@@ -21,6 +22,7 @@ _CONFIG_FIELDS = (
     "val_per_class",
     "batch_size",
     "learning_rate",
+    "threads",
 ) + tuple(
     # The teacher's output kind, where the run has that option.
     f.name
@@ -127,6 +129,21 @@ def get_args(argv=None):
         "--quiet", action="store_true", help="one line per trial instead of Keras progress bars"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        help="run the trials in N worker processes on this machine (Keras Tuner's "
+        "distributed mode: this process is the chief and serves them; the cores are "
+        "split between them unless --threads is given); on several machines, set "
+        "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT instead "
+        "(docs/tuning.md)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the search in --out, which must exist (running the same "
+        "command again does the same)",
+    )
+    parser.add_argument(
         "--no-teacher-cache",
         dest="cache_teacher_logits",
         action="store_false",
@@ -178,25 +195,48 @@ def _config_from_args(args):
 
 
 def _print_trial(row):
+    by = f" [{row['worker']}]" if row.get("worker") else ""
+    head = f"trial {row['trial_id']}{by}: T={row['temperature']:.3g} alpha={row['alpha']:.3g}"
     if row["val_accuracy"] is None:
         error = f": {row['error']}" if row.get("error") else ""
-        print(
-            f"trial {row['trial_id']}: T={row['temperature']:.3g} "
-            f"alpha={row['alpha']:.3g} {row['status']}{error}",
-            flush=True,
-        )
+        print(f"{head} {row['status']}{error}", flush=True)
         return
+    seconds = f", {row['seconds']:.1f} s" if row.get("seconds") is not None else ""
     print(
-        f"trial {row['trial_id']}: T={row['temperature']:.3g} alpha={row['alpha']:.3g} "
-        f"val_accuracy={row['val_accuracy']:.4f} ({row['epochs']} epochs, "
-        f"{row['seconds']:.1f} s)",
+        f"{head} val_accuracy={row['val_accuracy']:.4f} ({row['epochs']} epochs{seconds})",
         flush=True,
     )
 
 
-def _run(args):
+def _worker_argv(argv):
+    """The chief's arguments for its local workers: without `--workers`,
+    `--overwrite`, `--resume` and `--threads` (each worker gets its share)."""
+    out, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--workers", "--threads"):
+            skip = 0 if "=" in arg else 1
+            continue
+        if name in ("--overwrite", "--resume"):
+            continue
+        out.append(arg)
+    return out
+
+
+def _run(args, argv):
     from kd_keras.errors import SearchError, SearchFailedError
     from tuning.apply import run_best
+    from tuning.distributed import (
+        LocalWorkers,
+        become_local_chief,
+        check_workers,
+        role,
+        threads_per_worker,
+        worker_id,
+    )
     from tuning.search import run_search
 
     for flag, value, high in (
@@ -207,8 +247,27 @@ def _run(args):
             raise SearchError(f"{flag} must be >= 1, got {value}")
         if value is not None and value > high:
             raise SearchError(f"{flag} must be at most {high}, got {value}; ask for fewer")
+    workers = check_workers(args.workers)
+    if args.resume and not SearchFolder(args.out).settings_file.is_file():
+        raise SearchError(
+            f"--resume: '{args.out}' holds no search to continue; drop --resume to start one"
+        )
+    if args.resume and args.overwrite:
+        raise SearchError("--resume and --overwrite contradict each other; choose one")
     space = _space_from_args(args)
     config = _config_from_args(args)
+    local_workers = None
+    if workers:
+        if role() is not None:
+            raise SearchError(
+                "--workers starts its own chief and workers on this machine; unset "
+                "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT, or drop "
+                "--workers"
+            )
+        become_local_chief()
+        local_workers = LocalWorkers(
+            _worker_argv(argv), workers, threads_per_worker(workers, args.threads)
+        )
     teacher = args.teacher
     if teacher is None:
         if not args.apply_to:
@@ -229,7 +288,11 @@ def _run(args):
         verbose=0 if args.quiet else 1,
         report=_print_trial,
         cache_teacher_logits=args.cache_teacher_logits,
+        local_workers=local_workers,
     )
+    if role() == "worker":
+        print(f"worker {worker_id()}: no trial left; search folder: {result.folder}")
+        return 0
     done = sum(r["status"] == TRIAL_COMPLETED for r in result.rows)
     print(f"\n{done} of {len(result.rows)} trials completed; search folder: {result.folder}")
     if result.best is None:
@@ -271,7 +334,7 @@ def main(argv=None):
     # RuntimeError holding the last trial's traceback: the search failed.
     return run_command(
         "tuning",
-        lambda: _run(args),
+        lambda: _run(args, sys.argv[1:] if argv is None else argv),
         failures=(RuntimeError,),
         failure_prefix="the search failed: ",
         stop_hint=" (run the same command to resume)",

@@ -25,7 +25,8 @@ from kd_keras.data.splits import splits_for
 from kd_keras.distill.teacher import check_teacher_file, teacher_sanity_check
 from kd_keras.errors import SearchError
 from kd_keras.run_folder import MAX_TRIALS, SEARCH_FILE
-from kd_keras.train.speed import resolve_run_precisions
+from kd_keras.train.speed import apply_threading, resolve_run_precisions
+from tuning import distributed
 from tuning.hypermodel import DistillationHyperModel, SearchSpace
 from tuning.report import best_row, write_search_outputs, write_strict_json
 from tuning.search_folder import (
@@ -80,6 +81,7 @@ def run_search(
     verbose=1,
     report=None,
     cache_teacher_logits=True,
+    local_workers=None,
 ):
     """Runs, or resumes, a search over T and alpha in `out_dir`.
 
@@ -119,6 +121,16 @@ def run_search(
         cache_teacher_logits: replay the teacher's logits of the first
             trial in later trials instead of running the teacher again
             (same batches, same logits; see `DistillationHyperModel`).
+        local_workers: on the chief of a distributed search
+            (`tuning.distributed`), a `LocalWorkers` to start once the
+            chief serves trials.
+
+    A distributed search (Keras Tuner's `KERASTUNER_*` environment
+    variables, see `tuning.distributed`): the chief does all of the above
+    but, instead of training, serves the trials to the workers and writes
+    the outputs as they finish, recording which worker ran each trial in
+    `search.json` (`"workers"`); a worker trains the trials it is given and
+    returns a result with no rows.
 
     Returns:
         A `SearchResult`.
@@ -138,6 +150,19 @@ def run_search(
     """
     max_trials, config, epochs, space = _checked_arguments(tuner, max_trials, config, epochs, space)
     folder = Path(out_dir).expanduser().resolve()
+    if distributed.role() == "worker":
+        return _run_worker(
+            teacher,
+            data,
+            folder,
+            config,
+            space,
+            tuner,
+            max_trials,
+            epochs,
+            verbose,
+            cache_teacher_logits,
+        )
     # One process per search folder: a second identical command is refused
     # instead of training every trial again beside the first.
     with hold_search_lock(folder):
@@ -186,12 +211,54 @@ def run_search(
             overwrite=overwrite,
         )
         search_tuner.kd_report = report
+        settings["workers"] = (saved or {}).get("workers") or {}
         write_strict_json(folder / SEARCH_FILE, settings)
-        search_tuner.search(
-            train_dataset, validation_data=val_dataset, epochs=epochs, verbose=verbose
-        )
+        if distributed.role() == distributed.CHIEF:
+            search_tuner.oracle.verbose = verbose  # As Tuner.search sets it.
+            _serve(search_tuner, folder, settings, report, local_workers)
+        else:
+            search_tuner.search(
+                train_dataset, validation_data=val_dataset, epochs=epochs, verbose=verbose
+            )
         rows = write_search_outputs(search_tuner)
         return SearchResult(tuner=search_tuner, rows=rows, best=best_row(rows), folder=folder)
+
+
+def _serve(search_tuner, folder, settings, report, local_workers):
+    """The chief's part: serves the trials; after each, records its worker in
+    `search.json` and rewrites the outputs."""
+
+    def trial_ended(trial_id, worker):
+        settings["workers"][trial_id] = worker
+        write_strict_json(folder / SEARCH_FILE, settings)
+        rows = write_search_outputs(search_tuner)
+        row = next((r for r in rows if r["trial_id"] == trial_id), None)
+        if report is not None and row is not None:
+            report(dict(row, worker=worker))
+
+    distributed.serve(search_tuner, on_trial_end=trial_ended, workers=local_workers)
+
+
+def _run_worker(teacher, data, folder, config, space, tuner, max_trials, epochs, verbose, cache):
+    """A worker's part: the same data, teacher and hypermodel as the chief,
+    trials asked of the chief's oracle. It neither locks nor writes the
+    search's outputs (the chief does)."""
+    distributed.watch_chief()
+    splits, teacher_model = _load_data_and_teacher(teacher, data, config)
+    train_dataset, val_dataset, steps_per_epoch = _datasets(splits, config)
+    hypermodel = DistillationHyperModel(
+        teacher_model,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        config=config,
+        space=space,
+        cache_teacher_logits=cache,
+    )
+    search_tuner = build_tuner(
+        tuner, hypermodel, folder, max_trials=max_trials, epochs=epochs, seed=config.seed
+    )
+    search_tuner.search(train_dataset, validation_data=val_dataset, epochs=epochs, verbose=verbose)
+    return SearchResult(tuner=search_tuner, rows=[], best=None, folder=folder)
 
 
 def _checked_arguments(tuner, max_trials, config, epochs, space):
@@ -203,6 +270,7 @@ def _checked_arguments(tuner, max_trials, config, epochs, space):
     max_trials = _int_in_range("max_trials", max_trials, 1, MAX_TRIALS)
     config = (config or RunConfig.from_preset("quick")).validate()
     config, _ = resolve_run_precisions(config)
+    apply_threading(config)  # Before TensorFlow's runtime starts.
     epochs = _int_in_range(
         "epochs", config.student_epochs if epochs is None else epochs, 1, MAX_EPOCHS
     )

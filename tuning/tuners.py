@@ -13,6 +13,7 @@ import keras_tuner
 
 from kd_keras.errors import SearchError, SearchFailedError
 from kd_keras.run_folder import OBJECTIVE, TRIAL_COMPLETED, TRIAL_FILE, TUNERS
+from tuning import distributed
 from tuning.report import write_search_outputs, write_strict_json
 
 # The search stops when this many trials in a row failed.
@@ -82,9 +83,12 @@ class _TrialRecorder:
                 "seconds": round(time.time() - self._kd_started, 3),
                 "epochs": self._kd_epochs,
                 "error": trial_error(trial),
+                "worker": distributed.worker_id(),
             },
         )
         super().on_trial_end(trial)  # Scores the trial and saves the oracle.
+        if distributed.role() == "worker":
+            return  # The chief writes the outputs.
         rows = write_search_outputs(self)
         if self.kd_report is not None:
             self.kd_report(next(r for r in rows if r["trial_id"] == trial.trial_id))
