@@ -213,6 +213,9 @@ def serve(tuner, *, on_trial_end, workers=None, poll_seconds=0.5):
             (t for t, on in oracle.ongoing_trials.items() if on.trial_id == trial.trial_id), None
         )
         end_trial(trial)
+        # Saved again now that the trial is no longer ongoing (keras-tuner
+        # saves before it removes it; see `tuners.drop_finished_retries`).
+        oracle.save()
         on_trial_end(trial.trial_id, worker)
 
     oracle.end_trial = recorded_end_trial

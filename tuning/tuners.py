@@ -196,7 +196,24 @@ def build_tuner(name, hypermodel, folder, *, max_trials, epochs, seed=0, overwri
         tuner.oracle.max_trials = max_trials
     # Failed trials are counted by `check_failures` after they are saved.
     tuner.oracle.max_consecutive_failed_trials = max_trials + 1
+    drop_finished_retries(tuner.oracle)
     return tuner
+
+
+def drop_finished_retries(oracle):
+    """Keeps a reloaded oracle from running a finished trial again.
+
+    keras-tuner saves `oracle.json` in `end_trial` before it removes the
+    ended trial from `ongoing_trials`, and a reload sends every ongoing
+    trial to the retry queue: a process killed in between would run a
+    COMPLETED trial twice. Only trials that did not end are retried."""
+    queue = getattr(oracle, "_retry_queue", None)
+    if queue:
+        queue[:] = [
+            t
+            for t in queue
+            if getattr(oracle.trials.get(t), "status", None) not in (TRIAL_COMPLETED, *TRIAL_FAILED)
+        ]
 
 
 def check_tuner(name):
