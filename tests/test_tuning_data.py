@@ -229,3 +229,15 @@ def test_a_diverging_search_fails_its_trials_and_exits_1(tmp_path, capsys):
 def csv_rows(path):
     with open(path, newline="") as file:
         yield from csv.DictReader(file)
+
+
+def test_the_best_trial_carries_its_binomial_noise():
+    rows = [row(0, "COMPLETED", 0.80), row(1, "COMPLETED", 0.70), row(2, "FAILED")]
+    best = best_row(rows, val_images=400)
+    assert best["score_se"] == pytest.approx(math.sqrt(0.8 * 0.2 / 400))  # 0.02
+    margin_se = math.hypot(math.sqrt(0.8 * 0.2 / 400), math.sqrt(0.7 * 0.3 / 400))
+    assert best["margin_se"] == pytest.approx(margin_se)  # 0.0304: 0.10 > 2 x 0.0304
+    assert best["runner_up_score"] == 0.70 and best["beats_runner_up"] is True
+    # On 30 images the same margin is within the noise.
+    assert best_row(rows, val_images=30)["beats_runner_up"] is False
+    assert "score_se" not in best_row(rows)

@@ -208,6 +208,19 @@ def _print_trial(row):
     )
 
 
+def _noise_line(best):
+    """Whether the best trial's lead is more than noise, in one line."""
+    line = f"noise: standard error {best['score_se']:.4f} on {best['val_images']} validation images"
+    if "runner_up_score" not in best:
+        return line
+    margin = best["score"] - best["runner_up_score"]
+    verdict = "beats" if best["beats_runner_up"] else "does not beat"
+    return (
+        f"{line}; the best {verdict} the next best ({best['runner_up_score']:.4f}) by more "
+        f"than the noise (margin {margin:.4f}, 2 standard errors {2 * best['margin_se']:.4f})"
+    )
+
+
 def _worker_argv(argv):
     """The chief's arguments for its local workers: without `--workers`,
     `--overwrite`, `--resume` and `--threads` (each worker gets its share)."""
@@ -307,6 +320,8 @@ def _run(args, argv):
         f"best: T={best['temperature']:.4g} alpha={best['alpha']:.4g} "
         f"val_accuracy={best['score']:.4f} (trial {best['trial_id']})"
     )
+    if "score_se" in best:
+        print(_noise_line(best))
     if args.apply_to:
         row = run_best(
             result.folder, args.apply_to, data=args.data, verbose=2 if args.quiet else None

@@ -18,6 +18,7 @@ from kd_keras.errors import SearchError
 from kd_keras.run_folder import (
     BEST_FILE,
     OBJECTIVE,
+    SEARCH_FILE,
     SEARCH_PLOT,
     TRIAL_COLUMNS,
     TRIAL_COMPLETED,
@@ -74,9 +75,14 @@ def trial_rows(tuner):
     return rows
 
 
-def best_row(rows):
+def best_row(rows, val_images=None):
     """The completed trial with the highest val accuracy (earliest on ties),
-    as the `best.json` dict, or `None` if no trial completed."""
+    as the `best.json` dict, or `None` if no trial completed.
+
+    With `val_images` (the validation split's size), the dict also holds the
+    score's binomial standard error (`score_se`) and whether it beats the
+    next best trial by more than 2 standard errors of their difference
+    (`runner_up_score`, `margin_se`, `beats_runner_up`)."""
     completed = [
         r
         for r in rows
@@ -86,8 +92,9 @@ def best_row(rows):
     ]
     if not completed:
         return None
-    best = max(completed, key=lambda r: (r["val_accuracy"], -int(r["trial_id"])))
-    return {
+    ranked = sorted(completed, key=lambda r: (-r["val_accuracy"], int(r["trial_id"])))
+    best = ranked[0]
+    row = {
         "trial_id": best["trial_id"],
         "temperature": best["temperature"],
         "alpha": best["alpha"],
@@ -97,6 +104,33 @@ def best_row(rows):
         "epochs": best["epochs"],
         "completed_trials": len(completed),
     }
+    if val_images:
+        row.update(noise(best["val_accuracy"], val_images, ranked[1:2]))
+    return row
+
+
+def standard_error(accuracy, images):
+    """The binomial standard error of an accuracy measured on `images`
+    images: sqrt(p (1 - p) / n)."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / images)
+
+
+def noise(score, val_images, runners_up):
+    """The best score's noise: its standard error, and whether it beats the
+    next best trial by more than the noise of their difference (2 standard
+    errors of the difference of two independent accuracies)."""
+    se = standard_error(score, val_images)
+    facts = {"val_images": int(val_images), "score_se": se}
+    if runners_up:
+        second = runners_up[0]["val_accuracy"]
+        margin = score - second
+        noise_of_margin = math.hypot(se, standard_error(second, val_images))
+        facts.update(
+            runner_up_score=second,
+            margin_se=noise_of_margin,
+            beats_runner_up=bool(margin > 2 * noise_of_margin),
+        )
+    return facts
 
 
 def write_search_outputs(tuner, folder=None):
@@ -118,7 +152,8 @@ def write_search_outputs(tuner, folder=None):
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(folder / TRIALS_FILE, buffer.getvalue())
-    best = best_row(rows)
+    settings = atomic.read_json(folder / SEARCH_FILE, {}) or {}
+    best = best_row(rows, (settings.get("data") or {}).get("val_images"))
     if best is not None:
         write_strict_json(folder / BEST_FILE, best)
     plot_search(rows, best, folder / SEARCH_PLOT)

@@ -221,7 +221,8 @@ def run_search(
                 train_dataset, validation_data=val_dataset, epochs=epochs, verbose=verbose
             )
         rows = write_search_outputs(search_tuner)
-        return SearchResult(tuner=search_tuner, rows=rows, best=best_row(rows), folder=folder)
+        best = best_row(rows, data_facts["val_images"])
+        return SearchResult(tuner=search_tuner, rows=rows, best=best, folder=folder)
 
 
 def _serve(search_tuner, folder, settings, report, local_workers):
