@@ -241,3 +241,29 @@ def test_the_best_trial_carries_its_binomial_noise():
     # On 30 images the same margin is within the noise.
     assert best_row(rows, val_images=30)["beats_runner_up"] is False
     assert "score_se" not in best_row(rows)
+
+
+def test_trial_seeds_start_each_execution_from_its_seeds_student(tmp_path):
+    import keras_tuner
+
+    from tuning.hypermodel import DistillationHyperModel, SearchSpace
+    from tuning.tuners import build_tuner
+
+    teacher = keras.Sequential(
+        [keras.Input((20, 20, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)]
+    )
+    config = tiny_run_config(precision="float32", teacher_precision="float32")
+    hypermodel = DistillationHyperModel(
+        teacher, steps_per_epoch=2, epochs=1, config=config, space=SearchSpace(), trial_seeds=2
+    )
+    hp = keras_tuner.HyperParameters()
+    first, second, third = (hypermodel.build(hp).student.get_weights()[0] for _ in range(3))
+    assert not np.array_equal(first, second)  # Execution 2: seed + 1's student.
+    assert np.array_equal(first, third)  # The next trial's first execution: seed 0's.
+    # Seed 0's student is the one-seed search's (the pipeline's) student.
+    one = DistillationHyperModel(teacher, steps_per_epoch=2, epochs=1, config=config)
+    assert np.array_equal(one.build(keras_tuner.HyperParameters()).student.get_weights()[0], first)
+    tuner = build_tuner("random", hypermodel, tmp_path / "s", max_trials=1, epochs=1)
+    assert tuner.executions_per_trial == 2
+    with pytest.raises(ValueError, match="trial_seeds must be an int >= 1, got 0"):
+        DistillationHyperModel(teacher, steps_per_epoch=2, config=config, trial_seeds=0)

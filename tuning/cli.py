@@ -9,6 +9,8 @@ from kd_keras.errors import run_command
 from kd_keras.options import add_run_options, overrides_from_args
 from kd_keras.run_folder import MAX_TRIALS, TRIAL_COMPLETED, RunFolder, SearchFolder
 
+MAX_TRIAL_SEEDS = 100  # --trial-seeds: each seed trains the trial once more.
+
 # Recipe options the search takes (run options, kd_keras/options.py); the
 # rest of the recipe comes from --preset or the --apply-to run.
 _CONFIG_FIELDS = (
@@ -138,6 +140,13 @@ def get_args(argv=None):
         "(docs/tuning.md)",
     )
     parser.add_argument(
+        "--trial-seeds",
+        type=int,
+        default=1,
+        help="score each trial as the mean validation accuracy of K students of "
+        "different initial weights (K times the training; default: 1)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the search in --out, which must exist (running the same "
@@ -255,6 +264,7 @@ def _run(args, argv):
     for flag, value, high in (
         ("--trials", args.trials, MAX_TRIALS),
         ("--epochs", args.epochs, MAX_EPOCHS),
+        ("--trial-seeds", args.trial_seeds, MAX_TRIAL_SEEDS),
     ):
         if value is not None and value < 1:
             raise SearchError(f"{flag} must be >= 1, got {value}")
@@ -302,6 +312,7 @@ def _run(args, argv):
         report=_print_trial,
         cache_teacher_logits=args.cache_teacher_logits,
         local_workers=local_workers,
+        trial_seeds=args.trial_seeds,
     )
     if role() == "worker":
         print(f"worker {worker_id()}: no trial left; search folder: {result.folder}")

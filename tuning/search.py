@@ -82,6 +82,7 @@ def run_search(
     report=None,
     cache_teacher_logits=True,
     local_workers=None,
+    trial_seeds=1,
 ):
     """Runs, or resumes, a search over T and alpha in `out_dir`.
 
@@ -121,6 +122,8 @@ def run_search(
         cache_teacher_logits: replay the teacher's logits of the first
             trial in later trials instead of running the teacher again
             (same batches, same logits; see `DistillationHyperModel`).
+        trial_seeds: score each trial as the mean of this many students
+            of different initial weights (see `DistillationHyperModel`).
         local_workers: on the chief of a distributed search
             (`tuning.distributed`), a `LocalWorkers` to start once the
             chief serves trials.
@@ -161,7 +164,7 @@ def run_search(
             max_trials,
             epochs,
             verbose,
-            cache_teacher_logits,
+            dict(cache_teacher_logits=cache_teacher_logits, trial_seeds=trial_seeds),
         )
     # One process per search folder: a second identical command is refused
     # instead of training every trial again beside the first.
@@ -180,6 +183,7 @@ def run_search(
             teacher_sha256=teacher_fingerprint(teacher_model),
             data=data_facts,
         )
+        settings["trial_seeds"] = trial_seeds
         _check_resume(folder, saved, settings)
         # Printed before any trial, with a warning and the likely causes if
         # near chance (a search also serves to probe untrained teachers).
@@ -198,6 +202,7 @@ def run_search(
             config=config,
             space=space,
             cache_teacher_logits=cache_teacher_logits,
+            trial_seeds=trial_seeds,
         )
         # With overwrite, keras-tuner deletes the folder: check_search_folder
         # made sure it holds a search and nothing else of the user's.
@@ -240,7 +245,7 @@ def _serve(search_tuner, folder, settings, report, local_workers):
     distributed.serve(search_tuner, on_trial_end=trial_ended, workers=local_workers)
 
 
-def _run_worker(teacher, data, folder, config, space, tuner, max_trials, epochs, verbose, cache):
+def _run_worker(teacher, data, folder, config, space, tuner, max_trials, epochs, verbose, options):
     """A worker's part: the same data, teacher and hypermodel as the chief,
     trials asked of the chief's oracle. It neither locks nor writes the
     search's outputs (the chief does)."""
@@ -253,7 +258,7 @@ def _run_worker(teacher, data, folder, config, space, tuner, max_trials, epochs,
         epochs=epochs,
         config=config,
         space=space,
-        cache_teacher_logits=cache,
+        **options,
     )
     search_tuner = build_tuner(
         tuner, hypermodel, folder, max_trials=max_trials, epochs=epochs, seed=config.seed

@@ -72,10 +72,19 @@ def search_settings(*, tuner, epochs, max_trials, config, space, teacher_sha256,
 
 def settings_differences(saved, new):
     differences = []
-    for key in ("tuner", "objective", "epochs", "space", "config", "teacher_sha256", "data"):
+    for key in (
+        "tuner",
+        "objective",
+        "epochs",
+        "space",
+        "config",
+        "teacher_sha256",
+        "data",
+        "trial_seeds",
+    ):
         old, now = saved.get(key), new.get(key)
-        if key == "data" and old is None:
-            continue  # Saved before the data was recorded.
+        if key in ("data", "trial_seeds") and old is None:
+            continue  # Saved before it was recorded.
         if isinstance(old, dict) and isinstance(now, dict):
             differences += [
                 f"{key}.{k} (saved {old.get(k)!r}, asked {now.get(k)!r})"

@@ -178,6 +178,8 @@ def build_tuner(name, hypermodel, folder, *, max_trials, epochs, seed=0, overwri
         directory=str(folder.parent),
         project_name=folder.name,
         overwrite=overwrite,
+        # Each trial's score: the mean over the hypermodel's seeds.
+        executions_per_trial=getattr(hypermodel, "trial_seeds", 1),
     )
     check_tuner(name)
     if name == "random":
