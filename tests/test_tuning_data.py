@@ -19,6 +19,7 @@ from kd_keras.config import MAX_EPOCHS, RunConfig
 from kd_keras.errors import SearchFailedError
 from kd_keras.run_folder import MAX_TRIALS
 from tuning.cli import _config_from_args, get_args, main
+from tuning.hypermodel import SearchSpace
 from tuning.report import best_row, write_strict_json
 from tuning.tuners import check_failures
 
@@ -267,3 +268,21 @@ def test_trial_seeds_start_each_execution_from_its_seeds_student(tmp_path):
     assert tuner.executions_per_trial == 2
     with pytest.raises(ValueError, match="trial_seeds must be an int >= 1, got 0"):
         DistillationHyperModel(teacher, steps_per_epoch=2, config=config, trial_seeds=0)
+
+
+def test_the_best_is_compared_with_the_default_trial():
+    rows = [row(0, "COMPLETED", 0.70), row(1, "COMPLETED", 0.80), row(2, "COMPLETED", 0.79)]
+    rows[0].update(temperature=4.0, alpha=0.3)
+    rows[1].update(temperature=7.5, alpha=0.2)
+    best = best_row(rows, val_images=400, default={"temperature": 4.0, "alpha": 0.3})
+    assert best["trial_id"] == "1" and best["default_trial_id"] == "0"
+    assert best["default_score"] == 0.70 and best["beats_default"] is True
+    assert best["runner_up_trial_id"] == "2" and best["beats_runner_up"] is False
+    # The default is the first trial of a new random search.
+    space = SearchSpace(temperature_min=2.0, temperature_max=8.0, alpha_min=0.2, alpha_max=0.6)
+    assert space.default_values(4.0, 0.3) == {"temperature": 4.0, "alpha": 0.3}
+    assert space.default_values(9.0, 0.3) is None  # Outside the space: no default trial.
+    assert SearchSpace(fixed_alpha=0.5).default_values(4.0, 0.3) == {
+        "temperature": 4.0,
+        "alpha": 0.5,
+    }

@@ -218,15 +218,23 @@ def _print_trial(row):
 
 
 def _noise_line(best):
-    """Whether the best trial's lead is more than noise, in one line."""
+    """Whether the best trial beats the default (or, without a default
+    trial, the next best) by more than the noise, in one line."""
     line = f"noise: standard error {best['score_se']:.4f} on {best['val_images']} validation images"
-    if "runner_up_score" not in best:
+    if best.get("default_trial_id") == best["trial_id"]:
+        return f"{line}; the best trial is the default T and alpha"
+    if "default_score" in best:
+        name, key, margin_key = "the default", "default", "default_margin_se"
+    elif "runner_up_score" in best:
+        name, key, margin_key = "the next best trial", "runner_up", "margin_se"
+    else:
         return line
-    margin = best["score"] - best["runner_up_score"]
-    verdict = "beats" if best["beats_runner_up"] else "does not beat"
+    score = best[f"{key}_score"]
+    verdict = "beats" if best[f"beats_{key}"] else "does not beat"
     return (
-        f"{line}; the best {verdict} the next best ({best['runner_up_score']:.4f}) by more "
-        f"than the noise (margin {margin:.4f}, 2 standard errors {2 * best['margin_se']:.4f})"
+        f"{line}; the best {verdict} {name} (trial {best[f'{key}_trial_id']}: {score:.4f}) by "
+        f"more than the noise (margin {best['score'] - score:.4f}, 2 standard errors "
+        f"{2 * best[margin_key]:.4f})"
     )
 
 

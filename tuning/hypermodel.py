@@ -163,6 +163,17 @@ class SearchSpace:
             a_ok = self.alpha_min - tolerance <= alpha <= self.alpha_max + tolerance
         return t_ok and a_ok
 
+    def default_values(self, temperature, alpha):
+        """The hyperparameter values of the default T and alpha (a fixed knob
+        keeps its value), or `None` if they lie outside this space."""
+        values = {
+            "temperature": float(
+                temperature if self.fixed_temperature is None else self.fixed_temperature
+            ),
+            "alpha": float(alpha if self.fixed_alpha is None else self.fixed_alpha),
+        }
+        return values if self.contains(values["temperature"], values["alpha"], 0) else None
+
     def declare(self, hp):
         """Declares `temperature` and `alpha` on a `keras_tuner.HyperParameters`.
 

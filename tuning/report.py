@@ -75,14 +75,17 @@ def trial_rows(tuner):
     return rows
 
 
-def best_row(rows, val_images=None):
+def best_row(rows, val_images=None, default=None):
     """The completed trial with the highest val accuracy (earliest on ties),
     as the `best.json` dict, or `None` if no trial completed.
 
     With `val_images` (the validation split's size), the dict also holds the
     score's binomial standard error (`score_se`) and whether it beats the
     next best trial by more than 2 standard errors of their difference
-    (`runner_up_score`, `margin_se`, `beats_runner_up`)."""
+    (`runner_up_score`, `margin_se`, `beats_runner_up`); with `default`
+    (`{"temperature", "alpha"}`) and a completed trial of those values, the
+    same against it (`default_trial_id`, `default_score`,
+    `default_margin_se`, `beats_default`)."""
     completed = [
         r
         for r in rows
@@ -106,7 +109,28 @@ def best_row(rows, val_images=None):
     }
     if val_images:
         row.update(noise(best["val_accuracy"], val_images, ranked[1:2]))
+        match = _default_trial(completed, default)
+        if match is not None:
+            facts = noise(best["val_accuracy"], val_images, [match])
+            row.update(
+                default_trial_id=match["trial_id"],
+                default_score=match["val_accuracy"],
+                default_margin_se=facts["margin_se"],
+                beats_default=facts["beats_runner_up"],
+            )
     return row
+
+
+def _default_trial(completed, default):
+    """The earliest completed trial at the default T and alpha, or None."""
+    if not default:
+        return None
+    for row in sorted(completed, key=lambda r: int(r["trial_id"])):
+        if math.isclose(row["temperature"], default["temperature"], rel_tol=1e-6) and math.isclose(
+            row["alpha"], default["alpha"], rel_tol=1e-6, abs_tol=1e-9
+        ):
+            return row
+    return None
 
 
 def standard_error(accuracy, images):
@@ -126,6 +150,7 @@ def noise(score, val_images, runners_up):
         margin = score - second
         noise_of_margin = math.hypot(se, standard_error(second, val_images))
         facts.update(
+            runner_up_trial_id=runners_up[0]["trial_id"],
             runner_up_score=second,
             margin_se=noise_of_margin,
             beats_runner_up=bool(margin > 2 * noise_of_margin),
@@ -153,7 +178,7 @@ def write_search_outputs(tuner, folder=None):
     writer.writerows(rows)
     atomic.write_text(folder / TRIALS_FILE, buffer.getvalue())
     settings = atomic.read_json(folder / SEARCH_FILE, {}) or {}
-    best = best_row(rows, (settings.get("data") or {}).get("val_images"))
+    best = best_row(rows, (settings.get("data") or {}).get("val_images"), settings.get("default"))
     if best is not None:
         write_strict_json(folder / BEST_FILE, best)
     plot_search(rows, best, folder / SEARCH_PLOT)

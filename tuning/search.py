@@ -184,6 +184,8 @@ def run_search(
             data=data_facts,
         )
         settings["trial_seeds"] = trial_seeds
+        # The config's T and alpha: the first trial, the score to beat.
+        settings["default"] = space.default_values(config.temperature, config.alpha)
         _check_resume(folder, saved, settings)
         # Printed before any trial, with a warning and the likely causes if
         # near chance (a search also serves to probe untrained teachers).
@@ -214,6 +216,7 @@ def run_search(
             epochs=epochs,
             seed=config.seed,
             overwrite=overwrite,
+            first_values=settings["default"],
         )
         search_tuner.kd_report = report
         settings["workers"] = (saved or {}).get("workers") or {}
@@ -226,7 +229,7 @@ def run_search(
                 train_dataset, validation_data=val_dataset, epochs=epochs, verbose=verbose
             )
         rows = write_search_outputs(search_tuner)
-        best = best_row(rows, data_facts["val_images"])
+        best = best_row(rows, data_facts["val_images"], settings["default"])
         return SearchResult(tuner=search_tuner, rows=rows, best=best, folder=folder)
 
 

@@ -81,9 +81,10 @@ def settings_differences(saved, new):
         "teacher_sha256",
         "data",
         "trial_seeds",
+        "default",
     ):
         old, now = saved.get(key), new.get(key)
-        if key in ("data", "trial_seeds") and old is None:
+        if key in ("data", "trial_seeds", "default") and old is None:
             continue  # Saved before it was recorded.
         if isinstance(old, dict) and isinstance(now, dict):
             differences += [

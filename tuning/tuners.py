@@ -138,7 +138,9 @@ def check_failures(rows):
         )
 
 
-def build_tuner(name, hypermodel, folder, *, max_trials, epochs, seed=0, overwrite=False):
+def build_tuner(
+    name, hypermodel, folder, *, max_trials, epochs, seed=0, overwrite=False, first_values=None
+):
     """The keras-tuner `Tuner` of a search, selected by name.
 
     Args:
@@ -154,6 +156,9 @@ def build_tuner(name, hypermodel, folder, *, max_trials, epochs, seed=0, overwri
         seed: seed of the tuner's sampling.
         overwrite: delete the folder's previous search and start over;
             otherwise a previous search there is reloaded and continued.
+        first_values: if given (random and Bayesian), the hyperparameter
+            values of a new search's first trial, e.g. the default T and
+            alpha (`SearchSpace.default_values`).
 
     Returns:
         A keras-tuner `Tuner` subclass instance whose search writes
@@ -199,7 +204,23 @@ def build_tuner(name, hypermodel, folder, *, max_trials, epochs, seed=0, overwri
     # Failed trials are counted by `check_failures` after they are saved.
     tuner.oracle.max_consecutive_failed_trials = max_trials + 1
     drop_finished_retries(tuner.oracle)
+    if first_values is not None and name != "hyperband":
+        start_with(tuner.oracle, first_values)
     return tuner
+
+
+def start_with(oracle, values):
+    """Makes a new search's first trial the hyperparameter `values` (the
+    default T and alpha), so the search measures the default it must beat;
+    later trials are the oracle's own (random or Bayesian) choices."""
+    populate = oracle.populate_space
+
+    def populate_first(trial_id):
+        if not oracle.trials:
+            return {"status": "RUNNING", "values": dict(values)}
+        return populate(trial_id)
+
+    oracle.populate_space = populate_first
 
 
 def drop_finished_retries(oracle):
