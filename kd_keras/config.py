@@ -397,6 +397,10 @@ def cifar10_sizes(fields):
     return resolve_sizes(choices, CIFAR10_COUNTS["train"], CIFAR10_COUNTS["test"], CLASS_NAMES)
 
 
+# The most epochs a stage (or a search trial) may train: the input pipeline
+# is built per epoch.
+MAX_EPOCHS = 1000
+
 # Presets are named overrides of `RunConfig`'s defaults.
 PRESETS = {
     # Seconds: a few hundred images and the smallest ResNets. For tests; in
@@ -905,7 +909,7 @@ class RunConfig:
         # Upper limits keep every accepted value runnable: the input
         # pipeline is built per epoch, widths allocate width**2 weights,
         # and seeds feed NumPy's 32-bit seeding (the student uses seed + 1).
-        max_epochs, max_width, max_seed = 1000, 256, 2**31 - 2
+        max_epochs, max_width, max_seed = MAX_EPOCHS, 256, 2**31 - 2
         positive = {
             "teacher_width": (self.teacher_width, max_width),
             "student_width": (self.student_width, max_width),

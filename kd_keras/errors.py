@@ -8,7 +8,7 @@ Exit codes (`exit_code`), shared by `python -m kd_keras` and `python -m tuning`:
 | code | meaning | raised as |
 |---|---|---|
 | 0 | done | |
-| 1 | the run failed on the way | `NonFiniteLossError`, `DiskWriteError`, `CacheMismatchError`, out of memory |
+| 1 | the run failed on the way | `NonFiniteLossError`, `DiskWriteError`, `CacheMismatchError`, `SearchFailedError`, out of memory |
 | 2 | bad input: nothing was trained | `ConfigError` (and `DistributeError`), `DatasetError` (and `DataSourceError`), `ModelSpecError`, `RunFolderError`, `TeacherError`, `RunLockedError`, `DamagedFileError`, `ExportError`, `SearchError`, `LaunchError` |
 | 130 | stopped (Ctrl-C, SIGTERM); `--resume` continues | `RunStopped`, `KeyboardInterrupt` |
 """
@@ -126,6 +126,11 @@ class CacheMismatchError(RuntimeError):
     """The batches replayed are not the batches whose logits were cached."""
 
 
+class SearchFailedError(RuntimeError):
+    """A search whose trials failed (e.g. a diverging loss): no trial
+    completed, or too many failed in a row; names the last trial's error."""
+
+
 # --- Stopped (exit code 130) ---------------------------------------------------
 
 
@@ -151,7 +156,13 @@ BAD_INPUT = (
     SearchError,
     LaunchError,
 )
-FAILED = (NonFiniteLossError, DiskWriteError, CacheMismatchError, MemoryError)
+FAILED = (
+    NonFiniteLossError,
+    DiskWriteError,
+    CacheMismatchError,
+    SearchFailedError,
+    MemoryError,
+)
 STOPPED = (RunStopped, KeyboardInterrupt)
 
 OUT_OF_MEMORY = (

@@ -496,6 +496,7 @@ BEST_FILE = "best.json"
 SEARCH_PLOT = "search.png"
 TRIAL_FILE = "kd_trial.json"  # Per trial folder: wall time and epochs.
 TUNERS = ("random", "bayesian", "hyperband")  # `--tuner`; the first is the default.
+MAX_TRIALS = 1000  # `--trials`: each trial keeps a folder and a checkpoint.
 OBJECTIVE = "val_accuracy"
 # The columns of `trials.csv`.
 TRIAL_COLUMNS = (

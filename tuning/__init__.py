@@ -21,19 +21,9 @@ from kd_keras.errors import SearchError  # noqa: E402
 from tuning.apply import TUNED_STAGE, run_best  # noqa: E402
 from tuning.cli import main  # noqa: E402
 from tuning.hypermodel import DistillationHyperModel, SearchSpace  # noqa: E402
-from tuning.search import (  # noqa: E402
-    OBJECTIVE,
-    TUNERS,
-    SearchResult,
-    best_row,
-    build_tuner,
-    load_best,
-    load_trials,
-    objective,
-    run_search,
-    trial_rows,
-    write_search_outputs,
-)
+from tuning.report import best_row, load_best, load_trials, trial_rows, write_search_outputs  # noqa: E402
+from tuning.search import SearchResult, run_search  # noqa: E402
+from tuning.tuners import OBJECTIVE, TUNERS, build_tuner, objective  # noqa: E402
 
 __all__ = [
     "DistillationHyperModel",

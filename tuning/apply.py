@@ -19,7 +19,7 @@ from kd_keras.report.results import load_stage_rows, write_results
 from kd_keras.run_folder import RunFolder
 from kd_keras.stages import STAGES
 from kd_keras.train.pipeline import Pipeline
-from tuning.search import load_best
+from tuning.report import load_best
 
 TUNED_STAGE = "student_distilled_tuned"
 
@@ -109,7 +109,8 @@ def _train_stage(config, run_dir, stage, temperature, alpha, best, search_dir):
     pipeline = Pipeline(config, run_dir, progress=None)  # The run's progress stays.
     pipeline.load_data()
     run = RunFolder(run_dir)
-    teacher = load_teacher(run.model_file("teacher"))
+    # Loaded for the run's classes and image size, as the run loaded it.
+    teacher = load_teacher(run.model_file("teacher"), **pipeline.teacher_contract())
     checkpoint_dir = run.checkpoint_dir(stage)
     params = {"temperature": temperature, "alpha": alpha, "epochs": config.student_epochs}
     if atomic.read_json(checkpoint_dir / "params.json") != params:

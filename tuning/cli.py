@@ -1,13 +1,16 @@
 """Command line: `python -m tuning --teacher T.keras --data ARCHIVE --out DIR`."""
 
 import argparse
+import dataclasses
 import sys
 
-from kd_keras.config import PRESETS, RunConfig
+from kd_keras.config import MAX_EPOCHS, PRESETS, RunConfig
 from kd_keras.errors import run_command
 from kd_keras.options import add_run_options, overrides_from_args
-from kd_keras.run_folder import TRIAL_COMPLETED, RunFolder
+from kd_keras.run_folder import MAX_TRIALS, TRIAL_COMPLETED, RunFolder, SearchFolder
 from kd_keras.text import plural
+
+MAX_TRIAL_SEEDS = 100  # --trial-seeds: each seed trains the trial once more.
 
 # Recipe options the search takes (run options, kd_keras/options.py); the
 # rest of the recipe comes from --preset or the --apply-to run.
@@ -22,6 +25,12 @@ _CONFIG_FIELDS = (
     "val_per_class",
     "batch_size",
     "learning_rate",
+    "threads",
+) + tuple(
+    # The teacher's output kind, where the run has that option.
+    f.name
+    for f in dataclasses.fields(RunConfig)
+    if f.name == "teacher_outputs"
 )
 # Where the search's meaning differs from `python -m kd_keras run`'s.
 _CONFIG_HELP = {
@@ -67,12 +76,12 @@ def get_args(argv=None):
         "--trials",
         type=int,
         default=10,
-        help="number of trials; for hyperband a cap on them (default: 10)",
+        help=f"number of trials, at most {MAX_TRIALS}; for hyperband a cap on them (default: 10)",
     )
     parser.add_argument(
         "--epochs",
         type=int,
-        help="epochs per trial; for hyperband the "
+        help=f"epochs per trial, at most {MAX_EPOCHS}; for hyperband the "
         "most one model trains (default: the recipe's student epochs)",
     )
     parser.add_argument(
@@ -123,6 +132,28 @@ def get_args(argv=None):
         "--quiet", action="store_true", help="one line per trial instead of Keras progress bars"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        help="run the trials in N worker processes on this machine (Keras Tuner's "
+        "distributed mode: this process is the chief and serves them; the cores are "
+        "split between them unless --threads is given); on several machines, set "
+        "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT instead "
+        "(docs/tuning.md)",
+    )
+    parser.add_argument(
+        "--trial-seeds",
+        type=int,
+        default=1,
+        help="score each trial as the mean validation accuracy of K students of "
+        "different initial weights (K times the training; default: 1)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the search in --out, which must exist (running the same "
+        "command again does the same)",
+    )
+    parser.add_argument(
         "--no-teacher-cache",
         dest="cache_teacher_logits",
         action="store_false",
@@ -153,7 +184,15 @@ def _space_from_args(args):
 
 
 def _config_from_args(args):
+    """The search's `RunConfig`: the --apply-to run's (its data, classes,
+    image size and split sizes) or the preset's, with the flags given.
+
+    `data` is part of it, so that the split sizes are checked against the
+    data the search reads (CIFAR-10's limits only for CIFAR-10; an image
+    folder's or `.npz` file's when its splits are made)."""
     overrides = overrides_from_args(args, _CONFIG_FIELDS)
+    if args.data:
+        overrides["data"] = args.data
     if args.apply_to:
         from tuning.apply import check_run_folder
 
@@ -166,32 +205,102 @@ def _config_from_args(args):
 
 
 def _print_trial(row):
+    by = f" [{row['worker']}]" if row.get("worker") else ""
+    head = f"trial {row['trial_id']}{by}: T={row['temperature']:.3g} alpha={row['alpha']:.3g}"
     if row["val_accuracy"] is None:
-        print(
-            f"trial {row['trial_id']}: T={row['temperature']:.3g} "
-            f"alpha={row['alpha']:.3g} {row['status']}",
-            flush=True,
-        )
+        error = f": {row['error']}" if row.get("error") else ""
+        print(f"{head} {row['status']}{error}", flush=True)
         return
+    seconds = f", {row['seconds']:.1f} s" if row.get("seconds") is not None else ""
     print(
-        f"trial {row['trial_id']}: T={row['temperature']:.3g} alpha={row['alpha']:.3g} "
-        f"val_accuracy={row['val_accuracy']:.4f} ({plural(row['epochs'], 'epoch')}, "
-        f"{row['seconds']:.1f} s)",
+        f"{head} val_accuracy={row['val_accuracy']:.4f} "
+        f"({plural(row['epochs'], 'epoch')}{seconds})",
         flush=True,
     )
 
 
-def _run(args):
-    from kd_keras.errors import SearchError
+def _noise_line(best):
+    """Whether the best trial beats the default (or, without a default
+    trial, the next best) by more than the noise, in one line."""
+    line = f"noise: standard error {best['score_se']:.4f} on {best['val_images']} validation images"
+    if best.get("default_trial_id") == best["trial_id"]:
+        return f"{line}; the best trial is the default T and alpha"
+    if "default_score" in best:
+        name, key, margin_key = "the default", "default", "default_margin_se"
+    elif "runner_up_score" in best:
+        name, key, margin_key = "the next best trial", "runner_up", "margin_se"
+    else:
+        return line
+    score = best[f"{key}_score"]
+    verdict = "beats" if best[f"beats_{key}"] else "does not beat"
+    return (
+        f"{line}; the best {verdict} {name} (trial {best[f'{key}_trial_id']}: {score:.4f}) by "
+        f"more than the noise (margin {best['score'] - score:.4f}, 2 standard errors "
+        f"{2 * best[margin_key]:.4f})"
+    )
+
+
+def _worker_argv(argv):
+    """The chief's arguments for its local workers: without `--workers`,
+    `--overwrite`, `--resume` and `--threads` (each worker gets its share)."""
+    out, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--workers", "--threads"):
+            skip = 0 if "=" in arg else 1
+            continue
+        if name in ("--overwrite", "--resume"):
+            continue
+        out.append(arg)
+    return out
+
+
+def _run(args, argv):
+    from kd_keras.errors import SearchError, SearchFailedError
     from tuning.apply import run_best
+    from tuning.distributed import (
+        LocalWorkers,
+        become_local_chief,
+        check_workers,
+        role,
+        threads_per_worker,
+        worker_id,
+    )
     from tuning.search import run_search
 
-    if args.trials < 1:
-        raise SearchError(f"--trials must be >= 1, got {args.trials}")
-    if args.epochs is not None and args.epochs < 1:
-        raise SearchError(f"--epochs must be >= 1, got {args.epochs}")
+    for flag, value, high in (
+        ("--trials", args.trials, MAX_TRIALS),
+        ("--epochs", args.epochs, MAX_EPOCHS),
+        ("--trial-seeds", args.trial_seeds, MAX_TRIAL_SEEDS),
+    ):
+        if value is not None and value < 1:
+            raise SearchError(f"{flag} must be >= 1, got {value}")
+        if value is not None and value > high:
+            raise SearchError(f"{flag} must be at most {high}, got {value}; ask for fewer")
+    workers = check_workers(args.workers)
+    if args.resume and not SearchFolder(args.out).settings_file.is_file():
+        raise SearchError(
+            f"--resume: '{args.out}' holds no search to continue; drop --resume to start one"
+        )
+    if args.resume and args.overwrite:
+        raise SearchError("--resume and --overwrite contradict each other; choose one")
     space = _space_from_args(args)
     config = _config_from_args(args)
+    local_workers = None
+    if workers:
+        if role() is not None:
+            raise SearchError(
+                "--workers starts its own chief and workers on this machine; unset "
+                "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT, or drop "
+                "--workers"
+            )
+        become_local_chief()
+        local_workers = LocalWorkers(
+            _worker_argv(argv), workers, threads_per_worker(workers, args.threads)
+        )
     teacher = args.teacher
     if teacher is None:
         if not args.apply_to:
@@ -199,10 +308,9 @@ def _run(args):
                 "--teacher is required (or --apply-to a run folder with models/teacher.keras)"
             )
         teacher = RunFolder(args.apply_to).model_file("teacher")
-    data = args.data or (config.data if args.apply_to else None)
     result = run_search(
         teacher,
-        data,
+        config.data,
         args.out,
         config=config,
         space=space,
@@ -213,22 +321,28 @@ def _run(args):
         verbose=0 if args.quiet else 1,
         report=_print_trial,
         cache_teacher_logits=args.cache_teacher_logits,
+        local_workers=local_workers,
+        trial_seeds=args.trial_seeds,
     )
+    if role() == "worker":
+        print(f"worker {worker_id()}: no trial left; search folder: {result.folder}")
+        return 0
     done = sum(r["status"] == TRIAL_COMPLETED for r in result.rows)
     print(f"\n{done} of {len(result.rows)} trials completed; search folder: {result.folder}")
     if result.best is None:
-        print(
-            "tuning: error: no trial completed (their errors are in "
-            f"{result.folder}/trial_*/trial.json); fix the cause and run again "
-            "with --overwrite",
-            file=sys.stderr,
+        failed = [r for r in result.rows if r.get("error")]
+        last = failed[-1] if failed else None
+        reason = f" (trial {last['trial_id']}: {last['error'].rstrip('.')})" if last else ""
+        raise SearchFailedError(
+            f"no trial completed{reason}; fix the cause and run again with --overwrite"
         )
-        return 1
     best = result.best
     print(
         f"best: T={best['temperature']:.4g} alpha={best['alpha']:.4g} "
         f"val_accuracy={best['score']:.4f} (trial {best['trial_id']})"
     )
+    if "score_se" in best:
+        print(_noise_line(best))
     if args.apply_to:
         row = run_best(
             result.folder, args.apply_to, data=args.data, verbose=2 if args.quiet else None
@@ -256,7 +370,7 @@ def main(argv=None):
     # RuntimeError holding the last trial's traceback: the search failed.
     return run_command(
         "tuning",
-        lambda: _run(args),
+        lambda: _run(args, sys.argv[1:] if argv is None else argv),
         failures=(RuntimeError,),
         failure_prefix="the search failed: ",
         stop_hint=" (run the same command to resume)",

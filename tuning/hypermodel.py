@@ -20,7 +20,9 @@ from kd_keras import RunConfig  # First: sets KERAS_BACKEND.
 from kd_keras.config import validate_temperature
 from kd_keras.distill.teacher import teacher_for_inference
 from kd_keras.distill.teacher_cache import TeacherLogitCache, with_teacher_logits
+from kd_keras.errors import NonFiniteLossError
 from kd_keras.train import recipe
+from kd_keras.train.callbacks import NonFiniteLossGuard
 
 DEFAULT_TEMPERATURE_RANGE = (1.0, 20.0)
 DEFAULT_ALPHA_RANGE = (0.0, 1.0)
@@ -161,6 +163,17 @@ class SearchSpace:
             a_ok = self.alpha_min - tolerance <= alpha <= self.alpha_max + tolerance
         return t_ok and a_ok
 
+    def default_values(self, temperature, alpha):
+        """The hyperparameter values of the default T and alpha (a fixed knob
+        keeps its value), or `None` if they lie outside this space."""
+        values = {
+            "temperature": float(
+                temperature if self.fixed_temperature is None else self.fixed_temperature
+            ),
+            "alpha": float(alpha if self.fixed_alpha is None else self.fixed_alpha),
+        }
+        return values if self.contains(values["temperature"], values["alpha"], 0) else None
+
     def declare(self, hp):
         """Declares `temperature` and `alpha` on a `keras_tuner.HyperParameters`.
 
@@ -214,6 +227,10 @@ class DistillationHyperModel(keras_tuner.HyperModel):
             defaults to `RunConfig()`.
         space: a `SearchSpace`; defaults to T in [1, 20] (log scale) and
             alpha in [0, 1].
+        trial_seeds: score each trial as the mean of this many students
+            of different initial weights (seeds `config.seed` to
+            `config.seed + trial_seeds - 1`; same data order), trained one
+            after another (keras-tuner's `executions_per_trial`).
         cache_teacher_logits: if True (default) and the training data is
             given as a callable `train_data(epochs, start_epoch)` (see
             `fit`), the teacher's logits of each epoch's batches are
@@ -252,6 +269,7 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         config=None,
         space=None,
         cache_teacher_logits=True,
+        trial_seeds=1,
         name="kd_distillation",
     ):
         super().__init__(name=name, tunable=True)
@@ -263,6 +281,8 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         for label, value in (("steps_per_epoch", steps_per_epoch), ("epochs", self.epochs)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{label} must be an int >= 1, got {value!r}")
+        if isinstance(trial_seeds, bool) or not isinstance(trial_seeds, int) or trial_seeds < 1:
+            raise ValueError(f"trial_seeds must be an int >= 1, got {trial_seeds!r}")
         self.steps_per_epoch = int(steps_per_epoch)
         self.epochs = int(self.epochs)
         # The teacher as kd_keras's pipeline runs it while distilling:
@@ -271,18 +291,22 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         self.cache_teacher_logits = bool(cache_teacher_logits)
         self._train_caches = {}  # id(train_data) -> (train_data, TeacherLogitCache)
         self._val_caches = {}  # id(dataset) -> (dataset, dataset with logits)
-        # Built once: every trial copies these weights, so no trial gets a
-        # luckier initialisation than another.
-        self.initial_weights = self._new_student().get_weights()
+        self.trial_seeds = trial_seeds
+        self._executions = {}  # id(hp) -> (hp, builds so far)
+        # Built once per seed: every trial copies these weights, so no trial
+        # gets a luckier initialisation than another. Seed i is the
+        # student of config.seed + i (seed 0: the pipeline's student).
+        self.seed_weights = [self._new_student(seed).get_weights() for seed in range(trial_seeds)]
+        self.initial_weights = self.seed_weights[0]
 
-    def _new_student(self):
+    def _new_student(self, seed=0):
         # The pipeline's student (`recipe.build_student`, seeded with
         # seed + 1): a search and a run with the same seed, depth and width
         # start from one student. It takes the teacher's images and predicts
         # its classes; a search trains on one device, so its batch norm is
         # never synchronized.
         return recipe.build_student(
-            self.config,
+            dataclasses.replace(self.config, seed=self.config.seed + seed) if seed else self.config,
             input_shape=tuple(self.teacher.inputs[0].shape[1:]),
             num_classes=int(self.teacher.outputs[0].shape[-1]),
             synchronized_batch_norm=False,
@@ -298,8 +322,13 @@ class DistillationHyperModel(keras_tuner.HyperModel):
             A `kd_keras.Distiller` compiled with the trial's T and alpha.
         """
         temperature, alpha = self.space.declare(hp)
+        # With trial_seeds k, keras-tuner builds each trial k times (its
+        # executions_per_trial) and averages their scores: execution i
+        # starts from seed i's student.
+        _, builds = self._executions.get(id(hp), (hp, 0))
+        self._executions[id(hp)] = (hp, builds + 1)
         student = self._new_student()
-        student.set_weights(self.initial_weights)
+        student.set_weights(self.seed_weights[builds % self.trial_seeds])
         distiller = recipe.compile_distiller(
             student,
             self.teacher,
@@ -358,6 +387,11 @@ class DistillationHyperModel(keras_tuner.HyperModel):
 
         Returns:
             The `keras.callbacks.History` of `model.fit`.
+
+        Raises:
+            keras_tuner.errors.FailedTrialError: the loss became NaN or
+                infinite (the message says where and what to lower); the
+                tuner marks the trial FAILED.
         """
         # Same seed for every trial (the seed of anything drawn in fit).
         recipe.seed_training(self.config)
@@ -382,4 +416,12 @@ class DistillationHyperModel(keras_tuner.HyperModel):
             # Hyperband continues a trial from its best-epoch checkpoint at
             # `initial_epoch`: put the learning-rate schedule there too.
             model.optimizer.iterations.assign(initial_epoch * self.steps_per_epoch)
-        return model.fit(*args, **kwargs)
+        # A diverging loss fails the trial (keras-tuner's FAILED, with the
+        # run's hint) instead of completing it at chance.
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [
+            NonFiniteLossGuard("search trial")
+        ]
+        try:
+            return model.fit(*args, **kwargs)
+        except NonFiniteLossError as error:
+            raise keras_tuner.errors.FailedTrialError(str(error)) from None
