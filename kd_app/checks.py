@@ -10,6 +10,7 @@ path the page names must lie inside the operator's roots (`kd_app.confine`).
 """
 
 import dataclasses
+import re
 
 from kd_app import confine
 from kd_app.settings import DATA_ROOT_ENV_VAR, NAME_PATTERN, data_roots
@@ -20,13 +21,19 @@ from kd_keras.models.specs import parse_model_spec
 
 
 def labelled(error, labels):
-    """`error`'s message as a sentence, its leading field name replaced by
-    the form's label (`labels`: {field: label})."""
+    """`error`'s message as a sentence, its leading field name and every
+    command-line flag of a labelled field replaced by the form's label
+    (`labels`: {field: label})."""
     text = str(error).rstrip(".")
     for field in sorted(labels, key=len, reverse=True):
         if text.startswith(f"{field} "):
             text = labels[field] + text[len(field) :]
             break
+    fields = RunConfig.__dataclass_fields__
+    for field in sorted(labels, key=len, reverse=True):
+        flag = fields[field].metadata.get("flag") if field in fields else None
+        if flag:
+            text = re.sub(rf"{re.escape(flag)}(?![\w-])", labels[field], text)
     return text + "."
 
 

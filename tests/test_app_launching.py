@@ -108,7 +108,8 @@ def test_the_rest_of_runconfigs_rules_apply_with_the_forms_labels(tmp_path, data
         "Epochs (every stage) must be an int >= 1, got 0."
     ]
     (error,) = launch_errors(tmp_path, data, train_per_class=4600)
-    assert error.startswith("Train images per class 4600 > 4500 images per class")
+    assert "Train images per class 4600 > the 4500 training images" in error
+    assert "--train-per-class" not in error  # The form's label, not the flag.
     (error,) = launch_errors(tmp_path, data, seed=2.5)
     assert error == "Seed must be an int >= 0, got 2.5."
     for line in launch_errors(tmp_path, data, temperature=0, alpha=2, epochs=3.5):

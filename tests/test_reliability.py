@@ -843,7 +843,7 @@ def _tiny_config(data):
         val_per_class=None,
         test_per_class=None,
         teacher_depth=8,
-        teacher_width=4,
+        teacher_width=8,
         student_depth=8,
         student_width=4,
         teacher_epochs=1,
