@@ -83,7 +83,7 @@ def test_split_sizes_are_checked_against_the_data_not_cifar(npz, tmp_path, capsy
     )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert "val_per_class 11 > 10" in err and "at most 10" in err
+    assert "--val-per-class 11 > the 10 validation images" in err and "at most 10" in err
     assert not (tmp_path / "s" / "trials.csv").exists()
 
 
