@@ -297,6 +297,25 @@ def _is_temporary(path):
     return fnmatch.fnmatchcase(path.name, TEMP_PATTERN)
 
 
+def _run_images(run_dir, plan, calibration_images, seed, data, max_images):
+    """`(test_images, test_labels, calibration, seed)` of a run: its test
+    set (the first `max_images`), float32, and, if a variant is int8, a
+    seeded float32 sample of its training images (else None)."""
+    from kd_keras.data.splits import splits_for
+
+    config = RunFolder(run_dir).config()
+    seed = config.seed if seed is None else seed
+    splits = splits_for(config, data=data)
+    test_images, test_labels = splits["test"]
+    if max_images is not None:
+        test_images, test_labels = test_images[:max_images], test_labels[:max_images]
+    calibration = None
+    if any(spec.quantize == "int8" for _, spec in plan):
+        calibration = calibration_sample(splits["train"][0], calibration_images, seed)
+        calibration = calibration.astype("float32")
+    return test_images.astype("float32"), test_labels, calibration, seed
+
+
 def _export_planned(
     run_dir,
     plan,
@@ -310,19 +329,9 @@ def _export_planned(
     latency_repeats,
     threads,
 ):
-    from kd_keras.data.splits import splits_for
-
-    config = RunFolder(run_dir).config()
-    seed = config.seed if seed is None else seed
-    splits = splits_for(config, data=data)
-    test_images, test_labels = splits["test"]
-    if max_images is not None:
-        test_images, test_labels = test_images[:max_images], test_labels[:max_images]
-    test_images = test_images.astype("float32")
-    calibration = None
-    if any(spec.quantize == "int8" for _, spec in plan):
-        calibration = calibration_sample(splits["train"][0], calibration_images, seed)
-        calibration = calibration.astype("float32")
+    test_images, test_labels, calibration, seed = _run_images(
+        run_dir, plan, calibration_images, seed, data, max_images
+    )
     for stage in dict.fromkeys(stage for stage, _ in plan):
         source_row = RunFolder(run_dir).stage_row(stage)
         source_file = model_path(run_dir, stage)
@@ -348,21 +357,9 @@ def _export_planned(
                 representative_images=calibration,
             )
             say(f"{name}: evaluating")
-            if spec.format == "litert":
-                measured = evaluate_litert(
-                    target,
-                    (test_images, test_labels),
-                    batch_size=batch_size,
-                    latency_repeats=latency_repeats,
-                    threads=threads,
-                )
-            else:
-                measured = evaluate_saved_model(
-                    target,
-                    (test_images, test_labels),
-                    batch_size=batch_size,
-                    latency_repeats=latency_repeats,
-                )
+            measured = _evaluate_export(
+                spec, target, (test_images, test_labels), batch_size, latency_repeats, threads
+            )
             row = _export_row(
                 name,
                 stage,
@@ -379,6 +376,21 @@ def _export_planned(
             )
             atomic.write_json(row_file, row)
             done[(stage, spec.variant)] = row
+
+
+def _evaluate_export(spec, target, dataset, batch_size, latency_repeats, threads):
+    """What `evaluate_litert` or `evaluate_saved_model` measures of a variant."""
+    if spec.format == "litert":
+        return evaluate_litert(
+            target,
+            dataset,
+            batch_size=batch_size,
+            latency_repeats=latency_repeats,
+            threads=threads,
+        )
+    return evaluate_saved_model(
+        target, dataset, batch_size=batch_size, latency_repeats=latency_repeats
+    )
 
 
 def _remove_target(target):
