@@ -45,8 +45,8 @@ _EXPORTS = {
     "ExportError": "kd_keras.errors",
     "export_model": "kd_keras.export.exporter",
     "export_run": "kd_keras.export.exporter",
-    "evaluate_litert": "kd_keras.export.exporter",
-    "evaluate_saved_model": "kd_keras.export.exporter",
+    "evaluate_litert": "kd_keras.export.evaluate",
+    "evaluate_saved_model": "kd_keras.export.evaluate",
 }
 __all__ = sorted(_EXPORTS)
 

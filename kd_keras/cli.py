@@ -353,7 +353,7 @@ def _evaluate(args):
         if args.per_class:
             predicted = np.argmax(model.predict(dataset, verbose=0), axis=-1)
     else:
-        from kd_keras.export.exporter import evaluate_litert, evaluate_saved_model
+        from kd_keras.export.evaluate import evaluate_litert, evaluate_saved_model
 
         evaluate = evaluate_litert if kind == "litert" else evaluate_saved_model
         with quiet_runtime_start():  # LiteRT's delegate line.

@@ -108,7 +108,7 @@ RUN_MARKERS = (CONFIG_FILE, PROGRESS_FILE, STAGES_DIR)
 
 # --- What kd_keras writes, the one list `--overwrite` removes ------------------
 # `atomic.atomic_path`'s temporaries, and the folders an export writes under a
-# temporary name (`kd_keras.export.exporter`), anywhere kd_keras writes.
+# temporary name (`kd_keras.export.convert`), anywhere kd_keras writes.
 TEMP_PATTERN = ".*.tmp*"
 PARTIAL_PATTERNS = (".*.partial-*", ".*.old-*")
 WRITE_PROBE = ".write-probe"

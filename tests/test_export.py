@@ -1,4 +1,4 @@
-"""Tests of SavedModel / LiteRT export (`kd_keras.export.exporter`, `kd_keras.export.spec`).
+"""Tests of SavedModel / LiteRT export (`kd_keras.export`: exporter, convert, evaluate, spec).
 
 The real tests (marked slow: a smoke run, then a dozen conversions) export a
 copy of the session's smoke run (conftest's `smoke_run`), so the shared run
@@ -275,7 +275,7 @@ def test_split(exported_run):
 
 @pytest.mark.slow
 def test_every_variant_exports_reloads_and_agrees_with_keras(exported_run, test_split):
-    from kd_keras.export.exporter import evaluate_litert, evaluate_saved_model
+    from kd_keras.export.evaluate import evaluate_litert, evaluate_saved_model
 
     run, rows = exported_run
     images, labels, model = test_split
@@ -323,7 +323,7 @@ def test_quantised_files_are_smaller(exported_run):
 def test_int8_io_file_takes_quantised_pixels(exported_run, test_split):
     from ai_edge_litert.interpreter import Interpreter
 
-    from kd_keras.export.exporter import evaluate_litert
+    from kd_keras.export.evaluate import evaluate_litert
 
     run, rows = exported_run
     images, labels, _ = test_split
@@ -708,7 +708,7 @@ def test_a_full_disk_during_conversion_says_disk_full_not_out_of_memory(tmp_path
     def full(*args):
         raise ResourceExhaustedError("could not write variables: No space left on device")
 
-    monkeypatch.setattr(exporter, "_convert", full)
+    monkeypatch.setattr(exporter, "litert_flatbuffer", full)
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
     with pytest.raises(DiskWriteError) as raised:

@@ -111,7 +111,7 @@ def test_teacher_outputs_field_flag_choices_and_resume_match():
 def test_outputs_kind_reads_the_last_layer_and_looks_through_linear_layers():
     import keras
 
-    from kd_keras.distill.distiller import outputs_kind
+    from kd_keras.distill.outputs import outputs_kind
 
     for activation, kind in (
         (None, "logits"),
@@ -137,7 +137,7 @@ def test_outputs_kind_reads_the_last_layer_and_looks_through_linear_layers():
 def test_outputs_kind_of_a_subclassed_model_is_probed():
     import keras
 
-    from kd_keras.distill.distiller import outputs_kind
+    from kd_keras.distill.outputs import outputs_kind
 
     class Scores(keras.Model):
         def __init__(self, squash):

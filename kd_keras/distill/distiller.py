@@ -4,7 +4,9 @@ A drop-in for the `Distiller` of the keras.io example "Knowledge
 Distillation" (same constructor and `compile` keywords) that also takes
 subclassed models, teachers that end in a softmax, sample and class
 weights, precomputed teacher logits, Keras's callbacks and
-`tf.distribute` strategies.
+`tf.distribute` strategies. What the models output is checked by
+`kd_keras.distill.outputs`; how the losses read the models' layers is
+`kd_keras.distill.features`.
 """
 
 import keras
@@ -17,218 +19,22 @@ from kd_keras.config import (
     validate_alpha,
     validate_temperature,
 )
-from kd_keras.distill.losses.base import DistillationLoss, as_loss, resolve_layer
+from kd_keras.distill.features import LOGITS, FeatureExtraction, check_losses
+from kd_keras.distill.losses.base import as_loss
 from kd_keras.distill.losses.hinton import HintonKD
+from kd_keras.distill.outputs import (
+    TEACHER_OUTPUTS,
+    check_models,
+    check_same_classes,
+    single_output_shape,
+)
 from kd_keras.distill.teacher_cache import IMAGES, TEACHER_LOGITS
-
-# What the teacher's outputs are: "logits" (used as they are) or
-# "probabilities" (a softmax's output; distilled from their log).
-TEACHER_OUTPUTS = ("logits", "probabilities")
 
 # log(p) of a probability p = 0 would be -inf; it is taken as the log of
 # the smallest normal float32 instead (about -87.3), which softmax(. / T)
 # maps to (1.2e-38)**(1/T) before renormalising: nothing next to the other
 # classes' probabilities.
 _TINY = float(np.finfo("float32").tiny)
-
-# Largest |row sum - 1| (and most negative entry) of outputs taken for
-# probabilities. A softmax's rows sum to 1 within float round-off (~1e-3 in
-# float16 over many classes); logits essentially never do.
-_PROBABILITY_TOLERANCE = 1e-2
-
-
-def _producer(tensor):
-    history = getattr(tensor, "_keras_history", None)
-    return None if history is None else history.operation
-
-
-def _single_input(tensor):
-    """The one input tensor of the layer call that made `tensor`, or None."""
-    history = getattr(tensor, "_keras_history", None)
-    nodes = getattr(getattr(history, "operation", None), "_inbound_nodes", None)
-    if history is None or not nodes or history.node_index >= len(nodes):
-        return None
-    inputs = nodes[history.node_index].input_tensors
-    return inputs[0] if len(inputs) == 1 else None
-
-
-# Activations whose outputs lie in [0, 1] without summing to 1 per row.
-_BOUNDED_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
-
-
-def _passes_values_on(operation):
-    """True for a layer that hands its input's values on unchanged at
-    inference (a linear Activation, such as a float32 cast layer, Dropout,
-    Identity): what made its input decides the output kind."""
-    if isinstance(operation, keras.layers.Activation):
-        return getattr(operation.activation, "__name__", None) == "linear"
-    return isinstance(operation, (keras.layers.Dropout, keras.layers.Identity))
-
-
-def _static_outputs_kind(model):
-    """ "probabilities" if `model`'s single output is made by a softmax,
-    "bounded" if by a sigmoid (values in [0, 1] that do not sum to 1),
-    "logits" if by a layer with a linear activation (Dense, Conv...), else
-    None (not inspectable: a subclassed model, a Lambda, ...). Layers that
-    pass values on (a linear Activation, Dropout) are looked through."""
-    outputs = getattr(model, "outputs", None)
-    if not outputs or len(outputs) != 1:
-        return None
-    tensor = outputs[0]
-    operation = _producer(tensor)
-    for _ in range(32):  # A chain of pass-through layers, bounded.
-        if operation is None or not _passes_values_on(operation):
-            break
-        tensor = _single_input(tensor)
-        operation = _producer(tensor)
-    if operation is None or operation is model:
-        return None
-    if isinstance(operation, keras.Model):
-        return _static_outputs_kind(operation)
-    name = type(operation).__name__
-    if name == "Softmax":  # The layer or keras.ops.softmax.
-        return "probabilities"
-    if name in ("Sigmoid", "HardSigmoid"):  # keras.ops.sigmoid, hard_sigmoid.
-        return "bounded"
-    activation = getattr(getattr(operation, "activation", None), "__name__", None)
-    if activation == "softmax":
-        return "probabilities"
-    if activation in _BOUNDED_ACTIVATIONS:
-        return "bounded"
-    if activation == "linear" and not isinstance(operation, keras.layers.Activation):
-        return "logits"
-    return None
-
-
-def _rows_are_probabilities(outputs):
-    """True if every row of `outputs` (a NumPy array, classes last) is
-    non-negative and sums to 1, as a softmax's output does."""
-    outputs = np.asarray(outputs, dtype="float64")
-    if outputs.ndim < 2 or outputs.shape[-1] < 2 or not np.all(np.isfinite(outputs)):
-        return False
-    return bool(
-        outputs.min() >= -_PROBABILITY_TOLERANCE
-        and np.max(np.abs(outputs.sum(axis=-1) - 1.0)) <= _PROBABILITY_TOLERANCE
-    )
-
-
-def _outputs_kind_of_values(outputs):
-    """What a batch of outputs (classes last) looks like: "probabilities"
-    (rows >= 0 summing to 1), "bounded" (every value in [0, 1], rows not
-    summing to 1: a sigmoid's) or "logits"."""
-    if _rows_are_probabilities(outputs):
-        return "probabilities"
-    outputs = np.asarray(outputs, dtype="float64")
-    if (
-        outputs.ndim >= 2
-        and outputs.shape[-1] >= 2
-        and np.all(np.isfinite(outputs))
-        and outputs.min() >= 0.0
-        and outputs.max() <= 1.0
-    ):
-        return "bounded"
-    return "logits"
-
-
-def _input_shape(model):
-    """The shape of `model`'s single input, `(None, ...)`, if known: from
-    its `inputs` (functional, Sequential) or the shape it was built with
-    (a subclassed model that was built or called); else None."""
-    inputs = getattr(model, "inputs", None)
-    if inputs:
-        return tuple(inputs[0].shape) if len(inputs) == 1 else None
-    config = model.get_build_config() if model.built else None
-    shape = (config or {}).get("input_shape")
-    if isinstance(shape, (list, tuple)) and all(d is None or isinstance(d, int) for d in shape):
-        return (None,) + tuple(shape[1:])
-    return None
-
-
-# Synthetic inputs the teacher is probed with: enough rows that logits are
-# essentially never all in [0, 1] by chance (2 classes: 2**-16).
-_PROBE_ROWS = 8
-
-
-def _probe_outputs_kind(teacher, input_shape, images=None):
-    """Runs the teacher on fixed synthetic inputs (or on `images`):
-    "probabilities" if its output rows are non-negative and sum to 1,
-    "bounded" if all its outputs lie in [0, 1] without summing to 1, else
-    "logits"; None if the input shape is not fully known. Being a
-    probability row is a property of the last layer, not of the input, so
-    any input shows it."""
-    if images is None:
-        if input_shape is None or any(d is None for d in input_shape[1:]):
-            return None
-        inputs = getattr(teacher, "inputs", None)
-        dtype = keras.backend.standardize_dtype(inputs[0].dtype) if inputs else "float32"
-        rng = np.random.default_rng(0)
-        shape = (_PROBE_ROWS,) + tuple(input_shape[1:])
-        if "int" in dtype:
-            images = rng.integers(0, 256, shape).astype(dtype)
-        else:
-            images = rng.uniform(0.0, 1.0, shape).astype("float32")
-    outputs = teacher(images, training=False)
-    if not keras.ops.is_tensor(outputs):
-        return None  # Several outputs: refused by the shape checks.
-    return _outputs_kind_of_values(keras.ops.convert_to_numpy(outputs))
-
-
-def outputs_kind(model, images=None):
-    """What `model` outputs: "logits", "probabilities" (a softmax's) or
-    "bounded" (a sigmoid's: values in [0, 1] not summing to 1).
-
-    From its last layer where that can be inspected (looking through
-    linear pass-through layers), else from its outputs on `images` (or on
-    synthetic inputs of its input shape); None if neither is possible.
-    """
-    kind = _static_outputs_kind(model)
-    if kind is None:
-        kind = _probe_outputs_kind(model, _input_shape(model), images)
-    return kind
-
-
-def _single_output_shape(outputs, role, model):
-    if isinstance(outputs, (list, tuple, dict)):
-        raise ValueError(
-            f"The {role} must return one tensor of logits; {model.name} "
-            f"({type(model).__name__}) returns a {type(outputs).__name__} of "
-            f"{len(outputs)}."
-        )
-    return tuple(outputs.shape)
-
-
-def _output_shape(model, role, input_shape):
-    """`model`'s output shape `(None, classes)`, or None if it cannot be
-    known before the model is built or called."""
-    outputs = getattr(model, "outputs", None)
-    if outputs:
-        if len(outputs) != 1:
-            raise ValueError(
-                f"The {role} must be a keras.Model with one output (logits); "
-                f"{model.name} has {len(outputs)} outputs."
-            )
-        return tuple(outputs[0].shape)
-    if not model.built or input_shape is None:
-        return None
-    return _single_output_shape(model(keras.KerasTensor(input_shape)), role, model)
-
-
-def _check_same_classes(student_shape, teacher_shape, cached=False):
-    if student_shape is None or teacher_shape is None:
-        return
-    if tuple(student_shape[1:]) == tuple(teacher_shape[1:]):
-        return
-    if cached:
-        raise ValueError(
-            f"x['{TEACHER_LOGITS}'] has shape {tuple(teacher_shape)}, but the "
-            f"student's logits have shape {tuple(student_shape)}: it must hold "
-            "the teacher's outputs of the very images of the batch."
-        )
-    raise ValueError(
-        f"The teacher's output shape {tuple(teacher_shape)} does not match the "
-        f"student's {tuple(student_shape)}: they must predict the same classes. "
-        "Build the student with num_classes equal to the teacher's."
-    )
 
 
 def split_teacher_logits(x):
@@ -266,8 +72,6 @@ def _check_sample_weight(sample_weight):
         )
     return sample_weight
 
-
-_as_loss = as_loss
 
 # compile's alpha and temperature when not given.
 _UNSET = object()
@@ -418,35 +222,11 @@ class Distiller(keras.Model):
                 "(call it on a batch, or teacher.build(input_shape)) and load its "
                 "weights first."
             )
-        student_input = _input_shape(student)
-        teacher_input = _input_shape(teacher)
-        if (
-            student_input is not None
-            and teacher_input is not None
-            and student_input[1:] != teacher_input[1:]
-        ):
-            raise ValueError(
-                f"The teacher's input shape {teacher_input} does "
-                f"not match the student's {student_input}."
-            )
-        input_shape = student_input or teacher_input
-        _check_same_classes(
-            _output_shape(student, "student", input_shape),
-            _output_shape(teacher, "teacher", input_shape),
-        )
-        if _static_outputs_kind(student) in ("probabilities", "bounded"):
-            raise ValueError(
-                f"The student {student.name} ends in a softmax or sigmoid: the Distiller "
-                "trains on its logits. Remove the softmax (activation=None on the "
-                "last layer); apply it at inference if needed."
-            )
-        kind = _static_outputs_kind(teacher) or _probe_outputs_kind(teacher, input_shape)
-        if kind is not None and kind != teacher_outputs:
-            raise ValueError(self._teacher_outputs_message(teacher, kind, teacher_outputs))
-        losses, weights = _check_losses(distillation_losses, distillation_loss_weights)
+        check_models(student, teacher, teacher_outputs)
+        losses, weights = check_losses(distillation_losses, distillation_loss_weights)
         if student_loss_weight is not None:
             student_loss_weight = validate_alpha(student_loss_weight)
-        features = _FeatureExtraction(student, teacher, losses or [])
+        features = FeatureExtraction(student, teacher, losses or [])
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher
@@ -479,28 +259,6 @@ class Distiller(keras.Model):
             # BackupAndRestore and save_weights ask before the first step).
             self.built = True
 
-    @staticmethod
-    def _teacher_outputs_message(teacher, kind, teacher_outputs):
-        if kind == "bounded":
-            return (
-                f"The teacher {teacher.name} ends in a sigmoid (its outputs lie in "
-                "[0, 1] and do not sum to 1), neither logits nor probabilities: "
-                "rebuild its last layer with activation=None (logits) or a softmax."
-            )
-        if kind == "probabilities":
-            return (
-                f"The teacher {teacher.name} outputs probabilities (it ends in a "
-                "softmax, or its output rows are >= 0 and sum to 1), not logits: "
-                "build it without the softmax (keras.applications: "
-                "classifier_activation=None), or pass "
-                "teacher_outputs='probabilities' to distil from log(probabilities)."
-            )
-        return (
-            f"teacher_outputs={teacher_outputs!r}, but the teacher {teacher.name} "
-            "outputs logits (its output rows are not probabilities): leave "
-            "teacher_outputs='logits'."
-        )
-
     def build(self, input_shape):
         """Builds the student (a subclassed student never called before) on
         `input_shape` and checks that its logits match the teacher's.
@@ -518,9 +276,9 @@ class Distiller(keras.Model):
         symbolic = keras.tree.map_shape_structure(
             lambda shape: keras.KerasTensor((None,) + tuple(shape)[1:]), input_shape
         )
-        student_shape = _single_output_shape(self.student(symbolic), "student", self.student)
-        teacher_shape = _single_output_shape(self.teacher(symbolic), "teacher", self.teacher)
-        _check_same_classes(student_shape, teacher_shape)
+        student_shape = single_output_shape(self.student(symbolic), "student", self.student)
+        teacher_shape = single_output_shape(self.teacher(symbolic), "teacher", self.teacher)
+        check_same_classes(student_shape, teacher_shape)
 
     def compile(
         self,
@@ -582,7 +340,7 @@ class Distiller(keras.Model):
         self.student_loss_fn = keras.losses.get(
             student_loss_fn or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         )
-        self._student_loss = _as_loss(self.student_loss_fn)
+        self._student_loss = as_loss(self.student_loss_fn)
         if self._given_losses is None:
             self.temperature = validate_temperature(
                 DEFAULT_TEMPERATURE if temperature is _UNSET else temperature
@@ -688,8 +446,9 @@ class Distiller(keras.Model):
             zip(self.distillation_losses, self.distillation_loss_weights or [1.0])
         ):
             if loss.uses_features:
-                teacher_out = [teacher_features[n] for n in self._features.teacher_names[index]]
-                student_out = [student_features[n] for n in self._features.student_names[index]]
+                teacher_out, student_out = self._features.loss_inputs(
+                    index, teacher_features, student_features
+                )
             else:
                 teacher_out, student_out = teacher_logits, student_logits
                 if getattr(loss, "other_teachers", None):
@@ -732,7 +491,7 @@ class Distiller(keras.Model):
                     "layers: pass the images alone so the teacher runs."
                 )
             teacher_features = self._features.teacher(inputs, training=False)
-            teacher_logits = teacher_features[_LOGITS]
+            teacher_logits = teacher_features[LOGITS]
         elif not cached:
             teacher_logits = self.teacher(inputs, training=False)
         other_teacher_logits = {
@@ -755,12 +514,12 @@ class Distiller(keras.Model):
         student_features = None
         if self._features.student is not None:
             student_features = self._features.student(inputs, training=training)
-            student_logits = student_features[_LOGITS]
+            student_logits = student_features[LOGITS]
         else:
             student_logits = self.student(inputs, training=training)
-        _check_same_classes(
-            _single_output_shape(student_logits, "student", self.student),
-            _single_output_shape(teacher_logits, "teacher", self.teacher),
+        check_same_classes(
+            single_output_shape(student_logits, "student", self.student),
+            single_output_shape(teacher_logits, "teacher", self.teacher),
             cached=cached,
         )
         return student_logits, student_features
@@ -894,84 +653,3 @@ class _EpochToLosses(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         for loss in self._distiller.distillation_losses or []:
             loss.set_epoch(epoch)
-
-
-# The key of the final output (logits) in a feature extractor's outputs.
-_LOGITS = "__logits__"
-
-
-def _check_losses(losses, weights):
-    """`(losses, weights)` as lists (None, None: the default loss)."""
-    if losses is None:
-        if weights is not None:
-            raise ValueError(
-                "distillation_loss_weights needs distillation_losses (one weight per loss)."
-            )
-        return None, None
-    losses = list(losses) if isinstance(losses, (list, tuple)) else [losses]
-    for loss in losses:
-        if not isinstance(loss, DistillationLoss):
-            raise ValueError(
-                "distillation_losses must be kd_keras.distill.losses objects (HintonKD, DKD, "
-                f"FitNets, ...), got {type(loss).__name__}; for keras.distillation's "
-                "LogitsDistillation use HintonKD, for FeatureDistillation kd_keras's own."
-            )
-    if not losses:
-        raise ValueError("distillation_losses is empty: give at least one loss.")
-    if weights is None:
-        weights = [1.0] * len(losses)
-    weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
-    if len(weights) != len(losses):
-        raise ValueError(
-            f"distillation_loss_weights has {len(weights)} weights for "
-            f"{len(losses)} distillation_losses: give one per loss."
-        )
-    for weight in weights:
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-            raise ValueError(f"distillation_loss_weights must be numbers >= 0, got {weight!r}")
-    return losses, [float(w) for w in weights]
-
-
-def _feature_shape(layer):
-    return tuple(layer.output.shape[1:])
-
-
-class _FeatureExtraction:
-    """The models returning the logits and the feature losses' layer
-    outputs in one pass (teacher, student), and each loss's layer names as
-    resolved (`"stage2"` -> `"s2b3_out"`). Builds the losses (shape checks,
-    adapters)."""
-
-    def __init__(self, student, teacher, losses):
-        self.teacher = self.student = None
-        self.teacher_names, self.student_names = {}, {}
-        feature_losses = [(i, loss) for i, loss in enumerate(losses) if loss.uses_features]
-        if not feature_losses:
-            return
-        for role, model in (("teacher", teacher), ("student", student)):
-            if not getattr(model, "inputs", None):
-                raise ValueError(
-                    f"Feature losses read named layers of functional or Sequential models; "
-                    f"the {role} {model.name} ({type(model).__name__}) is subclassed."
-                )
-        teacher_layers, student_layers = {}, {}
-        for index, loss in feature_losses:
-            t_layers = [resolve_layer(teacher, n, "teacher") for n in loss.teacher_layer_names]
-            s_layers = [resolve_layer(student, n, "student") for n in loss.student_layer_names]
-            self.teacher_names[index] = [layer.name for layer in t_layers]
-            self.student_names[index] = [layer.name for layer in s_layers]
-            teacher_layers.update((layer.name, layer) for layer in t_layers)
-            student_layers.update((layer.name, layer) for layer in s_layers)
-            loss.resolved_layer_names = {
-                "teacher": dict(zip(loss.teacher_layer_names, self.teacher_names[index])),
-                "student": dict(zip(loss.student_layer_names, self.student_names[index])),
-            }
-            loss.build([_feature_shape(x) for x in t_layers], [_feature_shape(x) for x in s_layers])
-        self.teacher = self._extractor(teacher, teacher_layers)
-        self.student = self._extractor(student, student_layers)
-
-    @staticmethod
-    def _extractor(model, layers):
-        outputs = {_LOGITS: model.outputs[0]}
-        outputs.update((name, layer.output) for name, layer in layers.items())
-        return keras.Model(model.inputs, outputs, name=f"{model.name}_features")

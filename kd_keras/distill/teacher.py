@@ -155,7 +155,7 @@ def resolve_teacher_outputs(teacher, requested="auto", *, name="the teacher", im
     """What the teacher outputs, as the Distiller takes it: "logits" or
     "probabilities" (a softmax's, distilled from log p).
 
-    Detected from its last layer (`kd_keras.distill.distiller.outputs_kind`),
+    Detected from its last layer (`kd_keras.distill.outputs.outputs_kind`),
     or from its outputs on `images` (a few of the run's images) when the
     last layer cannot be inspected.
 
@@ -173,7 +173,7 @@ def resolve_teacher_outputs(teacher, requested="auto", *, name="the teacher", im
         TeacherError: a sigmoid-ended teacher (outputs in [0, 1] that do
             not sum to 1), or a `requested` kind the outputs contradict.
     """
-    from kd_keras.distill.distiller import outputs_kind
+    from kd_keras.distill.outputs import outputs_kind
 
     detected = outputs_kind(teacher, images)
     if detected == "bounded":

@@ -3,7 +3,7 @@ file names, result-row names and the checks of a request.
 
 This module imports neither Keras nor TensorFlow (like `kd_keras.config`),
 so the CLI refuses a bad request before TensorFlow starts and the app lists
-exported files cheaply. The conversion itself is `kd_keras.export.exporter`.
+exported files cheaply. The conversion itself is `kd_keras.export.convert`.
 
 An export is one *variant* of a trained stage's model:
 

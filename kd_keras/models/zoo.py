@@ -83,7 +83,7 @@ def check_trains_on_logits(model, *, role, name):
     """Raises `ModelSpecError` unless `model` (a `.keras` file to train as
     `role`) outputs logits: a model ending in a softmax or sigmoid would be
     trained by cross-entropy on its probabilities taken as logits."""
-    from kd_keras.distill.distiller import outputs_kind
+    from kd_keras.distill.outputs import outputs_kind
 
     kind = outputs_kind(model)
     if kind in ("probabilities", "bounded"):

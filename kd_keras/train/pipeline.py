@@ -272,7 +272,7 @@ def evaluate_model(model, dataset):
         cross-entropy of the model's own predictions, so rows of different
         stages are comparable.
     """
-    from kd_keras.distill.distiller import outputs_kind
+    from kd_keras.distill.outputs import outputs_kind
 
     probe = keras.Model(model.inputs, model.outputs, name=f"{model.name}_eval")
     if outputs_kind(model) == "probabilities":
