@@ -92,6 +92,30 @@ def test_importing_the_search_without_its_extra_raises_that_message(tmp_path):
     assert result.stdout.startswith("keras_tuner | the T/alpha search needs the 'tuning' extra")
 
 
+def test_the_public_api_is_the_names_a_user_calls():
+    import kd_keras
+
+    assert kd_keras.__all__ == sorted(
+        [
+            "Distiller",
+            "RunConfig",
+            "RunFolder",
+            "TeacherLogitCache",
+            "build_resnet",
+            "export_model",
+            "export_run",
+            "load_teacher",
+            "make_dataset",
+            "prepare_splits",
+            "run_pipeline",
+            "with_keras_batch_norm",
+        ]
+    )
+    assert kd_keras.RunConfig.__module__ == "kd_keras.config"
+    with pytest.raises(AttributeError, match="no attribute 'DatasetError'"):
+        kd_keras.DatasetError  # noqa: B018 (from kd_keras.errors instead)
+
+
 def test_running_as_a_program_is_told_from_argv():
     assert extras.running_as_program(["-m", "--help"])
     assert extras.running_as_program(["/env/bin/kd-keras-tune", "--help"])
