@@ -12,12 +12,13 @@ path the page names must lie inside the operator's roots (`kd_app.confine`).
 import dataclasses
 import re
 
-from kd_app import confine
-from kd_app.settings import DATA_ROOT_ENV_VAR, NAME_PATTERN, data_roots
 from kd_keras.config import RunConfig, validate_alpha, validate_temperature
 from kd_keras.errors import ConfigError, DataSourceError, LaunchError
 from kd_keras.models.depth import stage_blocks
 from kd_keras.models.specs import parse_model_spec
+
+from . import confine
+from .settings import DATA_ROOT_ENV_VAR, NAME_PATTERN, data_roots
 
 
 def labelled(error, labels):

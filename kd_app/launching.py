@@ -17,13 +17,14 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from kd_app import checks, confine
-from kd_app.processes import launch_lock, start, terminate
-from kd_app.run_state import alive_runs, run_state
-from kd_app.settings import TEACHERS_SUBDIR, TUNING_SUBDIR, presets
 from kd_keras.errors import LaunchError
 from kd_keras.options import command_line_flags, option_for
 from kd_keras.run_folder import LOCK_FILE, RunFolder
+
+from . import checks, confine
+from .processes import launch_lock, start, terminate
+from .run_state import alive_runs, run_state
+from .settings import TEACHERS_SUBDIR, TUNING_SUBDIR, presets
 
 IF_EXISTS = ("refuse", "resume", "overwrite")
 # The launch form's number fields and their labels (the messages use them).

@@ -1,6 +1,6 @@
 """The processes the app starts: spawning, reaping, pid checks, SIGTERM.
 
-A run (`python -m kd_keras run ...`) or a search (`python -m tuning ...`)
+A run (`python -m kd_keras run ...`) or a search (`python -m kd_keras tune ...`)
 is started in its own session, so it survives page reloads and even a
 restart of the app, and is stopped with SIGTERM, which both turn into a
 clean stop.
@@ -30,11 +30,12 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kd_app.confine import is_inside, open_log
-from kd_app.files import read_or
-from kd_app.settings import REPO_ROOT
 from kd_keras import atomic
 from kd_keras.errors import LaunchError
+
+from .confine import is_inside, open_log
+from .files import read_or
+from .settings import CODE_ROOT
 
 LIVE_STATUSES = ("starting", "running")
 LAUNCH_LOCK = ".kd_app.lock"  # In the runs root; hidden, so never listed as a run.
@@ -75,13 +76,15 @@ def process_args(pid):
 
 
 def runs_module(pid, module):
-    """True if `pid` is alive and is `python -m <module> ...`."""
+    """True if `pid` is alive and is `python -m <module> ...`; `module` may
+    name a subcommand too ("kd_keras tune")."""
     if not pid_alive(pid):
         return False
     args = process_args(pid)
     if args is None:  # No /proc (not Linux): trust the pid.
         return True
-    return any(a == "-m" and b == module for a, b in zip(args, args[1:]))
+    words = module.split()
+    return any(a == "-m" and args[i + 1 : i + 1 + len(words)] == words for i, a in enumerate(args))
 
 
 def runs_module_on(pid, module, folder):
@@ -195,7 +198,7 @@ def spawn(argv, folder, *, kind):
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CODE_ROOT), env.get("PYTHONPATH", "")) if p)
     with open_log(log_path) as log:
         stamp = datetime.now().isoformat(timespec="seconds")
         log.write(f"[kd-app {stamp}] $ {' '.join(argv)}\n".encode())
@@ -205,7 +208,7 @@ def spawn(argv, folder, *, kind):
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            cwd=REPO_ROOT,
+            cwd=CODE_ROOT,
             env=env,
             start_new_session=True,
         )

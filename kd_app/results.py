@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from kd_app import confine
-from kd_app.files import number, read_csv, read_or
 from kd_keras import atomic
 from kd_keras.errors import LaunchError
 from kd_keras.export.spec import ROW_SEPARATOR, read_export_rows, run_stages
 from kd_keras.run_folder import TABLE_COLUMNS, RunFolder
 from kd_keras.stages import STAGES
+
+from . import confine
+from .files import number, read_csv, read_or
 
 # results.csv's columns the page leaves to the downloaded file.
 DETAIL_COLUMNS = (

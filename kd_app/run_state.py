@@ -11,9 +11,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from kd_app import confine
-from kd_app.files import read_or
-from kd_app.processes import (
+from kd_keras import atomic
+from kd_keras.run_folder import STATUSES, RunFolder
+from kd_keras.stages import STAGES
+from kd_keras.text import plural
+
+from . import confine
+from .files import read_or
+from .processes import (
     ProcessState,
     exit_code,
     launch_files,
@@ -22,11 +27,7 @@ from kd_app.processes import (
     read_launch,
     runs_module_on,
 )
-from kd_app.settings import TEACHERS_SUBDIR, TUNING_SUBDIR
-from kd_keras import atomic
-from kd_keras.run_folder import STATUSES, RunFolder
-from kd_keras.stages import STAGES
-from kd_keras.text import plural
+from .settings import TEACHERS_SUBDIR, TUNING_SUBDIR
 
 
 @dataclasses.dataclass

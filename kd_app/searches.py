@@ -1,4 +1,4 @@
-"""T/alpha searches (`python -m tuning`): their state, trials and best T
+"""T/alpha searches (`python -m kd_keras tune`): their state, trials and best T
 and alpha, and starting and stopping them.
 
 A search folder's files are named by `kd_keras.run_folder.SearchFolder`
@@ -13,18 +13,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from kd_app import checks, confine, processes
-from kd_app.files import number, read_csv, read_or
-from kd_app.launching import LaunchOptions, start_run
-from kd_app.settings import TUNING_SUBDIR, presets, tuning_available
 from kd_keras import atomic
 from kd_keras.errors import LaunchError
 from kd_keras.run_folder import OBJECTIVE, TRIAL_COMPLETED, TUNERS, SearchFolder
 
+from . import checks, confine, processes
+from .files import number, read_csv, read_or
+from .launching import LaunchOptions, start_run
+from .settings import TUNING_SUBDIR, presets, tuning_available
+
+# A search is `python -m kd_keras tune ...` (the package, installed or not).
+SEARCH_MODULE = "kd_keras tune"
+
 
 @dataclasses.dataclass
 class TuneOptions:
-    """The search form: `python -m tuning --teacher --data --out --preset
+    """The search form: `python -m kd_keras tune --teacher --data --out --preset
     --tuner --trials --epochs --quiet`."""
 
     name: str = ""
@@ -136,10 +140,10 @@ def search_state(folder):
     launch = processes.read_launch(search.path)
     argv = (launch or {}).get("argv")
     launch_pid = launch.get("pid") if launch else None
-    # The search's lock decides, as `python -m tuning` itself does; before
+    # The search's lock decides, as `python -m kd_keras tune` itself does; before
     # the lock is taken, the launched process if it still runs this search.
     pid = (atomic.lock_holder(path=search.lock_file) or {}).get("pid")
-    if not pid and processes.runs_module_on(launch_pid, "tuning", search.path):
+    if not pid and processes.runs_module_on(launch_pid, SEARCH_MODULE, search.path):
         pid = launch_pid
     trials = read_trials(search.path)
     best = best_params(search.path, trials)
@@ -189,7 +193,7 @@ def status_message(state):
     if state.status == "incomplete":
         return "warning", (
             "The search ended before all its trials (stopped, or a trial failed: see "
-            "the log). Running `python -m tuning` again with the same settings "
+            "the log). Running `python -m kd_keras tune` again with the same settings "
             "resumes it; its best so far is below."
         )
     return None
@@ -200,8 +204,8 @@ def validate_search(options, runs_dir):
     errors = []
     if not tuning_available():
         errors.append(
-            "The tuning package is not in this checkout (no tuning/ folder next "
-            "to app.py), so a search cannot be started."
+            "The T/alpha search is not installed (neither kd_keras.tuning nor the "
+            "checkout's tuning/), so a search cannot be started."
         )
     errors += checks.check_name(options.name, "Search")
     if not options.teacher:
@@ -227,18 +231,18 @@ def validate_search(options, runs_dir):
         elif folder.exists() and any(folder.iterdir()):
             errors.append(
                 f"The search folder '{folder}' already exists; choose another search "
-                "name (running `python -m tuning` with its settings again resumes it)."
+                "name (running `python -m kd_keras tune` with its settings again resumes it)."
             )
     return errors
 
 
 def search_command(options, out):
-    """`python -m tuning ...` of a search (its teacher and data as given:
+    """`python -m kd_keras tune ...` of a search (its teacher and data as given:
     `start_search` resolves them inside the roots first)."""
     return [
         sys.executable,
         "-m",
-        "tuning",
+        *SEARCH_MODULE.split(),
         "--teacher",
         str(options.teacher),
         "--data",
@@ -258,7 +262,7 @@ def search_command(options, out):
 
 
 def start_search(options, runs_dir):
-    """Validates and starts `python -m tuning` in the background.
+    """Validates and starts `python -m kd_keras tune` in the background.
 
     Returns:
         `(folder, pid)`. Raises `LaunchError`.
@@ -296,7 +300,7 @@ def stop_search(folder):
     state = search_state(folder)
     if not state.alive:
         raise LaunchError(f"Search '{state.name}' is not running ({state.status}).")
-    return processes.terminate(state.pid, "tuning").replace(
+    return processes.terminate(state.pid, SEARCH_MODULE).replace(
         "it stops after the current batch", "finished trials are kept"
     )
 

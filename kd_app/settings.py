@@ -1,7 +1,7 @@
 """Where the app looks and what it offers: the runs root, the data
 sources it may read, the presets.
 
-The operator fixes the runs root (`streamlit run app.py -- --runs DIR`,
+The operator fixes the runs root (`kd-keras app -- --runs DIR`,
 else `$KD_KERAS_RUNS_DIR`, else `runs`) and the data roots (`--data-root
 DIR` / `$KD_KERAS_DATA_DIR`, the runs root, `$KD_KERAS_CIFAR10`); the page
 cannot change them (see `kd_app.confine`). Searches live in `<runs>/tuning`.
@@ -11,11 +11,16 @@ import os
 import re
 from pathlib import Path
 
-from kd_app import confine
-from kd_app.confine import DATA_ROOT_ENV_VAR, DEFAULT_RUNS_DIR, RUNS_ENV_VAR  # noqa: F401
+import kd_keras
+from kd_keras import extras
 from kd_keras.config import DATA_ENV_VAR, PRESETS, RunConfig  # noqa: F401 (used by checks, app)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from . import confine
+from .confine import DATA_ROOT_ENV_VAR, DEFAULT_RUNS_DIR, RUNS_ENV_VAR  # noqa: F401
+
+# The folder holding the kd_keras package (the checkout, or site-packages
+# once installed): runs and searches start there, with it on PYTHONPATH.
+CODE_ROOT = Path(kd_keras.__file__).resolve().parents[1]
 TUNING_SUBDIR = "tuning"  # <runs>/tuning/<search>: not a run.
 TEACHERS_SUBDIR = "teachers"  # <runs>/teachers/<name>.keras: teachers uploaded on the page.
 # A run or search name: one path component, safe in a command line.
@@ -61,5 +66,6 @@ def describe_preset(name):
 
 
 def tuning_available():
-    """True if the `tuning` package is in the repository."""
-    return any((REPO_ROOT / "tuning" / name).is_file() for name in ("__main__.py", "__init__.py"))
+    """True if the T/alpha search's package is there (`kd_keras.tuning`
+    installed, or the checkout's `tuning/`): `python -m kd_keras tune` runs it."""
+    return extras.search_package() is not None

@@ -10,9 +10,10 @@ import os
 import shutil
 from pathlib import Path
 
-from kd_app import confine
-from kd_app.settings import NAME_PATTERN, TEACHERS_SUBDIR
 from kd_keras.errors import LaunchError
+
+from . import confine
+from .settings import NAME_PATTERN, TEACHERS_SUBDIR
 
 
 def store_teacher(runs_dir, file_name, source):

@@ -14,39 +14,22 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.1.0"
 
+# The public API: what a user calls. Everything else (errors, presets,
+# evaluation helpers, ...) is imported from its own module, e.g.
+# `from kd_keras.errors import DatasetError`.
 _EXPORTS = {
-    "PRESETS": "kd_keras.config",
-    "ConfigError": "kd_keras.errors",
-    "RunConfig": "kd_keras.config",
-    "Machine": "kd_keras.hardware",
-    "resolve_precisions": "kd_keras.hardware",
-    "resolve_run_precisions": "kd_keras.train.speed",
-    "DatasetError": "kd_keras.errors",
-    "load_cifar10": "kd_keras.data.cifar10",
-    "make_dataset": "kd_keras.data.splits",
-    "prepare_splits": "kd_keras.data.splits",
     "Distiller": "kd_keras.distill.distiller",
-    "FusedBatchNormalization": "kd_keras.models.fused_batch_norm",
-    "with_keras_batch_norm": "kd_keras.models.fused_batch_norm",
-    "with_fused_batch_norm": "kd_keras.models.fused_batch_norm",
-    "fold_batch_norm": "kd_keras.models.folding",
-    "TeacherLogitCache": "kd_keras.distill.teacher_cache",
-    "build_resnet": "kd_keras.models.resnet",
-    "count_flops": "kd_keras.models.resnet",
-    "STAGES": "kd_keras.stages",
-    "RunFolderError": "kd_keras.errors",
-    "TeacherError": "kd_keras.errors",
-    "evaluate_model": "kd_keras.train.pipeline",
-    "load_teacher": "kd_keras.distill.teacher",
+    "RunConfig": "kd_keras.config",
     "run_pipeline": "kd_keras.train.pipeline",
     "RunFolder": "kd_keras.run_folder",
-    "format_table": "kd_keras.report.results",
-    "load_stage_rows": "kd_keras.report.results",
-    "ExportError": "kd_keras.errors",
-    "export_model": "kd_keras.export.exporter",
+    "load_teacher": "kd_keras.distill.teacher",
+    "build_resnet": "kd_keras.models.resnet",
+    "with_keras_batch_norm": "kd_keras.models.fused_batch_norm",
+    "prepare_splits": "kd_keras.data.splits",
+    "make_dataset": "kd_keras.data.splits",
+    "TeacherLogitCache": "kd_keras.distill.teacher_cache",
     "export_run": "kd_keras.export.exporter",
-    "evaluate_litert": "kd_keras.export.evaluate",
-    "evaluate_saved_model": "kd_keras.export.evaluate",
+    "export_model": "kd_keras.export.exporter",
 }
 __all__ = sorted(_EXPORTS)
 

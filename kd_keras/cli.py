@@ -1,4 +1,4 @@
-"""Command line: `python -m kd_keras run | evaluate | report | export`."""
+"""Command line: `python -m kd_keras run | evaluate | report | export | tune | app`."""
 
 import argparse
 import json
@@ -7,6 +7,7 @@ from pathlib import Path
 
 # Only Keras-free modules at the top: --help and every check of the flags,
 # the config and the paths run before TensorFlow starts (kd_keras/quiet.py).
+from kd_keras import frontends
 from kd_keras.config import (
     PRESETS,
     RunConfig,
@@ -191,6 +192,7 @@ def get_args(argv=None):
     export.add_argument("--overwrite", action="store_true", help="replace exports that exist")
     for command in (run, evaluate, report, export):
         command.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    frontends.add_commands(commands)  # tune, app: main() hands their arguments on.
     return parser.parse_args(argv)
 
 
@@ -444,6 +446,9 @@ def _export(args):
 def main(argv=None):
     """Runs the CLI; returns the exit code (see `kd_keras.errors`: 0 ok,
     1 the run failed, 2 bad input, 130 stopped)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in frontends.COMMANDS:
+        return frontends.COMMANDS[argv[0]](argv[1:])
     args = get_args(argv)
     handlers = {"run": _run, "evaluate": _evaluate, "report": _report, "export": _export}
     return run_command("kd_keras", lambda: handlers[args.command](args))

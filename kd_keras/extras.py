@@ -17,6 +17,9 @@ EXTRAS = {
     "tuning": ("keras_tuner", "sklearn"),
     "app": ("streamlit",),
 }
+# The T/alpha search's package: inside kd_keras once installed (pyproject.toml
+# maps tuning/ there), top-level `tuning` in a checkout.
+SEARCH_PACKAGES = ("kd_keras.tuning", "tuning")
 # Console scripts (pyproject.toml) whose start counts as running a program.
 SCRIPTS = ("kd-keras", "kd-keras-tune")
 
@@ -26,6 +29,20 @@ def _installed(module):
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # A parent missing, or a None shim.
         return False
+
+
+def search_package():
+    """The importable name of the T/alpha search's package, or `None`. A
+    folder without `__init__.py` (a runs root's `tuning/` searches folder
+    in the current directory) does not count."""
+    for name in SEARCH_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.origin is not None:
+            return name
+    return None
 
 
 def missing_extra(extra, what="this"):

@@ -119,7 +119,7 @@ def test_app_never_imports_tensorflow_or_keras(app_env):
         "assert ours == ['kd_keras.atomic', 'kd_keras.config', 'kd_keras.data', "
         "'kd_keras.data.cifar10', 'kd_keras.data.describe', 'kd_keras.data.sources', "
         "'kd_keras.errors', "
-        "'kd_keras.export', 'kd_keras.export.spec', 'kd_keras.models', "
+        "'kd_keras.export', 'kd_keras.export.spec', 'kd_keras.extras', 'kd_keras.models', "
         "'kd_keras.models.depth', 'kd_keras.models.specs', 'kd_keras.options', "
         "'kd_keras.report', 'kd_keras.report.reference', "
         "'kd_keras.run_folder', 'kd_keras.stages', 'kd_keras.text'], ours\n"
@@ -341,7 +341,8 @@ def test_tuning_tab_shows_trials_and_best(app_env):
                 "argv": [
                     "python",
                     "-m",
-                    "tuning",
+                    "kd_keras",
+                    "tune",
                     "--teacher",
                     str(teacher),
                     "--preset",

@@ -3,10 +3,12 @@
 
 import csv
 import json
+import subprocess
+import sys
 
 from app_smoke import REPO  # noqa: F401 (puts the repository on sys.path)
 
-from kd_app import searches
+from kd_app import processes, searches
 from kd_app.processes import launch_files
 from kd_keras.run_folder import TRIAL_COLUMNS, TUNERS, SearchFolder
 
@@ -95,7 +97,8 @@ def test_search_state_counts_trials_against_the_plan(tmp_path):
                 "argv": [
                     "python",
                     "-m",
-                    "tuning",
+                    "kd_keras",
+                    "tune",
                     "--teacher",
                     "t.keras",
                     "--preset",
@@ -125,3 +128,25 @@ def test_search_form_checks(tmp_path):
     assert "Trials must be a whole number >= 1, got 0." in errors
     assert not any("Epochs per trial" in e for e in errors)  # 2.0 is a whole number.
     assert searches.TuneOptions.tuner in TUNERS
+
+
+def test_a_search_is_kd_keras_tune_and_its_process_is_told_by_both_words(tmp_path):
+    options = searches.TuneOptions(name="s", teacher="t.keras", data="d.tar.gz")
+    assert searches.search_command(options, tmp_path / "s")[:4] == [
+        sys.executable,
+        "-m",
+        "kd_keras",
+        "tune",
+    ]
+    # A stand-in whose command line reads `... -m kd_keras tune --out s`.
+    argv = ["-c", "import time; time.sleep(60)", "-m", "kd_keras", "tune", "--out", "s"]
+    process = subprocess.Popen([sys.executable, *argv], cwd=tmp_path)
+    try:
+        assert processes.runs_module(process.pid, searches.SEARCH_MODULE)
+        assert processes.runs_module_on(process.pid, searches.SEARCH_MODULE, tmp_path / "s")
+        assert processes.runs_module(process.pid, "kd_keras")
+        assert not processes.runs_module(process.pid, "kd_keras run")
+        assert not processes.runs_module(process.pid, "tuning")
+    finally:
+        process.kill()
+        process.wait()

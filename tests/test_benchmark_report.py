@@ -6,14 +6,8 @@ import json
 import pytest
 
 from benchmarks import torch_resnet
-from benchmarks.throughput import (
-    CASES,
-    case_precision,
-    format_table,
-    ratios,
-    report_groups,
-    write_report,
-)
+from benchmarks.throughput_cases import CASES, case_precision
+from benchmarks.throughput_report import format_table, ratios, report_groups, write_report
 
 
 def row(case, kind, precision, images_per_s, status="ok"):

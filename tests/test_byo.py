@@ -282,8 +282,7 @@ def test_npz_run_with_odd_image_size_records_classes(tmp_path):
 
 @pytest.mark.slow
 def test_image_folder_run_with_a_keras_applications_student(tmp_path, cifar10_archive):
-    from kd_keras import load_cifar10
-    from kd_keras.data.cifar10 import CLASS_NAMES
+    from kd_keras.data.cifar10 import CLASS_NAMES, load_cifar10
     from kd_keras.train.pipeline import run_pipeline
 
     _, (x_test, y_test) = load_cifar10(cifar10_archive)

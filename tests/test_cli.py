@@ -427,7 +427,8 @@ def test_tensorflow_start_up_lines_only_with_verbose_or_the_users_level(exported
         assert loud.returncode == 0, loud.stderr[-2000:]
         assert "oneDNN" in loud.stderr  # (cuInit too where CUDA libraries are installed)
     # The search's front end: its own output first, nothing from TensorFlow.
-    search = _cli(["tuning", "--help"])
-    assert (search.returncode, search.stderr) == (0, "")
-    assert search.stdout.startswith("usage:")
-    assert "oneDNN" in _cli(["tuning", "--help", "--verbose"]).stderr
+    for front_end in (["tuning"], ["kd_keras", "tune"]):
+        search = _cli([*front_end, "--help"])
+        assert (search.returncode, search.stderr) == (0, ""), front_end
+        assert search.stdout.startswith("usage:")
+        assert "oneDNN" in _cli([*front_end, "--help", "--verbose"]).stderr

@@ -477,7 +477,8 @@ def test_export_model_round_trip_on_a_tiny_model(tmp_path):
     file reproduces the Keras logits' top-1."""
     import keras
 
-    from kd_keras import build_resnet, evaluate_litert, export_model
+    from kd_keras import build_resnet, export_model
+    from kd_keras.export.evaluate import evaluate_litert
 
     keras.utils.set_random_seed(3)
     model = build_resnet(8, width=2)

@@ -1,17 +1,21 @@
-"""`pip install .` works: the packages, their metadata and the console
-scripts, imported from outside the repository; the checkout stays clean;
-the search without its extra says which extra to install."""
+"""`pip install .` works: one top-level package (`kd_keras`, with the search
+and the app inside), its metadata and the console scripts, run from outside
+the repository; the checkout stays clean; the search without its extra says
+which extra to install; `kd-keras app` serves the page on localhost."""
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import venv
 from pathlib import Path
 
 import pytest
 
-from kd_keras import extras
+from kd_keras import extras, frontends
 
 REPO = Path(__file__).resolve().parent.parent
 COPY_IGNORE = shutil.ignore_patterns(
@@ -50,14 +54,44 @@ def test_pip_install_leaves_the_source_tree_as_it_was(tmp_path):
     assert _tree(source) == before  # No build/, no kd_keras.egg-info.
     installed = tmp_path / "target"
     assert (installed / "kd_keras" / "quiet.py").is_file()
-    assert (installed / "tuning" / "__main__.py").is_file()
-    assert (
-        not (installed / "buildsys").exists()
-        and not (installed / "isolated_setuptools.py").exists()
-    )
-    assert (
-        "tuning.__main__:main" in next(installed.glob("*.dist-info/entry_points.txt")).read_text()
-    )
+    assert (installed / "kd_keras" / "tuning" / "__main__.py").is_file()
+    assert (installed / "kd_keras" / "app" / "tabs" / "common.py").is_file()
+    assert (installed / "kd_keras" / "app" / "streamlit_script.py").is_file()
+    top_level = {p.name for p in installed.iterdir() if not p.name.endswith(".dist-info")}
+    assert top_level == {"kd_keras", "bin"}  # No `tuning`, `kd_app` or `buildsys`.
+    entry_points = next(installed.glob("*.dist-info/entry_points.txt")).read_text()
+    assert "kd-keras-tune = kd_keras.tuning.__main__:main" in entry_points
+
+
+def test_every_package_of_the_checkout_is_installed():
+    """pyproject.toml lists the packages (package-dir maps tuning/ and
+    kd_app/ into kd_keras): a new subpackage must be added there."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+.
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    homes = {"kd_keras": "kd_keras", **setuptools["package-dir"]}
+    found = set()
+    for package, folder in homes.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(REPO / folder).parts
+            found.add(".".join([package, *parts]))
+    assert sorted(setuptools["packages"]) == sorted(found)
+    assert homes == {"kd_keras": "kd_keras", "kd_keras.tuning": "tuning", "kd_keras.app": "kd_app"}
+
+
+def test_the_app_command_always_names_a_server_address(tmp_path):
+    script = tmp_path / "page.py"
+    command = frontends.app_command(["--server.port", "9", "--", "--runs", "r"], script)
+    assert command == [
+        sys.executable,
+        *("-m", "streamlit", "run", str(script), "--server.port", "9"),
+        *("--server.address", "localhost", "--", "--runs", "r"),
+    ]
+    given = frontends.app_command(["--server.address=0.0.0.0"], script)
+    assert given[5:] == ["--server.address=0.0.0.0", "--"]
+    assert frontends.app_command([], script)[5:] == ["--server.address", "localhost", "--"]
+    # From the checkout: the top-level search and app.py.
+    assert extras.search_package() == "tuning"
+    assert frontends.page_script() == REPO / "app.py"
 
 
 def _without_keras_tuner(tmp_path, *args):
@@ -90,6 +124,30 @@ def test_importing_the_search_without_its_extra_raises_that_message(tmp_path):
     result = _without_keras_tuner(tmp_path, "-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("keras_tuner | the T/alpha search needs the 'tuning' extra")
+
+
+def test_the_public_api_is_the_names_a_user_calls():
+    import kd_keras
+
+    assert kd_keras.__all__ == sorted(
+        [
+            "Distiller",
+            "RunConfig",
+            "RunFolder",
+            "TeacherLogitCache",
+            "build_resnet",
+            "export_model",
+            "export_run",
+            "load_teacher",
+            "make_dataset",
+            "prepare_splits",
+            "run_pipeline",
+            "with_keras_batch_norm",
+        ]
+    )
+    assert kd_keras.RunConfig.__module__ == "kd_keras.config"
+    with pytest.raises(AttributeError, match="no attribute 'DatasetError'"):
+        kd_keras.DatasetError  # noqa: B018 (from kd_keras.errors instead)
 
 
 def test_running_as_a_program_is_told_from_argv():
@@ -128,14 +186,15 @@ def test_pip_install_into_a_fresh_environment_imports_from_outside_the_repo(tmp_
     )
     assert install.returncode == 0, install.stderr[-2000:]
     code = (
-        "import kd_keras, tuning, kd_app, kd_keras.config;"
+        "import kd_keras, kd_keras.config;"
         "print(kd_keras.__file__);"
         "print(kd_keras.__version__);"
         "print(sorted(kd_keras.config.PRESETS));"
         "import importlib.util;"
         "print([m for m in ('kd_keras.data.splits', 'kd_keras.models.resnet',"
         " 'kd_keras.distill.distiller', 'kd_keras.train.pipeline',"
-        " 'kd_keras.report.results', 'kd_keras.export.exporter')"
+        " 'kd_keras.report.results', 'kd_keras.export.exporter',"
+        " 'kd_keras.tuning.search', 'kd_keras.app.page', 'kd_keras.app.tabs.common')"
         " if importlib.util.find_spec(m) is None])"
     )
     out = subprocess.run(
@@ -146,9 +205,60 @@ def test_pip_install_into_a_fresh_environment_imports_from_outside_the_repo(tmp_
     assert out[1] == __import__("kd_keras").__version__
     assert "quick" in out[2] and "full" in out[2]
     assert out[3] == "[]"  # Every subpackage is installed.
-    for script in ("kd-keras", "kd-keras-tune"):
+    site = Path(out[0]).parents[1]
+    assert not {"tuning", "kd_app", "app.py"} & {p.name for p in site.iterdir()}
+    for argv in (
+        ["kd-keras", "--help"],
+        ["kd-keras", "tune", "--help"],
+        ["kd-keras-tune", "--help"],
+    ):
         help_text = subprocess.run(
-            [str(env_dir / "bin" / script), "--help"], capture_output=True, text=True, cwd=tmp_path
+            [str(env_dir / "bin" / argv[0]), *argv[1:]],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
         )
-        assert help_text.returncode == 0, help_text.stderr[-1000:]
+        assert help_text.returncode == 0, (argv, help_text.stderr[-1000:])
         assert "usage:" in help_text.stdout
+    assert "--teacher" in help_text.stdout  # The search's own flags.
+    _app_answers_on_localhost(env_dir / "bin" / "kd-keras", tmp_path)
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def _app_answers_on_localhost(kd_keras_script, folder):
+    """`kd-keras app` from the installed package serves the page on
+    localhost (bounded wait), then is killed with its whole session."""
+    port = _free_port()
+    (folder / "runs").mkdir()
+    argv = [str(kd_keras_script), "app", "--server.port", str(port), "--server.headless", "true"]
+    log = folder / "app.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [*argv, "--", "--runs", str(folder / "runs")],
+            cwd=folder,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        health, deadline = None, time.monotonic() + 120
+        while health is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                url = f"http://localhost:{port}/_stcore/health"
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    health = response.read().decode()
+            except OSError:
+                time.sleep(1)
+        assert health == "ok", log.read_text()[-2000:]
+        command = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+        script = next(c.decode() for c in command if c.endswith(b"streamlit_script.py"))
+        assert str(REPO) not in script and "kd_keras/app/" in script
+        assert b"localhost" in command  # The address the page insists on.
+    finally:
+        os.killpg(server.pid, 9)
+        server.wait()

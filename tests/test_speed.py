@@ -317,7 +317,7 @@ def test_benchmark_writes_json_and_markdown_with_one_row_per_case(tmp_path):
 
 
 def test_benchmark_rounds_pool_every_repeat():
-    from benchmarks.throughput import merge_rounds
+    from benchmarks.throughput_report import merge_rounds
 
     def result(rates, peak):
         return {

@@ -18,7 +18,7 @@ import pytest
 
 import kd_keras
 from kd_keras import RunConfig
-from kd_keras.errors import SearchError
+from kd_keras.errors import RunFolderError, SearchError
 from kd_keras.run_folder import TRIAL_COLUMNS
 from tuning import (
     DistillationHyperModel,
@@ -375,7 +375,7 @@ def test_run_best_needs_a_search_and_a_run(tmp_path):
     with pytest.raises(SearchError, match="best.json"):
         run_best(tmp_path, tmp_path)
     (tmp_path / "best.json").write_text('{"temperature": 4, "alpha": 0.3}')
-    with pytest.raises(kd_keras.RunFolderError, match="config.json"):
+    with pytest.raises(RunFolderError, match="config.json"):
         run_best(tmp_path, tmp_path / "no-run")
 
 

@@ -18,12 +18,13 @@ if extras.running_as_program():
     quiet.start_tensorflow(verbose="--verbose" in sys.argv)  # Before Keras starts below.
 
 from kd_keras.errors import SearchError  # noqa: E402
-from tuning.apply import TUNED_STAGE, run_best  # noqa: E402
-from tuning.cli import main  # noqa: E402
-from tuning.hypermodel import DistillationHyperModel, SearchSpace  # noqa: E402
-from tuning.report import best_row, load_best, load_trials, trial_rows, write_search_outputs  # noqa: E402
-from tuning.search import SearchResult, run_search  # noqa: E402
-from tuning.tuners import OBJECTIVE, TUNERS, build_tuner, objective  # noqa: E402
+
+from .apply import TUNED_STAGE, run_best  # noqa: E402
+from .cli import main  # noqa: E402
+from .hypermodel import DistillationHyperModel, SearchSpace  # noqa: E402
+from .report import best_row, load_best, load_trials, trial_rows, write_search_outputs  # noqa: E402
+from .search import SearchResult, run_search  # noqa: E402
+from .tuners import OBJECTIVE, TUNERS, build_tuner, objective  # noqa: E402
 
 __all__ = [
     "DistillationHyperModel",

@@ -10,7 +10,7 @@ import sys
 
 def main(argv=None):
     """Runs the search CLI; returns its exit code."""
-    from tuning.cli import main as run
+    from .cli import main as run
 
     argv = sys.argv[1:] if argv is None else list(argv)
     # --verbose only brings back TensorFlow's start-up lines (read above).

@@ -19,7 +19,8 @@ from kd_keras.report.results import load_stage_rows, write_results
 from kd_keras.run_folder import RunFolder
 from kd_keras.stages import STAGES
 from kd_keras.train.pipeline import Pipeline
-from tuning.report import load_best
+
+from .report import load_best
 
 TUNED_STAGE = "student_distilled_tuned"
 

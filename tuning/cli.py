@@ -165,7 +165,8 @@ def get_args(argv=None):
 
 def _space_from_args(args):
     from kd_keras.errors import SearchError
-    from tuning.hypermodel import DEFAULT_ALPHA_RANGE, DEFAULT_TEMPERATURE_RANGE, SearchSpace
+
+    from .hypermodel import DEFAULT_ALPHA_RANGE, DEFAULT_TEMPERATURE_RANGE, SearchSpace
 
     t_min, t_max = args.temperature_range or DEFAULT_TEMPERATURE_RANGE
     a_min, a_max = args.alpha_range or DEFAULT_ALPHA_RANGE
@@ -194,7 +195,7 @@ def _config_from_args(args):
     if args.data:
         overrides["data"] = args.data
     if args.apply_to:
-        from tuning.apply import check_run_folder
+        from .apply import check_run_folder
 
         check_run_folder(args.apply_to)
         # Tune in the setting the tuned T and alpha will be used in.
@@ -260,8 +261,9 @@ def _worker_argv(argv):
 
 def _run(args, argv):
     from kd_keras.errors import SearchError, SearchFailedError
-    from tuning.apply import run_best
-    from tuning.distributed import (
+
+    from .apply import run_best
+    from .distributed import (
         LocalWorkers,
         become_local_chief,
         check_workers,
@@ -269,7 +271,7 @@ def _run(args, argv):
         threads_per_worker,
         worker_id,
     )
-    from tuning.search import run_search
+    from .search import run_search
 
     for flag, value, high in (
         ("--trials", args.trials, MAX_TRIALS),

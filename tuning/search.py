@@ -26,10 +26,11 @@ from kd_keras.distill.teacher import check_teacher_file, teacher_sanity_check
 from kd_keras.errors import SearchError
 from kd_keras.run_folder import MAX_TRIALS, SEARCH_FILE, SearchFolder, remove_planned
 from kd_keras.train.speed import apply_threading, resolve_run_precisions
-from tuning import distributed
-from tuning.hypermodel import DistillationHyperModel, SearchSpace
-from tuning.report import best_row, write_search_outputs, write_strict_json
-from tuning.search_folder import (
+
+from . import distributed
+from .hypermodel import DistillationHyperModel, SearchSpace
+from .report import best_row, write_search_outputs, write_strict_json
+from .search_folder import (
     check_search_folder,
     describe_data,
     format_data,
@@ -38,7 +39,7 @@ from tuning.search_folder import (
     settings_differences,
     teacher_fingerprint,
 )
-from tuning.tuners import build_tuner, check_tuner
+from .tuners import build_tuner, check_tuner
 
 
 @dataclass

@@ -13,8 +13,9 @@ import keras_tuner
 
 from kd_keras.errors import SearchError, SearchFailedError
 from kd_keras.run_folder import OBJECTIVE, TRIAL_COMPLETED, TRIAL_FILE, TUNERS
-from tuning import distributed
-from tuning.report import write_search_outputs, write_strict_json
+
+from . import distributed
+from .report import write_search_outputs, write_strict_json
 
 # The search stops when this many trials in a row failed.
 MAX_CONSECUTIVE_FAILURES = 3

@@ -6,11 +6,12 @@ import time
 import altair as alt
 import streamlit as st
 
-from kd_app import launching, results, settings, teachers
-from kd_app import run_state as runs
-from kd_app.files import tail
 from kd_keras.errors import LaunchError
 from kd_keras.stages import STAGE_COLORS
+
+from .. import launching, results, settings, teachers
+from .. import run_state as runs
+from ..files import tail
 
 TABS = ["Launch", "Watch", "Results", "Tuning"]
 POLL_S = 2.0  # A live run's or search's part of the page refreshes this often.

@@ -4,9 +4,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from kd_app import checks, launching, settings
-from kd_app import run_state as runs
-from kd_app.tabs.common import (
+from kd_keras.models.depth import MAX_DEPTH, MIN_DEPTH
+
+from .. import checks, launching, settings
+from .. import run_state as runs
+from .common import (
     attempt,
     chosen_teacher,
     on_stop,
@@ -15,7 +17,6 @@ from kd_app.tabs.common import (
     show_message,
     teacher_picker,
 )
-from kd_keras.models.depth import MAX_DEPTH, MIN_DEPTH
 
 # The launch form's number boxes, in form order: field -> (step, format, help).
 NUMBER_INPUTS = {

@@ -4,12 +4,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from kd_app import confine, results
-from kd_app import run_state as runs
-from kd_app.tabs.common import curves_chart, show_table
 from kd_keras.errors import DamagedFileError
 from kd_keras.report.reference import reference_table_of
 from kd_keras.run_folder import RunFolder
+
+from .. import confine, results
+from .. import run_state as runs
+from .common import curves_chart, show_table
 
 
 def shipped_models(folder, run_name):

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from kd_app import run_state as runs
-from kd_app import settings
+from .. import run_state as runs
+from .. import settings
 
 
 def sidebar():

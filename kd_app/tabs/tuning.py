@@ -1,10 +1,12 @@
-"""The Tuning tab: T/alpha searches (`python -m tuning`), their trials and
+"""The Tuning tab: T/alpha searches (`python -m kd_keras tune`), their trials and
 best values, and a run with the best."""
 
 import streamlit as st
 
-from kd_app import checks, confine, searches, settings
-from kd_app.tabs.common import (
+from kd_keras.run_folder import TUNERS, SearchFolder
+
+from .. import checks, confine, searches, settings
+from .common import (
     attempt,
     chosen_teacher,
     live_part,
@@ -16,7 +18,6 @@ from kd_app.tabs.common import (
     status_line,
     teacher_picker,
 )
-from kd_keras.run_folder import TUNERS, SearchFolder
 
 
 def on_start_search(runs_dir, data_path):
@@ -132,14 +133,14 @@ def search_body(folder, was_alive, runs_dir, data_path):
 def tuning_tab(runs_dir, data_path):
     st.subheader("Search T and alpha")
     st.caption(
-        "Runs `python -m tuning` as a separate process: distillation trials "
+        "Runs `python -m kd_keras tune` as a separate process: distillation trials "
         "against one trained teacher, each with another temperature T and "
         "alpha; the trials arrive in trials.csv and the best in best.json."
     )
     if not settings.tuning_available():
         st.warning(
-            "The tuning package is not in this checkout (no tuning/ folder "
-            "next to app.py): existing searches can be shown, new ones "
+            "The T/alpha search is not installed (neither kd_keras.tuning nor "
+            "the checkout's tuning/): existing searches can be shown, new ones "
             "cannot be started."
         )
     teacher_picker(runs_dir, "tune_teacher", allow_new=False)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from kd_app import launching, results
-from kd_app import run_state as runs
-from kd_app.tabs.common import (
+from .. import launching, results
+from .. import run_state as runs
+from .common import (
     attempt,
     curves_chart,
     live_part,

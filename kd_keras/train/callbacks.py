@@ -18,6 +18,10 @@ from kd_keras.run_folder import read_history
 class NonFiniteLossGuard(keras.callbacks.Callback):
     """Stops a stage at the first NaN/inf loss with a message that says where.
 
+    Not Keras's `TerminateOnNaN`: that one only prints a line and stops
+    `fit`, so the run would go on with a diverged model; this raises the
+    project's one-line error naming the stage, epoch and batch.
+
     Args:
         stage: the stage's name, for the message.
     """
@@ -51,6 +55,9 @@ def epoch_row(model, epoch, logs):
 
 class HistoryWriter(keras.callbacks.Callback):
     """Writes `history/<stage>.csv` atomically after every epoch.
+
+    Not Keras's `CSVLogger`: that one appends to an open file (a kill leaves a
+    torn row) and on resume cannot drop the rows of epochs being retrained.
 
     On resume, rows of epochs that will be retrained are dropped, so the file
     always holds one row per completed epoch. With a `checkpoint`, the rows
@@ -131,6 +138,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     """Saves the model's and the optimizer's state after every epoch, and
     the best-validation weights, so an interrupted stage resumes from its
     last completed epoch and the stage ends with its best weights.
+
+    Not Keras's `BackupAndRestore`: it keeps neither the best weights, the
+    stage's summed training time nor the history rows, and is not atomic.
 
     Everything is written atomically (`.npz` and JSON), so a kill at any
     moment leaves either the previous or the new checkpoint, never a torn one.
