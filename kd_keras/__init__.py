@@ -36,7 +36,7 @@ _EXPORTS = {
     "STAGES": "kd_keras.stages",
     "RunFolderError": "kd_keras.errors",
     "TeacherError": "kd_keras.errors",
-    "evaluate_model": "kd_keras.train.pipeline",
+    "evaluate_model": "kd_keras.train.measure",
     "load_teacher": "kd_keras.distill.teacher",
     "run_pipeline": "kd_keras.train.pipeline",
     "RunFolder": "kd_keras.run_folder",
