@@ -246,7 +246,7 @@ def _run(args):
 
     out = Path(args.out or f"runs/{config.preset}")
     if config.budget is not None:
-        from kd_keras.train.estimate import size_run_to_budget
+        from kd_keras.train.budget import size_run_to_budget
 
         given = [f for f in ("epochs", "teacher_epochs", "student_epochs") if getattr(args, f)]
         if args.budget is not None and given:
