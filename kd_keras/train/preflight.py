@@ -145,51 +145,12 @@ def check_models(config, out, splits, reused_teacher=None):
         return config
     contract = data_contract(splits)
     student_params = recipe.build_student(config, precision="float32", **contract).count_params()
-    teacher_params = None
-    kind = config.teacher_outputs
     if folder.is_complete("teacher"):
-        try:
-            teacher_params = (atomic.read_json_object(folder.stage_file("teacher")) or {}).get(
-                "params"
-            )
-        except DamagedFileError:
-            pass  # Reported and rebuilt by the run; only the warning needs it.
-        teacher = _saved_teacher_or_none(folder, contract)
-        if teacher is not None:
-            kind = resolve_teacher_outputs(
-                teacher,
-                kind,
-                name=f"'{folder.model_file('teacher')}'",
-                images=_probe_images(splits),
-            )
+        kind, teacher_params = _saved_teacher_facts(config, folder, splits, contract)
     elif config.teacher:
-        name = f"'{config.teacher}'"
-        kind = resolve_teacher_outputs(
-            reused_teacher, kind, name=name, images=_probe_images(splits)
-        )
-        teacher_params = reused_teacher.count_params()
-        if config.verbose:
-            what = (
-                "probabilities (a softmax: rows >= 0 summing to 1); distilling from log p"
-                if kind == "probabilities"
-                else "logits; distilling from them"
-            )
-            how = "detected" if config.teacher_outputs == "auto" else "as given"
-            print(
-                f"kd_keras: teacher {name} outputs {what} ({how}; teacher_outputs "
-                f'"{kind}" in config.json)',
-                flush=True,
-            )
+        kind, teacher_params = _reused_teacher_facts(config, splits, reused_teacher)
     else:
-        if kind == "probabilities":
-            raise ConfigError(
-                "--teacher-outputs probabilities applies to a --teacher file; the teacher "
-                "kd_keras trains outputs logits: drop --teacher-outputs or pass --teacher FILE"
-            )
-        kind = "logits"
-        teacher_params = recipe.build_teacher(
-            config, precision="float32", **contract
-        ).count_params()
+        kind, teacher_params = _trained_teacher_facts(config, contract)
     if isinstance(teacher_params, int) and student_params >= teacher_params:
         warn(
             f"the student ({_model_spec(config, 'student')}, {student_params:,} parameters) "
@@ -199,6 +160,54 @@ def check_models(config, out, splits, reused_teacher=None):
     if kind == config.teacher_outputs:
         return config
     return dataclasses.replace(config, teacher_outputs=kind)
+
+
+def _saved_teacher_facts(config, folder, splits, contract):
+    """`(teacher_outputs, params)` of the run's trained `models/teacher.keras`
+    (params None, kind unresolved, where its record or file is damaged)."""
+    params = None
+    kind = config.teacher_outputs
+    try:
+        params = (atomic.read_json_object(folder.stage_file("teacher")) or {}).get("params")
+    except DamagedFileError:
+        pass  # Reported and rebuilt by the run; only the warning needs it.
+    teacher = _saved_teacher_or_none(folder, contract)
+    if teacher is not None:
+        kind = resolve_teacher_outputs(
+            teacher, kind, name=f"'{folder.model_file('teacher')}'", images=_probe_images(splits)
+        )
+    return kind, params
+
+
+def _reused_teacher_facts(config, splits, reused_teacher):
+    """`(teacher_outputs, params)` of the reused `--teacher`, the kind printed."""
+    name = f"'{config.teacher}'"
+    kind = resolve_teacher_outputs(
+        reused_teacher, config.teacher_outputs, name=name, images=_probe_images(splits)
+    )
+    if config.verbose:
+        what = (
+            "probabilities (a softmax: rows >= 0 summing to 1); distilling from log p"
+            if kind == "probabilities"
+            else "logits; distilling from them"
+        )
+        how = "detected" if config.teacher_outputs == "auto" else "as given"
+        print(
+            f"kd_keras: teacher {name} outputs {what} ({how}; teacher_outputs "
+            f'"{kind}" in config.json)',
+            flush=True,
+        )
+    return kind, reused_teacher.count_params()
+
+
+def _trained_teacher_facts(config, contract):
+    """`("logits", params)` of the teacher kd_keras trains."""
+    if config.teacher_outputs == "probabilities":
+        raise ConfigError(
+            "--teacher-outputs probabilities applies to a --teacher file; the teacher "
+            "kd_keras trains outputs logits: drop --teacher-outputs or pass --teacher FILE"
+        )
+    return "logits", recipe.build_teacher(config, precision="float32", **contract).count_params()
 
 
 def _saved_teacher_or_none(folder, contract):
