@@ -242,11 +242,13 @@ def _run(args):
     check_data_path(config.data)
     start_tensorflow(args.verbose)  # Every check above ran without TensorFlow.
     from kd_keras.report.results import format_table
-    from kd_keras.train.pipeline import check_run_folder, describe_models, run_pipeline
+    from kd_keras.train.measure import describe_models
+    from kd_keras.train.pipeline import run_pipeline
+    from kd_keras.train.run_setup import check_run_folder
 
     out = Path(args.out or f"runs/{config.preset}")
     if config.budget is not None:
-        from kd_keras.train.estimate import size_run_to_budget
+        from kd_keras.train.budget import size_run_to_budget
 
         given = [f for f in ("epochs", "teacher_epochs", "student_epochs") if getattr(args, f)]
         if args.budget is not None and given:
@@ -346,7 +348,7 @@ def _evaluate(args):
     result = {"model": args.model, "format": kind, f"{args.split}_images": len(labels)}
     if kind == "keras":
         from kd_keras.distill.teacher import load_teacher
-        from kd_keras.train.pipeline import evaluate_model
+        from kd_keras.train.measure import evaluate_model
 
         # The data's classes and image size, checked against the model's.
         model = load_teacher(args.model, len(splits["classes"]), image_shape=images.shape[1:])

@@ -796,7 +796,7 @@ class RunConfig:
             # Resolved when a run starts; a folder from before the field says "auto".
             and not (k == "teacher_outputs" and "auto" in (mine[k], theirs[k]))
             # Sizes are compared resolved, once the data is read
-            # (kd_keras.train.pipeline.check_resumed_data), by flag.
+            # (kd_keras.train.run_setup.check_resumed_data), by flag.
             and k not in SIZE_FIELDS
         )
 

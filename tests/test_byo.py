@@ -882,7 +882,7 @@ def test_own_folder_runs_without_size_flags_and_the_run_folder_travels(
 def test_resume_of_a_run_recorded_before_fingerprints_compares_its_classes_json(tmp_path):
     from kd_keras.data.splits import splits_for
     from kd_keras.errors import RunFolderError
-    from kd_keras.train.pipeline import check_resumed_data, write_classes
+    from kd_keras.train.run_setup import check_resumed_data, write_classes
 
     data = folder_of(tmp_path / "d", {"a": 10, "b": 10, "c": 10})
     config = RunConfig.from_preset("smoke", data=str(data))

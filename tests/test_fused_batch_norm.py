@@ -133,7 +133,7 @@ def test_converted_model_loads_without_kd_keras(tmp_path):
 
 def test_synchronized_batch_norm_ships_as_local_batch_norm(tmp_path):
     from kd_keras.models.fused_batch_norm import with_local_batch_norm
-    from kd_keras.train.pipeline import save_model
+    from kd_keras.train.measure import save_model
 
     model = build_resnet(8, width=4, synchronized_batch_norm=True)
     rng = np.random.default_rng(0)

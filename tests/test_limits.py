@@ -26,7 +26,7 @@ def test_deepest_accepted_teacher_trains_saves_and_loads_at_python_default_recur
 
     from kd_keras.distill.teacher import load_teacher
     from kd_keras.models.resnet import build_resnet
-    from kd_keras.train.pipeline import save_model
+    from kd_keras.train.measure import save_model
 
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(1000)  # Python's default (importing Keras may have raised it).

@@ -191,7 +191,7 @@ def test_distiller_refuses_sigmoid_teacher_and_student():
 
 
 def test_check_models_resolves_a_softmax_teacher_and_prints_it(tmp_path, capsys):
-    from kd_keras.train.pipeline import check_models
+    from kd_keras.train.preflight import check_models
 
     teacher = channel_model(tmp_path / "t.keras", activation="softmax")
     config = tiny_config(teacher=str(tmp_path / "t.keras"), teacher_epochs=0, verbose=1)
@@ -210,7 +210,7 @@ def test_check_models_resolves_a_softmax_teacher_and_prints_it(tmp_path, capsys)
 
 
 def test_check_models_refuses_sigmoid_teacher_softmax_student_and_given_kind(tmp_path):
-    from kd_keras.train.pipeline import check_models
+    from kd_keras.train.preflight import check_models
 
     sigmoid = channel_model(tmp_path / "sig.keras", activation="sigmoid")
     config = tiny_config(teacher=str(tmp_path / "sig.keras"), teacher_epochs=0)
@@ -245,7 +245,7 @@ def test_teacher_of_another_image_size_names_the_image_size_flag(tmp_path):
 
 
 def test_student_not_smaller_than_teacher_is_warned_about(tmp_path, capsys):
-    from kd_keras.train.pipeline import check_models
+    from kd_keras.train.preflight import check_models
 
     small = channel_model(tmp_path / "small.keras")
     channel_model(tmp_path / "big.keras", hidden=64)

@@ -11,7 +11,9 @@ from kd_keras.distill.teacher import load_teacher
 from kd_keras.errors import DatasetError, NonFiniteLossError, RunFolderError, TeacherError
 from kd_keras.run_folder import read_history, read_results_csv
 from kd_keras.train.callbacks import NonFiniteLossGuard
-from kd_keras.train.pipeline import Pipeline, ProgressFile, evaluate_model
+from kd_keras.train.measure import evaluate_model
+from kd_keras.train.pipeline import Pipeline
+from kd_keras.train.run_setup import ProgressFile
 
 STAGES = ["teacher", "student_baseline", "student_distilled"]
 
@@ -182,6 +184,29 @@ def test_progress_file_is_replaced_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["progress.json"]
 
 
+def test_run_calls_each_stage_step_in_order_with_the_trained_teacher(tmp_path):
+    pipeline = Pipeline(RunConfig.from_preset("smoke"), tmp_path, None)
+    assert list(pipeline.stage_steps) == STAGES
+    calls = []
+
+    def step(name):
+        def run(teacher):
+            calls.append((name, teacher))
+            return f"{name} model", {}
+
+        return run
+
+    pipeline.stage_steps = {name: step(name) for name in STAGES}
+    pipeline.finish_stage = lambda stage, model, extra: {"stage": stage, "model": model}
+    rows = pipeline.run()
+    assert calls == [
+        ("teacher", None),
+        ("student_baseline", "teacher model"),
+        ("student_distilled", "teacher model"),
+    ]
+    assert [row["model"] for row in rows] == [f"{stage} model" for stage in STAGES]
+
+
 # --- A teacher's contract, checked once when it is loaded. ---
 
 
@@ -282,7 +307,7 @@ def test_bad_teacher_or_data_fails_before_the_folder_is_made(fake_archive, tmp_p
             run_pipeline(_tiny_config(not_data), folder)
     assert not out.exists() and list(empty.iterdir()) == []
     # So the corrected command is not refused as "not empty".
-    from kd_keras.train.pipeline import check_run_folder
+    from kd_keras.train.run_setup import check_run_folder
 
     assert check_run_folder(out, _tiny_config(fake_archive)).data == str(fake_archive)
 

@@ -620,7 +620,7 @@ def test_overwrite_refuses_a_foreign_config_json_and_keeps_everything(tmp_path):
 
 
 def test_overwrite_removes_only_kd_keras_files_and_keeps_the_users(tmp_path):
-    from kd_keras.train.pipeline import prepare_run_folder
+    from kd_keras.train.run_setup import prepare_run_folder
 
     folder = tmp_path / "run"
     _fake_run(folder)
@@ -638,7 +638,7 @@ def test_overwrite_removes_only_kd_keras_files_and_keeps_the_users(tmp_path):
 
 def test_overwrite_refuses_unknown_files_in_a_folder_removed_whole(tmp_path):
     from kd_keras.errors import RunFolderError
-    from kd_keras.train.pipeline import prepare_run_folder
+    from kd_keras.train.run_setup import prepare_run_folder
 
     folder = tmp_path / "run"
     _fake_run(folder)
@@ -652,7 +652,7 @@ def test_overwrite_refuses_unknown_files_in_a_folder_removed_whole(tmp_path):
 
 def test_links_inside_a_run_are_unlinked_never_followed(tmp_path):
     from kd_keras.errors import RunFolderError
-    from kd_keras.train.pipeline import prepare_run_folder
+    from kd_keras.train.run_setup import prepare_run_folder
 
     outside = tmp_path / "outside"
     (outside / "models").mkdir(parents=True)
@@ -810,7 +810,7 @@ def test_a_saved_model_file_gets_the_umask_mode(tmp_path):
     import keras
 
     from kd_keras.atomic import file_mode
-    from kd_keras.train.pipeline import save_model
+    from kd_keras.train.measure import save_model
 
     inputs = keras.Input((4,))
     save_model(keras.Model(inputs, keras.layers.Dense(3)(inputs)), tmp_path / "m.keras")

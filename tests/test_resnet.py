@@ -56,7 +56,7 @@ def test_width_and_classes_shape_the_model():
 
 
 def test_shipped_model_reloads_in_safe_mode_with_stock_keras_layers(tmp_path):
-    from kd_keras.train.pipeline import save_model
+    from kd_keras.train.measure import save_model
 
     model = build_resnet(8, width=4)  # Fused batch norm, kd_keras's layer.
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")

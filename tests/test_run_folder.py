@@ -24,6 +24,7 @@ KERAS_FREE = (
     "kd_keras.errors",
     "kd_keras.atomic",
     "kd_keras.run_folder",
+    "kd_keras.train.run_setup",
     "kd_keras.stages",
     "kd_keras.hardware",
     "kd_keras.data.cifar10",

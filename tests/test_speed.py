@@ -380,7 +380,7 @@ def _run_seconds(images, teacher_epochs, student_epochs, step=STEP, teacher=True
 
 
 def test_budget_chooses_the_most_epochs_that_fit():
-    from kd_keras.train.estimate import size_to_budget
+    from kd_keras.train.budget import size_to_budget
 
     sizes = size_to_budget(600, STEP, NO_TRACE, teacher_epochs=20, student_epochs=20, **SIZES)
     # Per epoch 11.3 + 6.1 + 9.4 = 26.8 s; 1 s evaluation and 15 s once:
@@ -394,7 +394,7 @@ def test_budget_chooses_the_most_epochs_that_fit():
 
 
 def test_budget_keeps_the_presets_teacher_to_student_ratio_and_counts_spent_time():
-    from kd_keras.train.estimate import size_to_budget
+    from kd_keras.train.budget import size_to_budget
 
     sizes = size_to_budget(
         1200, STEP, NO_TRACE, teacher_epochs=40, student_epochs=20, spent_seconds=100, **SIZES
@@ -406,7 +406,7 @@ def test_budget_keeps_the_presets_teacher_to_student_ratio_and_counts_spent_time
 
 
 def test_a_faster_machine_gets_more_epochs_in_the_same_budget():
-    from kd_keras.train.estimate import size_to_budget
+    from kd_keras.train.budget import size_to_budget
 
     slow = size_to_budget(600, STEP, NO_TRACE, teacher_epochs=20, student_epochs=20, **SIZES)
     fast_step = {key: value / 2 for key, value in STEP.items()}
@@ -415,7 +415,7 @@ def test_a_faster_machine_gets_more_epochs_in_the_same_budget():
 
 
 def test_below_the_epoch_floor_the_training_images_shrink():
-    from kd_keras.train.estimate import MIN_BUDGET_EPOCHS, size_to_budget
+    from kd_keras.train.budget import MIN_BUDGET_EPOCHS, size_to_budget
 
     # 5 epochs on all 10,000 images need 5 x 26.8 + 16 = 150 s; 120 s do not hold them.
     sizes = size_to_budget(120, STEP, NO_TRACE, teacher_epochs=20, student_epochs=20, **SIZES)
@@ -426,14 +426,14 @@ def test_below_the_epoch_floor_the_training_images_shrink():
 
 
 def test_a_budget_too_short_for_the_floor_is_refused_with_the_time_needed():
-    from kd_keras.train.estimate import size_to_budget
+    from kd_keras.train.budget import size_to_budget
 
     with pytest.raises(ConfigError, match=r"--budget of 30s is too short.*need about \d+s"):
         size_to_budget(30, STEP, NO_TRACE, teacher_epochs=20, student_epochs=20, **SIZES)
 
 
 def test_a_reused_teacher_is_not_trained_or_budgeted():
-    from kd_keras.train.estimate import size_to_budget
+    from kd_keras.train.budget import size_to_budget
 
     sizes = size_to_budget(600, STEP, NO_TRACE, teacher_epochs=0, student_epochs=20, **SIZES)
     assert sizes["teacher_epochs"] == 0 and sizes["stages"]["teacher"]["total_seconds"] == 0
@@ -468,7 +468,7 @@ def test_budget_on_resume_is_refused_and_the_saved_run_untouched(tmp_path, capsy
 
 
 def test_plan_budget_sizes_the_config_it_returns():
-    from kd_keras.train.estimate import format_budget_plan, plan_budget
+    from kd_keras.train.budget import format_budget_plan, plan_budget
 
     config = RunConfig.from_preset("smoke", budget="3m")
     sized, plan = plan_budget(config, calibration_steps=1)
@@ -512,10 +512,10 @@ def test_budget_checks_the_folder_and_the_data_before_calibrating(tmp_path, caps
 
 
 def test_budget_dry_run_prints_the_sized_config_and_the_plan(monkeypatch, capsys):
-    from kd_keras.train import estimate
+    from kd_keras.train import budget
 
     # This test process has run for a while; a real run's process starts with it.
-    monkeypatch.setattr(estimate, "_process_seconds", lambda: 0.0)
+    monkeypatch.setattr(budget, "_process_seconds", lambda: 0.0)
     assert cli_main(["run", "--preset", "smoke", "--budget", "1h", "--dry-run"]) == 0
     captured = capsys.readouterr()
     config, _ = json.JSONDecoder().raw_decode(captured.out)
