@@ -1,7 +1,7 @@
 """T/alpha searches (`python -m tuning`): their state, trials and best T
 and alpha, and starting and stopping them.
 
-A search folder's files are named by `kd_keras.run_folder.SearchFolder`
+A search folder's files are named by `kd_keras.search_folder.SearchFolder`
 and its trials have `TRIAL_COLUMNS` (scored by `OBJECTIVE`); the app's
 searches live in `<runs>/tuning/<name>`.
 """
@@ -19,7 +19,7 @@ from kd_app.launching import LaunchOptions, start_run
 from kd_app.settings import TUNING_SUBDIR, presets, tuning_available
 from kd_keras import atomic
 from kd_keras.errors import LaunchError
-from kd_keras.run_folder import OBJECTIVE, TRIAL_COMPLETED, TUNERS, SearchFolder
+from kd_keras.search_folder import OBJECTIVE, TRIAL_COMPLETED, TUNERS, SearchFolder
 
 
 @dataclasses.dataclass

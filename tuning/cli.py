@@ -6,7 +6,8 @@ import sys
 from kd_keras.config import PRESETS, RunConfig
 from kd_keras.errors import run_command
 from kd_keras.options import add_run_options, overrides_from_args
-from kd_keras.run_folder import TRIAL_COMPLETED, RunFolder
+from kd_keras.run_folder import RunFolder
+from kd_keras.search_folder import TRIAL_COMPLETED
 from kd_keras.text import plural
 
 # Recipe options the search takes (run options, kd_keras/options.py); the

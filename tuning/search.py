@@ -38,7 +38,8 @@ from kd_keras.data.cifar10 import NUM_CLASSES
 from kd_keras.data.splits import splits_for
 from kd_keras.distill.teacher import teacher_sanity_check
 from kd_keras.errors import DamagedFileError, SearchError
-from kd_keras.run_folder import (
+from kd_keras.owned_files import describe_paths, remove_planned
+from kd_keras.search_folder import (
     BEST_FILE,
     OBJECTIVE,
     SEARCH_FILE,
@@ -49,8 +50,6 @@ from kd_keras.run_folder import (
     TRIALS_FILE,
     TUNERS,
     SearchFolder,
-    describe_paths,
-    remove_planned,
 )
 from kd_keras.train.speed import resolve_run_precisions
 from tuning.hypermodel import DistillationHyperModel, SearchSpace  # noqa: E402

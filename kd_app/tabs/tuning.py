@@ -16,7 +16,7 @@ from kd_app.tabs.common import (
     status_line,
     teacher_picker,
 )
-from kd_keras.run_folder import TUNERS, SearchFolder
+from kd_keras.search_folder import TUNERS, SearchFolder
 
 
 def on_start_search(runs_dir, data_path):

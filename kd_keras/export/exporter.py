@@ -64,7 +64,8 @@ from kd_keras.export.spec import (
 )
 from kd_keras.models.folding import fold_batch_norm
 from kd_keras.models.layer_swap import copy_weights, model_config, rebuild
-from kd_keras.run_folder import TEMP_PATTERN, RemovalPlan, RunFolder, remove_planned
+from kd_keras.owned_files import TEMP_PATTERN, RemovalPlan, remove_planned
+from kd_keras.run_folder import RunFolder
 
 LATENCY_WARMUP = 20  # Calls before timing: graph tracing, caches, allocation.
 MAX_MESSAGE = 240  # Characters of a converter message kept in an error.

@@ -41,7 +41,8 @@ from pathlib import Path
 
 from kd_keras import atomic
 from kd_keras.errors import ExportError
-from kd_keras.run_folder import EXPORT_DIR, RunFolder
+from kd_keras.layout import EXPORT_DIR
+from kd_keras.run_folder import RunFolder
 from kd_keras.stages import STAGES
 
 FORMATS = ("saved_model", "litert")

@@ -52,17 +52,12 @@ from kd_keras.errors import (
     TeacherError,
     is_disk_full,
 )
+from kd_keras.layout import LEGACY_STUDENT_INIT_FILE
 from kd_keras.models.fused_batch_norm import with_keras_batch_norm, with_local_batch_norm
 from kd_keras.models.resnet import count_flops, stage_blocks
+from kd_keras.owned_files import TEMP_PATTERN, RemovalPlan, describe_paths, remove_planned
 from kd_keras.report.results import load_stage_rows, write_results
-from kd_keras.run_folder import (
-    LEGACY_STUDENT_INIT_FILE,
-    TEMP_PATTERN,
-    RemovalPlan,
-    RunFolder,
-    describe_paths,
-    remove_planned,
-)
+from kd_keras.run_folder import RunFolder
 from kd_keras.stages import STAGES
 from kd_keras.train import distribute, recipe
 from kd_keras.train.callbacks import (
