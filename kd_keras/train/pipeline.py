@@ -1017,7 +1017,7 @@ def check_resumed_data(out, requested, saved, splits):
 def write_classes(out, config, splits):
     """Writes the run's `classes.json`: class names in label order, the
     data's kind, image shape and split sizes."""
-    from kd_keras.data.sources import data_kind
+    from kd_keras.config import data_kind
 
     images, _ = splits["train"]
     atomic.write_json(
