@@ -20,7 +20,8 @@ from kd_app import confine
 from kd_app.files import number, read_csv, read_or
 from kd_keras import atomic
 from kd_keras.errors import LaunchError
-from kd_keras.export.spec import ROW_SEPARATOR, read_export_rows, run_stages
+from kd_keras.export.plan import run_stages
+from kd_keras.export.spec import ROW_SEPARATOR, read_export_rows
 from kd_keras.run_folder import TABLE_COLUMNS, RunFolder
 from kd_keras.stages import STAGES
 

@@ -15,17 +15,16 @@ import numpy as np
 import pytest
 
 from kd_keras.errors import ExportError
+from kd_keras.export.plan import plan_exports, validate_options
 from kd_keras.export.spec import (
     EXPORT_COLUMNS,
     VARIANTS,
     ExportSpec,
     export_specs,
     file_sha256,
-    plan_exports,
     read_export_rows,
     row_name,
     split_row_name,
-    validate_options,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,7 +148,7 @@ def _complete(run, stage, variant, source=None):
 
 
 def test_plan_skips_complete_exports_redoes_partial_ones_refuses_stale_ones(tmp_path):
-    from kd_keras.export.spec import export_status
+    from kd_keras.export.plan import export_status
 
     run = fake_run(tmp_path / "run")
     specs = export_specs("litert", ["none", "float16", "dynamic", "int8"])

@@ -32,6 +32,7 @@ KERAS_FREE = (
     "kd_keras.models.depth",
     "kd_keras.models.specs",
     "kd_keras.export.spec",
+    "kd_keras.export.plan",
     "kd_keras.report.results",  # Tables need no Keras (plots import matplotlib late).
     "kd_keras.report.reference",
 )

@@ -49,6 +49,7 @@ import numpy as np
 
 from kd_keras import atomic
 from kd_keras.errors import DiskWriteError, ExportError, is_disk_full
+from kd_keras.export.plan import plan_exports, read_only_error, validate_options
 from kd_keras.export.spec import (
     ExportSpec,
     export_path,
@@ -56,11 +57,8 @@ from kd_keras.export.spec import (
     file_sha256,
     model_path,
     path_size,
-    plan_exports,
-    read_only_error,
     row_name,
     row_path,
-    validate_options,
 )
 from kd_keras.models.folding import fold_batch_norm
 from kd_keras.models.layer_swap import copy_weights, model_config, rebuild
@@ -652,7 +650,7 @@ def export_run(
 
     Everything is checked before any work (`plan_exports`); the run folder
     is locked while exporting. A variant is complete once its row is
-    written (`kd_keras.export.spec.export_status`): without `overwrite`,
+    written (`kd_keras.export.plan.export_status`): without `overwrite`,
     complete variants are skipped, so after a kill the same call continues
     where it stopped; the leftovers of unfinished ones (a file without its
     row, `.*.partial-*` folders, temporary files) are removed when an export
