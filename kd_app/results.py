@@ -240,7 +240,7 @@ def _saved_results(folder):
 
 def teacher_vs_student(folder):
     """The teacher/distilled-student size and latency ratios of
-    `results.json` (`kd_keras.report.results.shipping_ratios`), or []."""
+    `results.json` (`kd_keras.report.gains.shipping_ratios`), or []."""
     ratios = _saved_results(folder).get("teacher_vs_student")
     return [r for r in ratios if isinstance(r, dict)] if isinstance(ratios, list) else []
 

@@ -354,12 +354,9 @@ def test_int8_io_file_takes_quantised_pixels(exported_run, test_split):
 
 @pytest.mark.slow
 def test_rows_land_in_results_csv_json_and_chart(exported_run):
-    from kd_keras.report.results import (
-        bar_entries,
-        format_export_table,
-        format_table,
-        gains_over_baseline,
-    )
+    from kd_keras.report.gains import gains_over_baseline
+    from kd_keras.report.plots import bar_entries
+    from kd_keras.report.results import format_export_table, format_table
     from kd_keras.run_folder import read_results_csv
     from kd_keras.stages import STAGE_COLORS
 
