@@ -127,6 +127,24 @@ def _npy_bytes(npz, key, path):
     return max(info.file_size, int(np.prod(shape, dtype=object)) * dtype.itemsize)
 
 
+def _class_names(arrays, labels, path):
+    """`class_names` as strings, else `"0"`, `"1"`, ... up to the highest
+    label (checked: 2 to `MAX_CLASSES` names, none repeated)."""
+    if "class_names" in arrays:
+        names = [str(n) for n in np.asarray(arrays["class_names"]).reshape(-1)]
+    else:
+        highest = max(int(y.max()) for y in labels.values())
+        if highest >= MAX_CLASSES:
+            raise DataSourceError(
+                path,
+                f"class ids reach {highest} and there are no class_names: at most "
+                f"{MAX_CLASSES} classes, numbered 0..K-1",
+            )
+        names = [str(i) for i in range(highest + 1)]
+    check_class_names(names, path)
+    return names
+
+
 def load_npz(path):
     """Reads a `.npz` data file (keys: see the module docstring).
 
@@ -168,18 +186,7 @@ def load_npz(path):
             raise DataSourceError(path, f"unreadable array ({error})") from None
     x_train = _as_rgb_uint8(arrays["x_train"], path, "x_train")
     labels = {k: _label_values(arrays[k], path, k) for k in ("y_train", "y_test") if k in arrays}
-    if "class_names" in arrays:
-        names = [str(n) for n in np.asarray(arrays["class_names"]).reshape(-1)]
-    else:
-        highest = max(int(y.max()) for y in labels.values())
-        if highest >= MAX_CLASSES:
-            raise DataSourceError(
-                path,
-                f"class ids reach {highest} and there are no class_names: at most "
-                f"{MAX_CLASSES} classes, numbered 0..K-1",
-            )
-        names = [str(i) for i in range(highest + 1)]
-    check_class_names(names, path)
+    names = _class_names(arrays, labels, path)
     y_train = _as_labels(arrays["y_train"], len(x_train), len(names), path, "y_train")
     test = (None, None)
     if "x_test" in arrays:

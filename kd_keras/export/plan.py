@@ -136,6 +136,28 @@ class ExportPlan(list):
         self.requested = list(pairs if requested is None else requested)
 
 
+def _check_stages(run_dir, stages):
+    """Raises `ExportError` for a stage the run does not have, has not
+    finished, or has no model file of."""
+    known = run_stages(run_dir)
+    for stage in stages:
+        if stage not in known:
+            raise ExportError(
+                f"stage '{stage}' is not in run '{run_dir}'; its stages are {', '.join(known)}"
+            )
+        if not RunFolder(run_dir).is_complete(stage):
+            raise ExportError(
+                f"run '{run_dir}' has not finished stage '{stage}' (no "
+                f"stages/{stage}.json); finish it first: python -m kd_keras "
+                f"run --resume --out {run_dir}"
+            )
+        if not model_path(run_dir, stage).is_file():
+            raise ExportError(
+                f"stage '{stage}' of run '{run_dir}' has no model file "
+                f"models/{stage}.keras to export"
+            )
+
+
 def plan_exports(run_dir, stages=("student_distilled",), specs=(), *, overwrite=False):
     """Checks an export request against a run folder, before any work.
 
@@ -171,23 +193,7 @@ def plan_exports(run_dir, stages=("student_distilled",), specs=(), *, overwrite=
     check_writable(run_dir, stages)
     if not specs:
         raise ExportError("no format to export; pass --format saved_model and/or litert")
-    known = run_stages(run_dir)
-    for stage in stages:
-        if stage not in known:
-            raise ExportError(
-                f"stage '{stage}' is not in run '{run_dir}'; its stages are {', '.join(known)}"
-            )
-        if not RunFolder(run_dir).is_complete(stage):
-            raise ExportError(
-                f"run '{run_dir}' has not finished stage '{stage}' (no "
-                f"stages/{stage}.json); finish it first: python -m kd_keras "
-                f"run --resume --out {run_dir}"
-            )
-        if not model_path(run_dir, stage).is_file():
-            raise ExportError(
-                f"stage '{stage}' of run '{run_dir}' has no model file "
-                f"models/{stage}.keras to export"
-            )
+    _check_stages(run_dir, stages)
     plan = [(stage, spec) for stage in stages for spec in specs]
     if overwrite:
         return ExportPlan(plan)
