@@ -37,7 +37,7 @@ from kd_keras import atomic
 from kd_keras.config import PRESETS
 from kd_keras.errors import ConfigError, run_command
 from kd_keras.hardware import this_machine
-from kd_keras.report.results import distillation_gain
+from kd_keras.report.gains import distillation_gain
 from kd_keras.run_folder import RunFolder
 from kd_keras.stages import STAGES
 

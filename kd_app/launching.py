@@ -17,9 +17,10 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from kd_keras import atomic
 from kd_keras.errors import LaunchError
 from kd_keras.options import command_line_flags, option_for
-from kd_keras.run_folder import LOCK_FILE, RunFolder
+from kd_keras.run_folder import RunFolder
 
 from . import checks, confine
 from .processes import launch_lock, start, terminate
@@ -203,7 +204,7 @@ def _folder_errors(options, runs_dir):
         ]
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         return [f"'{folder}' is not a run folder (a symlink or a file); choose another run name."]
-    if not folder.exists() or not any(c.name != LOCK_FILE for c in folder.iterdir()):
+    if not folder.exists() or not any(c.name != atomic.LOCK_FILE for c in folder.iterdir()):
         return []
     if options.if_exists == "refuse":
         return [

@@ -18,7 +18,8 @@ import pandas as pd
 
 from kd_keras import atomic
 from kd_keras.errors import LaunchError
-from kd_keras.export.spec import ROW_SEPARATOR, read_export_rows, run_stages
+from kd_keras.export.plan import run_stages
+from kd_keras.export.spec import ROW_SEPARATOR, read_export_rows
 from kd_keras.run_folder import TABLE_COLUMNS, RunFolder
 from kd_keras.stages import STAGES
 
@@ -240,7 +241,7 @@ def _saved_results(folder):
 
 def teacher_vs_student(folder):
     """The teacher/distilled-student size and latency ratios of
-    `results.json` (`kd_keras.report.results.shipping_ratios`), or []."""
+    `results.json` (`kd_keras.report.gains.shipping_ratios`), or []."""
     ratios = _saved_results(folder).get("teacher_vs_student")
     return [r for r in ratios if isinstance(r, dict)] if isinstance(ratios, list) else []
 

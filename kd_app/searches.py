@@ -1,7 +1,7 @@
 """T/alpha searches (`python -m kd_keras tune`): their state, trials and best T
 and alpha, and starting and stopping them.
 
-A search folder's files are named by `kd_keras.run_folder.SearchFolder`
+A search folder's files are named by `kd_keras.search_folder.SearchFolder`
 and its trials have `TRIAL_COLUMNS` (scored by `OBJECTIVE`); the app's
 searches live in `<runs>/tuning/<name>`.
 """
@@ -15,7 +15,7 @@ import pandas as pd
 
 from kd_keras import atomic
 from kd_keras.errors import LaunchError
-from kd_keras.run_folder import OBJECTIVE, TRIAL_COMPLETED, TUNERS, SearchFolder
+from kd_keras.search_folder import OBJECTIVE, TRIAL_COMPLETED, TUNERS, SearchFolder
 
 from . import checks, confine, processes
 from .files import number, read_csv, read_or

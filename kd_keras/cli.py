@@ -398,7 +398,8 @@ def _report(args):
 
 
 def _export(args):
-    from kd_keras.export.spec import export_specs, plan_exports, validate_options
+    from kd_keras.export.plan import plan_exports, validate_options
+    from kd_keras.export.spec import export_specs
 
     # Checked before any data loads or model converts, and before TensorFlow starts.
     try:

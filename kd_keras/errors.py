@@ -15,6 +15,8 @@ Exit codes (`exit_code`), shared by `python -m kd_keras` and `python -m tuning`:
 
 import sys
 
+from kd_keras.layout import damaged_file_fix
+
 # --- Bad input (exit code 2) --------------------------------------------------
 
 
@@ -83,12 +85,10 @@ class DamagedFileError(ValueError):
         path: the damaged file.
         problem: what is wrong, e.g. the parser's complaint.
         fix: what to do; defaults to the fix for that file of a run or
-            search folder (see `kd_keras.run_folder.damaged_file_fix`).
+            search folder (see `kd_keras.layout.damaged_file_fix`).
     """
 
     def __init__(self, path, problem, fix=None):
-        from kd_keras.run_folder import damaged_file_fix
-
         self.path = str(path)
         self.problem = problem
         self.fix = fix or damaged_file_fix(path)

@@ -1,8 +1,8 @@
-"""The layout of a run folder and of a search folder, and their readers.
+"""The layout of a run folder, and its readers.
 
 Keras-free: the CLI, the pipeline, the search and the app all name a run's
-files through `RunFolder` and a search's through `SearchFolder`, so the
-layout lives here once:
+files through `RunFolder`, so the layout lives here once (the file names in
+`kd_keras.layout`; a search folder's in `kd_keras.search_folder`):
 
 ```
 <run>/config.json      the resolved RunConfig (kd_keras.config)
@@ -16,50 +16,47 @@ layout lives here once:
 <run>/checkpoints/student_init.npz    the students' shared initial weights
 <run>/export/<stage>/...      exported models (kd_keras.export.spec)
 <run>/results.csv  results.json  test_accuracy_bar.png  report.png
-
-<search>/search.json  trials.csv  best.json  trial_<id>/  run.lock
 ```
 
-What kd_keras writes is listed once, as patterns: `RUN_LAYOUT` and
-`SEARCH_LAYOUT`. `--overwrite` removes only those entries (`plan_removal`,
-`remove_planned`), unlinking links without following them; everything else
-in the folder stays.
+What kd_keras writes is listed once, as patterns: `RUN_LAYOUT`.
+`--overwrite` removes only those entries (`kd_keras.owned_files`).
 
 Reading never needs Keras: `RunFolder.config()` is a validated `RunConfig`,
 `progress()` a dict, `stage_rows()` the completed stages' rows,
 `history(stage)` the epoch rows. A file that exists but cannot be parsed
-raises `DamagedFileError` naming the file and the fix (`damaged_file_fix`).
+raises `DamagedFileError` naming the file and the fix
+(`kd_keras.layout.damaged_file_fix`).
 """
 
 import csv
 import dataclasses
-import fnmatch
 import io
-import os
-import shlex
-import shutil
 from pathlib import Path
 
 from kd_keras import atomic
 from kd_keras.errors import ConfigError, DamagedFileError, RunFolderError
+from kd_keras.layout import (
+    BAR_PLOT,
+    CHECKPOINTS_DIR,
+    CLASSES_FILE,
+    CONFIG_FILE,
+    EXPORT_DIR,
+    HISTORY_DIR,
+    LEGACY_STUDENT_INIT_FILE,
+    MODEL_SUFFIX,
+    MODELS_DIR,
+    PROGRESS_FILE,
+    REPORT_PLOT,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    STAGES_DIR,
+    STUDENT_INIT_FILE,
+    WRITE_PROBE,
+    resume_argv,
+    resume_command,
+)
+from kd_keras.owned_files import ANYTHING, Layout, describe_paths, plan_removal, symlinked_folders
 from kd_keras.stages import STAGES
-
-CONFIG_FILE = "config.json"
-PROGRESS_FILE = "progress.json"
-CLASSES_FILE = "classes.json"
-LOCK_FILE = atomic.LOCK_FILE
-RESULTS_CSV = "results.csv"
-RESULTS_JSON = "results.json"
-BAR_PLOT = "test_accuracy_bar.png"
-REPORT_PLOT = "report.png"
-STAGES_DIR = "stages"
-HISTORY_DIR = "history"
-MODELS_DIR = "models"
-CHECKPOINTS_DIR = "checkpoints"
-EXPORT_DIR = "export"
-STUDENT_INIT_FILE = "student_init.npz"
-LEGACY_STUDENT_INIT_FILE = "student_init.weights.h5"  # Read if found: older runs.
-MODEL_SUFFIX = ".keras"
 
 # `progress.json`: `status` is one of STATUSES while a process owns the run.
 STATUSES = ("running", "finished", "failed", "stopped")
@@ -107,55 +104,16 @@ TABLE_COLUMNS = (
 RUN_MARKERS = (CONFIG_FILE, PROGRESS_FILE, STAGES_DIR)
 
 # --- What kd_keras writes, the one list `--overwrite` removes ------------------
-# `atomic.atomic_path`'s temporaries, and the folders an export writes under a
-# temporary name (`kd_keras.export.convert`), anywhere kd_keras writes.
-TEMP_PATTERN = ".*.tmp*"
-PARTIAL_PATTERNS = (".*.partial-*", ".*.old-*")
-WRITE_PROBE = ".write-probe"
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """The entries kd_keras writes in one folder, as `fnmatch` patterns.
-
-    Args:
-        files: names of files kd_keras writes here.
-        dirs: `(pattern, Layout)` pairs: sub-folders and what kd_keras
-            writes in them.
-        whole: a folder another library writes (a SavedModel): removed as a
-            whole, so every name in it must be one of `files` or `dirs`
-            (anything else is refused, never deleted).
-        anything: every entry inside is kd_keras's (a temporary folder of a
-            unique name it made itself).
-    """
-
-    files: tuple = ()
-    dirs: tuple = ()
-    whole: bool = False
-    anything: bool = False
-
-    def file_match(self, name):
-        patterns = (*self.files, TEMP_PATTERN)
-        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-    def dir_layout(self, name):
-        for pattern, layout in (*self.dirs, *((p, _ANYTHING) for p in PARTIAL_PATTERNS)):
-            if fnmatch.fnmatchcase(name, pattern):
-                return layout
-        return None
-
-
-_ANYTHING = Layout(anything=True)
 _SAVED_MODEL = Layout(
     files=("saved_model.pb", "fingerprint.pb", "keras_metadata.pb"),
     dirs=(
         (
             "variables",
             Layout(
-                files=("variables.index", "variables.data-*"), dirs=(("*", _ANYTHING),), whole=True
+                files=("variables.index", "variables.data-*"), dirs=(("*", ANYTHING),), whole=True
             ),
         ),
-        ("assets", _ANYTHING),
+        ("assets", ANYTHING),
     ),
     whole=True,
 )
@@ -194,115 +152,6 @@ RUN_LAYOUT = Layout(
 )
 
 
-@dataclasses.dataclass
-class RemovalPlan:
-    """What removing kd_keras's files from a folder does (`plan_removal`).
-
-    `files`: kd_keras's files and symbolic links (unlinked); `trees`: its
-    temporary folders (deleted whole); `folders`: its folders, deepest first
-    (removed once empty); `kept`: other entries, which stay; `refused`:
-    unknown entries inside a folder that only goes as a whole.
-    """
-
-    files: list = dataclasses.field(default_factory=list)
-    trees: list = dataclasses.field(default_factory=list)
-    folders: list = dataclasses.field(default_factory=list)
-    kept: list = dataclasses.field(default_factory=list)
-    refused: list = dataclasses.field(default_factory=list)
-
-
-def plan_removal(folder, layout, *, keep=()):
-    """Which entries of `folder` are kd_keras's under `layout`, without
-    changing anything. Symbolic links are never followed: a link with one
-    of kd_keras's names is itself removed (unlinked), whatever it points to.
-
-    Args:
-        folder: the folder (a run or search folder).
-        layout: its `Layout`.
-        keep: top-level names never removed (the lock file).
-
-    Returns:
-        A `RemovalPlan`.
-    """
-    plan = RemovalPlan()
-
-    def walk(path, layout, top):
-        with os.scandir(path) as entries:
-            children = sorted(entries, key=lambda e: e.name)
-        for entry in children:
-            child = Path(entry.path)
-            if top and entry.name in keep:
-                continue
-            is_link = entry.is_symlink()
-            is_dir = not is_link and entry.is_dir(follow_symlinks=False)
-            sub = layout.dir_layout(entry.name)
-            if is_link and (sub is not None or layout.file_match(entry.name)):
-                plan.files.append(child)
-            elif is_dir and sub is not None and sub.anything:
-                plan.trees.append(child)
-            elif is_dir and sub is not None:
-                walk(child, sub, False)
-                plan.folders.append(child)
-            elif not is_dir and not is_link and layout.file_match(entry.name):
-                plan.files.append(child)
-            else:
-                (plan.refused if layout.whole else plan.kept).append(child)
-
-    folder = Path(folder)
-    if folder.is_dir():
-        walk(folder, layout, True)
-    return plan
-
-
-def remove_planned(plan):
-    """Carries out a `RemovalPlan`: files and links are unlinked, temporary
-    folders deleted whole (`shutil.rmtree`, which never follows a link),
-    other folders removed only once empty (a user's file keeps its folder)."""
-    for path in plan.files:
-        path.unlink(missing_ok=True)
-    for path in plan.trees:
-        shutil.rmtree(path, ignore_errors=True)
-    for path in plan.folders:
-        try:
-            path.rmdir()
-        except OSError:
-            pass  # Not empty: a user's file inside stays, and its folder.
-
-
-def symlinked_folders(folder, layout):
-    """The folders of `layout` under `folder` that are symbolic links."""
-    found = []
-
-    def walk(path, layout):
-        with os.scandir(path) as entries:
-            children = sorted(entries, key=lambda e: e.name)
-        for entry in children:
-            sub = layout.dir_layout(entry.name)
-            if sub is None or sub.anything:
-                continue
-            if entry.is_symlink():
-                found.append(Path(entry.path))
-            elif entry.is_dir(follow_symlinks=False):
-                walk(entry.path, sub)
-
-    if Path(folder).is_dir():
-        walk(Path(folder), layout)
-    return found
-
-
-def describe_paths(paths, folder, limit=3):
-    """`'a', 'b', 'c' and 2 more`, relative to `folder`, for one-line messages."""
-    names = []
-    for path in paths[:limit]:
-        try:
-            name = str(Path(path).relative_to(folder))
-        except ValueError:
-            name = str(path)
-        names.append(repr(name if len(name) <= 60 else name[:57] + "..."))
-    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
-    return ", ".join(names) + more
-
-
 @dataclasses.dataclass(frozen=True)
 class RunFolder:
     """The files of one run folder (which need not exist yet).
@@ -336,7 +185,7 @@ class RunFolder:
 
     @property
     def lock_file(self):
-        return self.path / LOCK_FILE
+        return self.path / atomic.LOCK_FILE
 
     @property
     def results_csv(self):
@@ -394,13 +243,11 @@ class RunFolder:
 
     def resume_argv(self, data=None):
         """The arguments of `python -m kd_keras` that continue this run."""
-        return ["run", "--resume", "--out", str(self.path)] + (
-            ["--data", str(data)] if data else []
-        )
+        return resume_argv(self.path, data)
 
     def resume_command(self, data=None):
         """The command that continues this run, as a shell line."""
-        return shlex.join(["python", "-m", "kd_keras", *self.resume_argv(data)])
+        return resume_command(self.path, data)
 
     # --- State ---------------------------------------------------------------
     def is_run(self):
@@ -420,7 +267,7 @@ class RunFolder:
     def removal_plan(self):
         """What `--overwrite` removes: the files kd_keras writes here
         (`RUN_LAYOUT`), never the lock, never a user's other files."""
-        return plan_removal(self.path, RUN_LAYOUT, keep=(LOCK_FILE,))
+        return plan_removal(self.path, RUN_LAYOUT, keep=(atomic.LOCK_FILE,))
 
     def symlinked_folders(self):
         """kd_keras's folders in this run that are symbolic links (kd_keras
@@ -489,111 +336,6 @@ class RunFolder:
         return read_results_csv(self.results_csv)
 
 
-# --- Search folders (python -m tuning --out) -----------------------------------
-SEARCH_FILE = "search.json"
-TRIALS_FILE = "trials.csv"
-BEST_FILE = "best.json"
-SEARCH_PLOT = "search.png"
-TRIAL_FILE = "kd_trial.json"  # Per trial folder: wall time and epochs.
-TUNERS = ("random", "bayesian", "hyperband")  # `--tuner`; the first is the default.
-MAX_TRIALS = 1000  # `--trials`: each trial keeps a folder and a checkpoint.
-OBJECTIVE = "val_accuracy"
-# The columns of `trials.csv`.
-TRIAL_COLUMNS = (
-    "trial_id",
-    "temperature",
-    "alpha",
-    "val_accuracy",
-    "val_loss",
-    "epochs",
-    "seconds",
-    "best_epoch",
-    "distiller_val_loss",
-    "status",
-)
-TRIAL_COMPLETED = "COMPLETED"  # A finished trial's `status` (keras-tuner's).
-# The entries `search.json` always has.
-SEARCH_KEYS = ("tuner", "objective", "epochs", "max_trials", "space", "config")
-# What a search writes in its folder: kd_keras's files, then Keras Tuner's.
-SEARCH_LAYOUT = Layout(
-    files=(SEARCH_FILE, TRIALS_FILE, BEST_FILE, SEARCH_PLOT, "oracle.json", "tuner*.json"),
-    dirs=(
-        (
-            "trial_*",
-            Layout(files=("trial.json", "build_config.json", "checkpoint*", TRIAL_FILE)),
-        ),
-    ),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchFolder:
-    """The files of one T/alpha search folder (`python -m tuning --out`)."""
-
-    path: Path
-
-    def __init__(self, path):
-        object.__setattr__(self, "path", Path(path))
-
-    @property
-    def settings_file(self):
-        return self.path / SEARCH_FILE
-
-    @property
-    def trials_file(self):
-        return self.path / TRIALS_FILE
-
-    @property
-    def best_file(self):
-        return self.path / BEST_FILE
-
-    @property
-    def plot_file(self):
-        return self.path / SEARCH_PLOT
-
-    @property
-    def lock_file(self):
-        """Beside the folder, not in it (`atomic.sibling_lock_path`): keras-tuner
-        owns the folder's contents and `--overwrite` deletes it whole."""
-        return atomic.sibling_lock_path(self.path)
-
-    def is_search(self):
-        return self.settings_file.is_file()
-
-    def removal_plan(self):
-        """What `--overwrite` removes: kd_keras's and Keras Tuner's files
-        (`SEARCH_LAYOUT`), never a user's other files."""
-        return plan_removal(self.path, SEARCH_LAYOUT)
-
-    def saved_settings(self):
-        """`search.json` as a dict holding `SEARCH_KEYS`, or `None` if absent.
-
-        Raises:
-            DamagedFileError: the file is not such an object.
-        """
-        values = atomic.read_json_object(self.settings_file, None, keys=SEARCH_KEYS)
-        if values is not None and not (
-            values["tuner"] in TUNERS
-            and all(isinstance(values[k], dict) for k in ("space", "config"))
-        ):
-            raise DamagedFileError(self.settings_file, "not the settings of a kd_keras search")
-        return values
-
-    def settings(self):
-        """`search.json` as a dict (empty if absent)."""
-        return atomic.read_json_object(self.settings_file, {}) or {}
-
-    def best(self):
-        """`best.json` as a dict, or `None`."""
-        return atomic.read_json_object(self.best_file, None)
-
-    def trials(self):
-        """`trials.csv` as a list of dicts (numbers parsed), or `[]`."""
-        if not self.trials_file.is_file():
-            return []
-        return read_results_csv(self.trials_file)
-
-
 def read_history(path):
     """Reads a history CSV into a list of dicts of floats (empty if absent).
 
@@ -635,36 +377,3 @@ def read_results_csv(path):
             except ValueError:
                 pass
     return rows
-
-
-def damaged_file_fix(path):
-    """What to do about a damaged file of a run folder, by its place in it."""
-    path = Path(path)
-    in_stage_folder = path.parent.name in (STAGES_DIR, HISTORY_DIR)
-    in_checkpoint = path.parent.parent.name == CHECKPOINTS_DIR
-    if in_checkpoint:
-        run_dir = path.parent.parent.parent
-    elif in_stage_folder:
-        run_dir = path.parent.parent
-    else:
-        run_dir = path.parent
-    resume = RunFolder(run_dir).resume_command()
-    if path.name == CONFIG_FILE:
-        return (
-            "it holds the run's settings and cannot be rebuilt: restore it from a "
-            "copy, or start the run again in a new --out folder"
-        )
-    if path.name == PROGRESS_FILE:
-        return f"delete it; '{resume}' rebuilds it"
-    if in_stage_folder:
-        return (
-            f"'{resume}' rebuilds it from the stage's checkpoint (a stage added by "
-            "tuning needs 'python -m tuning ... --apply-to' again)"
-        )
-    if in_checkpoint:
-        return (
-            f"the stage's checkpoint cannot be used: delete the folder '{path.parent}' "
-            f"and run '{resume}'; stage '{path.parent.name}' then trains again from "
-            "its first epoch (finished stages are kept)"
-        )
-    return "restore it from a copy, or delete it"

@@ -1,5 +1,5 @@
 """Tests of `kd_app.searches`: a search folder read through
-`kd_keras.run_folder.SearchFolder` and its real columns."""
+`kd_keras.search_folder.SearchFolder` and its real columns."""
 
 import csv
 import json
@@ -10,7 +10,7 @@ from app_smoke import REPO  # noqa: F401 (puts the repository on sys.path)
 
 from kd_app import processes, searches
 from kd_app.processes import launch_files
-from kd_keras.run_folder import TRIAL_COLUMNS, TUNERS, SearchFolder
+from kd_keras.search_folder import TRIAL_COLUMNS, TUNERS, SearchFolder
 
 
 def write_trials(folder, rows):

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kd_keras.config import RunConfig
-from kd_keras.data.sources import carve_test_split, data_kind, load_image_folder, load_npz
+from kd_keras.config import RunConfig, data_kind
+from kd_keras.data.image_folders import load_image_folder
+from kd_keras.data.npz import load_npz
+from kd_keras.data.source_checks import carve_test_split
 from kd_keras.errors import ConfigError, DataSourceError
 
 TINY = dict(
@@ -689,7 +691,7 @@ def test_label_range_is_checked_before_class_names_are_made(tmp_path):
         y_train=np.array([0, 1, 2**64 - 1, 1], dtype=np.uint64),
     )
     done = run_limited(
-        "from kd_keras.data.sources import load_npz\n"
+        "from kd_keras.data.npz import load_npz\n"
         "from kd_keras.errors import DataSourceError\n"
         f"try:\n    load_npz({str(path)!r})\n"
         "except DataSourceError as error:\n    print(error)\n"
@@ -710,7 +712,7 @@ def test_npz_member_sizes_are_checked_from_their_headers_before_reading(tmp_path
         archive.writestr("y_train.npy", labels)
     assert path.stat().st_size < 10 << 20
     done = run_limited(
-        "from kd_keras.data.sources import load_npz\n"
+        "from kd_keras.data.npz import load_npz\n"
         "from kd_keras.errors import DataSourceError\n"
         f"try:\n    load_npz({str(path)!r})\n"
         "except DataSourceError as error:\n    print(error)\n"

@@ -15,17 +15,16 @@ import numpy as np
 import pytest
 
 from kd_keras.errors import ExportError
+from kd_keras.export.plan import plan_exports, validate_options
 from kd_keras.export.spec import (
     EXPORT_COLUMNS,
     VARIANTS,
     ExportSpec,
     export_specs,
     file_sha256,
-    plan_exports,
     read_export_rows,
     row_name,
     split_row_name,
-    validate_options,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,7 +148,7 @@ def _complete(run, stage, variant, source=None):
 
 
 def test_plan_skips_complete_exports_redoes_partial_ones_refuses_stale_ones(tmp_path):
-    from kd_keras.export.spec import export_status
+    from kd_keras.export.plan import export_status
 
     run = fake_run(tmp_path / "run")
     specs = export_specs("litert", ["none", "float16", "dynamic", "int8"])
@@ -355,12 +354,9 @@ def test_int8_io_file_takes_quantised_pixels(exported_run, test_split):
 
 @pytest.mark.slow
 def test_rows_land_in_results_csv_json_and_chart(exported_run):
-    from kd_keras.report.results import (
-        bar_entries,
-        format_export_table,
-        format_table,
-        gains_over_baseline,
-    )
+    from kd_keras.report.gains import gains_over_baseline
+    from kd_keras.report.plots import bar_entries
+    from kd_keras.report.results import format_export_table, format_table
     from kd_keras.run_folder import read_results_csv
     from kd_keras.stages import STAGE_COLORS
 

@@ -82,14 +82,14 @@ def test_largest_accepted_values_pass():
 def test_decoded_data_is_bounded_by_the_memory_this_process_may_use():
     import subprocess
 
-    from kd_keras.data.sources import MAX_ARRAY_BYTES, MEMORY_SHARE, memory_budget
+    from kd_keras.data.source_checks import MAX_ARRAY_BYTES, MEMORY_SHARE, memory_budget
 
     assert 0 < memory_budget() <= MAX_ARRAY_BYTES
     limit = 2 << 30
     code = (
         "import resource\n"
         f"resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))\n"
-        "from kd_keras.data.sources import memory_budget\n"
+        "from kd_keras.data.source_checks import memory_budget\n"
         "print(memory_budget())\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -683,7 +683,7 @@ def test_links_inside_a_run_are_unlinked_never_followed(tmp_path):
 
 def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
     from kd_keras.errors import RunFolderError
-    from kd_keras.run_folder import SearchFolder
+    from kd_keras.search_folder import SearchFolder
 
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"precious\n")
@@ -738,7 +738,8 @@ def _fake_search(folder):
 
 def test_search_overwrite_needs_kd_keras_settings_and_keeps_the_users_files(tmp_path):
     from kd_keras.errors import SearchError
-    from kd_keras.run_folder import SearchFolder, remove_planned
+    from kd_keras.owned_files import remove_planned
+    from kd_keras.search_folder import SearchFolder
     from tuning.search import check_search_folder
 
     foreign = tmp_path / "project"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kd_keras.report.results import plot_report, validation_gap, validation_loss_gap
+from kd_keras.report.plots import plot_report, validation_gap, validation_loss_gap
 from kd_keras.train.callbacks import write_history
 
 
@@ -30,10 +30,10 @@ def _history(accuracies, losses):
 
 
 def _captured_report(tmp_path, monkeypatch):
-    from kd_keras.report import results
+    from kd_keras.report import plots
 
     captured = {}
-    monkeypatch.setattr(results, "_save_figure", lambda figure, path: captured.update(f=figure))
+    monkeypatch.setattr(plots, "_save_figure", lambda figure, path: captured.update(f=figure))
     plot_report(tmp_path, tmp_path / "report.png")
     return captured["f"].axes
 

@@ -8,14 +8,9 @@ import pytest
 
 from kd_keras.config import RunConfig
 from kd_keras.errors import DamagedFileError
-from kd_keras.run_folder import (
-    STAGES_DIR,
-    TABLE_COLUMNS,
-    RunFolder,
-    SearchFolder,
-    damaged_file_fix,
-    read_history,
-)
+from kd_keras.layout import STAGES_DIR, damaged_file_fix
+from kd_keras.run_folder import TABLE_COLUMNS, RunFolder, read_history
+from kd_keras.search_folder import SearchFolder
 
 # Every module a front end may import without starting TensorFlow.
 KERAS_FREE = (
@@ -23,16 +18,26 @@ KERAS_FREE = (
     "kd_keras.config",
     "kd_keras.errors",
     "kd_keras.atomic",
+    "kd_keras.layout",
+    "kd_keras.owned_files",
     "kd_keras.run_folder",
     "kd_keras.train.run_setup",
+    "kd_keras.search_folder",
     "kd_keras.stages",
     "kd_keras.hardware",
     "kd_keras.data.cifar10",
+    "kd_keras.data.sources",
+    "kd_keras.data.image_folders",
+    "kd_keras.data.npz",
+    "kd_keras.data.source_checks",
     "kd_keras.models.depth",
     "kd_keras.models.specs",
     "kd_keras.export.spec",
     "kd_keras.frontends",
-    "kd_keras.report.results",  # Tables need no Keras (plots import matplotlib late).
+    "kd_keras.export.plan",
+    "kd_keras.report.results",
+    "kd_keras.report.gains",
+    "kd_keras.report.plots",  # matplotlib is imported when a plot is drawn.
     "kd_keras.report.reference",
 )
 
@@ -148,7 +153,7 @@ def test_removal_plan_lists_only_kd_keras_names_and_never_follows_links(tmp_path
     assert rel(plan.kept) == ["notes.txt", "photos"]  # run.lock is never listed.
     assert run.symlinked_folders() == [run.models_dir]
     from kd_keras.errors import RunFolderError
-    from kd_keras.run_folder import remove_planned
+    from kd_keras.owned_files import remove_planned
 
     with pytest.raises(RunFolderError, match="'models' in .* is a symbolic link"):
         run.check_real_folders()

@@ -19,7 +19,7 @@ import pytest
 import kd_keras
 from kd_keras import RunConfig
 from kd_keras.errors import RunFolderError, SearchError
-from kd_keras.run_folder import TRIAL_COLUMNS
+from kd_keras.search_folder import TRIAL_COLUMNS
 from tuning import (
     DistillationHyperModel,
     SearchSpace,

@@ -17,7 +17,7 @@ import pytest
 
 from kd_keras.config import MAX_EPOCHS, RunConfig
 from kd_keras.errors import SearchFailedError
-from kd_keras.run_folder import MAX_TRIALS
+from kd_keras.search_folder import MAX_TRIALS
 from tuning.cli import _config_from_args, get_args, main
 from tuning.hypermodel import SearchSpace
 from tuning.report import best_row, write_strict_json

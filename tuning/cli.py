@@ -7,7 +7,8 @@ import sys
 from kd_keras.config import MAX_EPOCHS, PRESETS, RunConfig
 from kd_keras.errors import run_command
 from kd_keras.options import add_run_options, overrides_from_args
-from kd_keras.run_folder import MAX_TRIALS, TRIAL_COMPLETED, RunFolder, SearchFolder
+from kd_keras.run_folder import RunFolder
+from kd_keras.search_folder import MAX_TRIALS, TRIAL_COMPLETED, SearchFolder
 from kd_keras.text import plural
 
 MAX_TRIAL_SEEDS = 100  # --trial-seeds: each seed trains the trial once more.

@@ -15,7 +15,7 @@ import numpy as np
 
 from kd_keras import atomic
 from kd_keras.errors import SearchError
-from kd_keras.run_folder import (
+from kd_keras.search_folder import (
     BEST_FILE,
     OBJECTIVE,
     SEARCH_FILE,

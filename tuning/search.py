@@ -24,7 +24,8 @@ from kd_keras.data.cifar10 import NUM_CLASSES
 from kd_keras.data.splits import splits_for
 from kd_keras.distill.teacher import check_teacher_file, teacher_sanity_check
 from kd_keras.errors import SearchError
-from kd_keras.run_folder import MAX_TRIALS, SEARCH_FILE, SearchFolder, remove_planned
+from kd_keras.owned_files import remove_planned
+from kd_keras.search_folder import MAX_TRIALS, SEARCH_FILE, SearchFolder
 from kd_keras.train.speed import apply_threading, resolve_run_precisions
 
 from . import distributed

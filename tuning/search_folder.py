@@ -21,7 +21,8 @@ import numpy as np
 from kd_keras import RunConfig, atomic  # First: kd_keras sets KERAS_BACKEND.
 from kd_keras.data.cifar10 import NUM_CLASSES
 from kd_keras.errors import DamagedFileError, SearchError
-from kd_keras.run_folder import OBJECTIVE, SEARCH_FILE, SearchFolder, describe_paths
+from kd_keras.owned_files import describe_paths
+from kd_keras.search_folder import OBJECTIVE, SEARCH_FILE, SearchFolder
 
 # RunConfig fields that change what a trial computes; a resumed search must
 # agree on them (the teacher's fields do not matter: the teacher is given).

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras_tuner
 
 from kd_keras.errors import SearchError, SearchFailedError
-from kd_keras.run_folder import OBJECTIVE, TRIAL_COMPLETED, TRIAL_FILE, TUNERS
+from kd_keras.search_folder import OBJECTIVE, TRIAL_COMPLETED, TRIAL_FILE, TUNERS
 
 from . import distributed
 from .report import write_search_outputs, write_strict_json

@@ -3,7 +3,7 @@ best values, and a run with the best."""
 
 import streamlit as st
 
-from kd_keras.run_folder import TUNERS, SearchFolder
+from kd_keras.search_folder import TUNERS, SearchFolder
 
 from .. import checks, confine, searches, settings
 from .common import (

@@ -29,7 +29,8 @@ import numpy as np
 
 from kd_keras.config import data_kind
 from kd_keras.data.cifar10 import CLASS_NAMES, IMAGE_SHAPE
-from kd_keras.data.sources import IMAGE_EXTENSIONS, MAX_IMAGES
+from kd_keras.data.image_folders import IMAGE_EXTENSIONS
+from kd_keras.data.source_checks import MAX_IMAGES
 from kd_keras.errors import DataSourceError
 
 CIFAR10_IMAGES = (50_000, 10_000)  # Training, test.

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from kd_keras.errors import ExportError
-from kd_keras.export.spec import path_size, validate_options
+from kd_keras.export.plan import validate_options
+from kd_keras.export.spec import path_size
 
 LATENCY_WARMUP = 20  # Calls before timing: graph tracing, caches, allocation.
 

@@ -37,19 +37,18 @@ from kd_keras.export.convert import (
     write_saved_model,
 )
 from kd_keras.export.evaluate import evaluate_keras, evaluate_litert, evaluate_saved_model
+from kd_keras.export.plan import plan_exports, read_only_error, validate_options
 from kd_keras.export.spec import (
     ExportSpec,
     export_path,
     export_specs,
     file_sha256,
     model_path,
-    plan_exports,
-    read_only_error,
     row_name,
     row_path,
-    validate_options,
 )
-from kd_keras.run_folder import TEMP_PATTERN, RemovalPlan, RunFolder, remove_planned
+from kd_keras.owned_files import TEMP_PATTERN, RemovalPlan, remove_planned
+from kd_keras.run_folder import RunFolder
 
 
 def export_model(
@@ -186,7 +185,7 @@ def export_run(
 
     Everything is checked before any work (`plan_exports`); the run folder
     is locked while exporting. A variant is complete once its row is
-    written (`kd_keras.export.spec.export_status`): without `overwrite`,
+    written (`kd_keras.export.plan.export_status`): without `overwrite`,
     complete variants are skipped, so after a kill the same call continues
     where it stopped; the leftovers of unfinished ones (a file without its
     row, `.*.partial-*` folders, temporary files) are removed when an export

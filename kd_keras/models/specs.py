@@ -42,11 +42,6 @@ RESNET_PATTERN = re.compile(r"resnet(\d+)")
 _NAME_PATTERN = re.compile(r"[a-z0-9]+")
 
 
-def model_names():
-    """The model names, as shown in error messages and `--help`."""
-    return ("resnet<depth>",) + tuple(APPLICATIONS)
-
-
 def _names_hint():
     return (
         f"choose resnet<depth> (e.g. resnet20), one of {', '.join(APPLICATIONS)} "
@@ -148,10 +143,3 @@ def parse_model_spec(spec, *, role="model"):
                 )
             options[key] = value
     return {"kind": "application", "name": name, "builder": builder, "options": options}
-
-
-def model_label(spec, depth, width):
-    """A short name for results: the spec, or `resnet<depth>` for None."""
-    if spec is None:
-        return f"resnet{depth}" + ("" if width == 16 else f"_w{width}")
-    return spec

@@ -28,7 +28,8 @@ from kd_keras.errors import (
     RunStopped,
     is_disk_full,
 )
-from kd_keras.run_folder import TEMP_PATTERN, RemovalPlan, RunFolder, describe_paths, remove_planned
+from kd_keras.owned_files import TEMP_PATTERN, RemovalPlan, describe_paths, remove_planned
+from kd_keras.run_folder import RunFolder
 from kd_keras.stages import STAGES
 
 
