@@ -13,10 +13,11 @@ import dataclasses
 
 from kd_app import confine
 from kd_app.settings import DATA_ROOT_ENV_VAR, NAME_PATTERN, data_roots
-from kd_keras.config import RunConfig, validate_alpha, validate_temperature
+from kd_keras.config import RunConfig
 from kd_keras.errors import ConfigError, DataSourceError, LaunchError
 from kd_keras.models.depth import stage_blocks
 from kd_keras.models.specs import parse_model_spec
+from kd_keras.validation import validate_alpha, validate_temperature
 
 
 def labelled(error, labels):

@@ -23,6 +23,7 @@ from kd_app.run_state import alive_runs, run_state
 from kd_app.settings import TEACHERS_SUBDIR, TUNING_SUBDIR, presets
 from kd_keras.errors import LaunchError
 from kd_keras.options import command_line_flags, option_for
+from kd_keras.presets import DEFAULT_PRESET
 from kd_keras.run_folder import LOCK_FILE, RunFolder
 
 IF_EXISTS = ("refuse", "resume", "overwrite")
@@ -61,7 +62,7 @@ _CONFIG_LABELS = {
 class LaunchOptions:
     """The launch form. `None` means "the preset's value"."""
 
-    preset: str = "quick"
+    preset: str = DEFAULT_PRESET
     name: str = ""
     data: str = ""
     epochs: int = None

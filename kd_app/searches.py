@@ -19,6 +19,7 @@ from kd_app.launching import LaunchOptions, start_run
 from kd_app.settings import TUNING_SUBDIR, presets, tuning_available
 from kd_keras import atomic
 from kd_keras.errors import LaunchError
+from kd_keras.presets import DEFAULT_PRESET
 from kd_keras.run_folder import OBJECTIVE, TRIAL_COMPLETED, TUNERS, SearchFolder
 
 
@@ -30,7 +31,7 @@ class TuneOptions:
     name: str = ""
     teacher: str = ""
     data: str = ""
-    preset: str = "quick"
+    preset: str = DEFAULT_PRESET
     tuner: str = "bayesian"  # One of TUNERS.
     trials: int = 10
     epochs: int = 3

@@ -15,7 +15,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "PRESETS": "kd_keras.config",
+    "PRESETS": "kd_keras.presets",
     "ConfigError": "kd_keras.errors",
     "RunConfig": "kd_keras.config",
     "Machine": "kd_keras.hardware",

@@ -117,12 +117,13 @@ def test_app_never_imports_tensorflow_or_keras(app_env):
         "assert not loaded, loaded\n"
         "ours = sorted(m for m in sys.modules if m.startswith('kd_keras.'))\n"
         "assert ours == ['kd_keras.atomic', 'kd_keras.config', 'kd_keras.data', "
-        "'kd_keras.data.cifar10', 'kd_keras.data.describe', 'kd_keras.data.sources', "
-        "'kd_keras.errors', "
+        "'kd_keras.data.cifar10', 'kd_keras.data.describe', 'kd_keras.data.sizes', "
+        "'kd_keras.data.sources', 'kd_keras.errors', "
         "'kd_keras.export', 'kd_keras.export.spec', 'kd_keras.models', "
         "'kd_keras.models.depth', 'kd_keras.models.specs', 'kd_keras.options', "
-        "'kd_keras.report', 'kd_keras.report.reference', "
-        "'kd_keras.run_folder', 'kd_keras.stages', 'kd_keras.text'], ours\n"
+        "'kd_keras.presets', 'kd_keras.report', 'kd_keras.report.reference', "
+        "'kd_keras.run_folder', 'kd_keras.stages', 'kd_keras.text', "
+        "'kd_keras.validation'], ours\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=APP.parent, capture_output=True, text=True, timeout=300

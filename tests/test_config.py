@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from kd_keras.config import PRESETS, RunConfig
+from kd_keras.config import RunConfig
 from kd_keras.errors import ConfigError
+from kd_keras.presets import PRESETS
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -24,7 +25,7 @@ def test_paper_preset_uses_the_reference_depths():
 def test_overrides_replace_preset_values_and_none_keeps_them():
     config = RunConfig.from_preset("quick", alpha=0.5, temperature=None, student_depth=14)
     assert (config.alpha, config.temperature, config.student_depth) == (0.5, 4.0, 14)
-    assert config.teacher_depth == PRESETS["quick"]["teacher_depth"]
+    assert config.teacher_depth == PRESETS["quick"].overrides["teacher_depth"]
 
 
 @pytest.mark.parametrize(

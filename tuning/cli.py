@@ -3,9 +3,10 @@
 import argparse
 import sys
 
-from kd_keras.config import PRESETS, RunConfig
+from kd_keras.config import RunConfig
 from kd_keras.errors import run_command
 from kd_keras.options import add_run_options, overrides_from_args
+from kd_keras.presets import DEFAULT_PRESET, PRESETS
 from kd_keras.run_folder import TRIAL_COMPLETED, RunFolder
 from kd_keras.text import plural
 
@@ -77,7 +78,7 @@ def get_args(argv=None):
     )
     parser.add_argument(
         "--preset",
-        default="quick",
+        default=DEFAULT_PRESET,
         choices=sorted(PRESETS),
         help="kd_keras preset giving the data subset and training recipe "
         "(default: quick; with --apply-to the run's own config is used)",

@@ -38,6 +38,7 @@ from kd_keras.data.cifar10 import NUM_CLASSES
 from kd_keras.data.splits import splits_for
 from kd_keras.distill.teacher import teacher_sanity_check
 from kd_keras.errors import DamagedFileError, SearchError
+from kd_keras.presets import DEFAULT_PRESET
 from kd_keras.run_folder import (
     BEST_FILE,
     OBJECTIVE,
@@ -362,7 +363,7 @@ def run_search(
             (`seed`, `val_size`, `train_per_class`, `val_per_class`), the
             student (`student_depth`, `student_width`) and the recipe
             (`batch_size`, `learning_rate`, `momentum`, `weight_decay`,
-            `warmup_epochs`); defaults to the "quick" preset.
+            `warmup_epochs`); defaults to the `DEFAULT_PRESET` preset.
         space: a `SearchSpace`; defaults to T in [1, 20], alpha in [0, 1].
         tuner: `"random"`, `"bayesian"` or `"hyperband"`.
         max_trials: the number of trials (a cap, for Hyperband). A resumed
@@ -396,7 +397,7 @@ def run_search(
     """
     check_tuner(tuner)
     max_trials = _int_at_least("max_trials", max_trials, 1)
-    config = (config or RunConfig.from_preset("quick")).validate()
+    config = (config or RunConfig.from_preset(DEFAULT_PRESET)).validate()
     # "auto" precisions are resolved for this machine and saved resolved.
     config, _ = resolve_run_precisions(config)
     epochs = _int_at_least("epochs", config.student_epochs if epochs is None else epochs, 1)

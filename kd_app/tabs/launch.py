@@ -16,6 +16,8 @@ from kd_app.tabs.common import (
     teacher_picker,
 )
 from kd_keras.models.depth import MAX_DEPTH, MIN_DEPTH
+from kd_keras.models.specs import application_names_help
+from kd_keras.presets import DEFAULT_PRESET
 
 # The launch form's number boxes, in form order: field -> (step, format, help).
 NUMBER_INPUTS = {
@@ -46,8 +48,7 @@ TEACHER_OUTPUTS_HELP = (
 )
 MODEL_HELP = (
     "Empty: a ResNet of the depth above. Or resnet<depth>, a keras.applications "
-    "name (mobilenetv3small, mobilenetv3large, efficientnetb0-b7, "
-    "efficientnetv2b0-b3, efficientnetv2s; options after a colon, e.g. "
+    f"name ({application_names_help()}; options after a colon, e.g. "
     "mobilenetv3small:alpha=0.35), or a .keras file inside the runs folder."
 )
 
@@ -56,7 +57,7 @@ def launch_options(data_path):
     """The launch form's values as `LaunchOptions` (from session state)."""
     s = st.session_state
     return launching.LaunchOptions(
-        preset=s.get("preset", "quick"),
+        preset=s.get("preset", DEFAULT_PRESET),
         name=(s.get("run_name") or "").strip(),
         data=data_path,
         teacher=chosen_teacher("teacher_choice"),

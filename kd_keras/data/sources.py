@@ -49,8 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kd_keras.config import data_kind, short_list  # noqa: F401 (data_kind re-exported)
+from kd_keras.config import data_kind  # noqa: F401 (data_kind re-exported)
 from kd_keras.errors import DataSourceError
+from kd_keras.text import short_list
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TEST_FRACTION = 0.2

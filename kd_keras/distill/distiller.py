@@ -11,15 +11,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_keras.config import (
+from kd_keras.distill.losses.base import DistillationLoss, as_loss, resolve_layer
+from kd_keras.distill.losses.hinton import HintonKD
+from kd_keras.distill.teacher_cache import IMAGES, TEACHER_LOGITS
+from kd_keras.validation import (
     DEFAULT_ALPHA,
     DEFAULT_TEMPERATURE,
     validate_alpha,
     validate_temperature,
 )
-from kd_keras.distill.losses.base import DistillationLoss, as_loss, resolve_layer
-from kd_keras.distill.losses.hinton import HintonKD
-from kd_keras.distill.teacher_cache import IMAGES, TEACHER_LOGITS
 
 # What the teacher's outputs are: "logits" (used as they are) or
 # "probabilities" (a softmax's output; distilled from their log).

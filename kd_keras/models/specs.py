@@ -40,16 +40,32 @@ APPLICATIONS = {
 MIN_APPLICATION_SIZE = 32
 RESNET_PATTERN = re.compile(r"resnet(\d+)")
 _NAME_PATTERN = re.compile(r"[a-z0-9]+")
+_NUMBERED_PATTERN = re.compile(r"(.*[a-z])(\d+)")
 
 
-def model_names():
-    """The model names, as shown in error messages and `--help`."""
-    return ("resnet<depth>",) + tuple(APPLICATIONS)
+def application_names_help():
+    """The `keras.applications` names, numbered families in short, e.g.
+    `mobilenetv3small, ..., efficientnetb0 to efficientnetb7, ...`: the one
+    list that `--help`, error messages and the app show."""
+    families = {}  # prefix (or whole name) -> numbers, in table order.
+    for name in APPLICATIONS:
+        numbered = _NUMBERED_PATTERN.fullmatch(name)
+        prefix, number = numbered.groups() if numbered else (name, None)
+        families.setdefault(prefix, []).append(number)
+    parts = []
+    for prefix, numbers in families.items():
+        if numbers == [None]:
+            parts.append(prefix)
+        elif len(numbers) == 1:
+            parts.append(f"{prefix}{numbers[0]}")
+        else:
+            parts.append(f"{prefix}{numbers[0]} to {prefix}{numbers[-1]}")
+    return ", ".join(parts)
 
 
 def _names_hint():
     return (
-        f"choose resnet<depth> (e.g. resnet20), one of {', '.join(APPLICATIONS)} "
+        f"choose resnet<depth> (e.g. resnet20), one of {application_names_help()} "
         "(options after a colon, e.g. mobilenetv3small:alpha=0.35), or a "
         "path to a '.keras' file"
     )
@@ -148,10 +164,3 @@ def parse_model_spec(spec, *, role="model"):
                 )
             options[key] = value
     return {"kind": "application", "name": name, "builder": builder, "options": options}
-
-
-def model_label(spec, depth, width):
-    """A short name for results: the spec, or `resnet<depth>` for None."""
-    if spec is None:
-        return f"resnet{depth}" + ("" if width == 16 else f"_w{width}")
-    return spec

@@ -33,7 +33,6 @@ import keras
 import numpy as np
 
 from kd_keras import atomic
-from kd_keras.config import PRECISIONS, TEACHER_PRECISIONS
 from kd_keras.data.cifar10 import NUM_CLASSES
 from kd_keras.data.splits import data_summary, describe_splits, make_dataset, splits_for
 from kd_keras.distill.losses.methods import method_summary
@@ -78,6 +77,7 @@ from kd_keras.train.speed import (
     effective_steps_per_execution,
     resolve_run_precisions,
 )
+from kd_keras.validation import PRECISIONS, TEACHER_PRECISIONS
 
 
 def _now():
@@ -978,7 +978,8 @@ def check_resumed_data(out, requested, saved, splits):
     Raises:
         RunFolderError: one line naming each differing flag or fact.
     """
-    from kd_keras.config import SIZE_FIELDS, SIZE_FLAGS, resolve_sizes, short_list
+    from kd_keras.data.sizes import SIZE_FIELDS, SIZE_FLAGS, resolve_sizes
+    from kd_keras.text import short_list
 
     counts = splits["counts"]
     asked = resolve_sizes(
