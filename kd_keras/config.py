@@ -23,12 +23,12 @@ from kd_keras.data.sizes import (
 )
 from kd_keras.errors import ConfigError
 from kd_keras.models.depth import stage_blocks
-from kd_keras.models.specs import MIN_APPLICATION_SIZE, application_names_help, parse_model_spec
+from kd_keras.models.specs import application_names_help
 from kd_keras.presets import PRESETS
 from kd_keras.validation import (
+    COUNT_RANGES,
     DEFAULT_ALPHA,
     DEFAULT_TEMPERATURE,
-    MAX_BATCH_SIZE,
     METHODS,
     PRECISIONS,
     STRATEGIES,
@@ -36,10 +36,13 @@ from kd_keras.validation import (
     TEACHER_PRECISIONS,
     parse_budget,
     validate_alpha,
+    validate_counts,
     validate_devices,
-    validate_image_size,
     validate_method,
+    validate_models,
+    validate_optimizer,
     validate_speed_options,
+    validate_teacher_options,
     validate_temperature,
     validate_warmup,
 )
@@ -410,28 +413,6 @@ class RunConfig:
         """True once no field says "auto"."""
         return all(getattr(self, k) != "auto" for k in AUTO_FIELDS)
 
-    def _validate_models(self):
-        """Checks `teacher_model`, `student_model` and `image_size` (names
-        and numbers only; the models are built when the run starts)."""
-        try:
-            validate_image_size(self.image_size)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        for role in ("teacher", "student"):
-            value = getattr(self, f"{role}_model")
-            if value is None:
-                continue
-            try:
-                spec = parse_model_spec(value, role=role)
-            except ValueError as error:
-                raise ConfigError(str(error)) from None
-            size = self.image_size
-            if spec["kind"] == "application" and size is not None and size < MIN_APPLICATION_SIZE:
-                raise ConfigError(
-                    f"{role} model {value!r} needs images of at least "
-                    f"{MIN_APPLICATION_SIZE}x{MIN_APPLICATION_SIZE}; got image_size {size}"
-                )
-
     def _validate_sizes(self):
         """Checks the size options and the data fingerprint; for CIFAR-10,
         whose counts are known, also against the data (every conflict in
@@ -454,6 +435,29 @@ class RunConfig:
 
     def validate(self):
         """Checks every field; returns self or raises `ConfigError`."""
+        self._validate_values()
+        validate_devices(self.strategy, self.devices, self.sync_batch_norm)
+        if isinstance(self.devices, tuple):
+            self.devices = list(self.devices)
+        validate_teacher_options(self.accept_weak_teacher, self.teacher_outputs)
+        for name in ("preset", "data", "teacher"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) or (value is None and name != "preset")):
+                raise ConfigError(f"{name} must be a string, got {value!r}")
+        validate_counts(
+            {name: getattr(self, name) for name in COUNT_RANGES},
+            {name: _flag(name) for name in COUNT_RANGES},
+        )
+        if self.teacher_epochs == 0 and not self.teacher:
+            raise ConfigError("teacher_epochs is 0 but no --teacher file was given to reuse")
+        validate_models(self.teacher_model, self.student_model, self.image_size)
+        self._validate_sizes()
+        validate_optimizer(self.learning_rate, self.momentum, self.weight_decay)
+        return self
+
+    def _validate_values(self):
+        """The distillation, depth, speed and budget settings
+        (`kd_keras.validation`'s checks)."""
         try:
             validate_alpha(self.alpha)
             validate_temperature(self.temperature)
@@ -479,71 +483,3 @@ class RunConfig:
                 parse_budget(self.budget)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        validate_devices(self.strategy, self.devices, self.sync_batch_norm)
-        if not isinstance(self.accept_weak_teacher, bool):
-            raise ConfigError(
-                f"accept_weak_teacher must be true or false, got {self.accept_weak_teacher!r}"
-            )
-        if self.teacher_outputs not in TEACHER_OUTPUTS:
-            raise ConfigError(
-                f"teacher_outputs must be one of {', '.join(TEACHER_OUTPUTS)}, got "
-                f"{self.teacher_outputs!r}; pass --teacher-outputs auto to detect it"
-            )
-        if isinstance(self.devices, tuple):
-            self.devices = list(self.devices)
-        for name in ("preset", "data", "teacher"):
-            value = getattr(self, name)
-            if not (isinstance(value, str) or (value is None and name != "preset")):
-                raise ConfigError(f"{name} must be a string, got {value!r}")
-        # Upper limits keep every accepted value runnable: the input
-        # pipeline is built per epoch, widths allocate width**2 weights,
-        # and seeds feed NumPy's 32-bit seeding (the student uses seed + 1).
-        max_epochs, max_width, max_seed = 1000, 256, 2**31 - 2
-        positive = {
-            "teacher_width": (self.teacher_width, max_width),
-            "student_width": (self.student_width, max_width),
-            "batch_size": (self.batch_size, MAX_BATCH_SIZE),
-            "student_epochs": (self.student_epochs, max_epochs),
-        }
-        for name, (value, high) in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
-            if high is not None and value > high:
-                raise ConfigError(
-                    f"{name} must be at most {high}, got {value}; lower {_flag(name)}"
-                )
-        non_negative = {
-            "teacher_epochs": (self.teacher_epochs, max_epochs),
-            "warmup_epochs": (self.warmup_epochs, max_epochs),
-            "seed": (self.seed, max_seed),
-        }
-        for name, (value, high) in non_negative.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
-            if high is not None and value > high:
-                raise ConfigError(
-                    f"{name} must be at most {high}, got {value}; lower {_flag(name)}"
-                )
-        if self.teacher_epochs == 0 and not self.teacher:
-            raise ConfigError("teacher_epochs is 0 but no --teacher file was given to reuse")
-        self._validate_models()
-        self._validate_sizes()
-        numbers = {
-            "learning_rate": self.learning_rate,
-            "momentum": self.momentum,
-            "weight_decay": self.weight_decay,
-        }
-        for name, value in numbers.items():
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or (value != value or value in (float("inf"), float("-inf")))
-            ):
-                raise ConfigError(f"{name} must be a finite number, got {value!r}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        return self

@@ -9,6 +9,7 @@ Keras nor TensorFlow.
 import re
 
 from kd_keras.errors import ConfigError
+from kd_keras.models.specs import MIN_APPLICATION_SIZE, parse_model_spec
 
 DEFAULT_ALPHA = 0.3
 DEFAULT_TEMPERATURE = 4.0
@@ -27,6 +28,20 @@ MAX_BATCH_SIZE = 65536
 # What a --teacher file outputs: "auto" is detected when the run starts (a
 # softmax last layer, or rows >= 0 summing to 1) and saved resolved.
 TEACHER_OUTPUTS = ("auto", "logits", "probabilities")
+# Ranges (low, high) of the integer fields: upper limits keep every accepted
+# value runnable (the input pipeline is built per epoch, widths allocate
+# width**2 weights, seeds feed NumPy's 32-bit seeding and the student uses
+# seed + 1).
+_MAX_EPOCHS, _MAX_WIDTH = 1000, 256
+COUNT_RANGES = {
+    "teacher_width": (1, _MAX_WIDTH),
+    "student_width": (1, _MAX_WIDTH),
+    "batch_size": (1, MAX_BATCH_SIZE),
+    "student_epochs": (1, _MAX_EPOCHS),
+    "teacher_epochs": (0, _MAX_EPOCHS),
+    "warmup_epochs": (0, _MAX_EPOCHS),
+    "seed": (0, 2**31 - 2),
+}
 # Distillation methods of `--method` (kd_keras/distill/losses, docs/methods.md).
 METHODS = ("hinton", "dkd", "fitnets", "at")
 
@@ -222,3 +237,68 @@ def validate_devices(strategy, devices, sync_batch_norm):
             raise ConfigError(f"devices lists a device twice: {list(devices)!r}")
     if not isinstance(sync_batch_norm, bool):
         raise ConfigError(f"sync_batch_norm must be true or false, got {sync_batch_norm!r}")
+
+
+def validate_teacher_options(accept_weak_teacher, teacher_outputs):
+    """Raises `ConfigError` for a non-bool `accept_weak_teacher` or an
+    unknown `teacher_outputs`."""
+    if not isinstance(accept_weak_teacher, bool):
+        raise ConfigError(f"accept_weak_teacher must be true or false, got {accept_weak_teacher!r}")
+    if teacher_outputs not in TEACHER_OUTPUTS:
+        raise ConfigError(
+            f"teacher_outputs must be one of {', '.join(TEACHER_OUTPUTS)}, got "
+            f"{teacher_outputs!r}; pass --teacher-outputs auto to detect it"
+        )
+
+
+def validate_counts(values, flags):
+    """Raises `ConfigError` unless each of `values` (`{field: value}` of
+    `COUNT_RANGES`' fields, checked in that order) is an int in its range;
+    `flags` names each field's flag for the fix."""
+    for name, (low, high) in COUNT_RANGES.items():
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        if value > high:
+            raise ConfigError(f"{name} must be at most {high}, got {value}; lower {flags[name]}")
+
+
+def validate_models(teacher_model, student_model, image_size):
+    """Raises `ConfigError` for a bad model name or image size (names and
+    numbers only; the models are built when the run starts)."""
+    try:
+        validate_image_size(image_size)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    for role, value in (("teacher", teacher_model), ("student", student_model)):
+        if value is None:
+            continue
+        try:
+            spec = parse_model_spec(value, role=role)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        size = image_size
+        if spec["kind"] == "application" and size is not None and size < MIN_APPLICATION_SIZE:
+            raise ConfigError(
+                f"{role} model {value!r} needs images of at least "
+                f"{MIN_APPLICATION_SIZE}x{MIN_APPLICATION_SIZE}; got image_size {size}"
+            )
+
+
+def validate_optimizer(learning_rate, momentum, weight_decay):
+    """Raises `ConfigError` unless the SGD settings are finite numbers with
+    `learning_rate` > 0, `momentum` in [0, 1) and `weight_decay` >= 0."""
+    numbers = {"learning_rate": learning_rate, "momentum": momentum, "weight_decay": weight_decay}
+    for name, value in numbers.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (value != value or value in (float("inf"), float("-inf")))
+        ):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if not learning_rate > 0:
+        raise ConfigError(f"learning_rate must be > 0, got {learning_rate}")
+    if not 0 <= momentum < 1:
+        raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+    if not weight_decay >= 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
