@@ -14,7 +14,7 @@ from pathlib import Path
 from kd_app import confine
 from kd_app.confine import DATA_ROOT_ENV_VAR, DEFAULT_RUNS_DIR, RUNS_ENV_VAR  # noqa: F401
 from kd_keras.config import DATA_ENV_VAR, RunConfig  # noqa: F401 (used by checks, app)
-from kd_keras.presets import PRESETS, describe_preset  # noqa: F401 (the preset picker's)
+from kd_keras.presets import PRESETS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TUNING_SUBDIR = "tuning"  # <runs>/tuning/<search>: not a run.

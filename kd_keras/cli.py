@@ -39,7 +39,7 @@ def get_args(argv=None):
     run.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help=preset_help() + "; with --resume: the run's own settings",
+        help=preset_help() + " With --resume: the run's own settings.",
     )
     run.add_argument("--out", help="run folder (default: runs/<preset>; required with --resume)")
     run.add_argument(

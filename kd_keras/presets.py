@@ -41,8 +41,8 @@ _PRESET_LIST = (
     # Float32 everywhere, so it runs and gives the same numbers on any CPU.
     Preset(
         "smoke",
-        "50 images a class, ResNet-8 teacher (width 8) and student (width 4), "
-        "4 epochs a stage: for tests",
+        "50 training, 20 validation and 20 test images a class; ResNet-8 teacher "
+        "(width 8) and student (width 4); 4 epochs a stage: for tests",
         "seconds",
         {
             "precision": "float32",
@@ -65,9 +65,10 @@ _PRESET_LIST = (
     # Real CIFAR-10 at reduced scale: shows the distillation gain on a CPU.
     Preset(
         "quick",
-        "1,000 images a class, ResNet-20 teacher, ResNet-8 student, 20 epochs a "
-        "stage: shows the distillation gain on a CPU",
-        "6-10 min with native bfloat16 (longer without)",
+        "1,000 training and 200 validation images a class, the full test set; "
+        "ResNet-20 teacher, ResNet-8 student; 20 epochs a stage: shows the "
+        "distillation gain on a CPU",
+        "6-10 min with native bfloat16, longer without",
         {
             "train_per_class": 1000,
             "val_size": 5000,
@@ -86,8 +87,9 @@ _PRESET_LIST = (
     # effect (docs/results.md).
     Preset(
         "full",
-        "all images, ResNet-30 teacher, ResNet-15 student, 100 epochs a stage "
-        "(weight decay 5e-3 decoupled): the reference's models and data",
+        "all images (5,000 held out for validation); ResNet-30 teacher, ResNet-15 "
+        "student; 100 epochs a stage, weight decay 5e-3 decoupled: the reference's "
+        "models and data",
         "about 4 h 50 min with native bfloat16",
         {
             "teacher_depth": 30,
@@ -131,11 +133,12 @@ def describe_preset(name):
 
 def preset_help():
     """The `--preset` help text: every preset, its cost and what it is for."""
-    items = "; ".join(
-        f"{p.name}{' (the default)' if p.name == DEFAULT_PRESET else ''}: {p.cost}, {p.description}"
+    items = " ".join(
+        f"{p.name}{', the default' if p.name == DEFAULT_PRESET else ''} ({p.cost}): "
+        f"{p.description}."
         for p in PRESETS.values()
     )
-    return f"named settings (costs on a 2-core CPU): {items}"
+    return f"named settings; costs on a 2-core CPU. {items}"
 
 
 def markdown_table():

@@ -61,7 +61,7 @@ def validate_temperature(temperature):
     T divides the logits and T**2 scales the distillation term: below 0.01
     the softened targets are one-hot for any logits (and tiny values reach
     float32's underflow), above 100 they are uniform, and values such as
-    1e300 overflow T**2. Hinton et al. use 1-20; kd_keras's default is 4.
+    1e300 overflow T**2. Hinton et al. use 1-20; kd_keras's default is `DEFAULT_TEMPERATURE`.
     """
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
@@ -71,7 +71,7 @@ def validate_temperature(temperature):
     if not low <= temperature <= high:
         raise ValueError(
             f"temperature must be in [{low:g}, {high:g}] (1-20 is usual; the "
-            f"default is 4), got {temperature:g}"
+            f"default is {DEFAULT_TEMPERATURE:g}), got {temperature:g}"
         )
     return float(temperature)
 

@@ -81,7 +81,7 @@ def get_args(argv=None):
         default=DEFAULT_PRESET,
         choices=sorted(PRESETS),
         help="kd_keras preset giving the data subset and training recipe "
-        "(default: quick; with --apply-to the run's own config is used)",
+        f"(default: {DEFAULT_PRESET}; with --apply-to the run's own config is used)",
     )
     add_run_options(parser, _CONFIG_FIELDS, help_texts=_CONFIG_HELP)
     parser.add_argument(

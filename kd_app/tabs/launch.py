@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from kd_app import checks, launching, settings
+from kd_app import checks, launching
 from kd_app import run_state as runs
 from kd_app.tabs.common import (
     attempt,
@@ -17,7 +17,7 @@ from kd_app.tabs.common import (
 )
 from kd_keras.models.depth import MAX_DEPTH, MIN_DEPTH
 from kd_keras.models.specs import application_names_help
-from kd_keras.presets import DEFAULT_PRESET
+from kd_keras.presets import DEFAULT_PRESET, describe_preset
 
 # The launch form's number boxes, in form order: field -> (step, format, help).
 NUMBER_INPUTS = {
@@ -131,7 +131,7 @@ def launch_tab(runs_dir, data_path):
         "separate `python -m kd_keras run` process; leave a field empty to "
         "use the preset's value."
     )
-    preset = preset_box(st, "Preset", "preset", format_func=settings.describe_preset)
+    preset = preset_box(st, "Preset", "preset", format_func=describe_preset)
     kind = data_facts(data_path, runs_dir)
     placeholders = launching.placeholders(preset, kind)
     columns = st.columns(4) + st.columns(4)

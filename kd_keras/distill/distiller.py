@@ -367,7 +367,7 @@ class Distiller(keras.Model):
             for kd_keras ResNets); their shapes are checked here.
         distillation_loss_weights: one weight >= 0 per loss (default 1 each).
         student_loss_weight: the hard-label weight in [0, 1] (compile's
-            `alpha`; default 0.3).
+            `alpha`; default `kd_keras.validation.DEFAULT_ALPHA`).
         **kwargs: passed to `keras.Model`.
 
     Raises:
