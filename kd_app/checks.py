@@ -1,6 +1,6 @@
 """The launch and search forms' checks, as readable one-line messages.
 
-The rules are kd_keras's own (`kd_keras.config`'s validators and
+The rules are kd_keras's own (`kd_keras.validation`'s checks and
 `RunConfig.validate`, `kd_keras.models.depth.stage_blocks`,
 `kd_keras.models.specs.parse_model_spec`): the app words their messages
 for the form (a field's label in place of its name) and collects every

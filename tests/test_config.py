@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,8 @@ from kd_keras.config import RunConfig
 from kd_keras.errors import ConfigError
 from kd_keras.models.specs import APPLICATIONS, application_names_help
 from kd_keras.presets import DEFAULT_PRESET, PRESETS, describe_preset, markdown_table, preset_help
+
+_NUMBERED = re.compile(r"(.*[a-z])(\d+)")
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -118,3 +121,17 @@ def test_application_names_help_covers_the_table_and_the_model_help():
     named = [name for name in APPLICATIONS if name in text]
     assert {"efficientnetb1", "efficientnetv2b1"}.isdisjoint(named)  # Shown as ranges.
     assert text in RunConfig.__dataclass_fields__["teacher_model"].metadata["help"]
+
+
+def test_guide_models_table_lists_exactly_the_applications():
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    rows = guide[guide.index("### Models (`--teacher-model`") :].split("\n\n")[1].splitlines()
+    listed = set()
+    for row in rows:
+        first = row.split("|")[1]
+        names = re.findall(r"`([a-z0-9]+)`", first)
+        if " ... " in first:  # `efficientnetb0` ... `efficientnetb7`: every number between.
+            low, high = (_NUMBERED.fullmatch(n).groups() for n in names[:2])
+            names += [f"{low[0]}{i}" for i in range(int(low[1]), int(high[1]) + 1)]
+        listed.update(n for n in names if not n.startswith("resnet"))
+    assert listed == set(APPLICATIONS)

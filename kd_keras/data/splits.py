@@ -72,7 +72,7 @@ def prepare_splits(
 
     The validation split is stratified and seeded and comes out of the
     training set, never the test set. The sizes follow the data unless
-    given (see `kd_keras.config.resolve_sizes`).
+    given (see `kd_keras.data.sizes.resolve_sizes`).
 
     Args:
         source: see `load_cifar10`.
