@@ -74,16 +74,54 @@ def resolve_sizes(sizes, train_counts, test_counts, classes=None, *, batch_size=
     count = len(train_counts)
     names = list(classes) if classes is not None else [str(i) for i in range(count)]
     total, smallest = sum(train_counts), min(train_counts)
-    small = names[train_counts.index(smallest)]
     if smallest < 1:
         empty = [name for name, n in zip(names, train_counts) if n < 1]
         raise ConfigError(
             f"class(es) {short_list(empty)} have no training images; add images of them "
             "or remove them from the data"
         )
+    conflicts = []
+    val = _resolve_val_size(sizes, train_counts, names, conflicts)
+    taken = spread_split(max(val, 0), count)
+    left = [c - t for c, t in zip(train_counts, taken)]
+    resolved = {"val_size": val}
+    for field, have, what in (
+        ("train_per_class", left, "training images (after the validation split)"),
+        ("val_per_class", taken, "validation images"),
+        ("test_per_class", test_counts, "test images"),
+    ):
+        value, most = sizes.get(field), max(have)
+        if value is None or value == "all":
+            resolved[field] = most
+        elif value > most:
+            conflicts.append(
+                f"{SIZE_FLAGS[field]} {value} > the {most} {what} of the largest class "
+                f"(at most {most}, or all)"
+            )
+            resolved[field] = most
+        else:
+            resolved[field] = value
+    if batch_size is not None:
+        images = sum(min(n, resolved["train_per_class"]) for n in left)
+        if batch_size > images:
+            conflicts.append(
+                f"--batch-size {batch_size} > the {images} training images (at most {images})"
+            )
+    if conflicts:
+        raise ConfigError(
+            f"the sizes do not fit the data ({count} classes, {total} training and "
+            f"{sum(test_counts)} test images): {'; '.join(conflicts)}"
+        )
+    return resolved
+
+
+def _resolve_val_size(sizes, train_counts, names, conflicts):
+    """The validation split's size, as an int, for `resolve_sizes`; appends
+    a conflict (and falls back to the default split) when it cannot fit."""
+    count, total, smallest = len(train_counts), sum(train_counts), min(train_counts)
+    small = names[train_counts.index(smallest)]
     most_val = count * (smallest - 1)  # Every class keeps a training image.
     default_val = min(max(count, round(VAL_FRACTION * total)), most_val)
-    conflicts = []
     val, train = sizes.get("val_size"), sizes.get("train_per_class")
     if val is None:
         val = default_val
@@ -116,37 +154,7 @@ def resolve_sizes(sizes, train_counts, test_counts, classes=None, *, batch_size=
                 f"has {smallest} images)"
             )
             val = default_val
-    taken = spread_split(max(val, 0), count)
-    left = [c - t for c, t in zip(train_counts, taken)]
-    resolved = {"val_size": val}
-    for field, have, what in (
-        ("train_per_class", left, "training images (after the validation split)"),
-        ("val_per_class", taken, "validation images"),
-        ("test_per_class", test_counts, "test images"),
-    ):
-        value, most = sizes.get(field), max(have)
-        if value is None or value == "all":
-            resolved[field] = most
-        elif value > most:
-            conflicts.append(
-                f"{SIZE_FLAGS[field]} {value} > the {most} {what} of the largest class "
-                f"(at most {most}, or all)"
-            )
-            resolved[field] = most
-        else:
-            resolved[field] = value
-    if batch_size is not None:
-        images = sum(min(n, resolved["train_per_class"]) for n in left)
-        if batch_size > images:
-            conflicts.append(
-                f"--batch-size {batch_size} > the {images} training images (at most {images})"
-            )
-    if conflicts:
-        raise ConfigError(
-            f"the sizes do not fit the data ({count} classes, {total} training and "
-            f"{sum(test_counts)} test images): {'; '.join(conflicts)}"
-        )
-    return resolved
+    return val
 
 
 def cifar10_sizes(fields):

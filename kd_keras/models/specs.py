@@ -130,6 +130,13 @@ def parse_model_spec(spec, *, role="model"):
     if name not in APPLICATIONS:
         raise ValueError(f"unknown {role} model {spec!r}; {_names_hint()}")
     builder, allowed = APPLICATIONS[name]
+    options = _parse_options(spec, name, allowed, options_text, role)
+    return {"kind": "application", "name": name, "builder": builder, "options": options}
+
+
+def _parse_options(spec, name, allowed, options_text, role):
+    """The `key=value` options after the colon of an application's name, as
+    a dict; raises `ValueError` for an unknown option or a bad value."""
     options = {}
     for item in filter(None, (options_text or "").split(",")):
         key, sep, value = item.partition("=")
@@ -163,4 +170,4 @@ def parse_model_spec(spec, *, role="model"):
                     f"'.h5' file, got {value!r}"
                 )
             options[key] = value
-    return {"kind": "application", "name": name, "builder": builder, "options": options}
+    return options
