@@ -34,9 +34,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kd_keras import atomic
-from kd_keras.config import PRESETS
 from kd_keras.errors import ConfigError, run_command
 from kd_keras.hardware import this_machine
+from kd_keras.presets import DEFAULT_PRESET, PRESETS
 from kd_keras.report.gains import distillation_gain
 from kd_keras.run_folder import RunFolder
 from kd_keras.stages import STAGES
@@ -190,7 +190,7 @@ def main(argv=None):
         prog="python -m benchmarks.seeds",
         description="Run a preset once per seed and tabulate the distillation gain.",
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", required=True, help="folder of the seeds' run folders")
     parser.add_argument("--data", help="as kd_keras run --data")

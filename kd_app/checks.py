@@ -1,6 +1,6 @@
 """The launch and search forms' checks, as readable one-line messages.
 
-The rules are kd_keras's own (`kd_keras.config`'s validators and
+The rules are kd_keras's own (`kd_keras.validation`'s checks and
 `RunConfig.validate`, `kd_keras.models.depth.stage_blocks`,
 `kd_keras.models.specs.parse_model_spec`): the app words their messages
 for the form (a field's label in place of its name) and collects every
@@ -12,10 +12,11 @@ path the page names must lie inside the operator's roots (`kd_app.confine`).
 import dataclasses
 import re
 
-from kd_keras.config import RunConfig, validate_alpha, validate_temperature
+from kd_keras.config import RunConfig
 from kd_keras.errors import ConfigError, DataSourceError, LaunchError
 from kd_keras.models.depth import stage_blocks
 from kd_keras.models.specs import parse_model_spec
+from kd_keras.validation import validate_alpha, validate_temperature
 
 from . import confine
 from .settings import DATA_ROOT_ENV_VAR, NAME_PATTERN, data_roots

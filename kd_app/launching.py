@@ -20,6 +20,7 @@ from pathlib import Path
 from kd_keras import atomic
 from kd_keras.errors import LaunchError
 from kd_keras.options import command_line_flags, option_for
+from kd_keras.presets import DEFAULT_PRESET
 from kd_keras.run_folder import RunFolder
 
 from . import checks, confine
@@ -63,7 +64,7 @@ _CONFIG_LABELS = {
 class LaunchOptions:
     """The launch form. `None` means "the preset's value"."""
 
-    preset: str = "quick"
+    preset: str = DEFAULT_PRESET
     name: str = ""
     data: str = ""
     epochs: int = None

@@ -15,6 +15,7 @@ import pandas as pd
 
 from kd_keras import atomic
 from kd_keras.errors import LaunchError
+from kd_keras.presets import DEFAULT_PRESET
 from kd_keras.search_folder import OBJECTIVE, TRIAL_COMPLETED, TUNERS, SearchFolder
 
 from . import checks, confine, processes
@@ -34,7 +35,7 @@ class TuneOptions:
     name: str = ""
     teacher: str = ""
     data: str = ""
-    preset: str = "quick"
+    preset: str = DEFAULT_PRESET
     tuner: str = "bayesian"  # One of TUNERS.
     trials: int = 10
     epochs: int = 3

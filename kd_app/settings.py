@@ -13,7 +13,8 @@ from pathlib import Path
 
 import kd_keras
 from kd_keras import extras
-from kd_keras.config import DATA_ENV_VAR, PRESETS, RunConfig  # noqa: F401 (used by checks, app)
+from kd_keras.config import DATA_ENV_VAR, RunConfig  # noqa: F401 (used by checks, app)
+from kd_keras.presets import PRESETS
 
 from . import confine
 from .confine import DATA_ROOT_ENV_VAR, DEFAULT_RUNS_DIR, RUNS_ENV_VAR  # noqa: F401
@@ -25,15 +26,6 @@ TUNING_SUBDIR = "tuning"  # <runs>/tuning/<search>: not a run.
 TEACHERS_SUBDIR = "teachers"  # <runs>/teachers/<name>.keras: teachers uploaded on the page.
 # A run or search name: one path component, safe in a command line.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# What each preset costs, for the preset picker.
-PRESET_NOTES = {
-    "smoke": "seconds; a few hundred images and tiny ResNets (for tests)",
-    "quick": "6-10 min on a 2-core CPU with native bfloat16 (longer without); "
-    "10,000 images, ResNet-20 -> ResNet-8",
-    "full": "about 4 h 50 min on a 2-core CPU with native bfloat16 (100 epochs a "
-    "stage); all images, teacher depth 30, student depth 15",
-    "paper": "days on a CPU; the full setting with 160 epochs a stage (for a GPU)",
-}
 
 
 def runs_root():
@@ -57,12 +49,9 @@ def default_data_path():
 def presets():
     """`{preset name: {field: value}}` with every `RunConfig` default filled in."""
     defaults = RunConfig().to_dict()
-    return {name: {**defaults, "preset": name, **fields} for name, fields in PRESETS.items()}
-
-
-def describe_preset(name):
-    """`name: what it costs`, for the preset picker."""
-    return f"{name}: {PRESET_NOTES[name]}" if name in PRESET_NOTES else name
+    return {
+        name: {**defaults, "preset": name, **preset.overrides} for name, preset in PRESETS.items()
+    }
 
 
 def tuning_available():

@@ -8,17 +8,13 @@ from pathlib import Path
 # Only Keras-free modules at the top: --help and every check of the flags,
 # the config and the paths run before TensorFlow starts (kd_keras/quiet.py).
 from kd_keras import frontends
-from kd_keras.config import (
-    PRESETS,
-    RunConfig,
-    data_kind,
-    validate_image_size,
-    validate_threads,
-)
+from kd_keras.config import RunConfig, data_kind
 from kd_keras.errors import ConfigError, DataSourceError, run_command
 from kd_keras.options import add_run_options, overrides_from_args
+from kd_keras.presets import DEFAULT_PRESET, PRESETS, preset_help
 from kd_keras.quiet import quiet_runtime_start, start_tensorflow
 from kd_keras.run_folder import RunFolder
+from kd_keras.validation import validate_image_size, validate_threads
 
 VERBOSE_HELP = (
     "show TensorFlow's start-up lines (CUDA, oneDNN), held back by default "
@@ -44,11 +40,7 @@ def get_args(argv=None):
     run.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="named settings: smoke (seconds, for tests), quick "
-        "(the default; 6-10 min on a 2-core CPU with native bfloat16), "
-        "full (all images, teacher depth 30, student depth 15, 100 epochs a "
-        "stage; about 4 h 50 min there), paper (full with 160 epochs, for a GPU). "
-        "With --resume: the run's own settings",
+        help=preset_help() + " With --resume: the run's own settings.",
     )
     run.add_argument("--out", help="run folder (default: runs/<preset>; required with --resume)")
     run.add_argument(
@@ -222,7 +214,7 @@ def _config_from_args(args):
         if {"warmup_epochs", "teacher_epochs", "student_epochs"} & set(overrides):
             config.check_schedule()  # A saved run is not checked again unless changed.
         return config
-    return RunConfig.from_preset(args.preset or "quick", **overrides)
+    return RunConfig.from_preset(args.preset or DEFAULT_PRESET, **overrides)
 
 
 def check_data_path(source):

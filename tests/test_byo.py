@@ -666,7 +666,7 @@ def test_a_thousand_class_refusal_stays_one_short_line(tmp_path):
     message = str(pytest.raises(DataSourceError, load_npz, path).value)
     assert "class names repeat" in message and "and 995 more" in message
     assert "\n" not in message and len(message) < 300
-    from kd_keras.config import resolve_sizes
+    from kd_keras.data.sizes import resolve_sizes
 
     with pytest.raises(ConfigError) as info:
         resolve_sizes({"val_size": 10**6}, [3] * 1000, [1] * 1000)

@@ -1,9 +1,15 @@
 import json
+import re
+from pathlib import Path
 
 import pytest
 
-from kd_keras.config import PRESETS, RunConfig
+from kd_keras.config import RunConfig
 from kd_keras.errors import ConfigError
+from kd_keras.models.specs import APPLICATIONS, application_names_help
+from kd_keras.presets import DEFAULT_PRESET, PRESETS, describe_preset, markdown_table, preset_help
+
+_NUMBERED = re.compile(r"(.*[a-z])(\d+)")
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -24,7 +30,7 @@ def test_paper_preset_uses_the_reference_depths():
 def test_overrides_replace_preset_values_and_none_keeps_them():
     config = RunConfig.from_preset("quick", alpha=0.5, temperature=None, student_depth=14)
     assert (config.alpha, config.temperature, config.student_depth) == (0.5, 4.0, 14)
-    assert config.teacher_depth == PRESETS["quick"]["teacher_depth"]
+    assert config.teacher_depth == PRESETS["quick"].overrides["teacher_depth"]
 
 
 @pytest.mark.parametrize(
@@ -78,3 +84,54 @@ def test_zero_teacher_epochs_needs_a_teacher_file():
     with pytest.raises(ConfigError, match="no --teacher file"):
         RunConfig.from_preset("smoke", teacher_epochs=0)
     assert RunConfig.from_preset("smoke", teacher_epochs=0, teacher="t.keras").teacher == "t.keras"
+
+
+def test_presets_table_in_the_guide_is_the_preset_records():
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    table = markdown_table()
+    start = guide.index(table[0])
+    assert guide[start:].splitlines()[: len(table)] == table
+    assert len(table) == 2 + len(PRESETS)
+
+
+def test_preset_help_and_picker_come_from_the_records():
+    text = preset_help()
+    for name, preset in PRESETS.items():
+        default = ", the default" if name == DEFAULT_PRESET else ""
+        assert f"{name}{default} ({preset.cost}): {preset.description}." in text
+        assert (
+            describe_preset(name) == f"{name}: {preset.cost} on a 2-core CPU; {preset.description}"
+        )
+    assert describe_preset("custom") == "custom"
+    assert DEFAULT_PRESET in PRESETS
+
+
+def test_preset_overrides_are_read_only_runconfig_fields():
+    fields = set(RunConfig.__dataclass_fields__)
+    for preset in PRESETS.values():
+        assert set(preset.overrides) <= fields - {"preset"}
+        with pytest.raises(TypeError):
+            preset.overrides["seed"] = 1
+
+
+def test_application_names_help_covers_the_table_and_the_model_help():
+    text = application_names_help()
+    assert text.startswith("mobilenetv3small, mobilenetv3large, efficientnetb0 to efficientnetb7, ")
+    assert text.endswith("efficientnetv2b0 to efficientnetv2b3, efficientnetv2s")
+    named = [name for name in APPLICATIONS if name in text]
+    assert {"efficientnetb1", "efficientnetv2b1"}.isdisjoint(named)  # Shown as ranges.
+    assert text in RunConfig.__dataclass_fields__["teacher_model"].metadata["help"]
+
+
+def test_guide_models_table_lists_exactly_the_applications():
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    rows = guide[guide.index("### Models (`--teacher-model`") :].split("\n\n")[1].splitlines()
+    listed = set()
+    for row in rows:
+        first = row.split("|")[1]
+        names = re.findall(r"`([a-z0-9]+)`", first)
+        if " ... " in first:  # `efficientnetb0` ... `efficientnetb7`: every number between.
+            low, high = (_NUMBERED.fullmatch(n).groups() for n in names[:2])
+            names += [f"{low[0]}{i}" for i in range(int(low[1]), int(high[1]) + 1)]
+        listed.update(n for n in names if not n.startswith("resnet"))
+    assert listed == set(APPLICATIONS)

@@ -164,7 +164,7 @@ AGREEMENT = r"""
 import tensorflow as tf
 [cpu] = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from kd_keras.config import PRECISIONS, TEACHER_PRECISIONS
+from kd_keras.validation import PRECISIONS, TEACHER_PRECISIONS
 from kd_keras.errors import DistributeError
 from kd_keras.train.distribute import check_agreement
 

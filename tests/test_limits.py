@@ -97,7 +97,7 @@ def test_decoded_data_is_bounded_by_the_memory_this_process_may_use():
 
 
 def test_size_options_are_checked_by_flag_before_any_data_is_read():
-    from kd_keras.config import resolve_sizes
+    from kd_keras.data.sizes import resolve_sizes
 
     # A per-class number is "at most": unbalanced classes keep what they have.
     assert resolve_sizes({"train_per_class": 40}, [50, 20], [5, 5]) == {

@@ -10,12 +10,12 @@ import pytest
 
 from kd_keras import Distiller, RunConfig
 from kd_keras.cli import get_args, main
-from kd_keras.config import METHODS
 from kd_keras.distill.losses import DKD, AttentionTransfer, FitNets
 from kd_keras.errors import ConfigError
 from kd_keras.models.resnet import build_resnet
 from kd_keras.options import RUN_OPTIONS, add_run_options, overrides_from_args
 from kd_keras.train.callbacks import TrainingCheckpoint
+from kd_keras.validation import METHODS
 
 METHOD_FIELDS = (
     "method",

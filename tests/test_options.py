@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kd_keras.cli import _config_from_args, get_args
-from kd_keras.config import PRECISIONS, STRATEGIES, TEACHER_PRECISIONS, RunConfig
+from kd_keras.config import RunConfig
 from kd_keras.options import (
     RUN_OPTIONS,
     Option,
@@ -17,6 +17,7 @@ from kd_keras.options import (
     option_for,
     overrides_from_args,
 )
+from kd_keras.validation import PRECISIONS, STRATEGIES, TEACHER_PRECISIONS
 
 REPO = Path(__file__).resolve().parents[1]
 

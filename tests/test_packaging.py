@@ -186,10 +186,10 @@ def test_pip_install_into_a_fresh_environment_imports_from_outside_the_repo(tmp_
     )
     assert install.returncode == 0, install.stderr[-2000:]
     code = (
-        "import kd_keras, kd_keras.config;"
+        "import kd_keras, kd_keras.presets;"
         "print(kd_keras.__file__);"
         "print(kd_keras.__version__);"
-        "print(sorted(kd_keras.config.PRESETS));"
+        "print(sorted(kd_keras.presets.PRESETS));"
         "import importlib.util;"
         "print([m for m in ('kd_keras.data.splits', 'kd_keras.models.resnet',"
         " 'kd_keras.distill.distiller', 'kd_keras.train.pipeline',"

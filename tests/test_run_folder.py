@@ -16,6 +16,10 @@ from kd_keras.search_folder import SearchFolder
 KERAS_FREE = (
     "kd_keras",
     "kd_keras.config",
+    "kd_keras.presets",
+    "kd_keras.validation",
+    "kd_keras.data.sizes",
+    "kd_keras.text",
     "kd_keras.errors",
     "kd_keras.atomic",
     "kd_keras.layout",

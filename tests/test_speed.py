@@ -446,7 +446,7 @@ def test_a_reused_teacher_is_not_trained_or_budgeted():
     "text, seconds", [("90s", 90), ("10m", 600), ("1h", 3600), ("1h30m", 5400), ("2.5m", 150)]
 )
 def test_parse_budget(text, seconds):
-    from kd_keras.config import parse_budget
+    from kd_keras.validation import parse_budget
 
     assert parse_budget(text) == seconds
 

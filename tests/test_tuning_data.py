@@ -15,9 +15,10 @@ import keras
 import numpy as np
 import pytest
 
-from kd_keras.config import MAX_EPOCHS, RunConfig
+from kd_keras.config import RunConfig
 from kd_keras.errors import SearchFailedError
 from kd_keras.search_folder import MAX_TRIALS
+from kd_keras.validation import MAX_EPOCHS
 from tuning.cli import _config_from_args, get_args, main
 from tuning.hypermodel import SearchSpace
 from tuning.report import best_row, write_strict_json

@@ -4,12 +4,14 @@ import argparse
 import dataclasses
 import sys
 
-from kd_keras.config import MAX_EPOCHS, PRESETS, RunConfig
+from kd_keras.config import RunConfig
 from kd_keras.errors import run_command
 from kd_keras.options import add_run_options, overrides_from_args
+from kd_keras.presets import DEFAULT_PRESET, PRESETS
 from kd_keras.run_folder import RunFolder
 from kd_keras.search_folder import MAX_TRIALS, TRIAL_COMPLETED, SearchFolder
 from kd_keras.text import plural
+from kd_keras.validation import MAX_EPOCHS
 
 MAX_TRIAL_SEEDS = 100  # --trial-seeds: each seed trains the trial once more.
 
@@ -87,10 +89,10 @@ def get_args(argv=None):
     )
     parser.add_argument(
         "--preset",
-        default="quick",
+        default=DEFAULT_PRESET,
         choices=sorted(PRESETS),
         help="kd_keras preset giving the data subset and training recipe "
-        "(default: quick; with --apply-to the run's own config is used)",
+        f"(default: {DEFAULT_PRESET}; with --apply-to the run's own config is used)",
     )
     add_run_options(parser, _CONFIG_FIELDS, help_texts=_CONFIG_HELP)
     parser.add_argument(

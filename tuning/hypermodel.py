@@ -17,12 +17,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from kd_keras import RunConfig  # First: sets KERAS_BACKEND.
-from kd_keras.config import validate_temperature
 from kd_keras.distill.teacher import teacher_for_inference
 from kd_keras.distill.teacher_cache import TeacherLogitCache, with_teacher_logits
 from kd_keras.errors import NonFiniteLossError
 from kd_keras.train import recipe
 from kd_keras.train.callbacks import NonFiniteLossGuard
+from kd_keras.validation import validate_temperature
 
 DEFAULT_TEMPERATURE_RANGE = (1.0, 20.0)
 DEFAULT_ALPHA_RANGE = (0.0, 1.0)

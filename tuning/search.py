@@ -19,14 +19,16 @@ from kd_keras import (
     load_teacher,  # First: kd_keras sets KERAS_BACKEND.
     make_dataset,
 )
-from kd_keras.config import MAX_EPOCHS, data_kind
+from kd_keras.config import data_kind
 from kd_keras.data.cifar10 import NUM_CLASSES
 from kd_keras.data.splits import splits_for
 from kd_keras.distill.teacher import check_teacher_file, teacher_sanity_check
 from kd_keras.errors import SearchError
 from kd_keras.owned_files import remove_planned
+from kd_keras.presets import DEFAULT_PRESET
 from kd_keras.search_folder import MAX_TRIALS, SEARCH_FILE, SearchFolder
 from kd_keras.train.speed import apply_threading, resolve_run_precisions
+from kd_keras.validation import MAX_EPOCHS
 
 from . import distributed
 from .hypermodel import DistillationHyperModel, SearchSpace
@@ -107,7 +109,7 @@ def run_search(
             (`seed`, `val_size`, `train_per_class`, `val_per_class`), the
             student (`student_depth`, `student_width`) and the recipe
             (`batch_size`, `learning_rate`, `momentum`, `weight_decay`,
-            `warmup_epochs`); defaults to the "quick" preset.
+            `warmup_epochs`); defaults to the `DEFAULT_PRESET` preset.
         space: a `SearchSpace`; defaults to T in [1, 20], alpha in [0, 1].
         tuner: `"random"`, `"bayesian"` or `"hyperband"`.
         max_trials: the number of trials (a cap, for Hyperband). A resumed
@@ -280,7 +282,7 @@ def _checked_arguments(tuner, max_trials, config, epochs, space):
     validated."""
     check_tuner(tuner)
     max_trials = _int_in_range("max_trials", max_trials, 1, MAX_TRIALS)
-    config = (config or RunConfig.from_preset("quick")).validate()
+    config = (config or RunConfig.from_preset(DEFAULT_PRESET)).validate()
     config, _ = resolve_run_precisions(config)
     apply_threading(config)  # Before TensorFlow's runtime starts.
     epochs = _int_in_range(

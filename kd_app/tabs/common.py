@@ -7,6 +7,7 @@ import altair as alt
 import streamlit as st
 
 from kd_keras.errors import LaunchError
+from kd_keras.presets import DEFAULT_PRESET
 from kd_keras.stages import STAGE_COLORS
 
 from .. import launching, results, settings, teachers
@@ -65,9 +66,9 @@ def attempt(message_key, prefix, action, *args):
 
 
 def preset_box(column, label, key, default=None, **kwargs):
-    """A select box of the presets, on `default` (else "quick") until changed."""
+    """A select box of the presets, on `default` (else `DEFAULT_PRESET`) until changed."""
     names = list(settings.presets())
-    default = next((n for n in (default, "quick") if n in names), names[0])
+    default = next((n for n in (default, DEFAULT_PRESET) if n in names), names[0])
     return column.selectbox(label, names, key=key, index=names.index(default), **kwargs)
 
 

@@ -5,8 +5,10 @@ from pathlib import Path
 import streamlit as st
 
 from kd_keras.models.depth import MAX_DEPTH, MIN_DEPTH
+from kd_keras.models.specs import application_names_help
+from kd_keras.presets import DEFAULT_PRESET, describe_preset
 
-from .. import checks, launching, settings
+from .. import checks, launching
 from .. import run_state as runs
 from .common import (
     attempt,
@@ -47,8 +49,7 @@ TEACHER_OUTPUTS_HELP = (
 )
 MODEL_HELP = (
     "Empty: a ResNet of the depth above. Or resnet<depth>, a keras.applications "
-    "name (mobilenetv3small, mobilenetv3large, efficientnetb0-b7, "
-    "efficientnetv2b0-b3, efficientnetv2s; options after a colon, e.g. "
+    f"name ({application_names_help()}; options after a colon, e.g. "
     "mobilenetv3small:alpha=0.35), or a .keras file inside the runs folder."
 )
 
@@ -57,7 +58,7 @@ def launch_options(data_path):
     """The launch form's values as `LaunchOptions` (from session state)."""
     s = st.session_state
     return launching.LaunchOptions(
-        preset=s.get("preset", "quick"),
+        preset=s.get("preset", DEFAULT_PRESET),
         name=(s.get("run_name") or "").strip(),
         data=data_path,
         teacher=chosen_teacher("teacher_choice"),
@@ -131,7 +132,7 @@ def launch_tab(runs_dir, data_path):
         "separate `python -m kd_keras run` process; leave a field empty to "
         "use the preset's value."
     )
-    preset = preset_box(st, "Preset", "preset", format_func=settings.describe_preset)
+    preset = preset_box(st, "Preset", "preset", format_func=describe_preset)
     kind = data_facts(data_path, runs_dir)
     placeholders = launching.placeholders(preset, kind)
     columns = st.columns(4) + st.columns(4)

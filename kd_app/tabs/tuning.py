@@ -3,6 +3,7 @@ best values, and a run with the best."""
 
 import streamlit as st
 
+from kd_keras.presets import DEFAULT_PRESET
 from kd_keras.search_folder import TUNERS, SearchFolder
 
 from .. import checks, confine, searches, settings
@@ -26,7 +27,7 @@ def on_start_search(runs_dir, data_path):
         name=(s.get("search_name") or "").strip(),
         teacher=chosen_teacher("tune_teacher"),
         data=data_path,
-        preset=s.get("tune_preset", "quick"),
+        preset=s.get("tune_preset", DEFAULT_PRESET),
         tuner=s.get("tuner", searches.TuneOptions.tuner),
         trials=s.get("trials"),
         epochs=s.get("trial_epochs"),
@@ -56,7 +57,7 @@ def on_run_best(runs_dir, data_path, teacher, temperature, alpha):
         alpha,
         runs_dir,
         data_path,
-        s.get("best_preset", "quick"),
+        s.get("best_preset", DEFAULT_PRESET),
         (s.get("best_run_name") or "").strip(),
     )
     if not started:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kd_keras.config import short_list
 from kd_keras.errors import DataSourceError
+from kd_keras.text import short_list
 
 SAMPLE = 64
 # The keys compared; `name` and `file` only describe where it was.

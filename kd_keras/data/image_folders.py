@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from kd_keras.config import short_list
 from kd_keras.data.source_checks import (
     MAX_IMAGES,
     carve_test_split,
@@ -24,6 +23,7 @@ from kd_keras.data.source_checks import (
     too_big,
 )
 from kd_keras.errors import DataSourceError
+from kd_keras.text import short_list
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MAX_IMAGE_BYTES = 64 << 20

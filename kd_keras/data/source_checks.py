@@ -15,8 +15,8 @@ import stat
 
 import numpy as np
 
-from kd_keras.config import short_list
 from kd_keras.errors import DataSourceError
+from kd_keras.text import short_list
 
 TEST_FRACTION = 0.2
 MAX_IMAGES = 2_000_000

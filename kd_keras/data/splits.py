@@ -11,15 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kd_keras.config import (
-    CIFAR10_COUNTS,
-    SIZE_FIELDS,
-    SIZE_FLAGS,
-    data_kind,
-    resolve_sizes,
-    spread_split,
-)
+from kd_keras.config import data_kind
 from kd_keras.data.cifar10 import CLASS_NAMES, IMAGE_SHAPE
+from kd_keras.data.sizes import CIFAR10_COUNTS, SIZE_FIELDS, SIZE_FLAGS, resolve_sizes, spread_split
 from kd_keras.errors import DatasetError, DataSourceError
 
 
@@ -78,7 +72,7 @@ def prepare_splits(
 
     The validation split is stratified and seeded and comes out of the
     training set, never the test set. The sizes follow the data unless
-    given (see `kd_keras.config.resolve_sizes`).
+    given (see `kd_keras.data.sizes.resolve_sizes`).
 
     Args:
         source: see `load_cifar10`.

@@ -13,12 +13,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_keras.config import (
-    DEFAULT_ALPHA,
-    DEFAULT_TEMPERATURE,
-    validate_alpha,
-    validate_temperature,
-)
 from kd_keras.distill.features import LOGITS, FeatureExtraction, check_losses
 from kd_keras.distill.losses.base import as_loss
 from kd_keras.distill.losses.hinton import HintonKD
@@ -29,6 +23,12 @@ from kd_keras.distill.outputs import (
     single_output_shape,
 )
 from kd_keras.distill.teacher_cache import IMAGES, TEACHER_LOGITS
+from kd_keras.validation import (
+    DEFAULT_ALPHA,
+    DEFAULT_TEMPERATURE,
+    validate_alpha,
+    validate_temperature,
+)
 
 # log(p) of a probability p = 0 would be -inf; it is taken as the log of
 # the smallest normal float32 instead (about -87.3), which softmax(. / T)
@@ -171,7 +171,7 @@ class Distiller(keras.Model):
             for kd_keras ResNets); their shapes are checked here.
         distillation_loss_weights: one weight >= 0 per loss (default 1 each).
         student_loss_weight: the hard-label weight in [0, 1] (compile's
-            `alpha`; default 0.3).
+            `alpha`; default `kd_keras.validation.DEFAULT_ALPHA`).
         **kwargs: passed to `keras.Model`.
 
     Raises:

@@ -20,11 +20,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kd_keras.config import TEACHER_PRECISIONS
 from kd_keras.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES
 from kd_keras.data.splits import make_dataset
 from kd_keras.errors import TeacherError
 from kd_keras.models.folding import fold_batch_norm
+from kd_keras.validation import TEACHER_PRECISIONS
 
 # Largest uncompressed size of a `.keras` file's JSON members (config.json,
 # metadata.json), read whole into memory by Keras: the config of the

@@ -40,11 +40,32 @@ APPLICATIONS = {
 MIN_APPLICATION_SIZE = 32
 RESNET_PATTERN = re.compile(r"resnet(\d+)")
 _NAME_PATTERN = re.compile(r"[a-z0-9]+")
+_NUMBERED_PATTERN = re.compile(r"(.*[a-z])(\d+)")
+
+
+def application_names_help():
+    """The `keras.applications` names, numbered families in short, e.g.
+    `mobilenetv3small, ..., efficientnetb0 to efficientnetb7, ...`: the one
+    list that `--help`, error messages and the app show."""
+    families = {}  # prefix (or whole name) -> numbers, in table order.
+    for name in APPLICATIONS:
+        numbered = _NUMBERED_PATTERN.fullmatch(name)
+        prefix, number = numbered.groups() if numbered else (name, None)
+        families.setdefault(prefix, []).append(number)
+    parts = []
+    for prefix, numbers in families.items():
+        if numbers == [None]:
+            parts.append(prefix)
+        elif len(numbers) == 1:
+            parts.append(f"{prefix}{numbers[0]}")
+        else:
+            parts.append(f"{prefix}{numbers[0]} to {prefix}{numbers[-1]}")
+    return ", ".join(parts)
 
 
 def _names_hint():
     return (
-        f"choose resnet<depth> (e.g. resnet20), one of {', '.join(APPLICATIONS)} "
+        f"choose resnet<depth> (e.g. resnet20), one of {application_names_help()} "
         "(options after a colon, e.g. mobilenetv3small:alpha=0.35), or a "
         "path to a '.keras' file"
     )
@@ -109,6 +130,13 @@ def parse_model_spec(spec, *, role="model"):
     if name not in APPLICATIONS:
         raise ValueError(f"unknown {role} model {spec!r}; {_names_hint()}")
     builder, allowed = APPLICATIONS[name]
+    options = _parse_options(spec, name, allowed, options_text, role)
+    return {"kind": "application", "name": name, "builder": builder, "options": options}
+
+
+def _parse_options(spec, name, allowed, options_text, role):
+    """The `key=value` options after the colon of an application's name, as
+    a dict; raises `ValueError` for an unknown option or a bad value."""
     options = {}
     for item in filter(None, (options_text or "").split(",")):
         key, sep, value = item.partition("=")
@@ -142,4 +170,4 @@ def parse_model_spec(spec, *, role="model"):
                     f"'.h5' file, got {value!r}"
                 )
             options[key] = value
-    return {"kind": "application", "name": name, "builder": builder, "options": options}
+    return options

@@ -85,7 +85,8 @@ def setting_differences(config, reference=REFERENCE):
         A list of `"field: run value (reference value)"` strings, empty when
         the run is the reference's setting (CIFAR-10 data included).
     """
-    from kd_keras.config import SIZE_FIELDS, cifar10_sizes, data_kind
+    from kd_keras.config import data_kind
+    from kd_keras.data.sizes import SIZE_FIELDS, cifar10_sizes
 
     fields = config if isinstance(config, dict) else config.to_dict()
     # Sizes compare resolved (a run records None/"all" as numbers).

@@ -177,7 +177,7 @@ def plan_budget(config, data=None, spent_seconds=0.0, calibration_steps=3):
         precisions; and the plan (`size_to_budget`'s dict plus `budget`,
         `budget_seconds`, `calibration`, `precision`, `teacher_precision`).
     """
-    from kd_keras.config import parse_budget
+    from kd_keras.validation import parse_budget
 
     budget_seconds = parse_budget(config.budget)
     start = time.perf_counter()

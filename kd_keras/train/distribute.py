@@ -44,8 +44,8 @@ import tempfile
 from pathlib import Path
 
 from kd_keras import atomic
-from kd_keras.config import STRATEGIES
 from kd_keras.errors import DistributeError
+from kd_keras.validation import STRATEGIES
 
 # Collectives wait at most this long for the other workers, so a dead worker
 # ends the run with an error instead of a hang; the environment variable

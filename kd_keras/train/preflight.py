@@ -10,7 +10,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from kd_keras import atomic
-from kd_keras.config import PRECISIONS, TEACHER_PRECISIONS
 from kd_keras.data.cifar10 import NUM_CLASSES
 from kd_keras.data.splits import describe_splits, splits_for
 from kd_keras.distill.teacher import (
@@ -25,6 +24,7 @@ from kd_keras.stages import STAGES
 from kd_keras.train import distribute, recipe
 from kd_keras.train.run_setup import check_resumed_data, check_run_folder, warn
 from kd_keras.train.speed import apply_threading, resolve_run_precisions
+from kd_keras.validation import PRECISIONS, TEACHER_PRECISIONS
 
 
 class CheckedRun(NamedTuple):

@@ -331,7 +331,8 @@ def check_resumed_data(out, requested, saved, splits):
     Raises:
         RunFolderError: one line naming each differing flag or fact.
     """
-    from kd_keras.config import SIZE_FIELDS, SIZE_FLAGS, resolve_sizes, short_list
+    from kd_keras.data.sizes import SIZE_FIELDS, SIZE_FLAGS, resolve_sizes
+    from kd_keras.text import short_list
 
     counts = splits["counts"]
     asked = resolve_sizes(

@@ -5,6 +5,7 @@ import keras
 
 from kd_keras.distill.losses.base import DistillationLoss, check_number
 from kd_keras.distill.losses.logit_standardization import standardize_logits
+from kd_keras.validation import DEFAULT_TEMPERATURE
 
 # Subtracted from the target logit to leave it out of the non-target
 # softmax, as in mdistiller (dkd.py: `logits / T - 1000 * gt_mask`).
@@ -42,7 +43,14 @@ class DKD(DistillationLoss):
 
     needs_labels = True
 
-    def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20, standardize=False):
+    def __init__(
+        self,
+        alpha=1.0,
+        beta=8.0,
+        temperature=DEFAULT_TEMPERATURE,
+        warmup_epochs=20,
+        standardize=False,
+    ):
         self.alpha = check_number("DKD", "alpha", alpha, 0.0)
         self.beta = check_number("DKD", "beta", beta, 0.0)
         self.temperature = check_number(

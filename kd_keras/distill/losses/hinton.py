@@ -3,9 +3,9 @@ the Knowledge in a Neural Network" (2015, arXiv:1503.02531)."""
 
 import keras
 
-from kd_keras.config import DEFAULT_TEMPERATURE, validate_temperature
 from kd_keras.distill.losses.base import DistillationLoss, as_float32, as_loss
 from kd_keras.distill.losses.logit_standardization import standardize_logits
+from kd_keras.validation import DEFAULT_TEMPERATURE, validate_temperature
 
 
 @keras.saving.register_keras_serializable(package="kd_keras")

@@ -4,8 +4,8 @@ Multiple Teacher Networks", KDD 2017, for the averaged soft targets)."""
 
 import keras
 
-from kd_keras.config import DEFAULT_TEMPERATURE, validate_temperature
 from kd_keras.distill.losses.base import DistillationLoss, check_choice, check_number
+from kd_keras.validation import DEFAULT_TEMPERATURE, validate_temperature
 
 MODES = ("mean", "weighted")
 
