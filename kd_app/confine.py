@@ -22,11 +22,12 @@ import os
 import sys
 from pathlib import Path, PurePosixPath
 
+from kd_keras.data.cifar10 import DATA_ENV_VAR
 from kd_keras.errors import LaunchError
 
 RUNS_ENV_VAR = "KD_KERAS_RUNS_DIR"
 DATA_ROOT_ENV_VAR = "KD_KERAS_DATA_DIR"
-CIFAR_ENV_VAR = "KD_KERAS_CIFAR10"  # Also kd_keras.config.DATA_ENV_VAR.
+CIFAR_ENV_VAR = DATA_ENV_VAR
 DEFAULT_RUNS_DIR = "runs"
 
 

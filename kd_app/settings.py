@@ -13,7 +13,8 @@ from pathlib import Path
 
 import kd_keras
 from kd_keras import extras
-from kd_keras.config import DATA_ENV_VAR, RunConfig  # noqa: F401 (used by checks, app)
+from kd_keras.config import RunConfig  # noqa: F401 (used by checks, app)
+from kd_keras.data.cifar10 import DATA_ENV_VAR
 from kd_keras.presets import PRESETS
 
 from . import confine

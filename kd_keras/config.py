@@ -47,10 +47,6 @@ from kd_keras.validation import (
     validate_warmup,
 )
 
-# Environment variables: where CIFAR-10 is, and where its decoded cache goes.
-DATA_ENV_VAR = "KD_KERAS_CIFAR10"
-CACHE_ENV_VAR = "KD_KERAS_CACHE"
-
 # Fields where "auto" is resolved per machine.
 AUTO_FIELDS = ("precision", "teacher_precision")
 

@@ -30,8 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kd_keras.config import CACHE_ENV_VAR, DATA_ENV_VAR
 from kd_keras.errors import DatasetError
+
+# Environment variables: where CIFAR-10 is, and where its decoded cache goes.
+DATA_ENV_VAR = "KD_KERAS_CIFAR10"
+CACHE_ENV_VAR = "KD_KERAS_CACHE"
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
