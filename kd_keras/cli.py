@@ -26,8 +26,9 @@ def get_args(argv=None):
     """Parses the command line into an `argparse.Namespace`."""
     parser = argparse.ArgumentParser(
         prog="python -m kd_keras",
-        description="Knowledge distillation on CIFAR-10: train a teacher, a "
-        "student baseline and a distilled student, and compare them.",
+        description="Knowledge distillation for Keras image classifiers: train (or "
+        "bring) a teacher, train a student baseline and a distilled student on "
+        "CIFAR-10 or your own images, compare them, ship the student.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -165,7 +166,9 @@ def get_args(argv=None):
         "--seed", type=int, help="seed of the calibration sample (default: the run's seed)"
     )
     export.add_argument(
-        "--data", help="CIFAR-10 archive or folder (default: the run's config.json)"
+        "--data",
+        help="the run's data, if it moved: a CIFAR-10 archive or folder, an image "
+        "folder or a .npz file (default: the run's config.json)",
     )
     export.add_argument(
         "--limit",

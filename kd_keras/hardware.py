@@ -207,5 +207,5 @@ def resolve_precisions(precision, teacher_precision, machine):
     if teacher_precision == AUTO:
         teacher_precision = auto_teacher
         chosen.append("teacher precision")
-    reason = f"auto: {why}" if chosen else "set explicitly"
+    reason = f"auto: {why}" if chosen else "as set (a flag or the preset)"
     return PrecisionChoice(precision, teacher_precision, reason)

@@ -54,7 +54,7 @@ def test_auto_resolves_from_cpu_flags_and_gpu_capabilities(machine, expected):
 def test_explicit_values_are_never_changed():
     choice = resolve_precisions("mixed_bfloat16", "bfloat16", AVX2_ONLY)
     assert (choice.precision, choice.teacher_precision) == ("mixed_bfloat16", "bfloat16")
-    assert choice.reason == "set explicitly"
+    assert choice.reason == "as set (a flag or the preset)"
     mixed = resolve_precisions("float32", "auto", AVX512_BF16)
     assert (mixed.precision, mixed.teacher_precision) == ("float32", "bfloat16")
 

@@ -57,8 +57,8 @@ def _ratio_lines(rows):
             else (f"; student minus teacher test accuracy: {r['accuracy_points']:+.2f} points")
         )
         lines.append(
-            f"teacher vs distilled student ({what}): the teacher is {size} "
-            f"the size and {latency} the latency{accuracy}"
+            f"teacher vs distilled student ({what}): the teacher's file is {size} "
+            f"the size and {latency} the latency of the student's{accuracy}"
         )
     return lines
 

@@ -315,7 +315,7 @@ class Pipeline:
             check = teacher_sanity_check(
                 model,
                 self.splits,
-                verbose=c.verbose,
+                verbose=0 if c.teacher else c.verbose,  # A reused one's line came first.
                 refuse=False,
                 accuracy=measured["val_accuracy"],
             )
