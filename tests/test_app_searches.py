@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 
 from app_smoke import REPO  # noqa: F401 (puts the repository on sys.path)
 
@@ -142,6 +143,12 @@ def test_a_search_is_kd_keras_tune_and_its_process_is_told_by_both_words(tmp_pat
     argv = ["-c", "import time; time.sleep(60)", "-m", "kd_keras", "tune", "--out", "s"]
     process = subprocess.Popen([sys.executable, *argv], cwd=tmp_path)
     try:
+        # Until the child has exec'd, /proc shows the parent's command line.
+        deadline = time.monotonic() + 10
+        while "tune" not in (processes.process_args(process.pid) or []) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
         assert processes.runs_module(process.pid, searches.SEARCH_MODULE)
         assert processes.runs_module_on(process.pid, searches.SEARCH_MODULE, tmp_path / "s")
         assert processes.runs_module(process.pid, "kd_keras")

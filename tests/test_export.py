@@ -212,7 +212,7 @@ def test_rows_of_changed_models_or_missing_files_are_left_out(tmp_path):
 def test_export_spec_and_kd_keras_names_do_not_start_tensorflow():
     code = (
         "import sys, kd_keras, kd_keras.export.spec\n"
-        "assert 'export_model' in kd_keras.__all__ and 'evaluate_litert' in kd_keras.__all__\n"
+        "assert 'export_model' in kd_keras.__all__ and 'export_run' in kd_keras.__all__\n"
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'})\n"
         "assert not loaded, loaded\n"
     )
