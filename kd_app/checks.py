@@ -64,7 +64,7 @@ def resolve_data(data, runs_dir):
     except LaunchError as error:
         return None, [str(error)]
     if not path.exists():
-        return None, [f"The data source '{path}' does not exist. {DATA_HINT}"]
+        return None, [f"The data source '{confine.shown(path)}' does not exist. {DATA_HINT}"]
     return path, []
 
 
@@ -99,9 +99,10 @@ def resolve_keras_file(value, runs_dir, what):
     except LaunchError as error:
         return None, [str(error)]
     if path.suffix != ".keras":
-        return None, [f"The {what} '{value}' must be a Keras '.keras' file."]
+        return None, [f"The {what} '{confine.shown(value)}' must be a Keras '.keras' file."]
     if not path.is_file():
-        return None, [f"The {what} file '{path}' does not exist; {hint[0].lower()}{hint[1:]}"]
+        shown = confine.shown(path)
+        return None, [f"The {what} file '{shown}' does not exist; {hint[0].lower()}{hint[1:]}"]
     return path, []
 
 
@@ -123,21 +124,55 @@ def check_teacher(teacher, runs_dir):
     return resolve_keras_file(teacher, runs_dir, "teacher")[1] if teacher else []
 
 
+def resolve_model(value, runs_dir, role):
+    """`(model spec, [])` of a model named on the page, with every path in it
+    (a `.keras` file, an application's `weights=` file) made absolute inside
+    the runs root, or `(None, [message])`. A path outside the root gets the
+    same message whether or not it exists (`kd_app.confine`).
+
+    Args:
+        value: the teacher or student model field, e.g. `resnet20`,
+            `mobilenetv3small:weights=w.weights.h5`, `mine/model.keras`.
+        runs_dir: the runs root.
+        role: "teacher" or "student".
+    """
+    value = str(value or "").strip()
+    try:
+        spec = parse_model_spec(value, role=role)
+    except ValueError as error:
+        text = confine.shown(str(error), 400)
+        return None, [f"{text[0].upper()}{text[1:]}."]
+    if spec["kind"] == "file":
+        path, errors = resolve_keras_file(value, runs_dir, f"{role} model")
+        return (str(path) if path else None), errors
+    weights = spec.get("options", {}).get("weights")
+    if spec["kind"] != "application" or weights is None:
+        return value, []
+    what = f"{role} model's weights"
+    hint = "Put the weights file inside the runs folder and name it there (weights=<file>.h5)."
+    try:
+        path = confine.confined_path(weights, [runs_dir], f"{what} file", hint)
+    except LaunchError as error:
+        return None, [str(error)]
+    if not path.is_file():
+        return None, [f"The {what} file '{confine.shown(path)}' does not exist. {hint}"]
+    if "," in str(path):
+        return None, [f"The {what} file '{confine.shown(path)}' has a ',' in its path; rename it."]
+    name, _, options = value.partition(":")
+    items = [
+        f"weights={path}" if item.partition("=")[0].strip() == "weights" else item
+        for item in options.split(",")
+    ]
+    return f"{name}:{','.join(items)}", []
+
+
 def check_models(teacher_model, student_model, runs_dir):
-    """Errors about the teacher and student model names (a .keras file must
-    exist inside the runs root)."""
+    """Errors about the teacher and student model names: every path they
+    name (a .keras file, a `weights=` file) must exist inside the runs root."""
     errors = []
     for role, value in (("teacher", teacher_model), ("student", student_model)):
-        value = str(value or "").strip()
-        if not value:
-            continue
-        try:
-            spec = parse_model_spec(value, role=role)
-        except ValueError as error:
-            errors.append(f"{str(error)[0].upper()}{str(error)[1:]}.")
-            continue
-        if spec["kind"] == "file":
-            errors += resolve_keras_file(value, runs_dir, f"{role} model")[1]
+        if str(value or "").strip():
+            errors += resolve_model(value, runs_dir, role)[1]
     return errors
 
 

@@ -18,7 +18,9 @@ server's files. Keras-free.
 """
 
 import argparse
+import errno
 import os
+import stat
 import sys
 from pathlib import Path, PurePosixPath
 
@@ -68,6 +70,19 @@ def is_inside(path, root):
         return False
 
 
+SHOWN_CHARACTERS = 120
+
+
+def shown(text, limit=SHOWN_CHARACTERS):
+    """`text` for a one-line message: at most `limit` characters, its middle
+    replaced by `...` when longer (a page may send a path of any length)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    half = (limit - 3) // 2
+    return f"{text[:half]}...{text[-half:]}"
+
+
 def relative_name(text):
     """`text` as a relative path with no `..`, `.` or empty parts, or None."""
     text = str(text or "")
@@ -95,12 +110,12 @@ def within(root, name, what="path"):
     relative = relative_name(name)
     if relative is None:
         raise LaunchError(
-            f"The {what} '{name}' must be a name inside '{root}' (no '..', not absolute)."
+            f"The {what} '{shown(name)}' must be a name inside '{root}' (no '..', not absolute)."
         )
     path = Path(root) / relative
     if not is_inside(path, root):
         raise LaunchError(
-            f"The {what} '{name}' leads out of '{root}' (a symlink); "
+            f"The {what} '{shown(name)}' leads out of '{root}' (a symlink); "
             "only files inside it can be used."
         )
     return path
@@ -117,10 +132,12 @@ def confined_path(text, roots, what, hint):
     or single files: a root that is a file admits only itself).
 
     A relative `text` is taken relative to the first root. The message is
-    the same whether or not the path exists.
+    the same whether or not the path exists. A path the system cannot look
+    up (too long, a symlink loop, ...) is refused in one line too, its text
+    shortened.
 
     Raises:
-        LaunchError: outside every root.
+        LaunchError: outside every root, or not usable as a path.
     """
     text = str(text or "").strip()
     roots = [Path(r) for r in roots if r]
@@ -131,16 +148,30 @@ def confined_path(text, roots, what, hint):
         path = roots[0] / path
     try:
         resolved = path.resolve()
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         resolved = None
     for root in roots:
         if resolved is not None and (resolved == root.resolve() or is_inside(resolved, root)):
             if not (root.resolve().is_file() and resolved != root.resolve()):
+                _refuse_unusable(resolved, text, what, hint)
                 return resolved
     names = ", ".join(f"'{r}'" for r in roots)
     raise LaunchError(
-        f"The {what} '{text}' is not inside {names}: this app reads only there. {hint}"
+        f"The {what} '{shown(text)}' is not inside {names}: this app reads only there. {hint}"
     )
+
+
+def _refuse_unusable(resolved, text, what, hint):
+    """Raises `LaunchError` if the system cannot look `resolved` up for a
+    reason other than its absence (a name too long, a loop, no permission):
+    asked only of paths inside a root, so it tells nothing of other files."""
+    try:
+        os.stat(resolved)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise LaunchError(f"The {what} '{shown(text)}' cannot be used: {reason}. {hint}") from None
 
 
 def open_log(path):
@@ -148,8 +179,9 @@ def open_log(path):
 
     A new log is created with `O_CREAT | O_EXCL | O_NOFOLLOW`; an existing
     regular one (a resumed run, or a launch again under the same name) is
-    appended to, opened with `O_NOFOLLOW`. A symlink or anything but a
-    regular file at `path` is refused.
+    appended to, opened with `O_NOFOLLOW`. A symlink, a hard link (a file
+    with more than one name: it may be one outside the folder) or anything
+    but a regular file at `path` is refused.
 
     Returns:
         A binary file object. Raises `LaunchError`.
@@ -162,11 +194,43 @@ def open_log(path):
         except FileExistsError:
             if not path.is_symlink() and path.is_file():
                 fd = os.open(path, flags | os.O_APPEND)
+                _refuse_shared(fd)
             else:
-                raise OSError(40, "a symlink or not a regular file") from None
+                raise OSError(errno.ELOOP, "a symlink or not a regular file") from None
     except OSError as error:
         raise LaunchError(
             f"Cannot write the log '{path}': {error.strerror or error}; remove it "
             "(the app writes its logs only as new regular files in the runs folder)."
         ) from None
     return os.fdopen(fd, "ab")
+
+
+def _refuse_shared(fd):
+    """Closes `fd` and raises `OSError` unless it is a regular file with one
+    name (`st_nlink == 1`): a hard link may be a file outside the folder."""
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+        return
+    os.close(fd)
+    raise OSError(errno.EMLINK, "a hard link (a file with more than one name)")
+
+
+def read_own_file(path):
+    """The bytes of the regular file `path`, opened without following a
+    symlink and refused if it has more than one name (a hard link may be a
+    file outside the run folder).
+
+    Raises:
+        LaunchError: a symlink, a hard link, not a regular file, unreadable.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags)
+        _refuse_shared(fd)
+    except OSError as error:
+        raise LaunchError(
+            f"'{shown(path)}' is not offered: {error.strerror or error} "
+            "(only regular files the run wrote, with no other name, are)."
+        ) from None
+    with os.fdopen(fd, "rb") as file:
+        return file.read()

@@ -109,8 +109,8 @@ def _text(value):
 
 
 def resolved_options(options, runs_dir):
-    """`options` with its data, teacher and model files as absolute paths
-    inside the operator's roots (a path that is not stays as typed, for
+    """`options` with its data, teacher and model files (a `.keras` spec, an
+    application's `weights=`) as absolute paths inside the operator's roots (a path that is not stays as typed, for
     the checks to refuse)."""
     changes = {}
     data, _ = checks.resolve_data(options.data, runs_dir) if _text(options.data) else (None, [])
@@ -121,10 +121,10 @@ def resolved_options(options, runs_dir):
         changes["teacher"] = str(teacher) if teacher else options.teacher
     for role in ("teacher_model", "student_model"):
         value = _text(getattr(options, role))
-        if value and value.endswith(".keras"):
-            path, _ = checks.resolve_keras_file(value, runs_dir, role.replace("_", " "))
-            if path:
-                changes[role] = str(path)
+        if value:
+            spec, _ = checks.resolve_model(value, runs_dir, role.partition("_")[0])
+            if spec:
+                changes[role] = spec
     return dataclasses.replace(options, **changes)
 
 

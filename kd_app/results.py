@@ -202,10 +202,14 @@ def download_name(path):
 
 def download_bytes(folder, path):
     """The bytes of a run's file for a download button, or None if it is
-    missing or leads out of the run folder `folder` (a symlink)."""
+    missing, leads out of the run folder `folder` (a symlink) or is a hard
+    link (a file with another name, maybe outside)."""
     if not confine.own_file(folder, path) or not Path(path).is_file():
         return None
-    return read_or(Path(path).read_bytes)
+    try:
+        return confine.read_own_file(path)
+    except LaunchError:  # A hard link, or unreadable.
+        return None
 
 
 def export_download(path, folder=None):
@@ -215,7 +219,8 @@ def export_download(path, folder=None):
 
     Raises:
         LaunchError: `path` leads out of the run folder `folder` (default:
-            the run folder two levels up, `export/<stage>/<file>`).
+            the run folder two levels up, `export/<stage>/<file>`), or a
+            file to send is a hard link (it may be a file outside).
     """
     path = Path(path)
     folder = Path(folder) if folder is not None else path.parent.parent.parent
@@ -226,9 +231,10 @@ def export_download(path, folder=None):
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for child in sorted(path.rglob("*")):
                 if not child.is_symlink() and child.is_file() and confine.own_file(path, child):
-                    archive.write(child, Path(path.name) / child.relative_to(path))
+                    name = str(Path(path.name) / child.relative_to(path))
+                    archive.writestr(name, confine.read_own_file(child))
         return buffer.getvalue(), *download_name(path)
-    return path.read_bytes(), *download_name(path)
+    return confine.read_own_file(path), *download_name(path)
 
 
 def _saved_results(folder):

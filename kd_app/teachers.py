@@ -33,7 +33,8 @@ def store_teacher(runs_dir, file_name, source):
         Its path relative to the runs root (what the teacher field takes).
 
     Raises:
-        LaunchError: a bad name, one taken, or the file cannot be written.
+        LaunchError: a bad name, one taken, `teachers` not a folder, or the
+            file cannot be written.
     """
     name = str(file_name or "")
     stem = name[: -len(".keras")] if name.endswith(".keras") else ""
@@ -48,6 +49,14 @@ def store_teacher(runs_dir, file_name, source):
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # Something else than a folder takes its name.
+        raise LaunchError(
+            f"'{TEACHERS_SUBDIR}' in the runs folder '{runs_dir}' is not a folder; "
+            "move it away (uploaded teachers are saved in that folder)."
+        ) from None
+    except OSError as error:
+        raise LaunchError(f"Cannot save the teacher '{path}': {error.strerror or error}.") from None
+    try:
         fd = os.open(path, flags, 0o666)
     except FileExistsError:
         raise LaunchError(
