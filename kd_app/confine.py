@@ -104,8 +104,8 @@ def within(root, name, what="path"):
         what: what `name` is, for the message.
 
     Raises:
-        LaunchError: `name` is absolute, has `..`, or leaves `root` through
-            a symlink.
+        LaunchError: `name` is absolute, has `..`, leaves `root` through
+            a symlink, or cannot be looked up (too long, a loop).
     """
     relative = relative_name(name)
     if relative is None:
@@ -118,6 +118,7 @@ def within(root, name, what="path"):
             f"The {what} '{shown(name)}' leads out of '{root}' (a symlink); "
             "only files inside it can be used."
         )
+    _refuse_unusable(path, name, what, "Choose another name.")
     return path
 
 

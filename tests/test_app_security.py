@@ -344,3 +344,101 @@ def test_an_uploaded_teacher_is_saved_new_inside_the_root(roots):
     with pytest.raises(LaunchError, match="leads out of"):
         teachers.store_teacher(runs, "new.keras", io.BytesIO(b"x"))
     assert not (outside / "new.keras").exists() and teachers.uploaded_teachers(runs) == []
+
+
+@pytest.mark.parametrize(
+    "weights",
+    ["/etc/passwd.weights.h5", "../outside/w.weights.h5", "../../outside/w.weights.h5", "l/w.h5"],
+)
+def test_a_models_weights_file_only_from_inside_the_runs_root(roots, weights):
+    runs, outside, _ = roots
+    (outside / "w.weights.h5").write_bytes(b"secret weights")
+    (runs / "l").symlink_to(outside, target_is_directory=True)
+    (runs / "x.npz").write_bytes(b"")
+    for role in ("teacher_model", "student_model"):
+        options = launching.LaunchOptions(
+            preset="smoke", name="r9", data="x.npz", **{role: f"mobilenetv3small:weights={weights}"}
+        )
+        errors = launching.validate_launch(options, runs)
+        assert len(errors) == 1 and "not inside" in errors[0], errors
+        assert f"{role.partition('_')[0]} model's weights file" in errors[0]
+    # The same message whether or not the file exists: no oracle.
+    exists = checks.check_models("", f"efficientnetb0:weights={outside}/w.weights.h5", runs)
+    missing = checks.check_models("", f"efficientnetb0:weights={outside}/n.weights.h5", runs)
+    assert exists[0].replace("/w.", "/X.") == missing[0].replace("/n.", "/X.")
+
+
+def test_a_models_weights_file_inside_the_runs_root_goes_absolute_into_the_command(roots):
+    runs, _, _ = roots
+    (runs / "mine").mkdir()
+    (runs / "mine" / "w.weights.h5").write_bytes(b"w")
+    spec = "mobilenetv3small:alpha=0.75,weights=mine/w.weights.h5,minimalistic=true"
+    assert checks.check_models("", spec, runs) == []
+    options = launching.LaunchOptions(preset="smoke", name="r9", data="x.npz", student_model=spec)
+    argv = launching.run_command(launching.resolved_options(options, runs), runs / "r9")
+    weights = (runs / "mine" / "w.weights.h5").resolve()
+    assert f"mobilenetv3small:alpha=0.75,weights={weights},minimalistic=true" in argv
+    (error,) = checks.check_models("", "mobilenetv3small:weights=mine/n.weights.h5", runs)
+    assert "does not exist" in error
+    # A .keras spec is resolved inside the root too.
+    (runs / "mine" / "m.keras").write_bytes(b"x")
+    options = launching.LaunchOptions(preset="smoke", teacher_model="mine/m.keras")
+    teacher_model = launching.resolved_options(options, runs).teacher_model
+    assert teacher_model == str((runs / "mine" / "m.keras").resolve())
+
+
+def test_overlong_paths_get_a_short_one_line_refusal(roots):
+    runs, _, _ = roots
+    for errors in (
+        checks.check_teacher("a" * 5000 + ".keras", runs),
+        checks.check_data_path("a/" * 3000, runs),
+        checks.check_models("a" * 5000 + ".keras", "", runs),
+        checks.check_models("", "efficientnetb0:weights=" + "b" * 5000 + ".h5", runs),
+        checks.check_data_path("/" + "c" * 5000, runs),
+    ):
+        (error,) = errors
+        assert "\n" not in error and len(error) < 800, error
+        assert not any(c * 200 in error for c in "abc"), error
+        assert "cannot be used" in error or "not inside" in error, error
+    with pytest.raises(LaunchError) as raised:
+        confine.within(runs, "d" * 5000, "run name")
+    assert len(str(raised.value)) < 500
+
+
+def test_hard_links_are_neither_appended_to_nor_offered(roots):
+    runs, outside, _ = roots
+    target = outside / "secret.txt"
+    before = target.read_bytes()
+    folder = runs / "r"
+    log, _ = processes.launch_files(folder)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    os.link(target, log)
+    with pytest.raises(LaunchError, match="Cannot write the log.*hard link"):
+        confine.open_log(log)
+    assert target.read_bytes() == before
+    # An export: a hard link in a SavedModel folder, or as the .tflite file.
+    saved = folder / "export" / "teacher" / "saved_model"
+    saved.mkdir(parents=True)
+    (saved / "saved_model.pb").write_bytes(b"graph")
+    data, _, _ = results.export_download(saved, folder)
+    assert data
+    os.link(target, saved / "leak.txt")
+    with pytest.raises(LaunchError, match="hard link"):
+        results.export_download(saved, folder)
+    tflite = folder / "export" / "teacher" / "model.tflite"
+    os.link(target, tflite)
+    with pytest.raises(LaunchError, match="hard link"):
+        results.export_download(tflite, folder)
+    run = RunFolder(folder)
+    os.link(target, run.results_csv)
+    assert results.download_bytes(folder, run.results_csv) is None
+
+
+def test_a_teachers_file_in_place_of_the_folder_is_named(roots):
+    import io
+
+    runs, _, _ = roots
+    (runs / "teachers").write_text("not a folder")
+    with pytest.raises(LaunchError, match="'teachers' in the runs folder .* is not a folder"):
+        teachers.store_teacher(runs, "new.keras", io.BytesIO(b"x"))
+    assert (runs / "teachers").read_text() == "not a folder"
