@@ -56,7 +56,7 @@ from kd_keras.layout import (
     resume_command,
 )
 from kd_keras.owned_files import ANYTHING, Layout, describe_paths, plan_removal, symlinked_folders
-from kd_keras.stages import STAGES
+from kd_keras.stages import OWNED_STAGES, STAGES
 
 # `progress.json`: `status` is one of STATUSES while a process owns the run.
 STATUSES = ("running", "finished", "failed", "stopped")
@@ -130,12 +130,16 @@ RUN_LAYOUT = Layout(
         WRITE_PROBE,
     ),
     dirs=(
-        (STAGES_DIR, Layout(files=("*.json",))),
-        (HISTORY_DIR, Layout(files=("*.csv",))),
-        (MODELS_DIR, Layout(files=(f"*{MODEL_SUFFIX}",))),
+        # Only the stages kd_keras trains: `models/my_finetuned.keras` is a user's.
+        (STAGES_DIR, Layout(files=tuple(f"{s}.json" for s in OWNED_STAGES))),
+        (HISTORY_DIR, Layout(files=tuple(f"{s}.csv" for s in OWNED_STAGES))),
+        (MODELS_DIR, Layout(files=tuple(f"{s}{MODEL_SUFFIX}" for s in OWNED_STAGES))),
         (
             CHECKPOINTS_DIR,
-            Layout(files=(STUDENT_INIT_FILE, LEGACY_STUDENT_INIT_FILE), dirs=(("*", _CHECKPOINT),)),
+            Layout(
+                files=(STUDENT_INIT_FILE, LEGACY_STUDENT_INIT_FILE),
+                dirs=tuple((s, _CHECKPOINT) for s in OWNED_STAGES),
+            ),
         ),
         (
             EXPORT_DIR,

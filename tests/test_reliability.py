@@ -590,8 +590,8 @@ def _fake_run(folder):
     (export / "saved_model" / "variables" / "variables.index").write_bytes(b"i")
     (export / "int8.tflite").write_bytes(b"tfl")
     (export / "int8.json").write_text("{}")
-    (export / ".saved_model.partial-ab12" / "saved_model").mkdir(parents=True)
-    (folder / "models" / ".teacher.x1.tmp.keras").write_bytes(b"half")
+    (export / ".saved_model.partial-ab12cd_4" / "saved_model").mkdir(parents=True)
+    (folder / "models" / ".teacher.x1y2z3w4.tmp.keras").write_bytes(b"half")
     return run
 
 
@@ -634,6 +634,28 @@ def test_overwrite_removes_only_kd_keras_files_and_keeps_the_users(tmp_path):
         "notes.txt": b"mine",
     }
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "models", "notes.txt"]
+
+
+def test_overwrite_keeps_user_files_that_merely_look_like_kd_keras_names(tmp_path, capsys):
+    from kd_keras.train.run_setup import prepare_run_folder
+
+    folder = tmp_path / "run"
+    _fake_run(folder)
+    mine = {
+        "models/my_finetuned.keras": b"1",
+        "history/my_notes.csv": b"2",
+        "checkpoints/my_experiment/best.npz": b"3",
+        ".draft.tmp_keep": b"4",
+        ".thesis.old-v1/chapter1.tex": b"5",
+    }
+    for name, data in mine.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    prepare_run_folder(folder, RunConfig.from_preset("smoke", verbose=1), overwrite=True)
+    assert _snapshot(folder) == mine
+    note = capsys.readouterr().out.strip()
+    assert note.startswith("kd_keras: kept 5 entries") and "\n" not in note
+    assert "'.draft.tmp_keep', '.thesis.old-v1', 'checkpoints/my_experiment'" in note
 
 
 def test_overwrite_refuses_unknown_files_in_a_folder_removed_whole(tmp_path):
