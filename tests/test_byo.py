@@ -776,6 +776,61 @@ def test_a_runs_data_that_moved_is_named_again_and_checked_by_its_fingerprint(
         splits_for(config, data=str(moved))
 
 
+def test_resume_refuses_changed_images_that_an_old_sample_would_miss(tmp_path):
+    from kd_keras.data.fingerprint import SAMPLE, _sample, data_fingerprint
+    from kd_keras.data.splits import splits_for
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, size=(200, 8, 8, 3), dtype=np.uint8), np.arange(200) % 4
+    x_test, y_test = x[:40].copy(), y[:40].copy()
+    names = np.array(["a", "b", "c", "d"])
+    np.savez(
+        tmp_path / "d.npz", x_train=x, y_train=y, x_test=x_test, y_test=y_test, class_names=names
+    )
+    splits = splits_for(RunConfig.from_preset("smoke", data=str(tmp_path / "d.npz")))
+    recorded = splits["fingerprint"]
+    assert recorded["pixels"] == "all"
+    changed = x.copy()
+    changed[1] = 255 - changed[1]  # Image 1 is not in the old 64-image sample.
+    assert SAMPLE < len(x) and np.array_equal(_sample(changed), _sample(x))
+    np.savez(
+        tmp_path / "e.npz",
+        x_train=changed,
+        y_train=y,
+        x_test=x_test,
+        y_test=y_test,
+        class_names=names,
+    )
+    config = RunConfig.from_preset(
+        "smoke", data=str(tmp_path / "d.npz"), data_fingerprint=recorded, **splits["sizes"]
+    )
+    with pytest.raises(DataSourceError, match=r"its pixels differ"):
+        splits_for(config, data=str(tmp_path / "e.npz"))
+    assert splits_for(config, data=str(tmp_path / "d.npz"))["fingerprint"] == recorded
+    # A run recorded by an older kd_keras (a sampled fingerprint) still resumes
+    # on its own data: compared like with like.
+    old = data_fingerprint(str(tmp_path / "d.npz"), (x, y), (x_test, y_test), names, "sample")
+    assert "pixels" not in old and old["pixels_sha256"] != recorded["pixels_sha256"]
+    config = RunConfig.from_preset(
+        "smoke", data=str(tmp_path / "d.npz"), data_fingerprint=old, **splits["sizes"]
+    )
+    assert (
+        splits_for(config, data=str(tmp_path / "d.npz"))["fingerprint"]["pixels_sha256"]
+        == (old["pixels_sha256"])
+    )
+    changed[0] = 255 - changed[0]  # Image 0 is in the sample: refused.
+    np.savez(
+        tmp_path / "f.npz",
+        x_train=changed,
+        y_train=y,
+        x_test=x_test,
+        y_test=y_test,
+        class_names=names,
+    )
+    with pytest.raises(DataSourceError, match=r"its pixels differ"):
+        splits_for(config, data=str(tmp_path / "f.npz"))
+
+
 def test_committed_results_cite_their_data_by_file_name_and_fingerprint():
     from pathlib import Path
 
