@@ -290,6 +290,28 @@ class RunFolder:
                 f"{'it' if len(links) == 1 else 'them'} with a real folder (or copy the run)"
             )
 
+    def check_finished_models(self):
+        """Raises `RunFolderError` if a finished stage's model file is
+        missing and resuming would not rebuild it (a resume rebuilds the
+        teacher's only while a student stage is still to train)."""
+        rebuilds_teacher = not all(self.is_complete(s) for s in STAGES[1:])
+        missing = [
+            stage
+            for stage in self.completed_stages()
+            if not self.model_file(stage).exists() and not (stage == "teacher" and rebuilds_teacher)
+        ]
+        if missing:
+            files = [self.model_file(s) for s in missing]
+            records = [self.stage_file(s) for s in missing]
+            raise RunFolderError(
+                f"run '{self.path}': {describe_paths(files, self.path)} of finished "
+                f"stage{'s' if len(files) > 1 else ''} {'is' if len(files) == 1 else 'are'} "
+                f"missing; restore "
+                f"{'it' if len(files) == 1 else 'them'} from a copy, or delete "
+                f"{describe_paths(records, self.path)} so the stage trains again "
+                "(from its checkpoint), then resume"
+            )
+
     def has_teacher(self):
         """True if the teacher stage is complete and its model saved."""
         return self.is_complete("teacher") and self.model_file("teacher").is_file()

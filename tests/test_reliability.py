@@ -658,6 +658,33 @@ def test_overwrite_keeps_user_files_that_merely_look_like_kd_keras_names(tmp_pat
     assert "'.draft.tmp_keep', '.thesis.old-v1', 'checkpoints/my_experiment'" in note
 
 
+def test_resume_of_a_finished_run_names_its_missing_models(tmp_path):
+    from kd_keras.errors import RunFolderError
+
+    folder = tmp_path / "run"
+    run = _fake_run(folder)
+    for stage in ("student_baseline", "student_distilled", "student_distilled_tuned"):
+        run.stage_file(stage).write_text("{}")
+        run.model_file(stage).write_bytes(b"PK model")
+    run.check_finished_models()  # Every model there: resumes.
+    run.model_file("teacher").unlink()
+    run.model_file("student_distilled_tuned").unlink()
+    before = _snapshot(folder)
+    with pytest.raises(RunFolderError) as raised:
+        run_pipeline(RunConfig.from_preset("smoke", verbose=0), folder, resume=True)
+    assert str(raised.value) == (
+        f"run '{folder}': 'models/teacher.keras', 'models/student_distilled_tuned.keras' of "
+        "finished stages are missing; restore them from a copy, or delete 'stages/teacher.json', "
+        "'stages/student_distilled_tuned.json' so the stage trains again (from its checkpoint), "
+        "then resume"
+    )
+    assert _snapshot(folder) == before
+    # While a student stage is still to train, a resume rebuilds the teacher's model.
+    run.stage_file("student_distilled").unlink()
+    run.model_file("student_distilled_tuned").write_bytes(b"PK model")
+    run.check_finished_models()
+
+
 def test_overwrite_refuses_unknown_files_in_a_folder_removed_whole(tmp_path):
     from kd_keras.errors import RunFolderError
     from kd_keras.train.run_setup import prepare_run_folder
