@@ -831,6 +831,25 @@ def test_resume_refuses_changed_images_that_an_old_sample_would_miss(tmp_path):
         splits_for(config, data=str(tmp_path / "f.npz"))
 
 
+def test_user_strings_in_data_messages_are_shortened(tmp_path, capsys):
+    from kd_keras.errors import DataSourceError, run_command
+
+    x, y = np.zeros((12, 8, 8, 3), np.uint8) + 9, np.arange(12) % 4
+    names = np.array(["n" * 100000] * 3 + ["m"])
+    np.savez(tmp_path / "long.npz", x_train=x, y_train=y, class_names=names)
+    with pytest.raises(DataSourceError) as raised:
+        load_npz(tmp_path / "long.npz")
+    assert str(raised.value) == (
+        f"data at '{tmp_path / 'long.npz'}': class names repeat: '{'n' * 39}…'"
+    )
+    # The CLI's line is capped whatever a message holds.
+    assert run_command("kd_keras", lambda: load_npz(tmp_path / "long.npz")) == 2
+    assert run_command("kd_keras", lambda: (_ for _ in ()).throw(DataSourceError("d", "x" * 10**5)))
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].endswith("'" + "n" * 39 + "…'")
+    assert len(err[1]) <= len("kd_keras: error: ") + 400 and "characters left out" in err[1]
+
+
 def test_committed_results_cite_their_data_by_file_name_and_fingerprint():
     from pathlib import Path
 
