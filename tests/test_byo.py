@@ -584,7 +584,20 @@ def test_symlinked_class_folders_and_links_out_of_the_folder_are_refused(tmp_pat
     with pytest.raises(DataSourceError, match=r"train': a symbolic link"):
         load_image_folder(data)
     (data / "train").unlink()
-    (data / "b" / "inside.png").symlink_to(data / "a" / "0.png")  # Inside: read.
+    (data / "b" / "inside.png").symlink_to(data / "a" / "0.png")  # One image, two labels.
+    with pytest.raises(DataSourceError) as raised:
+        load_image_folder(data)
+    assert str(raised.value) == (
+        f"data at '{data}': 'a/0.png' and 'b/inside.png' are the same file (a link or hard "
+        "link), so the image would count twice; keep one"
+    )
+    (data / "b" / "inside.png").unlink()
+    (data / "b" / "hard.png").hardlink_to(data / "b" / "1.png")
+    with pytest.raises(DataSourceError, match="'b/1.png' and 'b/hard.png' are the same file"):
+        load_image_folder(data)
+    (data / "b" / "hard.png").unlink()
+    folder_of(data / ".pool", {"p": 1})  # Hidden: not a class, its image counted once.
+    (data / "b" / "inside.png").symlink_to(data / ".pool" / "p" / "0.png")  # Inside: read.
     assert len(np.concatenate(load_image_folder(data)[0][1:] + load_image_folder(data)[1][1:])) == 7
 
 
