@@ -346,7 +346,9 @@ def _evaluate(args):
         from kd_keras.train.measure import evaluate_model
 
         # The data's classes and image size, checked against the model's.
-        model = load_teacher(args.model, len(splits["classes"]), image_shape=images.shape[1:])
+        model = load_teacher(
+            args.model, len(splits["classes"]), image_shape=images.shape[1:], role="model"
+        )
         dataset = make_dataset(images, labels, batch_size=256, training=False)
         result.update(evaluate_model(model, dataset))
         if args.per_class:

@@ -13,10 +13,19 @@ import os
 import shutil
 from pathlib import Path
 
-# `atomic.atomic_path`'s temporaries, and the folders an export writes under a
-# temporary name (`kd_keras.export.exporter`), anywhere kd_keras writes.
-TEMP_PATTERN = ".*.tmp*"
-PARTIAL_PATTERNS = (".*.partial-*", ".*.old-*")
+# The 8 random characters `tempfile` puts in a name (`mkstemp`, `mkdtemp`).
+_RANDOM = "[a-z0-9_]" * 8
+# `atomic.atomic_path`'s temporaries (`.{stem}.XXXXXXXX.tmp{suffixes}`), and
+# the folders an export writes under a temporary name (`.{name}.partial-XXXXXXXX`,
+# `.{name}.old-XXXXXXXX`, `kd_keras.export.convert`), anywhere kd_keras writes.
+# Exactly those shapes: `.draft.tmp_keep` or `.thesis.old-v1` are a user's.
+TEMP_PATTERNS = (f".*.{_RANDOM}.tmp", f".*.{_RANDOM}.tmp.*")
+PARTIAL_PATTERNS = (f".*.partial-{_RANDOM}", f".*.old-{_RANDOM}")
+
+
+def is_temporary(name):
+    """True if `name` is one of `atomic.atomic_path`'s temporary files."""
+    return any(fnmatch.fnmatchcase(name, p) for p in TEMP_PATTERNS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +49,7 @@ class Layout:
     anything: bool = False
 
     def file_match(self, name):
-        patterns = (*self.files, TEMP_PATTERN)
-        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        return is_temporary(name) or any(fnmatch.fnmatchcase(name, p) for p in self.files)
 
     def dir_layout(self, name):
         for pattern, layout in (*self.dirs, *((p, ANYTHING) for p in PARTIAL_PATTERNS)):

@@ -56,7 +56,7 @@ from kd_keras.layout import (
     resume_command,
 )
 from kd_keras.owned_files import ANYTHING, Layout, describe_paths, plan_removal, symlinked_folders
-from kd_keras.stages import STAGES
+from kd_keras.stages import OWNED_STAGES, STAGES
 
 # `progress.json`: `status` is one of STATUSES while a process owns the run.
 STATUSES = ("running", "finished", "failed", "stopped")
@@ -130,12 +130,16 @@ RUN_LAYOUT = Layout(
         WRITE_PROBE,
     ),
     dirs=(
-        (STAGES_DIR, Layout(files=("*.json",))),
-        (HISTORY_DIR, Layout(files=("*.csv",))),
-        (MODELS_DIR, Layout(files=(f"*{MODEL_SUFFIX}",))),
+        # Only the stages kd_keras trains: `models/my_finetuned.keras` is a user's.
+        (STAGES_DIR, Layout(files=tuple(f"{s}.json" for s in OWNED_STAGES))),
+        (HISTORY_DIR, Layout(files=tuple(f"{s}.csv" for s in OWNED_STAGES))),
+        (MODELS_DIR, Layout(files=tuple(f"{s}{MODEL_SUFFIX}" for s in OWNED_STAGES))),
         (
             CHECKPOINTS_DIR,
-            Layout(files=(STUDENT_INIT_FILE, LEGACY_STUDENT_INIT_FILE), dirs=(("*", _CHECKPOINT),)),
+            Layout(
+                files=(STUDENT_INIT_FILE, LEGACY_STUDENT_INIT_FILE),
+                dirs=tuple((s, _CHECKPOINT) for s in OWNED_STAGES),
+            ),
         ),
         (
             EXPORT_DIR,
@@ -284,6 +288,28 @@ class RunFolder:
                 f"{'is a symbolic link' if len(links) == 1 else 'are symbolic links'}; "
                 "kd_keras writes only inside its run folder: replace "
                 f"{'it' if len(links) == 1 else 'them'} with a real folder (or copy the run)"
+            )
+
+    def check_finished_models(self):
+        """Raises `RunFolderError` if a finished stage's model file is
+        missing and resuming would not rebuild it (a resume rebuilds the
+        teacher's only while a student stage is still to train)."""
+        rebuilds_teacher = not all(self.is_complete(s) for s in STAGES[1:])
+        missing = [
+            stage
+            for stage in self.completed_stages()
+            if not self.model_file(stage).exists() and not (stage == "teacher" and rebuilds_teacher)
+        ]
+        if missing:
+            files = [self.model_file(s) for s in missing]
+            records = [self.stage_file(s) for s in missing]
+            raise RunFolderError(
+                f"run '{self.path}': {describe_paths(files, self.path)} of finished "
+                f"stage{'s' if len(files) > 1 else ''} {'is' if len(files) == 1 else 'are'} "
+                f"missing; restore "
+                f"{'it' if len(files) == 1 else 'them'} from a copy, or delete "
+                f"{describe_paths(records, self.path)} so the stage trains again "
+                "(from its checkpoint), then resume"
             )
 
     def has_teacher(self):

@@ -584,7 +584,20 @@ def test_symlinked_class_folders_and_links_out_of_the_folder_are_refused(tmp_pat
     with pytest.raises(DataSourceError, match=r"train': a symbolic link"):
         load_image_folder(data)
     (data / "train").unlink()
-    (data / "b" / "inside.png").symlink_to(data / "a" / "0.png")  # Inside: read.
+    (data / "b" / "inside.png").symlink_to(data / "a" / "0.png")  # One image, two labels.
+    with pytest.raises(DataSourceError) as raised:
+        load_image_folder(data)
+    assert str(raised.value) == (
+        f"data at '{data}': 'a/0.png' and 'b/inside.png' are the same file (a link or hard "
+        "link), so the image would count twice; keep one"
+    )
+    (data / "b" / "inside.png").unlink()
+    (data / "b" / "hard.png").hardlink_to(data / "b" / "1.png")
+    with pytest.raises(DataSourceError, match="'b/1.png' and 'b/hard.png' are the same file"):
+        load_image_folder(data)
+    (data / "b" / "hard.png").unlink()
+    folder_of(data / ".pool", {"p": 1})  # Hidden: not a class, its image counted once.
+    (data / "b" / "inside.png").symlink_to(data / ".pool" / "p" / "0.png")  # Inside: read.
     assert len(np.concatenate(load_image_folder(data)[0][1:] + load_image_folder(data)[1][1:])) == 7
 
 
@@ -774,6 +787,80 @@ def test_a_runs_data_that_moved_is_named_again_and_checked_by_its_fingerprint(
         Image.new("RGB", (12, 12), (1, 2, 3)).save(path)
     with pytest.raises(DataSourceError, match=r"its pixels differ"):
         splits_for(config, data=str(moved))
+
+
+def test_resume_refuses_changed_images_that_an_old_sample_would_miss(tmp_path):
+    from kd_keras.data.fingerprint import SAMPLE, _sample, data_fingerprint
+    from kd_keras.data.splits import splits_for
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, size=(200, 8, 8, 3), dtype=np.uint8), np.arange(200) % 4
+    x_test, y_test = x[:40].copy(), y[:40].copy()
+    names = np.array(["a", "b", "c", "d"])
+    np.savez(
+        tmp_path / "d.npz", x_train=x, y_train=y, x_test=x_test, y_test=y_test, class_names=names
+    )
+    splits = splits_for(RunConfig.from_preset("smoke", data=str(tmp_path / "d.npz")))
+    recorded = splits["fingerprint"]
+    assert recorded["pixels"] == "all"
+    changed = x.copy()
+    changed[1] = 255 - changed[1]  # Image 1 is not in the old 64-image sample.
+    assert SAMPLE < len(x) and np.array_equal(_sample(changed), _sample(x))
+    np.savez(
+        tmp_path / "e.npz",
+        x_train=changed,
+        y_train=y,
+        x_test=x_test,
+        y_test=y_test,
+        class_names=names,
+    )
+    config = RunConfig.from_preset(
+        "smoke", data=str(tmp_path / "d.npz"), data_fingerprint=recorded, **splits["sizes"]
+    )
+    with pytest.raises(DataSourceError, match=r"its pixels differ"):
+        splits_for(config, data=str(tmp_path / "e.npz"))
+    assert splits_for(config, data=str(tmp_path / "d.npz"))["fingerprint"] == recorded
+    # A run recorded by an older kd_keras (a sampled fingerprint) still resumes
+    # on its own data: compared like with like.
+    old = data_fingerprint(str(tmp_path / "d.npz"), (x, y), (x_test, y_test), names, "sample")
+    assert "pixels" not in old and old["pixels_sha256"] != recorded["pixels_sha256"]
+    config = RunConfig.from_preset(
+        "smoke", data=str(tmp_path / "d.npz"), data_fingerprint=old, **splits["sizes"]
+    )
+    assert (
+        splits_for(config, data=str(tmp_path / "d.npz"))["fingerprint"]["pixels_sha256"]
+        == (old["pixels_sha256"])
+    )
+    changed[0] = 255 - changed[0]  # Image 0 is in the sample: refused.
+    np.savez(
+        tmp_path / "f.npz",
+        x_train=changed,
+        y_train=y,
+        x_test=x_test,
+        y_test=y_test,
+        class_names=names,
+    )
+    with pytest.raises(DataSourceError, match=r"its pixels differ"):
+        splits_for(config, data=str(tmp_path / "f.npz"))
+
+
+def test_user_strings_in_data_messages_are_shortened(tmp_path, capsys):
+    from kd_keras.errors import DataSourceError, run_command
+
+    x, y = np.zeros((12, 8, 8, 3), np.uint8) + 9, np.arange(12) % 4
+    names = np.array(["n" * 100000] * 3 + ["m"])
+    np.savez(tmp_path / "long.npz", x_train=x, y_train=y, class_names=names)
+    with pytest.raises(DataSourceError) as raised:
+        load_npz(tmp_path / "long.npz")
+    assert str(raised.value) == (
+        f"data at '{tmp_path / 'long.npz'}': class names repeat: '{'n' * 39}…'"
+    )
+    # The CLI's line is capped whatever a message holds.
+    assert run_command("kd_keras", lambda: load_npz(tmp_path / "long.npz")) == 2
+    assert run_command("kd_keras", lambda: (_ for _ in ()).throw(DataSourceError("d", "x" * 10**5)))
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].endswith("'" + "n" * 39 + "…'")
+    assert len(err[1]) <= len("kd_keras: error: ") + 400 and "characters left out" in err[1]
 
 
 def test_committed_results_cite_their_data_by_file_name_and_fingerprint():

@@ -432,3 +432,18 @@ def test_tensorflow_start_up_lines_only_with_verbose_or_the_users_level(exported
         assert (search.returncode, search.stderr) == (0, ""), front_end
         assert search.stdout.startswith("usage:")
         assert "oneDNN" in _cli([*front_end, "--help", "--verbose"]).stderr
+
+
+def test_evaluate_names_a_bad_keras_file_a_model_file(tmp_path, capsys):
+    import numpy as np
+
+    x, y = (
+        np.random.default_rng(0).integers(0, 256, (24, 8, 8, 3), dtype=np.uint8),
+        np.arange(24) % 2,
+    )
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y)
+    (tmp_path / "bad.keras").write_bytes(b"not a zip")
+    assert main(["evaluate", str(tmp_path / "bad.keras"), "--data", str(tmp_path / "d.npz")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: model file '{tmp_path / 'bad.keras'}' is not a loadable Keras model" in err
+    assert "teacher" not in err

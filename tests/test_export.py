@@ -620,8 +620,8 @@ def test_export_continues_after_the_leftovers_of_a_kill(tiny_run, tmp_path, monk
     complete = (stage_dir / "float32.tflite").read_bytes(), (stage_dir / "float32.json").read_text()
     (stage_dir / "saved_model" / "variables").mkdir(parents=True)
     (stage_dir / "saved_model" / "saved_model.pb").write_bytes(b"orphan")
-    (stage_dir / ".saved_model.partial-k1ll" / "saved_model").mkdir(parents=True)
-    (stage_dir / ".float16.x7.tmp.tflite").write_bytes(b"half")
+    (stage_dir / ".saved_model.partial-k1ll0000" / "saved_model").mkdir(parents=True)
+    (stage_dir / ".float16.x7x7x7x7.tmp.tflite").write_bytes(b"half")
     plan = plan_exports(
         tiny_run, ["student_distilled"], export_specs(["saved_model", "litert"], ["none"])
     )

@@ -590,8 +590,8 @@ def _fake_run(folder):
     (export / "saved_model" / "variables" / "variables.index").write_bytes(b"i")
     (export / "int8.tflite").write_bytes(b"tfl")
     (export / "int8.json").write_text("{}")
-    (export / ".saved_model.partial-ab12" / "saved_model").mkdir(parents=True)
-    (folder / "models" / ".teacher.x1.tmp.keras").write_bytes(b"half")
+    (export / ".saved_model.partial-ab12cd_4" / "saved_model").mkdir(parents=True)
+    (folder / "models" / ".teacher.x1y2z3w4.tmp.keras").write_bytes(b"half")
     return run
 
 
@@ -634,6 +634,55 @@ def test_overwrite_removes_only_kd_keras_files_and_keeps_the_users(tmp_path):
         "notes.txt": b"mine",
     }
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "models", "notes.txt"]
+
+
+def test_overwrite_keeps_user_files_that_merely_look_like_kd_keras_names(tmp_path, capsys):
+    from kd_keras.train.run_setup import prepare_run_folder
+
+    folder = tmp_path / "run"
+    _fake_run(folder)
+    mine = {
+        "models/my_finetuned.keras": b"1",
+        "history/my_notes.csv": b"2",
+        "checkpoints/my_experiment/best.npz": b"3",
+        ".draft.tmp_keep": b"4",
+        ".thesis.old-v1/chapter1.tex": b"5",
+    }
+    for name, data in mine.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    prepare_run_folder(folder, RunConfig.from_preset("smoke", verbose=1), overwrite=True)
+    assert _snapshot(folder) == mine
+    note = capsys.readouterr().out.strip()
+    assert note.startswith("kd_keras: kept 5 entries") and "\n" not in note
+    assert "'.draft.tmp_keep', '.thesis.old-v1', 'checkpoints/my_experiment'" in note
+
+
+def test_resume_of_a_finished_run_names_its_missing_models(tmp_path):
+    from kd_keras.errors import RunFolderError
+
+    folder = tmp_path / "run"
+    run = _fake_run(folder)
+    for stage in ("student_baseline", "student_distilled", "student_distilled_tuned"):
+        run.stage_file(stage).write_text("{}")
+        run.model_file(stage).write_bytes(b"PK model")
+    run.check_finished_models()  # Every model there: resumes.
+    run.model_file("teacher").unlink()
+    run.model_file("student_distilled_tuned").unlink()
+    before = _snapshot(folder)
+    with pytest.raises(RunFolderError) as raised:
+        run_pipeline(RunConfig.from_preset("smoke", verbose=0), folder, resume=True)
+    assert str(raised.value) == (
+        f"run '{folder}': 'models/teacher.keras', 'models/student_distilled_tuned.keras' of "
+        "finished stages are missing; restore them from a copy, or delete 'stages/teacher.json', "
+        "'stages/student_distilled_tuned.json' so the stage trains again (from its checkpoint), "
+        "then resume"
+    )
+    assert _snapshot(folder) == before
+    # While a student stage is still to train, a resume rebuilds the teacher's model.
+    run.stage_file("student_distilled").unlink()
+    run.model_file("student_distilled_tuned").write_bytes(b"PK model")
+    run.check_finished_models()
 
 
 def test_overwrite_refuses_unknown_files_in_a_folder_removed_whole(tmp_path):

@@ -144,13 +144,13 @@ def test_removal_plan_lists_only_kd_keras_names_and_never_follows_links(tmp_path
     (outside / "x.keras").write_text("someone's")
     run.models_dir.symlink_to(outside)  # kd_keras's name: the link itself goes.
     (run.path / "photos").symlink_to(outside)  # Not kd_keras's: stays.
-    (run.stages_dir / ".teacher.ab.tmp.json").write_text("half")
+    (run.stages_dir / ".teacher.ab12cd34.tmp.json").write_text("half")
     plan = run.removal_plan()
     rel = lambda paths: sorted(str(p.relative_to(run.path)) for p in paths)  # noqa: E731
     assert rel(plan.files) == [
         "config.json",
         "models",
-        "stages/.teacher.ab.tmp.json",
+        "stages/.teacher.ab12cd34.tmp.json",
         "stages/teacher.json",
     ]
     assert rel(plan.folders) == ["stages"] and plan.trees == [] and plan.refused == []

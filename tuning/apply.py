@@ -17,12 +17,10 @@ from kd_keras import (
 from kd_keras.errors import RunFolderError
 from kd_keras.report.results import load_stage_rows, write_results
 from kd_keras.run_folder import RunFolder
-from kd_keras.stages import STAGES
+from kd_keras.stages import STAGES, TUNED_STAGE
 from kd_keras.train.pipeline import Pipeline
 
 from .report import load_best
-
-TUNED_STAGE = "student_distilled_tuned"
 
 
 def check_run_folder(run_dir):

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from kd_keras.errors import DatasetError
+from kd_keras.text import clip
 
 # Environment variables: where CIFAR-10 is, and where its decoded cache goes.
 DATA_ENV_VAR = "KD_KERAS_CIFAR10"
@@ -175,16 +176,20 @@ def _check_member(member, archive):
     name = member.name
     parts = Path(name).parts
     if name.startswith(("/", "\\")) or ".." in parts or os.path.isabs(name):
-        raise DatasetError(archive, f"refusing archive member '{name}' that escapes its folder")
+        raise DatasetError(
+            archive, f"refusing archive member '{clip(name)}' that escapes its folder"
+        )
     if member.issym() or member.islnk():
-        raise DatasetError(archive, f"refusing link member '{name}' (archives may not hold links)")
+        raise DatasetError(
+            archive, f"refusing link member '{clip(name)}' (archives may not hold links)"
+        )
     if not (member.isfile() or member.isdir()):
-        raise DatasetError(archive, f"refusing special archive member '{name}'")
+        raise DatasetError(archive, f"refusing special archive member '{clip(name)}'")
     if member.size > MAX_BATCH_BYTES:
         # Checked from the header, before the member is read or skipped.
         raise DatasetError(
             archive,
-            f"refusing archive member '{name}' of {member.size:,} bytes, more than "
+            f"refusing archive member '{clip(name)}' of {member.size:,} bytes, more than "
             f"a CIFAR-10 batch can have ({MAX_BATCH_BYTES:,})",
         )
 
@@ -207,7 +212,7 @@ def _read_archive(archive):
                 name = member.name.lstrip("./")
                 if name in wanted:
                     if name in found:
-                        raise DatasetError(archive, f"the archive holds '{name}' twice")
+                        raise DatasetError(archive, f"the archive holds '{clip(name)}' twice")
                     found[name] = tar.extractfile(member).read()
     except DatasetError:
         raise

@@ -8,11 +8,14 @@ what the data was, so that `--data NEW` (on `--resume`, `evaluate --run`,
 ```
 {"name": "cifar-10-python.tar.gz", "classes": [...], "image_shape": [32, 32, 3],
  "counts": {"train": 50000, "test": 10000},
- "labels_sha256": "...", "pixels_sha256": "...", "file": {"bytes": ..., "mtime": ...}}
+ "labels_sha256": "...", "pixels": "all", "pixels_sha256": "...",
+ "file": {"bytes": ..., "mtime": ...}}
 ```
 
-The labels are hashed in full, the pixels through an evenly spaced sample
-of `SAMPLE` images of each split (cheap for any size). `file` (a regular
+The labels and every pixel are hashed (sha256, about 1 GB/s). A fingerprint
+without `"pixels": "all"` was recorded by an older kd_keras from an evenly
+spaced sample of `SAMPLE` images of each split; such a run's data is still
+checked like with like (`pixels_method`: the sample is hashed again). `file` (a regular
 file's size and mtime) is informative: the same data in another form (an
 extracted folder, a copy) has other file facts and the same fingerprint.
 
@@ -28,7 +31,8 @@ import numpy as np
 from kd_keras.errors import DataSourceError
 from kd_keras.text import short_list
 
-SAMPLE = 64
+SAMPLE = 64  # Images per split in an older, sampled fingerprint.
+ALL_PIXELS = "all"  # The `pixels` value of a fingerprint over every pixel.
 # The keys compared; `name` and `file` only describe where it was.
 COMPARED = ("classes", "image_shape", "counts", "labels_sha256", "pixels_sha256")
 
@@ -40,7 +44,13 @@ def _sample(images):
     return images[index]
 
 
-def data_fingerprint(source, train, test, classes):
+def pixels_method(recorded):
+    """How to hash the pixels to compare with the fingerprint `recorded`
+    (`None`: a new one): `ALL_PIXELS`, or `"sample"` for an older one."""
+    return ALL_PIXELS if not recorded or recorded.get("pixels") == ALL_PIXELS else "sample"
+
+
+def data_fingerprint(source, train, test, classes, pixels=ALL_PIXELS):
     """The fingerprint of loaded data.
 
     Args:
@@ -48,22 +58,30 @@ def data_fingerprint(source, train, test, classes):
         train, test: `(images, labels)` as `kd_keras.data.sources.load_source`
             returns them (before the validation split).
         classes: the class names.
+        pixels: `ALL_PIXELS`, or `"sample"` (only to compare with an older
+            fingerprint, `pixels_method`).
 
     Returns:
         A JSON-ready dict (see the module docstring).
     """
-    labels, pixels = hashlib.sha256(), hashlib.sha256()
+    labels, pixels_hash = hashlib.sha256(), hashlib.sha256()
     for images, y in (train, test):
         labels.update(np.ascontiguousarray(y, dtype="<i8").tobytes())
-        pixels.update(np.ascontiguousarray(_sample(images)).tobytes())
+        if pixels == ALL_PIXELS:
+            # A flat view, not a copy: CIFAR-10's 150 MB are hashed in place.
+            pixels_hash.update(np.ascontiguousarray(images).reshape(-1).view(np.uint8))
+        else:
+            pixels_hash.update(np.ascontiguousarray(_sample(images)).tobytes())
     fingerprint = {
         "name": None if source is None else Path(str(source)).expanduser().name,
         "classes": [str(name) for name in classes],
         "image_shape": [int(d) for d in train[0].shape[1:]],
         "counts": {"train": int(len(train[1])), "test": int(len(test[1]))},
         "labels_sha256": labels.hexdigest(),
-        "pixels_sha256": pixels.hexdigest(),
+        "pixels_sha256": pixels_hash.hexdigest(),
     }
+    if pixels == ALL_PIXELS:
+        fingerprint["pixels"] = ALL_PIXELS
     if source is not None:
         try:
             info = os.stat(Path(str(source)).expanduser())

@@ -6,7 +6,8 @@ Keras-free (Pillow is imported when an image is read). The layout, the
 regular file of at most `MAX_IMAGE_BYTES`, at most `MAX_IMAGE_PIXELS`
 pixels, at most `MAX_IMAGE_SIDE` pixels a side without `--image-size`.
 Symbolic links to class folders, to `train/` or `test/`, to subfolders, and
-images whose link leads out of the data folder are refused.
+images whose link leads out of the data folder are refused, and so are two
+entries that are one file (a link or hard link: one image, counted twice).
 """
 
 import os
@@ -23,7 +24,7 @@ from kd_keras.data.source_checks import (
     too_big,
 )
 from kd_keras.errors import DataSourceError
-from kd_keras.text import short_list
+from kd_keras.text import clip, short_list
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MAX_IMAGE_BYTES = 64 << 20
@@ -80,6 +81,26 @@ def _image_files(folder, root):
             if len(files) > MAX_IMAGES:
                 raise DataSourceError(folder, f"more than {MAX_IMAGES:,} images")
     return files
+
+
+def _check_distinct_files(paths, root):
+    """Refuses two entries that are one file (a link, or a hard link): the
+    image would count twice, perhaps under two labels."""
+    seen = {}
+    for path in paths:
+        try:
+            info = os.stat(path)  # Follows a link: the file it names.
+        except OSError as error:
+            raise DataSourceError(
+                path, f"cannot read the image ({error.strerror or error})"
+            ) from None
+        first = seen.setdefault((info.st_dev, info.st_ino), path)
+        if first != path:
+            raise DataSourceError(
+                root,
+                f"'{clip(first.relative_to(root))}' and '{clip(path.relative_to(root))}' are the "
+                "same file (a link or hard link), so the image would count twice; keep one",
+            )
 
 
 def _image_header(path, image_size):
@@ -152,6 +173,7 @@ def _read_class_folders(root, image_size, names=None):
     files = [(label, path) for label, f in enumerate(folders) for path in _image_files(f, root)]
     if len(files) > MAX_IMAGES:
         raise DataSourceError(root, f"more than {MAX_IMAGES:,} images")
+    _check_distinct_files([path for _, path in files], root)
     counts = np.bincount([label for label, _ in files], minlength=len(folders))
     empty = [found[i] for i in np.flatnonzero(counts == 0)]
     if empty:

@@ -16,7 +16,7 @@ import stat
 import numpy as np
 
 from kd_keras.errors import DataSourceError
-from kd_keras.text import short_list
+from kd_keras.text import clip, short_list
 
 TEST_FRACTION = 0.2
 MAX_IMAGES = 2_000_000
@@ -109,7 +109,7 @@ def check_per_class(labels, names, path, minimum, where):
             f"class(es) {short_list(empty)} have no images {where}; add images of them "
             "or remove them from the class names",
         )
-    few = [f"'{names[i]}' ({counts[i]})" for i in np.flatnonzero(counts < minimum)]
+    few = [f"'{clip(names[i])}' ({counts[i]})" for i in np.flatnonzero(counts < minimum)]
     if few:
         raise DataSourceError(
             path,

@@ -102,13 +102,16 @@ def prepare_splits(
         ConfigError: sizes that do not fit the data, every conflict in one
             line naming its flag.
     """
-    from kd_keras.data.fingerprint import check_fingerprint, data_fingerprint
+    from kd_keras.data.fingerprint import check_fingerprint, data_fingerprint, pixels_method
     from kd_keras.data.sources import load_source
 
     (x_train, y_train), (x_test, y_test), classes = load_source(
         source, image_size=image_size, seed=seed, cache_dir=cache_dir
     )
-    found = data_fingerprint(source, (x_train, y_train), (x_test, y_test), classes)
+    # Like with like: an older run's sampled fingerprint is checked by its sample.
+    found = data_fingerprint(
+        source, (x_train, y_train), (x_test, y_test), classes, pixels=pixels_method(fingerprint)
+    )
     if fingerprint:
         check_fingerprint(fingerprint, found, source)
     train_counts = np.bincount(y_train, minlength=len(classes))

@@ -16,7 +16,6 @@ the run's results. Complete variants are kept, so a killed export resumes.
 """
 
 import errno
-import fnmatch
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,7 +46,7 @@ from kd_keras.export.spec import (
     row_name,
     row_path,
 )
-from kd_keras.owned_files import TEMP_PATTERN, RemovalPlan, remove_planned
+from kd_keras.owned_files import RemovalPlan, is_temporary, remove_planned
 from kd_keras.run_folder import RunFolder
 
 
@@ -293,7 +292,7 @@ def remove_export_leftovers(run_dir):
 
 
 def _is_temporary(path):
-    return fnmatch.fnmatchcase(path.name, TEMP_PATTERN)
+    return is_temporary(path.name)
 
 
 def _run_images(run_dir, plan, calibration_images, seed, data, max_images):

@@ -47,6 +47,8 @@ def check_run(config, out, *, resume, overwrite):
     """
     requested = config
     config = check_run_folder(out, config, resume=resume, overwrite=overwrite)
+    if resume:
+        RunFolder(out).check_finished_models()  # Else "finished" without its models.
     apply_threading(config)  # Before TensorFlow starts (the teacher and data load next).
     # The strategy too: tf.distribute fixes its devices and cluster when it starts.
     strategy = distribute.make_strategy(config.strategy, config.devices)

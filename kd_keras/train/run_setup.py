@@ -6,7 +6,6 @@ Keras-free: the front ends check a folder with it before TensorFlow starts.
 """
 
 import errno
-import fnmatch
 import json
 import math
 import os
@@ -28,7 +27,7 @@ from kd_keras.errors import (
     RunStopped,
     is_disk_full,
 )
-from kd_keras.owned_files import TEMP_PATTERN, RemovalPlan, describe_paths, remove_planned
+from kd_keras.owned_files import RemovalPlan, describe_paths, is_temporary, remove_planned
 from kd_keras.run_folder import RunFolder
 from kd_keras.stages import STAGES
 
@@ -194,9 +193,7 @@ def prepare_run_folder(out_dir, config, *, resume=False, overwrite=False):
         run.check_real_folders()
         # A kill during a write can leave a temporary file; never a final one.
         plan = run.removal_plan()
-        remove_planned(
-            RemovalPlan(files=[p for p in plan.files if fnmatch.fnmatchcase(p.name, TEMP_PATTERN)])
-        )
+        remove_planned(RemovalPlan(files=[p for p in plan.files if is_temporary(p.name)]))
         return config
     if overwrite and out.is_dir():
         # Only what kd_keras wrote; links are unlinked, never followed.
