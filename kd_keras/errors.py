@@ -204,7 +204,7 @@ def exit_code(error):
 
 # The longest line a CLI prints for an error: a message listing many values
 # (a thousand class names) keeps its start and its end, where the fix is.
-MAX_MESSAGE_CHARS = 400
+MAX_MESSAGE_CHARS = 600  # Room for a fix naming two paths and a command.
 
 
 def shorten(text, limit=MAX_MESSAGE_CHARS):

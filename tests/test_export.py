@@ -546,7 +546,7 @@ def test_cli_exports_teacher_and_student_and_prints_the_table(smoke_run, tmp_pat
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "teacher@int8" in out and "student_distilled@int8" in out
-    assert "teacher vs distilled student (int8): the teacher is" in out
+    assert "teacher vs distilled student (int8): the teacher's file is" in out
     assert str(run / "export" / "teacher" / "int8.tflite") in out
     saved = json.loads((run / "results.json").read_text())
     assert [r["variant"] for r in saved["teacher_vs_student"]] == ["keras", "int8"]

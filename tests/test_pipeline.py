@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -40,8 +41,15 @@ def test_smoke_run_writes_the_whole_run_folder(smoke_run):
     assert progress["status"] == "finished"
     assert progress["completed_stages"] == STAGES
     assert not (out / "run.lock").exists()
-    assert RunConfig.load(out / "config.json") == RunConfig.from_preset(
-        "smoke", data=json.loads((out / "config.json").read_text())["data"], verbose=0
+    saved = RunConfig.load(out / "config.json")
+    # Recorded resolved: the teacher kd_keras trains outputs logits; the
+    # data is named with its fingerprint.
+    assert saved.teacher_outputs == "logits"
+    assert saved.data_fingerprint["name"] == "cifar-10-python.tar.gz"
+    assert saved.data_fingerprint["counts"] == {"train": 50000, "test": 10000}
+    expected = RunConfig.from_preset("smoke", data=saved.data, verbose=0)
+    assert saved == dataclasses.replace(
+        expected, teacher_outputs="logits", data_fingerprint=saved.data_fingerprint
     )
 
 
