@@ -13,7 +13,7 @@ from kd_keras.config import RunConfig, data_kind
 from kd_keras.data.image_folders import load_image_folder
 from kd_keras.data.npz import load_npz
 from kd_keras.data.source_checks import carve_test_split
-from kd_keras.errors import ConfigError, DataSourceError
+from kd_keras.errors import MAX_MESSAGE_CHARS, ConfigError, DataSourceError
 
 TINY = dict(
     teacher_depth=8,
@@ -860,7 +860,8 @@ def test_user_strings_in_data_messages_are_shortened(tmp_path, capsys):
     assert run_command("kd_keras", lambda: (_ for _ in ()).throw(DataSourceError("d", "x" * 10**5)))
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and err[0].endswith("'" + "n" * 39 + "…'")
-    assert len(err[1]) <= len("kd_keras: error: ") + 400 and "characters left out" in err[1]
+    assert len(err[1]) <= len("kd_keras: error: ") + MAX_MESSAGE_CHARS
+    assert "characters left out" in err[1]
 
 
 def test_committed_results_cite_their_data_by_file_name_and_fingerprint():
