@@ -23,6 +23,7 @@ from kd_keras.data.cifar10 import NUM_CLASSES
 from kd_keras.errors import DamagedFileError, SearchError
 from kd_keras.owned_files import describe_paths
 from kd_keras.search_folder import OBJECTIVE, SEARCH_FILE, SearchFolder
+from kd_keras.text import clip
 
 # RunConfig fields that change what a trial computes; a resumed search must
 # agree on them (the teacher's fields do not matter: the teacher is given).
@@ -143,7 +144,7 @@ def check_search_folder(folder, *, overwrite=False):
     try:
         search.saved_settings()
     except DamagedFileError as error:
-        problem = error.problem if len(error.problem) <= 100 else error.problem[:97] + "..."
+        problem = clip(error.problem, 100)
         raise SearchError(
             f"refusing to overwrite '{folder}': its {SEARCH_FILE} is not a kd_keras "
             f"search ({problem}); choose another --out"

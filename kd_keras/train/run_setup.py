@@ -30,6 +30,7 @@ from kd_keras.errors import (
 from kd_keras.owned_files import RemovalPlan, describe_paths, is_temporary, remove_planned
 from kd_keras.run_folder import RunFolder
 from kd_keras.stages import STAGES
+from kd_keras.text import clip
 
 
 def now():
@@ -149,7 +150,7 @@ def _check_overwrite(out, run):
     try:
         run.config()
     except DamagedFileError as error:
-        problem = error.problem if len(error.problem) <= 100 else error.problem[:97] + "..."
+        problem = clip(error.problem, 100)
         raise RunFolderError(
             f"refusing to overwrite '{out}': its config.json is not a kd_keras run config "
             f"({problem}); kd_keras replaces only its own runs: choose another --out"
