@@ -34,6 +34,7 @@ from kd_keras.validation import (
     STRATEGIES,
     TEACHER_OUTPUTS,
     TEACHER_PRECISIONS,
+    TEACHERS_MODES,
     parse_budget,
     validate_alpha,
     validate_counts,
@@ -43,6 +44,7 @@ from kd_keras.validation import (
     validate_optimizer,
     validate_speed_options,
     validate_teacher_options,
+    validate_teachers,
     validate_temperature,
     validate_warmup,
 )
@@ -96,7 +98,7 @@ def _flag(name):
     return RunConfig.__dataclass_fields__[name].metadata.get("flag", name)
 
 
-def _option(default, flag, help, choices=None, words=None):
+def _option(default, flag, help, choices=None, words=None, more=None):
     """A `RunConfig` field that is a run option: set by the command-line
     flag `flag` (see `kd_keras.options`).
 
@@ -108,12 +110,16 @@ def _option(default, flag, help, choices=None, words=None):
             (checked by `RunConfig.validate`, not by the parser).
         words: words the flag takes besides a value of the field's type
             (e.g. `("all",)` for a size).
+        more: a list field (without a flag of its own) that takes the
+            values of this flag given again (`--teacher a --teacher b`).
     """
     metadata = {"flag": flag, "help": help}
     if choices is not None:
         metadata["choices"] = tuple(choices)
     if words is not None:
         metadata["words"] = tuple(words)
+    if more is not None:
+        metadata["more"] = more
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -178,7 +184,23 @@ class RunConfig:
     student_depth: int = _option(15, "--student-depth", "student ResNet depth")
     student_width: int = _option(16, "--student-width", "student first-stage filters")
     # A trained teacher .keras file to reuse.
-    teacher: Optional[str] = _option(None, "--teacher", "reuse this trained teacher .keras file")
+    teacher: Optional[str] = _option(
+        None,
+        "--teacher",
+        "reuse this trained teacher .keras file; give it again to distil from several "
+        "teachers (the first is the run's teacher; see --teachers-mode)",
+        more="other_teachers",
+    )
+    # The files of `--teacher` given again: the student distils from all of
+    # them and `teacher` (MultiTeacherKD, Hinton KD's loss); None = one.
+    other_teachers: Optional[list] = None
+    teachers_mode: str = _option(
+        "mean",
+        "--teachers-mode",
+        "with several --teacher files: mean (default: the mean of their softened "
+        "distributions is the target) or weighted (one Hinton loss per teacher, equal weights)",
+        choices=TEACHERS_MODES,
+    )
     # A brought teacher near chance on the validation split is refused
     # (wrong preprocessing, class order or data); this distils from it anyway.
     accept_weak_teacher: bool = _option(
@@ -457,6 +479,13 @@ class RunConfig:
         try:
             validate_alpha(self.alpha)
             validate_temperature(self.temperature)
+            validate_teachers(
+                self.teacher,
+                self.other_teachers,
+                self.teachers_mode,
+                self.method,
+                self.logit_standardization,
+            )
             validate_method(
                 self.method,
                 self.logit_standardization,

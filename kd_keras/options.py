@@ -48,6 +48,9 @@ class Option:
             ends that offer a list; `RunConfig.validate` checks them.
         words: words the flag takes besides a value of `type` (e.g.
             `("all",)` for a size option).
+        more: a list field that takes the values of this flag given again
+            (`--teacher a --teacher b`: `teacher` "a", `other_teachers`
+            `["b"]`); `None`: a flag given again replaces its value.
     """
 
     field: str
@@ -56,6 +59,7 @@ class Option:
     help: str
     choices: typing.Optional[tuple] = None
     words: tuple = ()
+    more: typing.Optional[str] = None
 
 
 def _value_type(field):
@@ -87,6 +91,7 @@ def _build_options():
                 help=field.metadata["help"],
                 choices=tuple(choices) if choices is not None else None,
                 words=tuple(field.metadata.get("words", ())),
+                more=field.metadata.get("more"),
             )
         )
     return tuple(options)
@@ -139,6 +144,21 @@ def _comma_list(flag):
         return items
 
     return parse
+
+
+class _FirstAndMore(argparse.Action):
+    """A flag whose first value goes to `dest` and whose values given
+    again are appended to the list `more` (an `Option.more`)."""
+
+    def __init__(self, *args, more, **kwargs):
+        self.more = more
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is None:
+            setattr(namespace, self.dest, values)
+        else:
+            setattr(namespace, self.more, [*(getattr(namespace, self.more, None) or []), values])
 
 
 def _with_words(kind, words, flag):
@@ -195,6 +215,18 @@ def add_run_options(parser, fields=None, help_texts=None):
         kind = _comma_list(option.flag) if option.type is list else option.type
         if option.words:
             kind = _with_words(kind, option.words, option.flag)
+        if option.more:
+            parser.add_argument(
+                option.flag,
+                dest=option.field,
+                type=kind,
+                default=None,
+                help=text,
+                action=_FirstAndMore,
+                more=option.more,
+            )
+            parser.set_defaults(**{option.more: None})
+            continue
         parser.add_argument(option.flag, dest=option.field, type=kind, default=None, help=text)
     return options
 
@@ -221,6 +253,8 @@ def overrides_from_args(args, fields=None):
             )
         if values[option.field] is not None:
             overrides[option.field] = values[option.field]
+        if option.more and values.get(option.more):
+            overrides[option.more] = list(values[option.more])
     return overrides
 
 
@@ -261,7 +295,8 @@ def command_line_flags(settings):
         settings: `{field: value}` of run options. `None`, empty strings
             and empty lists (unset form fields) add nothing; a `bool` adds
             its flag when `True` and nothing when `False` (the default); a
-            list is joined with commas.
+            list is joined with commas; the list field of an option's
+            `more` repeats its flag (`--teacher a --teacher b`).
 
     Returns:
         A list of argv strings, in `RUN_OPTIONS` order, e.g.
@@ -273,8 +308,10 @@ def command_line_flags(settings):
     """
     if not isinstance(settings, collections.abc.Mapping):
         raise ValueError(f"settings must be a dict of {{field: value}}, got {settings!r}")
+    more = {option.more: option for option in RUN_OPTIONS if option.more}
     for field in settings:
-        option_for(field)  # Unknown fields raise, naming the run options.
+        if field not in more:
+            option_for(field)  # Unknown fields raise, naming the run options.
     argv = []
     for option in RUN_OPTIONS:
         value = settings.get(option.field)
@@ -289,9 +326,16 @@ def command_line_flags(settings):
             if value:
                 argv.append(option.flag)
             continue
-        text = _flag_value(option, value)
-        if text.startswith("-"):
-            argv.append(f"{option.flag}={text}")
-        else:
-            argv += [option.flag, text]
+        values = [value]
+        if option.more:  # The flag again for each value of its list field.
+            extra = settings.get(option.more) or []
+            if not isinstance(extra, (list, tuple)):
+                raise ValueError(f"{option.more} must be a list, got {extra!r}")
+            values += list(extra)
+        for item in values:
+            text = _flag_value(option, item)
+            if text.startswith("-"):
+                argv.append(f"{option.flag}={text}")
+            else:
+                argv += [option.flag, text]
     return argv

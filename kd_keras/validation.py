@@ -47,6 +47,23 @@ COUNT_RANGES = {
 }
 # Distillation methods of `--method` (kd_keras/distill/losses, docs/methods.md).
 METHODS = ("hinton", "dkd", "fitnets", "at")
+# Several teachers (`--teacher` given again): the target is the mean of
+# their softened distributions, or one Hinton loss per teacher
+# (kd_keras/distill/losses/multi_teacher.py).
+TEACHERS_MODES = ("mean", "weighted")
+MAX_TEACHERS = 8
+# The RunConfig fields of the method and its hyperparameters (one `--flag`
+# each), in the order front ends show them.
+METHOD_FIELDS = (
+    "method",
+    "logit_standardization",
+    "dkd_alpha",
+    "dkd_beta",
+    "dkd_warmup_epochs",
+    "hint_layer",
+    "hint_weight",
+    "at_beta",
+)
 
 
 def validate_alpha(alpha):
@@ -251,6 +268,47 @@ def validate_teacher_options(accept_weak_teacher, teacher_outputs):
         raise ConfigError(
             f"teacher_outputs must be one of {', '.join(TEACHER_OUTPUTS)}, got "
             f"{teacher_outputs!r}; pass --teacher-outputs auto to detect it"
+        )
+
+
+def validate_teachers(teacher, other_teachers, teachers_mode, method, logit_standardization):
+    """Raises `ValueError`, naming the bad value and the flag, for several
+    teachers that cannot be distilled from: `other_teachers` (the files of
+    `--teacher` given again) without a first `--teacher`, more than
+    `MAX_TEACHERS` files, a file given twice, or with a method other than
+    Hinton KD (the ensemble is distilled with its loss)."""
+    if teachers_mode not in TEACHERS_MODES:
+        raise ValueError(
+            f"teachers_mode must be one of {', '.join(TEACHERS_MODES)}, got "
+            f"{teachers_mode!r} (--teachers-mode)"
+        )
+    if other_teachers is None:
+        return
+    if not isinstance(other_teachers, (list, tuple)) or not all(
+        isinstance(path, str) and path.strip() for path in other_teachers
+    ):
+        raise ValueError(
+            f"other_teachers must be a list of .keras file paths, got {other_teachers!r}"
+        )
+    if not other_teachers:
+        return
+    if not teacher:
+        raise ValueError(
+            "other_teachers needs a first --teacher file: give --teacher once per trained teacher"
+        )
+    paths = [teacher, *other_teachers]
+    if len(paths) > MAX_TEACHERS:
+        raise ValueError(
+            f"at most {MAX_TEACHERS} --teacher files can be distilled from at once, got {len(paths)}"
+        )
+    for index, path in enumerate(paths):
+        if path in paths[:index]:
+            raise ValueError(f"--teacher {path!r} is given twice; give each teacher once")
+    if method != "hinton" or logit_standardization:
+        used = "--logit-standardization" if method == "hinton" else f"--method {method}"
+        raise ValueError(
+            f"several --teacher files are distilled with Hinton KD's loss, not with {used}; "
+            "drop the extra --teacher files or that flag"
         )
 
 

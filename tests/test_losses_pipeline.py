@@ -212,3 +212,123 @@ def test_smoke_run_of_every_method_records_it(tmp_path, method):
     shipped = keras.saving.load_model(out / "models" / "student_distilled.keras")
     baseline = keras.saving.load_model(out / "models" / "student_baseline.keras")
     assert [layer.name for layer in shipped.layers] == [layer.name for layer in baseline.layers]
+
+
+# --- Several teachers: --teacher given again ---
+
+
+def test_teacher_given_again_adds_teachers_and_round_trips():
+    from kd_keras.cli import _config_from_args
+    from kd_keras.options import command_line_flags
+
+    argv = ["run", "--teacher", "a.keras", "--teacher", "b.keras", "--teacher", "c.keras"]
+    config = _config_from_args(get_args([*argv, "--teachers-mode", "weighted"]))
+    assert (config.teacher, config.other_teachers) == ("a.keras", ["b.keras", "c.keras"])
+    assert config.teachers_mode == "weighted"
+    saved = RunConfig.from_dict(json.loads(config.to_json()))
+    assert saved.other_teachers == ["b.keras", "c.keras"]
+    flags = command_line_flags({"teacher": "a.keras", "other_teachers": ["b.keras", "c.keras"]})
+    assert flags == argv[1:]
+    single = _config_from_args(get_args(["run", "--teacher", "a.keras"]))
+    assert (single.teacher, single.other_teachers, single.teachers_mode) == (
+        "a.keras",
+        None,
+        "mean",
+    )
+
+
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ({"teacher": "a.keras", "other_teachers": ["b.keras"], "method": "dkd"}, "--method dkd"),
+        (
+            {"teacher": "a.keras", "other_teachers": ["b.keras"], "logit_standardization": True},
+            "--logit-standardization",
+        ),
+        ({"teacher": "a.keras", "other_teachers": ["a.keras"]}, "'a.keras' is given twice"),
+        ({"other_teachers": ["b.keras"]}, "needs a first --teacher"),
+        ({"teacher": "a.keras", "other_teachers": [f"{i}.keras" for i in range(8)]}, "got 9"),
+        ({"teachers_mode": "median"}, "got 'median' (--teachers-mode)"),
+    ],
+)
+def test_bad_several_teacher_settings_are_one_line(fields, words):
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_preset("smoke", **fields)
+    assert words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_compile_distiller_distils_from_every_teacher():
+    from kd_keras.distill.losses import MultiTeacherKD
+    from kd_keras.train import recipe
+
+    teacher, student = resnets()
+    other = build_resnet(8, width=4, input_shape=(8, 8, 3), num_classes=4, name="other")
+    config = RunConfig.from_preset("smoke", teachers_mode="weighted")
+    distiller = recipe.compile_distiller(
+        student, teacher, config, "sgd", temperature=2.0, other_teachers=[other]
+    )
+    (loss,) = distiller.distillation_losses
+    assert isinstance(loss, MultiTeacherKD) and loss.mode == "weighted"
+    assert loss.temperature == 2.0 and loss.other_teachers == [other]
+    x, _ = image_data()
+    t1, t2, s = (
+        np.asarray(m(x, training=False), dtype="float64") for m in (teacher, other, student)
+    )
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def kl(p, q):
+        return np.sum(p * (np.log(p) - np.log(q)), axis=-1)
+
+    expected = np.mean(sum(0.5 * 4.0 * kl(softmax(t / 2.0), softmax(s / 2.0)) for t in (t1, t2)))
+    _, _, value = distiller.compute_losses(
+        np.zeros(len(x), dtype="int32"),
+        t1,
+        s,
+        other_teacher_logits={0: [t2]},
+    )
+    assert float(value) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_smoke_run_with_several_teachers(tmp_path, capsys):
+    data = tiny_npz(tmp_path / "d.npz")
+    teachers = []
+    for index in range(2):
+        keras.utils.set_random_seed(index)
+        path = tmp_path / f"t{index}.keras"
+        build_resnet(8, width=4, input_shape=(8, 8, 3), num_classes=4, name=f"t{index}").save(path)
+        teachers.append(str(path))
+    argv = ["run", "--preset", "smoke", "--data", str(data), "--quiet"]
+    argv += ["--val-size", "20", "--student-epochs", "1", "--accept-weak-teacher"]
+    argv += ["--train-per-class", "15", "--val-per-class", "5", "--test-per-class", "10"]
+    argv += ["--student-width", "4", "--student-depth", "8"]
+    # A softmax teacher among them is refused in one line, before any stage.
+    softmax = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(4, "softmax")]
+    )
+    softmax.save(tmp_path / "p.keras")
+    bad = [*argv, "--out", str(tmp_path / "bad"), "--teacher", teachers[0]]
+    assert main([*bad, "--teacher", str(tmp_path / "p.keras")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # After the weak-teacher warning.
+    assert (
+        error.startswith("kd_keras: error: teacher '") and "p.keras' outputs probabilities" in error
+    )
+    assert not (tmp_path / "bad" / "stages").exists()
+    assert main([*bad, "--teacher", str(tmp_path / "missing.keras")]) == 2
+    assert "missing.keras" in capsys.readouterr().err
+    out = tmp_path / "run"
+    argv += ["--out", str(out), "--teacher", teachers[0], "--teacher", teachers[1]]
+    assert main([*argv, "--dry-run"]) == 0  # The estimate times both teachers.
+    assert "other_teachers" in capsys.readouterr().out and not out.exists()
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["other_teachers"] == [teachers[1]] and config["teachers_mode"] == "mean"
+    row = json.loads((out / "stages" / "student_distilled.json").read_text())
+    assert row["other_teachers"] == [teachers[1]] and row["teachers_mode"] == "mean"
+    assert np.isfinite(row["distiller_val_loss"])
+    shipped = keras.saving.load_model(out / "models" / "student_distilled.keras")
+    baseline = keras.saving.load_model(out / "models" / "student_baseline.keras")
+    assert [layer.name for layer in shipped.layers] == [layer.name for layer in baseline.layers]

@@ -51,7 +51,9 @@ def calibrate(config, shape, steps_per_epoch, steps):
     """Times the run's models on one synthetic batch of `config.batch_size`
     images: `steps` training steps of the teacher and the student and as
     many forward passes of each, after one warm-up call that traces the
-    graph.
+    graph. With several teachers (`config.other_teachers`), each one's
+    forward pass is timed and added to `teacher_forward_batch_s` (all of
+    them run on every distillation batch).
 
     Returns:
         (measured, trace): median seconds per step or batch, and the
@@ -93,16 +95,29 @@ def calibrate(config, shape, steps_per_epoch, steps):
         teacher_for_inference(teacher, config.teacher_precision), images, steps
     )
     student_forward = _calibrate_forward(student, images, steps)
+    # Several teachers (`--teacher` given again): each runs on every
+    # distillation batch too.
+    others = [(0.0, 0.0)]
+    for path in config.other_teachers or ():
+        with precision_scope(config.precision):
+            other = load_teacher(path, shape["num_classes"], image_shape=shape["input_shape"])
+        others.append(
+            _calibrate_forward(
+                teacher_for_inference(other, config.teacher_precision), images, steps
+            )
+        )
     measured = {
         "teacher_train_step_s": teacher_train[1],
         "student_train_step_s": student_train[1],
-        "teacher_forward_batch_s": teacher_forward[1],
+        "teacher_forward_batch_s": teacher_forward[1] + sum(o[1] for o in others),
         "student_forward_batch_s": student_forward[1],
     }
     trace = {
         "teacher_train_trace_s": max(0.0, teacher_train[0] - teacher_train[1]),
         "student_train_trace_s": max(0.0, student_train[0] - student_train[1]),
-        "teacher_forward_trace_s": max(0.0, teacher_forward[0] - teacher_forward[1]),
+        "teacher_forward_trace_s": sum(
+            max(0.0, first - median) for first, median in [teacher_forward, *others]
+        ),
     }
     return measured, trace
 

@@ -41,7 +41,7 @@ from kd_keras.train.callbacks import (
     repair_history,
 )
 from kd_keras.train.measure import measure_model, resnet_depth, save_model
-from kd_keras.train.preflight import check_run, data_contract
+from kd_keras.train.preflight import check_run, data_contract, load_other_teachers
 from kd_keras.train.recipe import compile_classifier, make_optimizer
 from kd_keras.train.run_setup import (
     ProgressFile,
@@ -278,6 +278,10 @@ class Pipeline:
         student = self.student_initial_weights()
         # The frozen teacher may run in lower precision; the student not.
         teacher = teacher_for_inference(teacher, c.teacher_precision)
+        others = [
+            teacher_for_inference(other, c.teacher_precision)
+            for other in load_other_teachers(c, self.splits)
+        ]
         distiller = recipe.compile_distiller(
             student,
             teacher,
@@ -285,6 +289,7 @@ class Pipeline:
             make_optimizer(c, self.steps_per_epoch, c.student_epochs),
             temperature=temperature,
             alpha=alpha,
+            other_teachers=others,
             **self.compile_options(),
         )
         recipe.seed_training(c)

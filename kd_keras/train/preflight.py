@@ -65,6 +65,11 @@ def check_run(config, out, *, resume, overwrite):
     teacher_to_load = config.teacher and not RunFolder(out).is_complete("teacher")
     if teacher_to_load:
         check_teacher_file(config.teacher)  # Before the data loads.
+    others_to_load = (
+        [] if RunFolder(out).is_complete("student_distilled") else list(config.other_teachers or ())
+    )
+    for path in others_to_load:
+        check_teacher_file(path)
     splits = splits_for(config, batch_size=config.batch_size)
     if resume:
         check_resumed_data(out, requested, config, splits)
@@ -91,10 +96,49 @@ def check_run(config, out, *, resume, overwrite):
             verbose=config.verbose,
             refuse=not config.accept_weak_teacher,
         )
+    if others_to_load:
+        load_other_teachers(config, splits, check=True)
     # What the teacher and student imply (classes, image size, output kind,
     # sizes) is checked before any stage trains; "auto" is resolved.
     config = check_models(config, out, splits, reused_teacher)
     return CheckedRun(config, choice, strategy, splits, reused_teacher)
+
+
+def load_other_teachers(config, splits, *, check=False):
+    """The loaded `config.other_teachers` (`--teacher` given again).
+
+    Each is loaded as the first teacher is (`load_teacher`: its classes and
+    image size against the data) and must output logits, which the
+    ensemble's loss softens. With `check`, each is also tried on the
+    validation split and refused near chance (unless
+    `--accept-weak-teacher`), as the first teacher is.
+
+    Raises:
+        TeacherError: a file that is no usable teacher, one that ends in a
+            softmax or sigmoid, or (with `check`) one near chance.
+    """
+    contract = data_contract(splits)
+    teachers = []
+    for path in config.other_teachers or ():
+        name = f"'{path}'"
+        teacher = load_teacher(path, contract["num_classes"], image_shape=contract["input_shape"])
+        kind = resolve_teacher_outputs(teacher, "auto", name=name, images=_probe_images(splits))
+        if kind != "logits":
+            raise TeacherError(
+                f"teacher {name} outputs {kind}; several teachers are distilled from their "
+                "logits: rebuild it without its final softmax (keras.applications: "
+                "classifier_activation=None)"
+            )
+        if check:
+            teacher_sanity_check(
+                teacher,
+                splits,
+                name=name,
+                verbose=config.verbose,
+                refuse=not config.accept_weak_teacher,
+            )
+        teachers.append(teacher)
+    return teachers
 
 
 def data_contract(splits):

@@ -39,6 +39,7 @@ from kd_keras.config import RunConfig
 from kd_keras.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES
 from kd_keras.distill.distiller import Distiller
 from kd_keras.distill.losses.methods import method_losses
+from kd_keras.distill.losses.multi_teacher import MultiTeacherKD
 from kd_keras.distill.teacher import resolve_teacher_outputs
 from kd_keras.models.zoo import build_model
 from kd_keras.train.speed import precision_scope
@@ -264,7 +265,15 @@ def compile_classifier(model, optimizer, **compile_options):
 
 
 def compile_distiller(
-    student, teacher, config, optimizer, *, temperature=None, alpha=None, **compile_options
+    student,
+    teacher,
+    config,
+    optimizer,
+    *,
+    temperature=None,
+    alpha=None,
+    other_teachers=None,
+    **compile_options,
 ):
     """A compiled `Distiller` of `student` and `teacher`.
 
@@ -283,6 +292,10 @@ def compile_distiller(
         optimizer: the student's optimizer (`make_optimizer`).
         temperature: T, overriding `config.temperature` (a search trial's).
         alpha: the hard-label weight, overriding `config.alpha`.
+        other_teachers: more trained teachers (logits `keras.Model`s, as
+            `teacher` runs): the student distils from all of them with
+            `MultiTeacherKD` in `config.teachers_mode` (Hinton KD's loss,
+            at T); `None` or empty: `config.method`'s losses.
         **compile_options: more keywords of `keras.Model.compile` (e.g.
             `steps_per_execution`, `jit_compile`).
 
@@ -301,6 +314,15 @@ def compile_distiller(
     outputs = resolve_teacher_outputs(teacher, config.teacher_outputs)
     # config.method's losses; None: the default Hinton loss with T.
     losses, weights = method_losses(config, temperature)
+    if other_teachers:
+        losses = [
+            MultiTeacherKD(
+                list(other_teachers),
+                mode=config.teachers_mode,
+                temperature=config.temperature if temperature is None else temperature,
+            )
+        ]
+        weights = [1.0]
     distiller = Distiller(
         student=student,
         teacher=teacher,

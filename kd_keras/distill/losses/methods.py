@@ -45,6 +45,10 @@ def method_losses(config, temperature=None):
 def method_summary(config):
     """The method and the hyperparameters it uses, for a results row."""
     summary = {"method": config.method}
+    if getattr(config, "other_teachers", None):
+        summary.update(
+            other_teachers=list(config.other_teachers), teachers_mode=config.teachers_mode
+        )
     if config.method in ("hinton", "dkd"):
         summary["logit_standardization"] = config.logit_standardization
     if config.method == "dkd":

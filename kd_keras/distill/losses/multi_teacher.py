@@ -62,7 +62,10 @@ class MultiTeacherKD(DistillationLoss):
     def per_example(self, teacher_outputs, student_outputs, y=None, training=None):
         temperature = self.temperature
         student = keras.ops.softmax(student_outputs / temperature, axis=-1)
-        softened = [keras.ops.softmax(t / temperature, axis=-1) for t in teacher_outputs]
+        softened = [
+            keras.ops.softmax(keras.ops.cast(t, "float32") / temperature, axis=-1)
+            for t in teacher_outputs
+        ]
         if self.mode == "mean":
             target = sum(softened) / float(len(softened))
             return temperature**2 * keras.losses.kl_divergence(target, student)
