@@ -34,7 +34,7 @@ def tune(argv):
     if message is not None:
         return _refuse(message)
     start_tensorflow(verbose="--verbose" in argv)  # Quietly, before the search imports Keras.
-    return importlib.import_module(f"{package}.__main__").main(argv)
+    return importlib.import_module(f"{package}.__main__").main(argv, prog="kd-keras tune")
 
 
 def page_script():

@@ -27,12 +27,16 @@ SEARCH_PLOT = "search.png"
 TRIAL_FILE = "kd_trial.json"  # Per trial folder: wall time and epochs.
 TUNERS = ("random", "bayesian", "hyperband")  # `--tuner`; the first is the default.
 MAX_TRIALS = 1000  # `--trials`: each trial keeps a folder and a checkpoint.
+MAX_WORKERS = 64  # `--workers`: local worker processes under one chief.
+MAX_TRIAL_SEEDS = 100  # `--trial-seeds`: each seed trains the trial once more.
 OBJECTIVE = "val_accuracy"
 # The columns of `trials.csv`.
 TRIAL_COLUMNS = (
     "trial_id",
     "temperature",
     "alpha",
+    "method",  # The trial's distillation method (searched, or the config's).
+    "dkd_beta",  # DKD's beta, in trials whose method is "dkd".
     "val_accuracy",
     "val_loss",
     "epochs",

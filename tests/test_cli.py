@@ -427,10 +427,13 @@ def test_tensorflow_start_up_lines_only_with_verbose_or_the_users_level(exported
         assert loud.returncode == 0, loud.stderr[-2000:]
         assert "oneDNN" in loud.stderr  # (cuInit too where CUDA libraries are installed)
     # The search's front end: its own output first, nothing from TensorFlow.
-    for front_end in (["tuning"], ["kd_keras", "tune"]):
+    for front_end, prog in (
+        (["tuning"], "python -m tuning"),
+        (["kd_keras", "tune"], "kd-keras tune"),
+    ):
         search = _cli([*front_end, "--help"])
         assert (search.returncode, search.stderr) == (0, ""), front_end
-        assert search.stdout.startswith("usage:")
+        assert search.stdout.startswith(f"usage: {prog} ")
         assert "oneDNN" in _cli([*front_end, "--help", "--verbose"]).stderr
 
 

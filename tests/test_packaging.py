@@ -220,6 +220,8 @@ def test_pip_install_into_a_fresh_environment_imports_from_outside_the_repo(tmp_
         )
         assert help_text.returncode == 0, (argv, help_text.stderr[-1000:])
         assert "usage:" in help_text.stdout
+        if argv[0] == "kd-keras-tune" or argv[1:2] == ["tune"]:
+            assert help_text.stdout.startswith(f"usage: {' '.join(argv[:-1])} ")
     assert "--teacher" in help_text.stdout  # The search's own flags.
     _app_answers_on_localhost(env_dir / "bin" / "kd-keras", tmp_path)
 

@@ -132,6 +132,86 @@ def test_search_space_declares_log_temperature_and_fixed_values():
     assert {type(h).__name__ for h in hp.space} == {"Fixed"}
 
 
+@pytest.mark.parametrize(
+    "fields, bad",
+    [
+        (dict(methods=("hinton", "crd")), "'crd'"),
+        (dict(methods=()), "()"),
+        (dict(methods=("dkd", "dkd")), "['dkd', 'dkd']"),
+        (dict(methods=("hinton",), dkd_beta_range=(1.0, 8.0)), "['hinton']"),
+        (dict(dkd_beta_range=(8.0, 2.0)), "[8, 2]"),
+        (dict(dkd_beta_range=(0.0, 2.0)), "[0, 2]"),
+        (dict(dkd_beta_range=(2.0,)), "(2.0,)"),
+    ],
+)
+def test_search_space_rejects_bad_methods_naming_the_value(fields, bad):
+    with pytest.raises(ValueError) as error:
+        SearchSpace(**fields)
+    assert bad in str(error.value)
+
+
+def test_search_space_declares_methods_and_dkd_beta_only_for_dkd():
+    space = SearchSpace(methods=["hinton", "dkd"], dkd_beta_range=[2.0, 16.0])
+    assert space.methods == ("hinton", "dkd")  # Lists are held as tuples.
+    assert SearchSpace(**json.loads(json.dumps(space.to_dict()))) == space
+    config = tiny_config()
+    seen = {}
+    for seed in range(12):
+        hp = keras_tuner.HyperParameters()
+        hp.values["method"] = ("hinton", "dkd")[seed % 2]
+        _, _, changes = space.declare_trial(hp, config)
+        seen[changes["method"]] = changes
+        assert ("dkd_beta" in changes) == (changes["method"] == "dkd")
+    assert set(seen) == {"hinton", "dkd"}
+    assert 2.0 <= seen["dkd"]["dkd_beta"] <= 16.0
+    declared = {h.name: h for h in hp.space}
+    assert declared["dkd_beta"].sampling == "log"
+    assert declared["dkd_beta"].conditions  # Active only for method dkd.
+    # The default trial: Hinton KD at the config's T and alpha.
+    assert space.default_values(4.0, 0.3) == {"temperature": 4.0, "alpha": 0.3, "method": "hinton"}
+    assert SearchSpace(methods=("at", "dkd")).default_values(4.0, 0.3)["method"] == "at"
+    assert "method" not in SPACE.default_values(4.0, 0.3)
+    # A fixed method that is not DKD cannot have DKD's beta searched.
+    with pytest.raises(ValueError, match="method is 'hinton'"):
+        SearchSpace(dkd_beta_range=(1.0, 4.0)).check_config(config)
+    SearchSpace(dkd_beta_range=(1.0, 4.0)).check_config(tiny_config(method="dkd"))
+    with pytest.raises(ValueError, match="'fitnets' cannot be searched"):
+        SearchSpace(methods=("dkd", "fitnets")).check_config(
+            tiny_config(logit_standardization=True)
+        )
+
+
+def test_a_search_of_methods_records_each_trials_method(teacher_path, tiny_splits, tmp_path):
+    space = SearchSpace(
+        fixed_temperature=4.0,
+        fixed_alpha=0.3,
+        methods=("hinton", "dkd", "at", "fitnets"),
+        dkd_beta_range=(2.0, 16.0),
+    )
+    result = search(tmp_path / "methods", teacher_path, tiny_splits, space=space, max_trials=6)
+    rows = load_trials(result.folder)
+    assert len(rows) == 6 and all(r["status"] == "COMPLETED" for r in rows)
+    trials = result.tuner.oracle.trials
+    for row in rows:
+        values = trials[row["trial_id"]].hyperparameters.values
+        assert row["method"] == values["method"]
+        if row["method"] == "dkd":
+            assert row["dkd_beta"] == pytest.approx(values["dkd_beta"])
+            assert 2.0 <= row["dkd_beta"] <= 16.0
+        else:
+            assert row["dkd_beta"] is None
+    assert rows[0]["method"] == "hinton"  # The default comes first.
+    # The feature methods ran their live teacher beside the logit cache.
+    assert {"at", "fitnets"} & {r["method"] for r in rows}
+    best = load_best(result.folder)
+    best_row = next(r for r in rows if r["trial_id"] == best["trial_id"])
+    assert best["method"] == best_row["method"]
+    assert best["default_trial_id"] == rows[0]["trial_id"]
+    saved = json.loads((result.folder / "search.json").read_text())
+    assert saved["space"]["methods"] == ["hinton", "dkd", "at", "fitnets"]
+    assert saved["config"]["method"] == "hinton"
+
+
 def test_every_trial_starts_from_the_same_student(teacher_path):
     teacher = kd_keras.load_teacher(teacher_path)
     config = tiny_config(precision="float32", teacher_precision="float32")

@@ -40,7 +40,8 @@ def check_run_folder(run_dir):
 
 
 def run_best(search_dir, run_dir, *, stage=TUNED_STAGE, data=None, verbose=None):
-    """Distils the run folder's student with the search's best T and alpha.
+    """Distils the run folder's student with the search's best T and alpha
+    (and method and DKD beta, when the search chose them).
 
     Trains the run's distilled stage again, from the same student initial
     weights, with the same recipe and data order, but with the best
@@ -86,8 +87,13 @@ def run_best(search_dir, run_dir, *, stage=TUNED_STAGE, data=None, verbose=None)
     best = load_best(search_dir)
     check_run_folder(run_dir)
     temperature, alpha = float(best["temperature"]), float(best["alpha"])
+    # A search of methods: the best trial's method (and DKD's beta).
+    method = {key: best[key] for key in ("method", "dkd_beta") if best.get(key) is not None}
     with atomic.RunLock(run_dir):
         config = RunFolder(run_dir).config()
+        for key, value in method.items():
+            setattr(config, key, value)
+        config.validate()
         if data is not None:
             config.data = str(data)
         if verbose is not None:
@@ -98,6 +104,7 @@ def run_best(search_dir, run_dir, *, stage=TUNED_STAGE, data=None, verbose=None)
             and row.get("temperature") == temperature
             and row.get("alpha") == alpha
             and row.get("epochs") == config.student_epochs
+            and all(row.get(key) == value for key, value in method.items())
         ):
             row = _train_stage(config, run_dir, stage, temperature, alpha, best, search_dir)
         write_results(run_dir, load_stage_rows(run_dir))
@@ -112,6 +119,8 @@ def _train_stage(config, run_dir, stage, temperature, alpha, best, search_dir):
     teacher = load_teacher(run.model_file("teacher"), **pipeline.teacher_contract())
     checkpoint_dir = run.checkpoint_dir(stage)
     params = {"temperature": temperature, "alpha": alpha, "epochs": config.student_epochs}
+    if config.method != "hinton":
+        params.update(method=config.method, dkd_beta=config.dkd_beta)
     if atomic.read_json(checkpoint_dir / "params.json") != params:
         # A checkpoint of other T/alpha (an older best) must not be resumed.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -3,17 +3,16 @@
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from kd_keras.config import RunConfig
 from kd_keras.errors import run_command
 from kd_keras.options import add_run_options, overrides_from_args
 from kd_keras.presets import DEFAULT_PRESET, PRESETS
 from kd_keras.run_folder import RunFolder
-from kd_keras.search_folder import MAX_TRIALS, TRIAL_COMPLETED, SearchFolder
+from kd_keras.search_folder import MAX_TRIAL_SEEDS, MAX_TRIALS, TRIAL_COMPLETED, SearchFolder
 from kd_keras.text import plural
-from kd_keras.validation import MAX_EPOCHS
-
-MAX_TRIAL_SEEDS = 100  # --trial-seeds: each seed trains the trial once more.
+from kd_keras.validation import MAX_EPOCHS, METHOD_FIELDS, METHODS
 
 # Recipe options the search takes (run options, kd_keras/options.py); the
 # rest of the recipe comes from --preset or the --apply-to run.
@@ -29,6 +28,7 @@ _CONFIG_FIELDS = (
     "batch_size",
     "learning_rate",
     "threads",
+    *METHOD_FIELDS,
 ) + tuple(
     # The teacher's output kind, where the run has that option.
     f.name
@@ -44,10 +44,19 @@ _CONFIG_HELP = {
 }
 
 
-def get_args(argv=None):
-    """Parses the command line into an `argparse.Namespace`."""
+def default_prog():
+    """How the search was invoked, for its usage line: `python -m tuning`
+    from a checkout (`python -m kd_keras.tuning` installed), else the
+    script's name (`kd-keras-tune`)."""
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return f"python -m {__package__}" if script in ("", "__main__.py", "-c") else script
+
+
+def get_args(argv=None, prog=None):
+    """Parses the command line into an `argparse.Namespace` (`prog`: the
+    command's name in its usage line; default `default_prog()`)."""
     parser = argparse.ArgumentParser(
-        prog="python -m tuning",
+        prog=prog or default_prog(),
         description="Search the distillation temperature T and weight alpha with "
         "Keras Tuner: each trial distils a fresh student (same initial weights, "
         "same data order) from a trained teacher and is scored by the student's "
@@ -121,6 +130,21 @@ def get_args(argv=None):
     )
     parser.add_argument("--alpha", type=float, help="hold alpha at this value and tune only T")
     parser.add_argument(
+        "--methods",
+        type=_method_list,
+        help="also search the distillation method: comma-separated names from "
+        f"{', '.join(METHODS)} (e.g. hinton,dkd); each method's other settings are "
+        "its flags' (default: --method's, not searched)",
+    )
+    parser.add_argument(
+        "--dkd-beta-range",
+        nargs=2,
+        type=float,
+        metavar=("MIN", "MAX"),
+        help="search DKD's beta on a log scale in trials of method dkd (with "
+        "--method dkd or dkd in --methods; default: --dkd-beta's value)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="delete the search in --out and start over"
     )
     parser.add_argument(
@@ -166,6 +190,14 @@ def get_args(argv=None):
     return parser.parse_args(argv)
 
 
+def _method_list(text):
+    """argparse `type` of `--methods`: comma-separated method names."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise argparse.ArgumentTypeError(f"--methods needs one or more method names, got {text!r}")
+    return methods
+
+
 def _space_from_args(args):
     from kd_keras.errors import SearchError
 
@@ -182,6 +214,8 @@ def _space_from_args(args):
             alpha_step=args.alpha_step,
             fixed_temperature=args.temperature,
             fixed_alpha=args.alpha,
+            methods=args.methods,
+            dkd_beta_range=args.dkd_beta_range,
         )
     except ValueError as error:
         raise SearchError(str(error)) from None
@@ -360,8 +394,9 @@ def _run(args, argv):
     return 0
 
 
-def main(argv=None):
+def main(argv=None, prog=None):
     """Runs the CLI; returns the exit code (0 ok, 1 the search failed, 2 bad input).
+    `prog` names the command in its usage line (e.g. "kd-keras tune").
 
     Example:
 
@@ -370,7 +405,7 @@ def main(argv=None):
     ...       "--tuner", "bayesian", "--trials", "12", "--epochs", "5"])
     0
     """
-    args = get_args(argv)
+    args = get_args(argv, prog)
     # keras-tuner gives up after consecutive failed trials with a
     # RuntimeError holding the last trial's traceback: the search failed.
     return run_command(

@@ -26,6 +26,7 @@ import threading
 import time
 
 from kd_keras.errors import SearchError
+from kd_keras.search_folder import MAX_WORKERS
 
 TUNER_ID = "KERASTUNER_TUNER_ID"
 ORACLE_IP = "KERASTUNER_ORACLE_IP"
@@ -35,7 +36,6 @@ CHIEF = "chief"
 MAX_WORKER_RESTARTS = 2
 # Set in a local worker's environment: it stops when the chief is gone.
 CHIEF_PID = "KD_TUNING_CHIEF_PID"
-MAX_WORKERS = 64
 
 
 def role():

@@ -1,11 +1,13 @@
 """`SearchSpace` and `DistillationHyperModel`: what a distillation search tunes.
 
-The hypermodel only varies the two knobs of Hinton et al.'s loss, the
-temperature T and the hard-label weight alpha. Everything else (student
-architecture, initial weights, optimizer, schedule, data order) is held
-fixed, so that differences between trials come from T and alpha alone.
+The hypermodel varies the two knobs of Hinton et al.'s loss, the
+temperature T and the hard-label weight alpha, and, if the space says so,
+the distillation method (`--methods`) and DKD's beta. Everything else
+(student architecture, initial weights, optimizer, schedule, data order)
+is held fixed, so that differences between trials come from those alone.
 """
 
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -22,7 +24,7 @@ from kd_keras.distill.teacher_cache import TeacherLogitCache, with_teacher_logit
 from kd_keras.errors import NonFiniteLossError
 from kd_keras.train import recipe
 from kd_keras.train.callbacks import NonFiniteLossGuard
-from kd_keras.validation import validate_temperature
+from kd_keras.validation import METHODS, validate_temperature
 
 DEFAULT_TEMPERATURE_RANGE = (1.0, 20.0)
 DEFAULT_ALPHA_RANGE = (0.0, 1.0)
@@ -59,6 +61,13 @@ class SearchSpace:
         fixed_temperature: if set, T is not tuned but held at this value
             (the range is then ignored).
         fixed_alpha: if set, alpha is not tuned but held at this value.
+        methods: if set, the distillation methods (`--method` names) a
+            trial chooses from, e.g. `("hinton", "dkd")`; `None` keeps the
+            config's method. Each method's other hyperparameters are the
+            config's.
+        dkd_beta_range: if set, `(min, max)`: DKD's non-target weight beta
+            is searched on a log scale in trials whose method is "dkd"
+            (the config's method must be "dkd", or `methods` hold it).
 
     Raises:
         ValueError: for an empty range (min >= max), a temperature <= 0, an
@@ -70,6 +79,7 @@ class SearchSpace:
     >>> space = SearchSpace(temperature_min=2, temperature_max=10,
     ...                     alpha_step=0.1)
     >>> space = SearchSpace(fixed_temperature=4.0)  # Tune alpha only.
+    >>> space = SearchSpace(methods=("hinton", "dkd"), dkd_beta_range=(1, 16))
     """
 
     temperature_min: float = DEFAULT_TEMPERATURE_RANGE[0]
@@ -80,8 +90,15 @@ class SearchSpace:
     temperature_step: Optional[float] = None
     fixed_temperature: Optional[float] = None
     fixed_alpha: Optional[float] = None
+    methods: Optional[tuple] = None
+    dkd_beta_range: Optional[tuple] = None
 
     def __post_init__(self):
+        # Lists (from JSON or a caller) are held as tuples: the space is frozen.
+        for name in ("methods", "dkd_beta_range"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
         self.validate()
 
     def validate(self):
@@ -142,10 +159,65 @@ class SearchSpace:
                         f"alpha_step must be in (0, {high - low:g}] for the range "
                         f"[{low:g}, {high:g}], got {step:g}"
                     )
+        self._validate_methods()
         return self
 
+    def _validate_methods(self):
+        if self.methods is not None:
+            methods = self.methods
+            if (
+                not isinstance(methods, tuple)
+                or not methods
+                or not all(isinstance(m, str) for m in methods)
+            ):
+                raise ValueError(
+                    f"methods must be a non-empty list of method names, got {methods!r}"
+                )
+            unknown = [m for m in methods if m not in METHODS]
+            if unknown:
+                raise ValueError(
+                    f"unknown method {unknown[0]!r} in methods; choose from {', '.join(METHODS)}"
+                )
+            if len(set(methods)) != len(methods):
+                raise ValueError(f"methods lists a method twice: {list(methods)!r}")
+        if self.dkd_beta_range is not None:
+            if not isinstance(self.dkd_beta_range, tuple) or len(self.dkd_beta_range) != 2:
+                raise ValueError(f"dkd_beta_range must be (min, max), got {self.dkd_beta_range!r}")
+            low = _number("dkd_beta_range min", self.dkd_beta_range[0])
+            high = _number("dkd_beta_range max", self.dkd_beta_range[1])
+            if low <= 0 or low >= high:
+                raise ValueError(
+                    f"dkd_beta_range [{low:g}, {high:g}] must have 0 < min < max "
+                    "(beta is sampled on a log scale)"
+                )
+            if self.methods is not None and "dkd" not in self.methods:
+                raise ValueError(
+                    f"dkd_beta_range needs dkd among the methods, got {list(self.methods)!r}"
+                )
+
     def to_dict(self):
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        for name in ("methods", "dkd_beta_range"):
+            if values[name] is not None:
+                values[name] = list(values[name])  # As JSON holds it.
+        return values
+
+    def check_config(self, config):
+        """Raises `ValueError` if a trial of this space could not run with
+        `config` (a `RunConfig`): DKD's beta searched while the method is
+        fixed to another one, or a method the config's other settings
+        refuse (e.g. logit standardization with fitnets)."""
+        if self.dkd_beta_range is not None and self.methods is None and config.method != "dkd":
+            raise ValueError(
+                f"dkd_beta_range searches DKD's beta, but the method is {config.method!r}; "
+                "add --method dkd, or dkd to the searched methods"
+            )
+        for method in self.methods or ():
+            try:
+                dataclasses.replace(config, method=method).validate()
+            except ValueError as error:
+                raise ValueError(f"method {method!r} cannot be searched here: {error}") from None
+        return self
 
     def contains(self, temperature, alpha, tolerance=1e-6):
         """True if (T, alpha) is a value this space can produce."""
@@ -163,16 +235,52 @@ class SearchSpace:
             a_ok = self.alpha_min - tolerance <= alpha <= self.alpha_max + tolerance
         return t_ok and a_ok
 
-    def default_values(self, temperature, alpha):
+    def default_values(self, temperature, alpha, method="hinton"):
         """The hyperparameter values of the default T and alpha (a fixed knob
-        keeps its value), or `None` if they lie outside this space."""
+        keeps its value), or `None` if they lie outside this space. With
+        searched `methods`, the default is `method` (Hinton KD), or the
+        first method if that is not among them."""
         values = {
             "temperature": float(
                 temperature if self.fixed_temperature is None else self.fixed_temperature
             ),
             "alpha": float(alpha if self.fixed_alpha is None else self.fixed_alpha),
         }
-        return values if self.contains(values["temperature"], values["alpha"], 0) else None
+        if not self.contains(values["temperature"], values["alpha"], 0):
+            return None
+        if self.methods is not None:
+            values["method"] = method if method in self.methods else self.methods[0]
+        return values
+
+    def declare_trial(self, hp, config):
+        """Declares every searched hyperparameter on `hp`.
+
+        Returns:
+            `(temperature, alpha, changes)`: the trial's T and alpha, and
+            the `RunConfig` fields it changes (`method`, `dkd_beta`).
+        """
+        temperature, alpha = self.declare(hp)
+        changes = {}
+        method = config.method
+        if self.methods is not None:
+            if len(self.methods) == 1:
+                method = hp.Fixed("method", self.methods[0])
+            else:
+                method = hp.Choice("method", list(self.methods))
+            changes["method"] = method
+        if self.dkd_beta_range is not None:
+            chooses = self.methods is not None and len(self.methods) > 1
+            scope = hp.conditional_scope("method", ["dkd"]) if chooses else contextlib.nullcontext()
+            with scope:
+                beta = hp.Float(
+                    "dkd_beta",
+                    min_value=float(self.dkd_beta_range[0]),
+                    max_value=float(self.dkd_beta_range[1]),
+                    sampling="log",
+                )
+            if method == "dkd":
+                changes["dkd_beta"] = float(beta)
+        return temperature, alpha, changes
 
     def declare(self, hp):
         """Declares `temperature` and `alpha` on a `keras_tuner.HyperParameters`.
@@ -203,7 +311,8 @@ class SearchSpace:
 
 
 class DistillationHyperModel(keras_tuner.HyperModel):
-    """Builds a `kd_keras.Distiller` per trial, tuning T and alpha.
+    """Builds a `kd_keras.Distiller` per trial, tuning T and alpha (and the
+    space's methods and DKD beta).
 
     Every trial starts from the same student: the student is built once,
     seeded as `kd_keras`'s pipeline seeds its students (`config.seed + 1`),
@@ -277,6 +386,10 @@ class DistillationHyperModel(keras_tuner.HyperModel):
             raise ValueError(f"teacher must be a keras.Model, got {type(teacher).__name__}")
         self.config = (config or RunConfig()).validate()
         self.space = (space or SearchSpace()).validate()
+        try:
+            self.space.check_config(self.config)
+        except ValueError as error:
+            raise ValueError(str(error)) from None
         self.epochs = self.config.student_epochs if epochs is None else epochs
         for label, value in (("steps_per_epoch", steps_per_epoch), ("epochs", self.epochs)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -321,7 +434,7 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         Returns:
             A `kd_keras.Distiller` compiled with the trial's T and alpha.
         """
-        temperature, alpha = self.space.declare(hp)
+        temperature, alpha, changes = self.space.declare_trial(hp, self.config)
         # With trial_seeds k, keras-tuner builds each trial k times (its
         # executions_per_trial) and averages their scores: execution i
         # starts from seed i's student.
@@ -332,7 +445,7 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         distiller = recipe.compile_distiller(
             student,
             self.teacher,
-            self.config,
+            dataclasses.replace(self.config, **changes) if changes else self.config,
             recipe.make_optimizer(self.config, self.steps_per_epoch, self.epochs),
             temperature=temperature,
             alpha=alpha,
@@ -348,8 +461,8 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         distiller.optimizer.build(student.trainable_variables)
         return distiller
 
-    def _training_data(self, train_data, epochs, initial_epoch):
-        if not self.cache_teacher_logits:
+    def _training_data(self, train_data, epochs, initial_epoch, cache=True):
+        if not cache:
             return train_data(epochs, initial_epoch)
         key = id(train_data)
         if key not in self._train_caches:
@@ -398,13 +511,16 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         epochs = int(kwargs.get("epochs", 1))
         initial_epoch = int(kwargs.get("initial_epoch") or 0)
         made = False
+        # A feature method (FitNets, AT) reads the teacher's layers: its
+        # trials run the teacher on every batch, whatever the cache holds.
+        cache = self.cache_teacher_logits and not model.needs_live_teacher
         if args and callable(args[0]):
-            args = (self._training_data(args[0], epochs, initial_epoch),) + tuple(args[1:])
+            args = (self._training_data(args[0], epochs, initial_epoch, cache),) + tuple(args[1:])
             made = True
         elif callable(kwargs.get("x")):
-            kwargs["x"] = self._training_data(kwargs["x"], epochs, initial_epoch)
+            kwargs["x"] = self._training_data(kwargs["x"], epochs, initial_epoch, cache)
             made = True
-        if self.cache_teacher_logits and isinstance(kwargs.get("validation_data"), tf.data.Dataset):
+        if cache and isinstance(kwargs.get("validation_data"), tf.data.Dataset):
             kwargs["validation_data"] = self._validation_data(kwargs["validation_data"])
         if made:
             # The pipeline holds the epochs back to back.

@@ -45,8 +45,13 @@ def trial_rows(tuner):
     best score, `seconds` the trial's wall time.
     """
     rows = []
+    config = getattr(getattr(tuner, "hypermodel", None), "config", None)
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id)):
         values = trial.hyperparameters.values
+        method = values.get("method") or getattr(config, "method", None)
+        dkd_beta = values.get("dkd_beta")
+        if dkd_beta is None and method == "dkd":
+            dkd_beta = getattr(config, "dkd_beta", None)
         extra = (
             atomic.read_json(Path(tuner.project_dir) / f"trial_{trial.trial_id}" / TRIAL_FILE, {})
             or {}
@@ -59,6 +64,8 @@ def trial_rows(tuner):
                 "trial_id": trial.trial_id,
                 "temperature": float(values["temperature"]) if "temperature" in values else None,
                 "alpha": float(values["alpha"]) if "alpha" in values else None,
+                "method": method,
+                "dkd_beta": float(dkd_beta) if method == "dkd" and dkd_beta is not None else None,
                 "val_accuracy": _metric(trial, OBJECTIVE, best=True) if completed else None,
                 # The metrics kept per trial are those of its best epoch.
                 "val_loss": _metric(trial, "val_student_loss") if completed else None,
@@ -101,6 +108,7 @@ def best_row(rows, val_images=None, default=None):
         "trial_id": best["trial_id"],
         "temperature": best["temperature"],
         "alpha": best["alpha"],
+        **{key: best[key] for key in ("method", "dkd_beta") if best.get(key) is not None},
         "score": best["val_accuracy"],
         "objective": OBJECTIVE,
         "val_loss": best["val_loss"],
@@ -122,10 +130,13 @@ def best_row(rows, val_images=None, default=None):
 
 
 def _default_trial(completed, default):
-    """The earliest completed trial at the default T and alpha, or None."""
+    """The earliest completed trial at the default T and alpha (and method,
+    when the search chooses it), or None."""
     if not default:
         return None
     for row in sorted(completed, key=lambda r: int(r["trial_id"])):
+        if "method" in default and row.get("method") != default["method"]:
+            continue
         if math.isclose(row["temperature"], default["temperature"], rel_tol=1e-6) and math.isclose(
             row["alpha"], default["alpha"], rel_tol=1e-6, abs_tol=1e-9
         ):
@@ -199,7 +210,7 @@ def load_trials(folder):
         rows = list(csv.DictReader(file))
     for row in rows:
         for key, value in row.items():
-            if key in ("trial_id", "status"):
+            if key in ("trial_id", "status", "method"):
                 continue
             row[key] = float(value) if value not in ("", None) else None
     return rows

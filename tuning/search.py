@@ -189,7 +189,7 @@ def run_search(
         )
         settings["trial_seeds"] = trial_seeds
         # The config's T and alpha: the first trial, the score to beat.
-        settings["default"] = space.default_values(config.temperature, config.alpha)
+        settings["default"] = space.default_values(config.temperature, config.alpha, config.method)
         _check_resume(folder, saved, settings)
         # Printed before any trial, with a warning and the likely causes if
         # near chance (a search also serves to probe untrained teachers).
@@ -289,7 +289,7 @@ def _checked_arguments(tuner, max_trials, config, epochs, space):
         "epochs", config.student_epochs if epochs is None else epochs, 1, MAX_EPOCHS
     )
     try:
-        space = (space or SearchSpace()).validate()
+        space = (space or SearchSpace()).validate().check_config(config)
     except ValueError as error:
         raise SearchError(str(error)) from None
     return max_trials, config, epochs, space

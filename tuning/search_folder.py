@@ -24,28 +24,33 @@ from kd_keras.errors import DamagedFileError, SearchError
 from kd_keras.owned_files import describe_paths
 from kd_keras.search_folder import OBJECTIVE, SEARCH_FILE, SearchFolder
 from kd_keras.text import clip
+from kd_keras.validation import METHOD_FIELDS
 
 # RunConfig fields that change what a trial computes; a resumed search must
 # agree on them (the teacher's fields do not matter: the teacher is given).
 CONFIG_FIELDS = (
-    "seed",
-    "val_size",
-    "train_per_class",
-    "val_per_class",
-    "student_depth",
-    "student_width",
-    "student_model",
-    "image_size",
-    "batch_size",
-    "learning_rate",
-    "momentum",
-    "weight_decay",
-    "warmup_epochs",
-) + tuple(
-    # The teacher's output kind, where the run has that option.
-    f.name
-    for f in dataclasses.fields(RunConfig)
-    if f.name == "teacher_outputs"
+    (
+        "seed",
+        "val_size",
+        "train_per_class",
+        "val_per_class",
+        "student_depth",
+        "student_width",
+        "student_model",
+        "image_size",
+        "batch_size",
+        "learning_rate",
+        "momentum",
+        "weight_decay",
+        "warmup_epochs",
+    )
+    + METHOD_FIELDS
+    + tuple(
+        # The teacher's output kind, where the run has that option.
+        f.name
+        for f in dataclasses.fields(RunConfig)
+        if f.name == "teacher_outputs"
+    )
 )
 
 
