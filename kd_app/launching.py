@@ -22,6 +22,7 @@ from kd_keras.errors import LaunchError
 from kd_keras.options import command_line_flags, option_for
 from kd_keras.presets import DEFAULT_PRESET
 from kd_keras.run_folder import RunFolder
+from kd_keras.validation import METHODS
 
 from . import checks, confine
 from .processes import launch_lock, start, terminate
@@ -50,6 +51,17 @@ IMAGE_SIZE_LABEL = "Image size"
 # What a teacher outputs (`--teacher-outputs`): "auto" detects it at load.
 TEACHER_OUTPUTS = ("auto", "logits", "probabilities")
 DEPTH_FIELDS = ("teacher_depth", "student_depth")
+# The distillation method (`--method`) and, per method, the hyperparameters
+# the form offers: field -> (label, the methods it applies to). A field is
+# passed only with a method it applies to; empty = the method's default.
+METHOD_FIELDS = {
+    "method": ("Method", METHODS),
+    "logit_standardization": ("Logit standardization", ("hinton", "dkd")),
+    "dkd_beta": ("DKD beta", ("dkd",)),
+    "hint_layer": ("Hint layer", ("fitnets",)),
+    "at_beta": ("AT beta", ("at",)),
+}
+BUDGET_LABEL = "Time budget"
 # RunConfig fields the form sets, by their label in messages.
 _CONFIG_LABELS = {
     **{k: v for k, v in NUMBER_LABELS.items() if k != "epochs"},
@@ -57,6 +69,8 @@ _CONFIG_LABELS = {
     "image_size": IMAGE_SIZE_LABEL,
     "teacher_epochs": NUMBER_LABELS["epochs"],
     "student_epochs": NUMBER_LABELS["epochs"],
+    **{field: label for field, (label, _) in METHOD_FIELDS.items()},
+    "budget": BUDGET_LABEL,
 }
 
 
@@ -88,6 +102,14 @@ class LaunchOptions:
     strategy: str = ""
     devices: str = ""  # Comma-separated, e.g. "/gpu:0,/gpu:1"; "" = every GPU.
     sync_batch_norm: bool = False
+    method: str = "hinton"  # One of METHODS; see METHOD_FIELDS.
+    logit_standardization: bool = False
+    dkd_beta: float = None
+    hint_layer: str = ""
+    at_beta: float = None
+    # "" = the preset's epochs; e.g. "10m": `--budget`, which sizes the run
+    # to the machine (the epochs field must then be empty).
+    budget: str = ""
     if_exists: str = "refuse"  # One of IF_EXISTS.
 
 
@@ -153,8 +175,29 @@ def config_overrides(options):
         "strategy": str(options.strategy or "").strip() or None,
         "devices": [d.strip() for d in str(options.devices or "").split(",") if d.strip()] or None,
         "sync_batch_norm": True if options.sync_batch_norm else None,
+        **method_overrides(options),
+        "budget": _text(options.budget),
     }
     return {k: v for k, v in values.items() if v is not None}
+
+
+def method_overrides(options):
+    """The method's fields of a launch: `method` unless it is the default
+    (hinton), and the hyperparameters that apply to it (others are left
+    out, so a value typed for another method never reaches the run)."""
+    method = _text(options.method) or "hinton"
+    values = {
+        "method": None if method == "hinton" else method,
+        "logit_standardization": True if options.logit_standardization else None,
+        "dkd_beta": options.dkd_beta,
+        "hint_layer": _text(options.hint_layer),
+        "at_beta": options.at_beta,
+    }
+    return {
+        field: value
+        for field, value in values.items()
+        if field == "method" or method in METHOD_FIELDS[field][1]
+    }
 
 
 def placeholders(preset, kind="cifar10"):
@@ -246,6 +289,13 @@ def validate_launch(options, runs_dir):
         errors.append(
             f"Unknown teacher output '{options.teacher_outputs}'; choose one of "
             f"{', '.join(TEACHER_OUTPUTS)}."
+        )
+    if (_text(options.method) or "hinton") not in METHODS:
+        errors.append(f"Unknown method '{options.method}'; choose one of {', '.join(METHODS)}.")
+    if _text(options.budget) and options.epochs is not None:
+        errors.append(
+            f"{BUDGET_LABEL} chooses the epochs; empty '{NUMBER_LABELS['epochs']}' "
+            f"or '{BUDGET_LABEL}'."
         )
     if options.if_exists not in IF_EXISTS:
         errors.append(

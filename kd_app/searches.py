@@ -16,7 +16,16 @@ import pandas as pd
 from kd_keras import atomic
 from kd_keras.errors import LaunchError
 from kd_keras.presets import DEFAULT_PRESET
-from kd_keras.search_folder import OBJECTIVE, TRIAL_COMPLETED, TUNERS, SearchFolder
+from kd_keras.search_folder import (
+    MAX_TRIAL_SEEDS,
+    MAX_TRIALS,
+    MAX_WORKERS,
+    OBJECTIVE,
+    TRIAL_COMPLETED,
+    TUNERS,
+    SearchFolder,
+)
+from kd_keras.validation import MAX_EPOCHS, METHODS
 
 from . import checks, confine, processes
 from .files import number, read_csv, read_or
@@ -30,7 +39,8 @@ SEARCH_MODULE = "kd_keras tune"
 @dataclasses.dataclass
 class TuneOptions:
     """The search form: `python -m kd_keras tune --teacher --data --out --preset
-    --tuner --trials --epochs --quiet`."""
+    --tuner --trials --epochs --quiet [--workers N] [--trial-seeds K]
+    [--methods M1,M2]`."""
 
     name: str = ""
     teacher: str = ""
@@ -39,6 +49,11 @@ class TuneOptions:
     tuner: str = "bayesian"  # One of TUNERS.
     trials: int = 10
     epochs: int = 3
+    # Trials in N worker processes under one chief (Keras Tuner's
+    # distributed mode), the machine's cores split between them.
+    workers: int = 1
+    trial_seeds: int = 1  # Each trial scored as the mean of K students.
+    methods: tuple = ()  # Methods each trial chooses from; () = Hinton KD only.
 
 
 @dataclasses.dataclass
@@ -95,6 +110,36 @@ def read_trials(folder):
     return read_csv(path) if confine.own_file(folder, path) else None
 
 
+def with_workers(trials, settings):
+    """`trials` with a `worker` column: which worker of a distributed search
+    (`--workers`, or chief and workers on several machines) ran each trial,
+    from `search.json`'s `workers` (the chief records each as it ends);
+    unchanged for a search in one process."""
+    workers = (settings or {}).get("workers") if isinstance(settings, dict) else None
+    if trials is None or not isinstance(workers, dict) or not workers or "trial_id" not in trials:
+        return trials
+    # keras-tuner's ids are zero-padded strings ("00"); the CSV reader made numbers.
+    by_number = {}
+    for trial_id, worker in workers.items():
+        try:
+            by_number[int(trial_id)] = str(worker)
+        except (TypeError, ValueError):
+            continue
+    trials = trials.copy()
+    position = list(trials.columns).index("trial_id") + 1
+    trials.insert(
+        position, "worker", [by_number.get(_trial_number(t), "") for t in trials["trial_id"]]
+    )
+    return trials
+
+
+def _trial_number(trial_id):
+    try:
+        return int(trial_id)
+    except (TypeError, ValueError):
+        return None
+
+
 def best_params(folder, trials=None):
     """The best T and alpha of a search: from `best.json`, else the
     completed trial of `trials.csv` with the highest `OBJECTIVE` (earliest
@@ -108,6 +153,7 @@ def best_params(folder, trials=None):
             "alpha": number(best.get("alpha")),
             "score": number(best.get("score")),
             "source": search.best_file.name,
+            **_method_of(best),
         }
     trials = read_trials(folder) if trials is None else trials
     if trials is None or not {"temperature", "alpha", OBJECTIVE} <= set(trials.columns):
@@ -123,7 +169,17 @@ def best_params(folder, trials=None):
         "alpha": number(row["alpha"]),
         "score": number(row[OBJECTIVE]),
         "source": search.trials_file.name,
+        **_method_of(row),
     }
+
+
+def _method_of(values):
+    """`{"method", "dkd_beta"}` of a best trial (a search of methods), or {}."""
+    method = values.get("method")
+    if not isinstance(method, str) or method not in METHODS:
+        return {}
+    beta = number(values.get("dkd_beta")) if method == "dkd" else None
+    return {"method": method, "dkd_beta": beta}
 
 
 def _flag_value(argv, flag):
@@ -154,6 +210,7 @@ def search_state(folder):
             int((trials["status"] == TRIAL_COMPLETED).sum()) if "status" in trials else len(trials)
         )
     settings = read_or(search.settings, {})
+    trials = with_workers(trials, settings)
     planned = number(_flag_value(argv, "--trials") or settings.get("max_trials"))
     planned = int(planned) if planned else None
     if pid:
@@ -217,10 +274,20 @@ def validate_search(options, runs_dir):
         errors.append(f"Unknown preset '{options.preset}'; choose one of {', '.join(presets())}.")
     if options.tuner not in TUNERS:
         errors.append(f"Unknown tuner '{options.tuner}'; choose one of {', '.join(TUNERS)}.")
-    for field, label in (("trials", "Trials"), ("epochs", "Epochs per trial")):
+    for field, label, high in (
+        ("trials", "Trials", MAX_TRIALS),
+        ("epochs", "Epochs per trial", MAX_EPOCHS),
+        ("workers", "Workers", MAX_WORKERS),
+        ("trial_seeds", "Seeds per trial", MAX_TRIAL_SEEDS),
+    ):
         value = checks.whole(getattr(options, field))
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             errors.append(f"{label} must be a whole number >= 1, got {value}.")
+        elif value > high:
+            errors.append(f"{label} must be at most {high}, got {value}.")
+    unknown = [m for m in options.methods or () if m not in METHODS]
+    if unknown:
+        errors.append(f"Unknown method '{unknown[0]}'; choose from {', '.join(METHODS)}.")
     if options.name and not errors:
         try:
             base = confine.within(runs_dir, TUNING_SUBDIR, "searches folder")
@@ -259,6 +326,13 @@ def search_command(options, out):
         "--epochs",
         str(int(options.epochs)),
         "--quiet",
+        *(["--workers", str(int(options.workers))] if checks.whole(options.workers) != 1 else []),
+        *(
+            ["--trial-seeds", str(int(options.trial_seeds))]
+            if checks.whole(options.trial_seeds) != 1
+            else []
+        ),
+        *(["--methods", ",".join(options.methods)] if options.methods else []),
     ]
 
 
@@ -306,9 +380,12 @@ def stop_search(folder):
     )
 
 
-def start_best_run(teacher, temperature, alpha, runs_dir, data, preset, name=""):
-    """Starts a distillation run with a search's best T and alpha against
-    its teacher. Returns `(folder, pid)`; raises `LaunchError`."""
+def start_best_run(
+    teacher, temperature, alpha, runs_dir, data, preset, name="", method=None, dkd_beta=None
+):
+    """Starts a distillation run with a search's best T and alpha (and
+    method and DKD beta, from a search of methods) against its teacher.
+    Returns `(folder, pid)`; raises `LaunchError`."""
     if not teacher:
         raise LaunchError(
             "This search names no teacher; start the run from the Launch tab with its T and alpha."
@@ -321,6 +398,8 @@ def start_best_run(teacher, temperature, alpha, runs_dir, data, preset, name="")
             teacher=teacher,
             temperature=temperature,
             alpha=alpha,
+            method=method or "hinton",
+            dkd_beta=dkd_beta,
         ),
         runs_dir,
     )

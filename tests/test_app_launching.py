@@ -161,6 +161,45 @@ def test_device_settings_reach_the_command_line_and_are_checked(tmp_path, data):
     assert len(errors) == 1 and "mirrored" in errors[0] and "/gpu:0" in errors[0]
 
 
+def test_the_method_and_its_own_hyperparameters_reach_the_command_line(tmp_path, data):
+    def config_of(**fields):
+        options = launching.LaunchOptions(preset="smoke", name="r", data=data, **fields)
+        argv = launching.run_command(options, tmp_path / "runs" / "r")
+        return argv, cli._config_from_args(cli.get_args(argv[3:]))
+
+    typed = dict(dkd_beta=2.0, hint_layer="stage1", at_beta=50.0, logit_standardization=True)
+    argv, config = config_of(method="dkd", **typed)
+    assert (config.method, config.dkd_beta, config.logit_standardization) == ("dkd", 2.0, True)
+    # Values typed for other methods never reach the run.
+    assert "--hint-layer" not in argv and "--at-beta" not in argv
+    assert (config.hint_layer, config.at_beta) == ("stage2", 1000.0)
+    argv, config = config_of(method="fitnets", **typed)
+    assert (config.method, config.hint_layer, config.dkd_beta) == ("fitnets", "stage1", 8.0)
+    assert "--logit-standardization" not in argv and not config.logit_standardization
+    argv, config = config_of(method="at", **typed)
+    assert (config.method, config.at_beta, config.hint_layer) == ("at", 50.0, "stage2")
+    argv, config = config_of(method="hinton", **typed)
+    assert "--method" not in argv and config.method == "hinton" and config.logit_standardization
+    assert "--dkd-beta" not in argv
+
+
+def test_method_and_budget_errors_use_the_forms_labels(tmp_path, data):
+    (error,) = launch_errors(tmp_path, data, method="crd")
+    assert error.startswith("Unknown method 'crd'") and "dkd" in error
+    (error,) = launch_errors(tmp_path, data, method="dkd", dkd_beta=-1.0)
+    assert "-1" in error and "DKD beta" in error and "\n" not in error
+    (error,) = launch_errors(tmp_path, data, budget="10m", epochs=3)
+    assert "Time budget chooses the epochs" in error
+    (error,) = launch_errors(tmp_path, data, budget="ten minutes")
+    assert "ten minutes" in error and "\n" not in error
+    assert launch_errors(tmp_path, data, budget="10m", method="at", at_beta=500.0) == []
+    argv = launching.run_command(
+        launching.LaunchOptions(preset="quick", name="r", data=data, budget="10m"),
+        tmp_path / "runs" / "r",
+    )
+    assert argv[argv.index("--budget") + 1] == "10m"
+
+
 def test_size_fields_take_a_number_all_or_nothing(tmp_path, data):
     options = launching.LaunchOptions(
         preset="smoke",

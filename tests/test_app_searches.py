@@ -157,3 +157,53 @@ def test_a_search_is_kd_keras_tune_and_its_process_is_told_by_both_words(tmp_pat
     finally:
         process.kill()
         process.wait()
+
+
+def test_workers_seeds_and_methods_reach_the_search_command(tmp_path):
+    from tuning.cli import get_args
+
+    plain = searches.search_command(searches.TuneOptions(teacher="t", data="d"), tmp_path / "s")
+    assert "--workers" not in plain and "--trial-seeds" not in plain and "--methods" not in plain
+    options = searches.TuneOptions(
+        teacher="t", data="d", workers=2.0, trial_seeds=3, methods=("hinton", "dkd")
+    )
+    argv = searches.search_command(options, tmp_path / "s")
+    args = get_args(argv[4:])  # After `python -m kd_keras tune`.
+    assert (args.workers, args.trial_seeds, args.methods) == (2, 3, ["hinton", "dkd"])
+    errors = searches.validate_search(
+        searches.TuneOptions(workers=0, trial_seeds=101, methods=("crd",)), tmp_path
+    )
+    assert "Workers must be a whole number >= 1, got 0." in errors
+    assert "Seeds per trial must be at most 100, got 101." in errors
+    assert any(e.startswith("Unknown method 'crd'") for e in errors)
+
+
+def test_the_trials_table_says_which_worker_ran_each_trial(tmp_path):
+    folder = tmp_path / "tuning" / "s"
+    write_trials(folder, [trial("00", 4.0, 0.3, 0.5), trial("01", 2.0, 0.5, 0.6)])
+    assert "worker" not in searches.search_state(folder).trials  # One process: no column.
+    settings = {
+        **{key: None for key in ("tuner", "objective", "epochs", "space", "config")},
+        "max_trials": 3,
+        "workers": {"00": "worker1", "01": "worker2"},
+    }
+    SearchFolder(folder).settings_file.write_text(json.dumps(settings))
+    table = searches.search_state(folder).trials
+    assert list(table["worker"]) == ["worker1", "worker2"]
+    assert list(table.columns[:2]) == ["trial_id", "worker"]
+
+
+def test_the_best_of_a_search_of_methods_carries_its_method(tmp_path):
+    folder = tmp_path / "s"
+    rows = [dict(trial("00", 4.0, 0.3, 0.5), method="hinton")]
+    rows.append(dict(trial("01", 2.0, 0.5, 0.6), method="dkd", dkd_beta=3.5))
+    write_trials(folder, rows)
+    best = searches.best_params(folder)  # From trials.csv: no best.json yet.
+    assert (best["method"], best["dkd_beta"], best["temperature"]) == ("dkd", 3.5, 2.0)
+    SearchFolder(folder).best_file.write_text(
+        json.dumps({"temperature": 4.0, "alpha": 0.3, "score": 0.6, "method": "at"})
+    )
+    best = searches.best_params(folder)
+    assert (best["method"], best["dkd_beta"]) == ("at", None)
+    write_trials(tmp_path / "plain", [trial("00", 4.0, 0.3, 0.5)])
+    assert "method" not in searches.best_params(tmp_path / "plain")

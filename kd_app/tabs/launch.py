@@ -47,11 +47,67 @@ TEACHER_OUTPUTS_HELP = (
     "probabilities say it. Distillation uses log-probabilities for a "
     "probability teacher."
 )
+METHOD_HELP = (
+    "hinton: Hinton KD (the default). dkd: decoupled KD, target and "
+    "non-target classes weighted apart. fitnets: the student regresses a "
+    "teacher feature map through an adapter that is not shipped. at: "
+    "attention transfer of spatial attention maps. docs/methods.md compares them."
+)
+BUDGET_HELP = (
+    "Empty: the preset's epochs. Or a time such as 10m, 90s or 1h: the run is "
+    "calibrated on this machine and its epochs (and, below 5 epochs, its "
+    "training images) chosen so that all three stages fit; leave Epochs empty."
+)
 MODEL_HELP = (
     "Empty: a ResNet of the depth above. Or resnet<depth>, a keras.applications "
     f"name ({application_names_help()}; options after a colon, e.g. "
     "mobilenetv3small:alpha=0.35), or a .keras file inside the runs folder."
 )
+
+
+def method_fields():
+    """The method, its hyperparameters (those of the chosen method only:
+    empty = the method's default) and the time budget."""
+    c1, c2, c3 = st.columns([2, 2, 2])
+    method = c1.selectbox(
+        "Method", launching.METHOD_FIELDS["method"][1], key="method", help=METHOD_HELP
+    )
+    if method in launching.METHOD_FIELDS["logit_standardization"][1]:
+        c1.checkbox(
+            "Logit standardization",
+            key="logit_standardization",
+            help="z-score teacher and student logits before softening (Sun et al. 2024).",
+        )
+    if method == "dkd":
+        c2.number_input(
+            "DKD beta",
+            value=None,
+            min_value=0.0,
+            step=1.0,
+            key="dkd_beta",
+            placeholder="8 (paper)",
+            help="Weight of the non-target-class KD term.",
+        )
+    elif method == "fitnets":
+        c2.text_input(
+            "Hint layer",
+            key="hint_layer",
+            placeholder="stage2",
+            help="stage1..stage3 of the built-in ResNets, or a layer name of both models.",
+        )
+    elif method == "at":
+        c2.number_input(
+            "AT beta",
+            value=None,
+            min_value=0.0,
+            step=100.0,
+            key="at_beta",
+            placeholder="1000 (paper)",
+            help="Weight of the attention-transfer loss.",
+        )
+    c3.text_input(
+        "Time budget", key="budget", placeholder="none: the preset's epochs", help=BUDGET_HELP
+    )
 
 
 def launch_options(data_path):
@@ -70,6 +126,12 @@ def launch_options(data_path):
         if_exists=s.get("if_exists", "refuse"),
         image_size=s.get("image_size"),
         teacher_outputs=s.get("teacher_outputs", "auto"),
+        method=s.get("method", "hinton"),
+        logit_standardization=bool(s.get("logit_standardization")),
+        dkd_beta=s.get("dkd_beta"),
+        hint_layer=(s.get("hint_layer") or "").strip(),
+        at_beta=s.get("at_beta"),
+        budget=(s.get("budget") or "").strip(),
         **{field: s.get(field) for field in NUMBER_INPUTS},
         **{field: (s.get(field) or "").strip() or None for field in launching.SIZE_LABELS},
     )
@@ -175,6 +237,7 @@ def launch_tab(runs_dir, data_path):
         key="teacher_outputs",
         help=TEACHER_OUTPUTS_HELP,
     )
+    method_fields()
     with st.expander("Devices"):
         d1, d2, d3 = st.columns([1, 2, 1])
         d1.selectbox(

@@ -5,6 +5,7 @@ import streamlit as st
 
 from kd_keras.presets import DEFAULT_PRESET
 from kd_keras.search_folder import TUNERS, SearchFolder
+from kd_keras.validation import METHODS
 
 from .. import checks, confine, searches, settings
 from .common import (
@@ -31,6 +32,9 @@ def on_start_search(runs_dir, data_path):
         tuner=s.get("tuner", searches.TuneOptions.tuner),
         trials=s.get("trials"),
         epochs=s.get("trial_epochs"),
+        workers=s.get("search_workers", 1),
+        trial_seeds=s.get("search_trial_seeds", 1),
+        methods=tuple(s.get("search_methods") or ()),
     )
     started = attempt("tune_msg", "Search not started. ", searches.start_search, options, runs_dir)
     if not started:
@@ -46,7 +50,7 @@ def on_stop_search(folder):
         st.session_state["tune_msg"] = ("info", text)
 
 
-def on_run_best(runs_dir, data_path, teacher, temperature, alpha):
+def on_run_best(runs_dir, data_path, teacher, temperature, alpha, method=None, dkd_beta=None):
     s = st.session_state
     started = attempt(
         "tune_msg",
@@ -59,6 +63,8 @@ def on_run_best(runs_dir, data_path, teacher, temperature, alpha):
         data_path,
         s.get("best_preset", DEFAULT_PRESET),
         (s.get("best_run_name") or "").strip(),
+        method,
+        dkd_beta,
     )
     if not started:
         return
@@ -67,8 +73,15 @@ def on_run_best(runs_dir, data_path, teacher, temperature, alpha):
     s["tune_msg"] = (
         "success",
         f"Started run '{folder.name}' (process {pid}) with "
-        f"T={temperature:g}, alpha={alpha:g}: see the Watch tab.",
+        f"{_values_text(temperature, alpha, method, dkd_beta)}: see the Watch tab.",
     )
+
+
+def _values_text(temperature, alpha, method=None, dkd_beta=None):
+    text = f"T={temperature:g}, alpha={alpha:g}"
+    if method and method != "hinton":
+        text += f", method {method}" + (f" (beta {dkd_beta:g})" if dkd_beta is not None else "")
+    return text
 
 
 def best_run_form(state, runs_dir, data_path):
@@ -78,6 +91,9 @@ def best_run_form(state, runs_dir, data_path):
     c1.metric("Best T", f"{best['temperature']:g}")
     c2.metric("Best alpha", f"{best['alpha']:g}")
     c3.metric("Score", "-" if best.get("score") is None else f"{best['score']:.4f}")
+    method, dkd_beta = best.get("method"), best.get("dkd_beta")
+    if method:
+        st.caption(f"Best method: {method}" + (f", DKD beta {dkd_beta:g}" if dkd_beta else ""))
     st.caption(f"From {best['source']}" + (" (search still running)" if state.alive else ""))
     errors = checks.check_hyperparameters(best["temperature"], best["alpha"])
     show_errors(errors)
@@ -91,11 +107,20 @@ def best_run_form(state, runs_dir, data_path):
     )
     c2.text_input("Run name", key="best_run_name", placeholder="auto")
     st.button(
-        f"Start a distillation run with T={best['temperature']:g}, alpha={best['alpha']:g}",
+        "Start a distillation run with "
+        + _values_text(best["temperature"], best["alpha"], method, dkd_beta),
         key="run_best",
         disabled=bool(errors),
         on_click=on_run_best,
-        args=(runs_dir, data_path, state.teacher, best["temperature"], best["alpha"]),
+        args=(
+            runs_dir,
+            data_path,
+            state.teacher,
+            best["temperature"],
+            best["alpha"],
+            method,
+            dkd_beta,
+        ),
     )
 
 
@@ -162,6 +187,35 @@ def tuning_tab(runs_dir, data_path):
     c3.number_input("Trials", min_value=1, value=10, step=1, key="trials")
     c4.number_input("Epochs per trial", min_value=1, value=3, step=1, key="trial_epochs")
     c5.text_input("Search name", key="search_name", placeholder="auto: search-<date>-<time>")
+    d1, d2, d3 = st.columns([1, 1, 3])
+    d1.number_input(
+        "Workers",
+        min_value=1,
+        value=1,
+        step=1,
+        key="search_workers",
+        help="Trials in this many worker processes under one chief (Keras Tuner's "
+        "distributed mode); the cores are split between them. Small students train "
+        "faster as several single-thread workers than as one multi-thread process.",
+    )
+    d2.number_input(
+        "Seeds per trial",
+        min_value=1,
+        value=1,
+        step=1,
+        key="search_trial_seeds",
+        help="Score each trial as the mean of this many students of different "
+        "initial weights (that many times the training); the report's noise "
+        "estimate shrinks with it.",
+    )
+    d3.multiselect(
+        "Methods",
+        list(METHODS),
+        key="search_methods",
+        placeholder="Hinton KD only",
+        help="Also search the distillation method: each trial picks one of these "
+        "(the first trial is Hinton KD at the default T and alpha).",
+    )
     st.button(
         "Start search", key="start_search", on_click=on_start_search, args=(runs_dir, data_path)
     )
