@@ -222,3 +222,52 @@ def test_epoch_time_compares_later_epochs_with_step_times_steps():
     assert distilled["step_x_steps_s"] == 7.0
     assert distilled["epoch_vs_step_x_steps"] == 1.2
     assert distilled["estimate_s"] == 7.3
+
+
+def test_search_workers_reads_each_searchs_trials_and_compares_them(tmp_path):
+    import csv
+
+    from benchmarks import search_workers
+    from kd_keras.search_folder import TRIAL_COLUMNS
+
+    folder = tmp_path / "workers"
+    folder.mkdir()
+    with open(folder / "trials.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=TRIAL_COLUMNS)
+        writer.writeheader()
+        for trial_id, seconds, status in (("00", 50, "COMPLETED"), ("01", 70, "COMPLETED")):
+            writer.writerow({"trial_id": trial_id, "seconds": seconds, "status": status})
+        writer.writerow({"trial_id": "02", "status": "FAILED"})
+    (folder / "search.json").write_text('{"workers": {"00": "worker1", "01": "worker2"}}')
+    figures = search_workers.search_figures(folder, 360.0)
+    assert figures == {
+        "wall_seconds": 360.0,
+        "completed_trials": 2,
+        "mean_trial_seconds": 60.0,
+        "trials_per_hour": 20.0,
+        "workers_seen": ["worker1", "worker2"],
+    }
+    summary = {
+        "date": "2026-12-07",
+        "machine": "CPU (avx2)",
+        "cores": 2,
+        "preset": "quick",
+        "trials": 2,
+        "epochs": 2,
+        "seed": 0,
+        "searches": {"one-process": dict(figures, trials_per_hour=12.5), "workers": figures},
+        "ratio": 1.6,
+    }
+    table = search_workers.format_table(summary)
+    assert "| 1 process x 2 threads | 360.0 | 2 | 60.0 | 12.5 |" in table
+    assert "| 2 workers x 1 thread | 360.0 | 2 | 60.0 | 20.0 |" in table
+    assert "1.6x the trials per hour" in table
+    argv = search_workers.search_argv(
+        type(
+            "A", (), dict(teacher="t.keras", preset="quick", trials=6, epochs=2, seed=0, data=None)
+        ),
+        folder,
+        "workers",
+        2,
+    )
+    assert argv[-2:] == ["--workers", "2"] and "--threads" not in argv
