@@ -45,6 +45,7 @@ EVERY_OPTION = {
     "student_depth": 14,
     "student_width": 8,
     "teacher": "/models/teacher.keras",
+    "teachers_mode": "weighted",
     "accept_weak_teacher": True,
     "teacher_outputs": "probabilities",
     "teacher_model": "resnet20",
@@ -88,12 +89,15 @@ def test_every_flagged_field_is_one_option_and_flags_are_unique():
         assert option.flag == "--" + option.field.replace("_", "-")
         assert option.help and isinstance(option, Option)
     # Set another way: --preset chooses the base, --quiet sets verbose, the
-    # run records its data's fingerprint.
+    # run records its data's fingerprint, --teacher given again fills
+    # other_teachers (the teacher option's `more`).
     assert {f.name for f in dataclasses.fields(RunConfig)} - set(flagged) == {
         "preset",
         "verbose",
         "data_fingerprint",
+        "other_teachers",
     }
+    assert [o.more for o in RUN_OPTIONS if o.more] == ["other_teachers"]
 
 
 def test_types_come_from_the_annotations_and_choices_from_the_config():

@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 from kd_keras.distill.teacher import load_teacher, teacher_for_inference
-from kd_keras.train import recipe
-from kd_keras.train.speed import local_machine, precision_scope, resolve_run_precisions
+from kd_keras.train import recipe, speed
+from kd_keras.train.speed import precision_scope, resolve_run_precisions
 
 STAGE_ORDER = ("teacher", "student_baseline", "student_distilled")
 
@@ -182,7 +182,7 @@ def calibrated(config, data, calibration_steps):
     config.validate()
     data = data or data_summary(config)
     shape = {"input_shape": tuple(data["image_shape"]), "num_classes": data["num_classes"]}
-    machine = local_machine()
+    machine = speed.local_machine()  # Looked up here: the one the run resolves with.
     config, choice = resolve_run_precisions(config, machine)
     start = time.perf_counter()
     steps_per_epoch = math.ceil(data["train_images"] / config.batch_size)
