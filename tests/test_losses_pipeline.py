@@ -15,18 +15,7 @@ from kd_keras.errors import ConfigError
 from kd_keras.models.resnet import build_resnet
 from kd_keras.options import RUN_OPTIONS, add_run_options, overrides_from_args
 from kd_keras.train.callbacks import TrainingCheckpoint
-from kd_keras.validation import METHODS
-
-METHOD_FIELDS = (
-    "method",
-    "logit_standardization",
-    "dkd_alpha",
-    "dkd_beta",
-    "dkd_warmup_epochs",
-    "hint_layer",
-    "hint_weight",
-    "at_beta",
-)
+from kd_keras.validation import METHOD_FIELDS, METHODS
 
 
 def test_method_flags_are_run_options_with_the_choices():
