@@ -169,9 +169,11 @@ def _parse_time(text):
 
 
 def stage_epochs(config, stage):
-    """The planned epochs of a stage (0 for a reused teacher)."""
+    """The planned epochs of a stage (0 for a reused teacher or baseline)."""
     if stage == "teacher":
         return 0 if config.get("teacher") else int(config.get("teacher_epochs") or 0)
+    if stage == "student_baseline" and config.get("baseline"):
+        return 0
     return int(config.get("student_epochs") or 0)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from kd_keras import frontends
 from kd_keras.config import RunConfig, data_kind
 from kd_keras.errors import ConfigError, DataSourceError, run_command
+from kd_keras.keras_files import check_keras_archive
 from kd_keras.options import add_run_options, overrides_from_args
 from kd_keras.presets import DEFAULT_PRESET, PRESETS, preset_help
 from kd_keras.quiet import quiet_runtime_start, start_tensorflow
@@ -322,6 +323,8 @@ def _evaluate(args):
         if config is None:
             raise ConfigError(f"'{args.run}' is not a kd_keras run folder (no config.json)")
     kind = model_kind(args.model)  # Before the data loads.
+    if kind == "keras":
+        check_keras_archive(args.model, role="model")  # Its zip directory, before the data.
     if args.data is not None or config is None:
         check_data_path(args.data)
     start_tensorflow(args.verbose)  # Every check above ran without TensorFlow.

@@ -37,6 +37,7 @@ from kd_keras.validation import (
     TEACHERS_MODES,
     parse_budget,
     validate_alpha,
+    validate_baseline,
     validate_counts,
     validate_devices,
     validate_method,
@@ -200,6 +201,16 @@ class RunConfig:
         "with several --teacher files: mean (default: the mean of their softened "
         "distributions is the target) or weighted (one Hinton loss per teacher, equal weights)",
         choices=TEACHERS_MODES,
+    )
+    # A trained student baseline .keras file to reuse (another run's
+    # models/student_baseline.keras): the stage is evaluated, not trained.
+    baseline: Optional[str] = _option(
+        None,
+        "--baseline",
+        "reuse this trained student baseline .keras file (another run's "
+        "models/student_baseline.keras with the same student, seed, data and epochs) "
+        "instead of training one: compares distillation methods for the cost of the "
+        "distilled student alone",
     )
     # A brought teacher near chance on the validation split is refused
     # (wrong preprocessing, class order or data); this distils from it anyway.
@@ -458,7 +469,7 @@ class RunConfig:
         if isinstance(self.devices, tuple):
             self.devices = list(self.devices)
         validate_teacher_options(self.accept_weak_teacher, self.teacher_outputs)
-        for name in ("preset", "data", "teacher"):
+        for name in ("preset", "data", "teacher", "baseline"):
             value = getattr(self, name)
             if not (isinstance(value, str) or (value is None and name != "preset")):
                 raise ConfigError(f"{name} must be a string, got {value!r}")
@@ -506,5 +517,6 @@ class RunConfig:
             )
             if self.budget is not None:
                 parse_budget(self.budget)
+            validate_baseline(self.baseline, self.budget)
         except ValueError as error:
             raise ConfigError(str(error)) from None

@@ -312,6 +312,56 @@ def validate_teachers(teacher, other_teachers, teachers_mode, method, logit_stan
         )
 
 
+# What a student baseline's training depends on: a `--baseline` file from a
+# run whose config.json differs from the reusing run's in any of these (all
+# resolved, as saved) is refused, for its gain would compare two recipes.
+BASELINE_FIELDS = (
+    "seed",
+    "data_fingerprint",
+    "train_per_class",
+    "val_size",
+    "val_per_class",
+    "image_size",
+    "student_model",
+    "student_depth",
+    "student_width",
+    "student_epochs",
+    "batch_size",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "precision",
+    "sync_batch_norm",
+)
+
+
+def validate_baseline(baseline, budget):
+    """Raises `ValueError` for a `--baseline` that is no path, or one given
+    with `--budget` (the budget would change the students' epochs, which
+    the reused baseline's training fixed)."""
+    if baseline is None:
+        return
+    if not isinstance(baseline, str) or not baseline.strip():
+        raise ValueError(f"baseline must be a .keras file path, got {baseline!r} (--baseline)")
+    if budget is not None:
+        raise ValueError(
+            f"--baseline {baseline} reuses a student trained for a fixed number of epochs, "
+            f"which --budget {budget} would change for the distilled student: drop one of them"
+        )
+
+
+def baseline_mismatch(saved, config):
+    """The `BASELINE_FIELDS` where the config.json `saved` of the run that
+    trained a `--baseline` differs from the reusing run's `config` (a dict),
+    as `[(field, theirs, ours)]`; fields either side lacks are skipped."""
+    return [
+        (field, saved[field], config[field])
+        for field in BASELINE_FIELDS
+        if field in saved and field in config and saved[field] != config[field]
+    ]
+
+
 def validate_counts(values, flags):
     """Raises `ConfigError` unless each of `values` (`{field: value}` of
     `COUNT_RANGES`' fields, checked in that order) is an int in its range;

@@ -58,6 +58,13 @@ def test_progress_summary_estimates_time_left():
     )
 
 
+def test_reused_teacher_and_baseline_plan_no_epochs():
+    config = {"teacher_epochs": 4, "student_epochs": 5}
+    assert [runs.stage_epochs(config, s) for s in runs.STAGES] == [4, 5, 5]
+    config.update(teacher="t.keras", baseline="runs/a/models/student_baseline.keras")
+    assert [runs.stage_epochs(config, s) for s in runs.STAGES] == [0, 0, 5]
+
+
 def test_runs_are_the_folders_run_folder_recognises(tmp_path):
     make_run(tmp_path / "done")
     make_run(tmp_path / "no-teacher", status="stopped", teacher=False)

@@ -45,6 +45,7 @@ EVERY_OPTION = {
     "student_depth": 14,
     "student_width": 8,
     "teacher": "/models/teacher.keras",
+    "baseline": "/runs/a/models/student_baseline.keras",
     "teachers_mode": "weighted",
     "accept_weak_teacher": True,
     "teacher_outputs": "probabilities",
@@ -323,8 +324,13 @@ def test_command_line_flags_round_trip_through_the_cli():
     assert argv[-3:] == ["--devices", "/gpu:0,/gpu:1", "--sync-batch-norm"]
     args = get_args(["run", "--preset", "smoke", *argv])
     assert overrides_from_args(args) == EVERY_OPTION
-    config = _config_from_args(args)
-    assert {k: getattr(config, k) for k in EVERY_OPTION} == EVERY_OPTION
+    # --baseline and --budget are refused together: each reaches the config
+    # without the other.
+    for left_out in ("baseline", "budget"):
+        options = {k: v for k, v in EVERY_OPTION.items() if k != left_out}
+        args = get_args(["run", "--preset", "smoke", *command_line_flags(options)])
+        config = _config_from_args(args)
+        assert {k: getattr(config, k) for k in options} == options
 
 
 def test_command_line_flags_values():
@@ -378,7 +384,7 @@ def test_options_module_imports_neither_keras_nor_tensorflow():
     # them before TensorFlow starts.
     code = (
         "import kd_keras.options, kd_keras.cli, kd_keras.quiet, kd_keras.extras, "
-        "kd_keras.text, kd_keras.report.reference, sys; "
+        "kd_keras.text, kd_keras.report.reference, kd_keras.keras_files, sys; "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, "
         "sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))"
     )

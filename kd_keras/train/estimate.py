@@ -152,7 +152,8 @@ def stage_times(config, measured, trace, steps_per_epoch, val_images):
       epoch, plus validation of both models;
 
     times the stage's epochs, plus the warm-up's tracing time once. A
-    reused teacher (`config.teacher`) has no training stage.
+    reused teacher (`config.teacher`) or baseline (`config.baseline`) has
+    no training stage.
     """
     per_epoch = stage_epoch_seconds(
         measured, steps_per_epoch, val_images / config.batch_size, overhead=0.0
@@ -160,7 +161,7 @@ def stage_times(config, measured, trace, steps_per_epoch, val_images):
     setup = stage_setup_seconds(trace)
     epochs = {
         "teacher": 0 if config.teacher else config.teacher_epochs,
-        "student_baseline": config.student_epochs,
+        "student_baseline": 0 if config.baseline else config.student_epochs,
         "student_distilled": config.student_epochs,
     }
     stages = {}

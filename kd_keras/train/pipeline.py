@@ -41,7 +41,7 @@ from kd_keras.train.callbacks import (
     repair_history,
 )
 from kd_keras.train.measure import measure_model, resnet_depth, save_model
-from kd_keras.train.preflight import check_run, data_contract, load_other_teachers
+from kd_keras.train.preflight import check_run, data_contract, load_baseline, load_other_teachers
 from kd_keras.train.recipe import compile_classifier, make_optimizer
 from kd_keras.train.run_setup import (
     ProgressFile,
@@ -70,15 +70,17 @@ class Pipeline:
         splits: the data splits, if already loaded (`load_data` then only
             builds the datasets).
         teacher: the loaded `config.teacher` model, if already loaded.
+        baseline: the loaded `config.baseline` model, if already loaded.
     """
 
-    def __init__(self, config, out_dir, progress, *, splits=None, teacher=None):
+    def __init__(self, config, out_dir, progress, *, splits=None, teacher=None, baseline=None):
         self.config = config
         self.out = Path(out_dir)
         self.folder = RunFolder(self.out)
         self.progress = progress
         self.splits = splits
         self.reused_teacher = teacher
+        self.reused_baseline = baseline
         self.datasets = {}
         # Each stage's step: called with the trained teacher (None for the
         # teacher's own stage), it returns `(model, extra row fields)`.
@@ -239,6 +241,16 @@ class Pipeline:
         return teacher, self.train_classifier("teacher", teacher, c.teacher_epochs)
 
     def stage_student_baseline(self, teacher):
+        """Trains the baseline with cross-entropy, or takes the reused
+        `config.baseline` (saved and evaluated as the run's)."""
+        if self.config.baseline:
+            student = self.reused_baseline or load_baseline(self.config, self.splits)
+            return student, {
+                "train_seconds": 0.0,
+                "best_epoch": None,
+                "epochs": 0,
+                "source": str(self.config.baseline),
+            }
         student = self.student_initial_weights()
         extra = self.train_classifier("student_baseline", student, self.config.student_epochs)
         return student, extra
@@ -453,7 +465,12 @@ def _run_pipeline(config, out, *, resume, overwrite):
     try:
         record_start(out, config, checked.splits, progress)
         pipeline = Pipeline(
-            config, out, progress, splits=checked.splits, teacher=checked.reused_teacher
+            config,
+            out,
+            progress,
+            splits=checked.splits,
+            teacher=checked.reused_teacher,
+            baseline=checked.reused_baseline,
         )
         pipeline.load_data()
         started = True

@@ -5,6 +5,7 @@ on the way, so a mistake costs seconds, not a stage's training."""
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,7 +25,7 @@ from kd_keras.stages import STAGES
 from kd_keras.train import distribute, recipe
 from kd_keras.train.run_setup import check_resumed_data, check_run_folder, warn
 from kd_keras.train.speed import apply_threading, resolve_run_precisions
-from kd_keras.validation import PRECISIONS, TEACHER_PRECISIONS
+from kd_keras.validation import PRECISIONS, TEACHER_PRECISIONS, baseline_mismatch
 
 
 class CheckedRun(NamedTuple):
@@ -35,6 +36,7 @@ class CheckedRun(NamedTuple):
     strategy: Any  # The tf.distribute strategy the run trains under.
     splits: dict  # The run's data splits.
     reused_teacher: Any  # The loaded `config.teacher`, if the teacher stage is still to be done.
+    reused_baseline: Any = None  # The loaded `config.baseline`, if its stage is still to be done.
 
 
 def check_run(config, out, *, resume, overwrite):
@@ -70,6 +72,9 @@ def check_run(config, out, *, resume, overwrite):
     )
     for path in others_to_load:
         check_teacher_file(path)
+    baseline_to_load = config.baseline and not RunFolder(out).is_complete("student_baseline")
+    if baseline_to_load:
+        check_teacher_file(config.baseline, role="baseline")
     splits = splits_for(config, batch_size=config.batch_size)
     if resume:
         check_resumed_data(out, requested, config, splits)
@@ -98,10 +103,91 @@ def check_run(config, out, *, resume, overwrite):
         )
     if others_to_load:
         load_other_teachers(config, splits, check=True)
+    reused_baseline = load_baseline(config, splits) if baseline_to_load else None
     # What the teacher and student imply (classes, image size, output kind,
     # sizes) is checked before any stage trains; "auto" is resolved.
     config = check_models(config, out, splits, reused_teacher)
-    return CheckedRun(config, choice, strategy, splits, reused_teacher)
+    return CheckedRun(config, choice, strategy, splits, reused_teacher, reused_baseline)
+
+
+def load_baseline(config, splits):
+    """The loaded `config.baseline` (`--baseline`): a trained student
+    baseline that the run evaluates instead of training one.
+
+    Refused, each in one line: a file that is no usable model for the data
+    (`load_teacher`'s checks), one that does not output logits, one whose
+    weights are not those of the run's student (another architecture), and
+    one whose run folder's config.json (beside its `models/` folder, if
+    there is one) differs from this run in what the baseline's training
+    depends on (`BASELINE_FIELDS`: seed, data, sizes, student, recipe).
+
+    Raises:
+        TeacherError: a file that is no usable model, or not logits.
+        ConfigError: another student, or another run's recipe.
+    """
+    path = Path(config.baseline)
+    name = f"'{config.baseline}'"
+    saved = _baseline_run_config(path)
+    if saved is not None:
+        ours = dataclasses.asdict(config)
+        differs = baseline_mismatch(saved, ours)
+        if differs:
+            field, theirs, mine = differs[0]
+            what = (
+                "other data"
+                if field == "data_fingerprint"
+                else f"{_field_flag(config, field)} {theirs!r}, not this run's {mine!r}"
+            )
+            more = f" (and {len(differs) - 1} more)" if len(differs) > 1 else ""
+            raise ConfigError(
+                f"--baseline {name} was trained by a run with {what}{more}: the gain would "
+                "compare two recipes; give the same settings as that run, or drop --baseline "
+                "to train the baseline"
+            )
+    contract = data_contract(splits)
+    model = load_teacher(
+        path, contract["num_classes"], image_shape=contract["input_shape"], role="baseline"
+    )
+    kind = resolve_teacher_outputs(model, "auto", name=name, images=_probe_images(splits))
+    if kind != "logits":
+        raise TeacherError(
+            f"baseline {name} outputs {kind}; a student baseline outputs logits: give a "
+            "run's models/student_baseline.keras"
+        )
+    student = recipe.build_student(config, precision="float32", **contract)
+    shapes = [tuple(w.shape) for w in model.weights]
+    if shapes != [tuple(w.shape) for w in student.weights]:
+        raise ConfigError(
+            f"--baseline {name} is not this run's student: {model.count_params():,} "
+            f"parameters in {len(shapes)} weights, where {_model_spec(config, 'student')} has "
+            f"{student.count_params():,} in {len(student.weights)}; give the "
+            "student_baseline.keras of a run with the same --student-model, "
+            "--student-depth and --student-width"
+        )
+    if config.verbose:
+        print(
+            f"kd_keras: student baseline {name} reused (not trained; "
+            + ("its run's settings match this run's" if saved else "no config.json beside it")
+            + ")",
+            flush=True,
+        )
+    return model
+
+
+def _field_flag(config, field):
+    """The flag of a `RunConfig` field (the field's name if it has none)."""
+    return config.__dataclass_fields__[field].metadata.get("flag", field)
+
+
+def _baseline_run_config(path):
+    """The config.json of the run folder that holds `path` as
+    `models/<file>`, or None (none there, or unreadable)."""
+    if path.parent.name != "models":
+        return None
+    try:
+        return RunFolder(path.parent.parent).config_dict(None)
+    except DamagedFileError:
+        return None
 
 
 def load_other_teachers(config, splits, *, check=False):
