@@ -7,14 +7,13 @@ DIR` / `$KD_KERAS_DATA_DIR`, the runs root, `$KD_KERAS_CIFAR10`); the page
 cannot change them (see `kd_app.confine`). Searches live in `<runs>/tuning`.
 """
 
-import os
 import re
 from pathlib import Path
 
 import kd_keras
 from kd_keras import extras
 from kd_keras.config import RunConfig  # noqa: F401 (used by checks, app)
-from kd_keras.data.cifar10 import DATA_ENV_VAR
+from kd_keras.data.cifar10 import DATA_ENV_VAR  # noqa: F401 (used by the sidebar)
 from kd_keras.presets import PRESETS
 
 from . import confine
@@ -43,8 +42,11 @@ def data_roots(runs_dir):
 
 
 def default_data_path():
-    """`$KD_KERAS_CIFAR10`, else an empty string."""
-    return os.environ.get(DATA_ENV_VAR, "")
+    """`$KD_KERAS_CIFAR10` as an absolute path (a relative one is taken from
+    the directory the app started in, as the operator meant it, not from
+    the runs root where the page's relative names live), else ""."""
+    cifar = confine.cifar_default()
+    return "" if cifar is None else str(cifar)
 
 
 def presets():

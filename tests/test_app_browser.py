@@ -219,13 +219,16 @@ def test_browser_shows_the_results_of_a_smoke_run(streamlit_server, tmp_path):
     print(f"screenshot: {tmp_path / 'app.png'}")
 
 
-def type_into(browser, label, text):
+def type_into(browser, label, text, *, last=False):
     """Types `text` into the input labelled `label` (as a user: focus,
-    select, insert, Enter), so Streamlit commits it."""
+    select, insert, Enter), so Streamlit commits it; a select box's input
+    takes the option typed. `last`: the last such input on the page (the
+    page renders every tab; the Tuning tab is the last)."""
     selector = json.dumps(f'input[aria-label="{label}"]')
+    pick = "[...document.querySelectorAll(SEL)].pop()" if last else "document.querySelector(SEL)"
     found = browser.evaluate(
-        f"(() => {{ const e = document.querySelector({selector}); if (!e) return false; "
-        "e.focus(); e.select(); return true; })()"
+        f"(() => {{ const e = {pick.replace('SEL', selector)}; if (!e) return false; "
+        "e.focus(); if (e.select) e.select(); return true; })()"
     )
     assert found, f"no input labelled {label!r}"
     browser.call("Input.insertText", text=text)
@@ -369,3 +372,109 @@ def test_browser_launches_a_run_from_an_image_folder(own_data_server, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     log = (runs / "flowers.log").read_text()
     assert f"--data {flowers.resolve()}" in log and "--image-size 32" in log
+
+
+@pytest.fixture
+def tuning_server(smoke_run, tmp_path_factory, tmp_path):
+    """`streamlit run app.py` over a runs folder of its own holding a copy of
+    the smoke run (its teacher is the search's)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(smoke_run[0], runs / "smoke")
+    port = free_port()
+    env = subprocess_env(tmp_path_factory.getbasetemp())
+    env["KD_KERAS_RUNS_DIR"] = str(runs)
+    log = open(tmp_path / "streamlit.log", "wb")
+    command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true"]
+    command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
+    command += ["--browser.gatherUsageStats", "false"]
+    server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(
+            lambda: (
+                server.poll() is not None or get(f"http://127.0.0.1:{port}/_stcore/health") == "ok"
+            ),
+            60,
+            "the Streamlit server",
+        )
+        assert server.poll() is None, (tmp_path / "streamlit.log").read_text()
+        yield f"http://127.0.0.1:{port}", runs
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        from kd_app.searches import list_searches, search_state, stop_search
+
+        for folder in list_searches(runs):
+            if search_state(folder).alive:
+                stop_search(folder)
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.is_file(),
+    reason="needs /usr/bin/chromium (apt-get install chromium) for the end-to-end browser test",
+)
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_browser_tuning_tab_shows_trials_of_both_workers(tuning_server, tmp_path):
+    """In the browser: a search with 2 workers started from the Tuning tab;
+    the trials table fills in as the workers' trials end, each row naming
+    its worker, and the best values appear."""
+    url, runs = tuning_server
+    profile = Path(tempfile.mkdtemp(prefix="kd-chromium-"))
+    browser = Chromium(profile)
+    try:
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=f"{url}/?tab=tuning")
+
+        def page_text():
+            return browser.evaluate("document.body ? document.body.innerText : ''") or ""
+
+        try:
+            wait_until(lambda: "Start search" in page_text(), 180, "the Tuning tab")
+        finally:
+            (tmp_path / "start.txt").write_text(page_text())
+        type_into(browser, "Preset", "smoke", last=True)
+        for label, text in (
+            ("Trials", "4"),
+            ("Epochs per trial", "1"),
+            ("Workers", "2"),
+            ("Search name", "two-workers"),
+        ):
+            type_into(browser, label, text)
+        clicked = browser.evaluate(
+            "(() => { const b = [...document.querySelectorAll('button')]"
+            ".find(b => b.innerText.trim() === 'Start search'); if (b) b.click(); return !!b; })()"
+        )
+        assert clicked
+        wait_until(
+            lambda: "Started search" in page_text() or "not started" in page_text(), 60, "the start"
+        )
+        assert "Started search 'two-workers'" in page_text(), page_text()[-1500:]
+
+        def dom():
+            return browser.evaluate("document.documentElement.outerHTML") or ""
+
+        try:
+            wait_until(
+                lambda: "4 of 4 trials completed" in page_text() and "Best T" in page_text(),
+                600,
+                "the four trials and the best values",
+            )
+            wait_until(lambda: ">worker1<" in dom() and ">worker2<" in dom(), 30, "both workers")
+        finally:
+            (tmp_path / "tuning.html").write_text(dom())
+            shot = browser.call("Page.captureScreenshot", format="png")
+            (tmp_path / "tuning.png").write_bytes(base64.b64decode(shot["data"]))
+    finally:
+        browser.close()
+        shutil.rmtree(profile, ignore_errors=True)
+    folder = runs / "tuning" / "two-workers"
+    settings = json.loads((folder / "search.json").read_text())
+    assert sorted(set(settings["workers"].values())) == ["worker1", "worker2"]
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 4
+    command = (runs / "tuning" / "two-workers.log").read_text()
+    assert "--workers 2" in command and "--preset smoke" in command

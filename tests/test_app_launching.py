@@ -237,3 +237,23 @@ def test_placeholders_follow_the_data_kind():
     folder = launching.placeholders("quick", "folder")
     assert cifar["val_size"].startswith("quick: ") and folder["val_size"] == "follows the data"
     assert folder["train_per_class"] == "follows the data" and cifar["image_size"] == "the data's"
+
+
+def test_a_relative_cifar10_variable_is_the_operators_file_and_launches(tmp_path, monkeypatch):
+    """`KD_KERAS_CIFAR10=../data/cifar.tar.gz streamlit run app.py`: the
+    page's default data source is that file, absolute, and is accepted
+    (a relative name on the page is read inside the runs root instead)."""
+    from kd_app import checks, settings
+
+    archive = tmp_path / "data" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    archive.write_bytes(b"")
+    (tmp_path / "app").mkdir()
+    monkeypatch.chdir(tmp_path / "app")
+    monkeypatch.setenv("KD_KERAS_CIFAR10", "../data/cifar-10-python.tar.gz")
+    default = settings.default_data_path()
+    assert default == str(archive.resolve())
+    path, errors = checks.resolve_data(default, tmp_path / "runs")
+    assert (path, errors) == (archive.resolve(), [])
+    monkeypatch.delenv("KD_KERAS_CIFAR10")
+    assert settings.default_data_path() == ""
