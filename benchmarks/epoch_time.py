@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kd_keras.hardware import enable_onednn_opts
+
 DEFAULT_OUT = "runs/epoch-time"
 STAGE_STEP = {
     "teacher": ("teacher_train_step_s",),
@@ -182,6 +184,7 @@ def format_rows(rows):
 
 def main(argv=None):
     args = get_args(argv)
+    enable_onednn_opts()  # As kd_keras's front ends run TensorFlow.
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / "run"

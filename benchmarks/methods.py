@@ -25,14 +25,20 @@ then per seed) into `--out`, and prints the table.
 
 import argparse
 import shlex
-import statistics
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.seeds import RESERVED_FLAGS, check_seed_folder, run_argv, seed_result
+from benchmarks.seeds import (
+    RESERVED_FLAGS,
+    check_seed_folder,
+    clock,
+    mean_sd,
+    run_argv,
+    run_child,
+    seed_result,
+    split_extra,
+)
 from kd_keras import atomic
 from kd_keras.errors import ConfigError, run_command
 from kd_keras.hardware import this_machine
@@ -59,15 +65,8 @@ def run_folder(out, method, seed):
     return Path(out) / method / f"seed{seed}"
 
 
-def _mean_sd(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def _spread(values, digits=2):
-    mean, sd = _mean_sd(values)
+    mean, sd = mean_sd(values)
     if mean is None:
         return ""
     return f"{mean:+.{digits}f}" + (f" ± {sd:.{digits}f}" if len(values) > 1 else "")
@@ -116,16 +115,9 @@ def format_methods_table(summary):
             lines.append(
                 f"| {method} | {seed} | {result['student_baseline']:.4f} "
                 f"| {result['student_distilled']:.4f} | {result['gain_points']:+.2f} "
-                f"| {_clock(result.get('distilled_seconds'))} | {_clock(result.get('wall_seconds'))} |"
+                f"| {clock(result.get('distilled_seconds'))} | {clock(result.get('wall_seconds'))} |"
             )
     return "\n".join(lines)
-
-
-def _clock(seconds):
-    if seconds is None:
-        return ""
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes}:{seconds:02d}"
 
 
 def run_result(folder):
@@ -146,11 +138,7 @@ def _finish(out, summary):
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+    argv, extra = split_extra(argv)
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.methods",
         description="Distil with each method per seed, sharing each seed's baseline; "
@@ -215,23 +203,15 @@ def main(argv=None):
                     baseline = run_folder(out, first, seed) / "models" / "student_baseline.keras"
                     own += ["--baseline", str(baseline)]
                 command_ = run_argv(args.preset, seed, folder, own, resume=resume[method, seed])
-                print("benchmarks.methods: " + shlex.join(["python", *command_[1:]]), flush=True)
-                started = time.perf_counter()
-                process = subprocess.Popen(command_)
-                try:
-                    code = process.wait()
-                except KeyboardInterrupt:
-                    process.wait()  # The run got the Ctrl-C too and stops resumably.
-                    _finish(out, summary)
-                    raise
+                code, wall = run_child(
+                    "benchmarks.methods", command_, lambda: _finish(out, summary)
+                )
                 result = run_result(folder)
                 if code != 0 or result is None:
                     print(_finish(out, summary))
                     print(f"benchmarks.methods: {method} seed {seed} stopped (exit code {code})")
                     return code or 1
-                result.update(
-                    wall_seconds=time.perf_counter() - started, resumed=resume[method, seed]
-                )
+                result.update(wall_seconds=wall, resumed=resume[method, seed])
             else:
                 old = (walls.get(method) or {}).get(str(seed)) or {}
                 result.update(wall_seconds=old.get("wall_seconds"), resumed=old.get("resumed"))

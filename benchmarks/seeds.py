@@ -118,14 +118,16 @@ def seed_result(folder):
     }
 
 
-def _mean_sd(values):
+def mean_sd(values):
+    """Mean and sample sd of the values that are not None (sd 0 for one)."""
     values = [v for v in values if v is not None]
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _clock(seconds):
+def clock(seconds):
+    """Seconds as m:ss ("" for None)."""
     if seconds is None:
         return ""
     minutes, seconds = divmod(round(seconds), 60)
@@ -148,7 +150,7 @@ def format_seed_table(summary):
         if result is None:
             lines.append(f"| {seed} | not complete | | | | | |")
             continue
-        wall = _clock(result.get("wall_seconds"))
+        wall = clock(result.get("wall_seconds"))
         if result.get("resumed"):
             wall += " (resumed)"
         lines.append(
@@ -165,9 +167,9 @@ def format_seed_table(summary):
     elif done:
         cells = []
         for key in ("teacher", "student_baseline", "student_distilled"):
-            mean, sd = _mean_sd([r[key] for r in done])
+            mean, sd = mean_sd([r[key] for r in done])
             cells.append(f"{mean:.4f} ± {sd:.4f}")
-        mean, sd = _mean_sd([r["gain_points"] for r in done])
+        mean, sd = mean_sd([r["gain_points"] for r in done])
         cells.append(f"**{mean:+.2f}** ± {sd:.2f}")
         lines.append(f"| mean ± sd ({len(done)} seeds) | " + " | ".join(cells) + " | | |")
     return "\n".join(lines)
@@ -180,12 +182,33 @@ def _finish(out, summary):
     return table
 
 
-def main(argv=None):
+def split_extra(argv):
+    """`(own flags, run flags)` of a command line: the run flags follow `--`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
+
+
+def run_child(name, argv, on_interrupt):
+    """Prints and runs one `kd_keras run` command to its end; returns its
+    exit code and wall seconds. On Ctrl-C it waits for the run (which got
+    the signal too and stops resumably), calls `on_interrupt`, re-raises."""
+    print(f"{name}: " + shlex.join(["python", *argv[1:]]), flush=True)
+    started = time.perf_counter()
+    process = subprocess.Popen(argv)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        process.wait()
+        on_interrupt()
+        raise
+    return code, time.perf_counter() - started
+
+
+def main(argv=None):
+    argv, extra = split_extra(argv)
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.seeds",
         description="Run a preset once per seed and tabulate the distillation gain.",
@@ -246,16 +269,7 @@ def main(argv=None):
             summary["seeds"][str(seed)] = result
             continue
         argv_ = run_argv(args.preset, seed, folder, run_flags, resume=resume[seed])
-        print("benchmarks.seeds: " + shlex.join(["python", *argv_[1:]]), flush=True)
-        started = time.perf_counter()
-        process = subprocess.Popen(argv_)
-        try:
-            code = process.wait()
-        except KeyboardInterrupt:
-            process.wait()  # The run got the Ctrl-C too and stops resumably.
-            _finish(out, summary)
-            raise
-        wall = time.perf_counter() - started
+        code, wall = run_child("benchmarks.seeds", argv_, lambda: _finish(out, summary))
         result = seed_result(folder)
         if code == 0 and result is None:
             print(f"benchmarks.seeds: seed {seed}: '{folder}' is not complete", flush=True)

@@ -47,7 +47,7 @@ from benchmarks.throughput_cases import (
 )
 from benchmarks.throughput_report import merge_rounds, write_report
 from benchmarks.throughput_worker import run_worker
-from kd_keras.hardware import auto_precisions, this_machine
+from kd_keras.hardware import ONEDNN_OPTS_VAR, auto_precisions, enable_onednn_opts, this_machine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = "runs/benchmark"
@@ -146,6 +146,7 @@ def machine_info():
         "cpu_model": machine.cpu_model or platform.processor() or platform.machine(),
         "cpu_flags": machine.speed_flags(),
         "auto_precision": auto_precisions(machine)[:2],
+        "tf_enable_onednn_opts": os.environ.get(ONEDNN_OPTS_VAR, ""),
         "cpu_count": os.cpu_count(),
         "usable_cores": usable_cores(),
         "platform": platform.platform(),
@@ -228,6 +229,9 @@ def run_case(name, args, out):
 def main(argv=None):
     """Runs the benchmark; returns 0, or 1 if any case failed."""
     args = get_args(argv)
+    # Every case's process runs TensorFlow as kd_keras's front ends do
+    # (the Keras cases alike): oneDNN kernels on unless the user chose.
+    enable_onednn_opts()
     if args.worker:
         result = run_worker(args.worker, args)
         Path(args.result_file).write_text(json.dumps(result, indent=2) + "\n")

@@ -185,7 +185,8 @@ def write_report(out, machine, settings, results):
         f"- Machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores "
         f"(CPU flags: {flags}); precision 'auto' here: "
         f"{' / '.join(machine.get('auto_precision') or ('?', '?'))}",
-        f"- TensorFlow {machine['tensorflow']}, Keras {machine['keras']}, "
+        f"- TensorFlow {machine['tensorflow']} (TF_ENABLE_ONEDNN_OPTS="
+        f"{machine.get('tf_enable_onednn_opts') or 'unset'}), Keras {machine['keras']}, "
         f"PyTorch {machine['torch'] or 'not installed'}, Python {machine['python']}",
         f"- Date: {machine['date']}",
         f"- Teacher ResNet-{settings['teacher_depth']} (width {settings['teacher_width']}), "

@@ -21,6 +21,8 @@ import os
 import sys
 import tempfile
 
+from kd_keras.hardware import enable_onednn_opts
+
 LOG_LEVEL_VAR = "TF_CPP_MIN_LOG_LEVEL"
 # The level set when the user set none: C++ warnings and errors of a
 # running TensorFlow still show; informational lines do not.
@@ -75,6 +77,9 @@ def start_tensorflow(verbose=False):
     """
     if "tensorflow" in sys.modules:
         return False  # Started already: nothing left to hold back.
+    # TensorFlow's oneDNN kernels on every CPU, not only the newest
+    # (kd_keras.hardware.ONEDNN_OPTS_VAR), unless the user chose.
+    enable_onednn_opts()
     if not is_quiet(verbose):
         import tensorflow as tf
 

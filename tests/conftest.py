@@ -11,6 +11,8 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The tests run TensorFlow's kernels as kd_keras's front ends do.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 # A test that uses one of these fixtures trains real models on real CIFAR-10

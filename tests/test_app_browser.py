@@ -9,6 +9,7 @@ results table is in the page, then takes the DOM and a screenshot.
 """
 
 import base64
+import contextlib
 import json
 import shutil
 import socket
@@ -61,52 +62,44 @@ def get(url):
         return None
 
 
+@contextlib.contextmanager
+def streamlit_app(env, log_path, *, host="127.0.0.1", app_args=()):
+    """`streamlit run app.py [-- app_args]` on a free port of `host`, its
+    output in `log_path`; yields the page's address, and stops the server."""
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true"]
+    command += ["--server.port", str(port), "--browser.gatherUsageStats", "false"]
+    if host == "127.0.0.1":
+        command += ["--server.address", host]
+    command += ["--", *app_args] if app_args else []
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(
+                lambda: (
+                    server.poll() is not None or get(f"http://{host}:{port}/_stcore/health") == "ok"
+                ),
+                60,
+                "the Streamlit server",
+            )
+            assert server.poll() is None, Path(log_path).read_text()
+            yield f"http://{host}:{port}"
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
 @pytest.fixture
 def streamlit_server(smoke_run, tmp_path_factory, tmp_path):
     """`streamlit run app.py` on a free port, its runs folder = the smoke run's."""
     runs = smoke_run[0].parent
-    port = free_port()
     env = subprocess_env(tmp_path_factory.getbasetemp())
     env["KD_KERAS_RUNS_DIR"] = str(runs)
-    log = open(tmp_path / "streamlit.log", "wb")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(APP),
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_until(
-            lambda: (
-                server.poll() is not None or get(f"http://127.0.0.1:{port}/_stcore/health") == "ok"
-            ),
-            60,
-            "the Streamlit server",
-        )
-        assert server.poll() is None, (tmp_path / "streamlit.log").read_text()
-        yield f"http://127.0.0.1:{port}", runs / "smoke"
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+    with streamlit_app(env, tmp_path / "streamlit.log") as url:
+        yield url, runs / "smoke"
 
 
 class Chromium:
@@ -252,52 +245,16 @@ def own_data_server(tmp_path_factory, tmp_path):
             color = (80 * index, 255 - 20 * i, 40 * (i % 3))
             image = Image.new("RGB", (40, 40), color=color)
             (image.convert("L") if i % 4 == 0 else image).save(data / "flowers" / name / f"{i}.png")
-    port = free_port()
     env = subprocess_env(tmp_path_factory.getbasetemp())
     for name in ("KD_KERAS_RUNS_DIR", "KD_KERAS_DATA_DIR", "KD_KERAS_CIFAR10"):
         env.pop(name, None)
-    log = open(tmp_path / "streamlit.log", "wb")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(APP),
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-            "--",
-            "--runs",
-            str(runs),
-            "--data-root",
-            str(data),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    app_args = ("--runs", str(runs), "--data-root", str(data))
     try:
-        wait_until(
-            lambda: (
-                server.poll() is not None or get(f"http://localhost:{port}/_stcore/health") == "ok"
-            ),
-            60,
-            "the Streamlit server",
-        )
-        assert server.poll() is None, (tmp_path / "streamlit.log").read_text()
-        yield f"http://localhost:{port}", runs, data / "flowers"
+        with streamlit_app(
+            env, tmp_path / "streamlit.log", host="localhost", app_args=app_args
+        ) as url:
+            yield url, runs, data / "flowers"
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
         from kd_app.run_state import alive_runs
 
         for state in alive_runs(runs):
@@ -380,31 +337,12 @@ def tuning_server(smoke_run, tmp_path_factory, tmp_path):
     the smoke run (its teacher is the search's)."""
     runs = tmp_path / "runs"
     shutil.copytree(smoke_run[0], runs / "smoke")
-    port = free_port()
     env = subprocess_env(tmp_path_factory.getbasetemp())
     env["KD_KERAS_RUNS_DIR"] = str(runs)
-    log = open(tmp_path / "streamlit.log", "wb")
-    command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true"]
-    command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
-    command += ["--browser.gatherUsageStats", "false"]
-    server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until(
-            lambda: (
-                server.poll() is not None or get(f"http://127.0.0.1:{port}/_stcore/health") == "ok"
-            ),
-            60,
-            "the Streamlit server",
-        )
-        assert server.poll() is None, (tmp_path / "streamlit.log").read_text()
-        yield f"http://127.0.0.1:{port}", runs
+        with streamlit_app(env, tmp_path / "streamlit.log") as url:
+            yield url, runs
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
         from kd_app.searches import list_searches, search_state, stop_search
 
         for folder in list_searches(runs):

@@ -176,3 +176,40 @@ def test_a_onednn_isa_cap_below_bfloat16_means_float32(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
     machine = this_machine()
     assert machine.onednn_max_isa == "AVX2" and "ONEDNN_MAX_CPU_ISA=AVX2" in machine.describe()
+
+
+def test_onednn_kernels_are_switched_on_unless_the_user_chose(monkeypatch):
+    from kd_keras.hardware import ONEDNN_OPTS_VAR, enable_onednn_opts, this_machine
+
+    env = {}
+    assert enable_onednn_opts(env) == "1" and env == {ONEDNN_OPTS_VAR: "1"}
+    env = {ONEDNN_OPTS_VAR: "0"}
+    assert enable_onednn_opts(env) == "0" and env == {ONEDNN_OPTS_VAR: "0"}
+    env = {ONEDNN_OPTS_VAR: " "}
+    assert enable_onednn_opts(env) == "1"
+    # A figure taken with the kernels off says so; the default is not named.
+    monkeypatch.delenv(ONEDNN_OPTS_VAR, raising=False)
+    assert ONEDNN_OPTS_VAR not in this_machine().describe()
+    monkeypatch.setenv(ONEDNN_OPTS_VAR, "0")
+    assert this_machine().describe().endswith(f"; {ONEDNN_OPTS_VAR}=0")
+
+
+@pytest.mark.parametrize("given, expected", [(None, "1 True"), ("0", "0 False")])
+def test_front_ends_start_tensorflow_with_its_onednn_kernels(given, expected):
+    """TensorFlow turns its oneDNN kernels on by itself only on CPUs with
+    AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX; a front end's start turns
+    them on everywhere, and a user's TF_ENABLE_ONEDNN_OPTS=0 stays."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if given is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = given
+    code = (
+        "import os; from kd_keras.quiet import start_tensorflow; start_tensorflow(); "
+        "from tensorflow.python.util import _pywrap_util_port as port; "
+        "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], port.IsMklEnabled())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    assert out.strip().splitlines()[-1] == expected
