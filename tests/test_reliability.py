@@ -768,16 +768,7 @@ def test_an_atomic_write_replaces_a_link_at_the_final_name_not_its_target(tmp_pa
 
 def _fake_search(folder):
     folder.mkdir(parents=True)
-    settings = {
-        "tuner": "random",
-        "objective": "val_accuracy",
-        "epochs": 1,
-        "max_trials": 2,
-        "space": {},
-        "config": {},
-        "teacher_sha256": "0",
-    }
-    (folder / "search.json").write_text(json.dumps(settings))
+    _fake_search_settings(folder)
     for name in ("trials.csv", "best.json", "search.png", "oracle.json", "tuner0.json"):
         (folder / name).write_text("x")
     for name in ("trial.json", "build_config.json", "checkpoint.weights.h5", "kd_trial.json"):
@@ -808,6 +799,65 @@ def test_search_overwrite_needs_kd_keras_settings_and_keeps_the_users_files(tmp_
     assert check_search_folder(folder, overwrite=True) is None
     remove_planned(SearchFolder(folder).removal_plan())
     assert _snapshot(folder) == {"notes.txt": b"mine", "trial_0/plot.png": b"mine too"}
+
+
+def test_keras_tuner_state_survives_a_kill_mid_write_and_damage_is_named(tmp_path, monkeypatch):
+    import keras
+    import keras_tuner
+
+    from kd_keras.errors import DamagedFileError
+    from tuning.search import check_search_folder
+    from tuning.tuners import build_tuner
+
+    class Tiny(keras_tuner.HyperModel):
+        def build(self, hp):
+            hp.Float("temperature", 1.0, 8.0)
+            return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+
+    folder = tmp_path / "search"
+    tuner = build_tuner("random", Tiny(), folder, max_trials=3, epochs=1)
+    _fake_search_settings(folder)
+    tuner.save()
+    saved = json.loads((folder / "oracle.json").read_text())
+    assert saved["tried_so_far"] == [] and check_search_folder(folder) is not None
+
+    # Killed between writing the new state and renaming it into place.
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    tuner.oracle._tried_so_far.add("a-trial-hash")
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tuner.save()
+    monkeypatch.undo()
+    assert json.loads((folder / "oracle.json").read_text()) == saved
+    assert sorted(p.name for p in folder.iterdir()) == ["oracle.json", "search.json", "tuner0.json"]
+    tuner.save()
+    assert json.loads((folder / "oracle.json").read_text())["tried_so_far"] == ["a-trial-hash"]
+
+    # A state file damaged some other way is named before keras-tuner reads it.
+    (folder / "trial_0").mkdir()
+    (folder / "trial_0" / "trial.json").write_text('{"trial_id": "0", "hyperpar')
+    with pytest.raises(DamagedFileError, match=r"trial_0/trial\.json' is damaged .*--overwrite"):
+        check_search_folder(folder)
+    (folder / "trial_0" / "trial.json").unlink()
+    (folder / "oracle.json").write_text("")
+    with pytest.raises(DamagedFileError, match=r"oracle\.json' is damaged \(empty\)"):
+        check_search_folder(folder)
+    assert check_search_folder(folder, overwrite=True) is None
+
+
+def _fake_search_settings(folder):
+    settings = {
+        "tuner": "random",
+        "objective": "val_accuracy",
+        "epochs": 1,
+        "max_trials": 2,
+        "space": {},
+        "config": {},
+        "teacher_sha256": "0",
+    }
+    (folder / "search.json").write_text(json.dumps(settings))
 
 
 # --- Ordinary file modes: what open() would give, under the user's umask. ---

@@ -144,7 +144,9 @@ def check_search_folder(folder, *, overwrite=False):
         )
     search = SearchFolder(folder)
     if not overwrite:
-        return search.saved_settings()
+        settings = search.saved_settings()
+        check_tuner_state(folder)
+        return settings
     # --overwrite removes only what a search writes (SearchFolder.removal_plan).
     try:
         search.saved_settings()
@@ -161,6 +163,27 @@ def check_search_folder(folder, *, overwrite=False):
             "were not written by a search; move them out, or choose another --out"
         )
     return None
+
+
+def check_tuner_state(folder):
+    """Raises `DamagedFileError` for a keras-tuner state file in `folder`
+    (`oracle.json`, `tuner*.json`, `trial_*/trial.json`) that is not a JSON
+    object, before keras-tuner's reload fails on it with a bare
+    JSONDecodeError. Such a file comes from an edit, a damaged disk, or a
+    search killed mid-write by a version that wrote them in place (they are
+    now written atomically: `tuning.tuners.save_state_atomically`)."""
+    folder = Path(folder)
+    fix = (
+        "keras-tuner cannot resume the search from it: start the search again with "
+        "--overwrite, or in a new --out"
+    )
+    state = [
+        folder / "oracle.json",
+        *sorted(folder.glob("tuner*.json")),
+        *sorted(folder.glob("trial_*/trial.json")),
+    ]
+    for path in state:
+        atomic.read_json_object(path, fix=fix)
 
 
 def describe_data(splits):

@@ -6,11 +6,13 @@ keras-tuner's own trial state, and the search's outputs are rewritten after
 every trial (`tuning.report`).
 """
 
+import json
 import time
 from pathlib import Path
 
 import keras_tuner
 
+from kd_keras import atomic
 from kd_keras.errors import SearchError, SearchFailedError
 from kd_keras.search_folder import OBJECTIVE, TRIAL_COMPLETED, TRIAL_FILE, TUNERS
 
@@ -177,6 +179,7 @@ def build_tuner(
     >>> write_search_outputs(tuner)
     """
     folder = Path(folder).resolve()
+    save_state_atomically()  # Before the tuner reloads or writes its state.
     common = dict(
         hypermodel=hypermodel,
         objective=objective(),
@@ -208,6 +211,35 @@ def build_tuner(
     if first_values is not None and name != "hyperband":
         start_with(tuner.oracle, first_values)
     return tuner
+
+
+def save_state_atomically():
+    """Makes keras-tuner write its state files (`oracle.json`,
+    `tuner0.json`, each `trial.json`) atomically.
+
+    keras-tuner writes them in place (`keras_tuner.src.utils.save_json`
+    opens the file for writing, then writes): a search killed in between
+    leaves an empty or half-written `oracle.json`, and `--resume` then
+    fails in keras-tuner's reload with a JSONDecodeError. Local files are
+    written through `kd_keras.atomic` instead (a temporary file renamed
+    over the old one), so a killed search leaves the last whole state.
+    Remote paths (`gs://...`) keep keras-tuner's own write. Idempotent.
+    """
+    from keras_tuner.src import utils
+
+    if getattr(utils.save_json, "kd_atomic", False):
+        return
+    original = utils.save_json
+
+    def save_json(path, obj):
+        if "://" in str(path):
+            return original(path, obj)
+        text = json.dumps(obj)  # As keras-tuner's own: compact, one line.
+        atomic.write_text(path, text)
+        return text
+
+    save_json.kd_atomic = True
+    utils.save_json = save_json
 
 
 def start_with(oracle, values):

@@ -20,6 +20,7 @@ from kd_keras.distill.teacher import (
     teacher_sanity_check,
 )
 from kd_keras.errors import ConfigError, DamagedFileError, TeacherError
+from kd_keras.options import option_for
 from kd_keras.run_folder import RunFolder
 from kd_keras.stages import STAGES
 from kd_keras.train import distribute, recipe
@@ -136,7 +137,7 @@ def load_baseline(config, splits):
             what = (
                 "other data"
                 if field == "data_fingerprint"
-                else f"{_field_flag(config, field)} {theirs!r}, not this run's {mine!r}"
+                else f"{option_for(field).flag} {theirs!r}, not this run's {mine!r}"
             )
             more = f" (and {len(differs) - 1} more)" if len(differs) > 1 else ""
             raise ConfigError(
@@ -172,11 +173,6 @@ def load_baseline(config, splits):
             flush=True,
         )
     return model
-
-
-def _field_flag(config, field):
-    """The flag of a `RunConfig` field (the field's name if it has none)."""
-    return config.__dataclass_fields__[field].metadata.get("flag", field)
 
 
 def _baseline_run_config(path):
