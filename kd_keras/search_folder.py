@@ -4,7 +4,7 @@ Keras-free: the search and the app name a search's files through
 `SearchFolder`:
 
 ```
-<search>/search.json  trials.csv  best.json  search.png  trial_<id>/
+<search>/search.json  trials.csv  best.json  search.png  trial_<id>/  teacher_logits/
 .<search>.lock        beside the folder (`SearchFolder.lock_file`)
 ```
 
@@ -25,6 +25,9 @@ TRIALS_FILE = "trials.csv"
 BEST_FILE = "best.json"
 SEARCH_PLOT = "search.png"
 TRIAL_FILE = "kd_trial.json"  # Per trial folder: wall time and epochs.
+# The teacher's logits of each epoch's batches, shared by the trials and
+# the workers (`kd_keras.TeacherLogitCache(folder=)`): `epoch_<e>.npz`.
+TEACHER_LOGITS_DIR = "teacher_logits"
 TUNERS = ("random", "bayesian", "hyperband")  # `--tuner`; the first is the default.
 MAX_TRIALS = 1000  # `--trials`: each trial keeps a folder and a checkpoint.
 MAX_WORKERS = 64  # `--workers`: local worker processes under one chief.
@@ -56,6 +59,7 @@ SEARCH_LAYOUT = Layout(
             "trial_*",
             Layout(files=("trial.json", "build_config.json", "checkpoint*", TRIAL_FILE)),
         ),
+        (TEACHER_LOGITS_DIR, Layout(files=("epoch_*.npz",))),
     ),
 )
 
@@ -84,6 +88,11 @@ class SearchFolder:
     @property
     def plot_file(self):
         return self.path / SEARCH_PLOT
+
+    @property
+    def teacher_logits_dir(self):
+        """`teacher_logits/`: each epoch's teacher logits, `epoch_<e>.npz`."""
+        return self.path / TEACHER_LOGITS_DIR
 
     @property
     def lock_file(self):

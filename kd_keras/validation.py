@@ -47,6 +47,9 @@ COUNT_RANGES = {
 }
 # Distillation methods of `--method` (kd_keras/distill/losses, docs/methods.md).
 METHODS = ("hinton", "dkd", "fitnets", "at")
+# The methods that read the teacher's layers (its logits alone do not do):
+# the teacher runs on every batch, so its logits are never cached for them.
+FEATURE_METHODS = ("fitnets", "at")
 # Several teachers (`--teacher` given again): the target is the mean of
 # their softened distributions, or one Hinton loss per teacher
 # (kd_keras/distill/losses/multi_teacher.py).

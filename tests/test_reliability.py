@@ -774,6 +774,8 @@ def _fake_search(folder):
     for name in ("trial.json", "build_config.json", "checkpoint.weights.h5", "kd_trial.json"):
         (folder / "trial_0").mkdir(exist_ok=True)
         (folder / "trial_0" / name).write_text("x")
+    (folder / "teacher_logits").mkdir()
+    (folder / "teacher_logits" / "epoch_0.npz").write_text("x")
 
 
 def test_search_overwrite_needs_kd_keras_settings_and_keeps_the_users_files(tmp_path):

@@ -54,6 +54,52 @@ def test_epochs_are_computed_once_and_replayed(teacher):
     assert not np.allclose(cache.epoch_logits(0)[0], first[0])
 
 
+def _counting(cache):
+    """Records the batch size of every teacher pass `cache` makes."""
+    calls, forward = [], cache._teacher_logits
+    cache._teacher_logits = lambda x: calls.append(len(x)) or forward(x)
+    return calls
+
+
+def test_a_folder_shares_the_epochs_so_the_teacher_runs_once(teacher, tmp_path):
+    keras.utils.set_random_seed(1)
+    first = TeacherLogitCache(teacher, make_batches, steps_per_epoch=STEPS, folder=tmp_path)
+    first.fill(2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0.npz", "epoch_1.npz"]
+    second = TeacherLogitCache(teacher, make_batches, steps_per_epoch=STEPS, folder=tmp_path)
+    calls = _counting(second)
+    batches = list(second.dataset(epochs=2))
+    # Only the check of each epoch's first batch; every logit from the files.
+    assert calls == [BATCH, BATCH]
+    for epoch in (0, 1):
+        for mine, theirs in zip(second.epoch_logits(epoch), first.epoch_logits(epoch)):
+            np.testing.assert_array_equal(mine, theirs)
+    for inputs, _ in batches:
+        np.testing.assert_allclose(
+            inputs["teacher_logits"], teacher(inputs["images"], training=False), atol=1e-5
+        )
+
+
+def test_a_stale_or_damaged_file_is_computed_again(teacher, tmp_path):
+    keras.utils.set_random_seed(1)
+    TeacherLogitCache(teacher, make_batches, steps_per_epoch=STEPS, folder=tmp_path).fill(1)
+    old = (tmp_path / "epoch_0.npz").read_bytes()
+    # Other batches (another global seed): the file is not theirs.
+    keras.utils.set_random_seed(2)
+    cache = TeacherLogitCache(teacher, make_batches, steps_per_epoch=STEPS, folder=tmp_path)
+    for inputs, _ in cache.dataset(epochs=1):
+        np.testing.assert_allclose(
+            inputs["teacher_logits"], teacher(inputs["images"], training=False), atol=1e-5
+        )
+    assert (tmp_path / "epoch_0.npz").read_bytes() != old
+    (tmp_path / "epoch_0.npz").write_bytes(old[:100])  # Truncated.
+    cache = TeacherLogitCache(teacher, make_batches, steps_per_epoch=STEPS, folder=tmp_path)
+    calls = _counting(cache)
+    cache.fill(1)
+    assert calls == [16, 16, 8, 16]  # The epoch, then its check.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0.npz"]
+
+
 def _distiller(teacher):
     keras.utils.set_random_seed(5)
     student = build_resnet(8, width=4)

@@ -97,6 +97,11 @@ def test_chief_and_two_workers_complete_the_search(argv, tmp_path):
     assert sorted(workers) == ["0", "1", "2", "3"]
     assert set(workers.values()) == {"worker1", "worker2"}
     assert json.loads((folder / "best.json").read_text())["completed_trials"] == 4
+    # The chief ran the teacher once per epoch, for both workers to read.
+    assert sorted(p.name for p in (folder / "teacher_logits").iterdir()) == [
+        "epoch_0.npz",
+        "epoch_1.npz",
+    ]
 
 
 def test_a_killed_worker_does_not_stop_the_search(argv, tmp_path):

@@ -24,7 +24,7 @@ from kd_keras.distill.teacher_cache import TeacherLogitCache, with_teacher_logit
 from kd_keras.errors import NonFiniteLossError
 from kd_keras.train import recipe
 from kd_keras.train.callbacks import NonFiniteLossGuard
-from kd_keras.validation import METHODS, validate_temperature
+from kd_keras.validation import FEATURE_METHODS, METHODS, validate_temperature
 
 DEFAULT_TEMPERATURE_RANGE = (1.0, 20.0)
 DEFAULT_ALPHA_RANGE = (0.0, 1.0)
@@ -348,6 +348,10 @@ class DistillationHyperModel(keras_tuner.HyperModel):
             the same batches, so the logits are the same, and the later
             trials skip the teacher's forward pass. Likewise for a
             `tf.data` validation set. False runs the teacher in every step.
+        cache_folder: with `cache_teacher_logits`, also keep each epoch's
+            teacher logits in this folder, where every hypermodel on the
+            same folder reads them (the workers of a search on one
+            machine; a resumed search): `TeacherLogitCache(folder=)`.
         name: the hypermodel's name.
 
     Raises:
@@ -379,6 +383,7 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         space=None,
         cache_teacher_logits=True,
         trial_seeds=1,
+        cache_folder=None,
         name="kd_distillation",
     ):
         super().__init__(name=name, tunable=True)
@@ -402,6 +407,7 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         # batch norm folded, in the config's teacher precision.
         self.teacher = teacher_for_inference(teacher, self.config.teacher_precision)
         self.cache_teacher_logits = bool(cache_teacher_logits)
+        self.cache_folder = cache_folder
         self._train_caches = {}  # id(train_data) -> (train_data, TeacherLogitCache)
         self._val_caches = {}  # id(dataset) -> (dataset, dataset with logits)
         self.trial_seeds = trial_seeds
@@ -464,14 +470,36 @@ class DistillationHyperModel(keras_tuner.HyperModel):
     def _training_data(self, train_data, epochs, initial_epoch, cache=True):
         if not cache:
             return train_data(epochs, initial_epoch)
+        return self._teacher_cache(train_data).dataset(epochs, initial_epoch)
+
+    def _teacher_cache(self, train_data):
         key = id(train_data)
         if key not in self._train_caches:
             cache = TeacherLogitCache(
-                self.teacher, train_data, steps_per_epoch=self.steps_per_epoch
+                self.teacher,
+                train_data,
+                steps_per_epoch=self.steps_per_epoch,
+                folder=self.cache_folder,
             )
             # Holding train_data keeps its id from being reused.
             self._train_caches[key] = (train_data, cache)
-        return self._train_caches[key][1].dataset(epochs, initial_epoch)
+        return self._train_caches[key][1]
+
+    @property
+    def caches_teacher_logits(self):
+        """Whether some trial replays cached teacher logits: caching is on
+        and a searched method distils from logits alone (FitNets and AT
+        read the teacher's layers: their trials run the teacher live)."""
+        methods = self.space.methods or (self.config.method,)
+        return self.cache_teacher_logits and any(m not in FEATURE_METHODS for m in methods)
+
+    def fill_teacher_cache(self, train_data, epochs=None):
+        """Computes the teacher's logits of epochs `0 .. epochs - 1`
+        (default: `self.epochs`) of `train_data` now, into `cache_folder`
+        if given, so trials (and workers reading the folder) replay them.
+        Does nothing when no trial would replay them."""
+        if self.caches_teacher_logits:
+            self._teacher_cache(train_data).fill(self.epochs if epochs is None else epochs)
 
     def _validation_data(self, dataset):
         key = id(dataset)

@@ -209,6 +209,7 @@ def run_search(
             space=space,
             cache_teacher_logits=cache_teacher_logits,
             trial_seeds=trial_seeds,
+            cache_folder=SearchFolder(folder).teacher_logits_dir,
         )
         if overwrite:
             # Only the search's own files go (never keras-tuner's rmtree of
@@ -228,6 +229,11 @@ def run_search(
         write_strict_json(folder / SEARCH_FILE, settings)
         if distributed.role() == distributed.CHIEF:
             search_tuner.oracle.verbose = verbose  # As Tuner.search sets it.
+            if local_workers is not None:
+                # One teacher pass per epoch on all the cores, which every
+                # worker then reads, instead of one pass per worker on its
+                # share of them.
+                hypermodel.fill_teacher_cache(train_dataset)
             _serve(search_tuner, folder, settings, report, local_workers)
         else:
             search_tuner.search(
@@ -266,6 +272,7 @@ def _run_worker(teacher, data, folder, config, space, tuner, max_trials, epochs,
         epochs=epochs,
         config=config,
         space=space,
+        cache_folder=SearchFolder(folder).teacher_logits_dir,
         **options,
     )
     search_tuner = build_tuner(

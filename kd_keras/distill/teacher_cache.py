@@ -14,6 +14,14 @@ three-stage pipeline does not cache.
 Memory: 10 float32 logits per training image per epoch (400 KB per epoch of
 the quick preset's 10,000 images).
 
+Given a `folder`, each epoch's logits are also kept there
+(`epoch_<e>.npz`, written atomically) and read back by any cache on the
+same folder: the workers of a distributed search on one machine share one
+teacher pass per epoch (the chief fills it before they start, `fill`), and
+a resumed search does not run the teacher again. A file whose first batch
+no longer matches the teacher's fresh logits (another teacher, seed or
+data) is computed again and replaced.
+
 The views must really be the same: `make_dataset`'s shuffle and crop seeds
 are combined with TensorFlow's global seed, so a pipeline made after another
 `keras.utils.set_random_seed` yields other views. `dataset()` therefore
@@ -27,8 +35,12 @@ The third element of a batch stays Keras's sample weights, so `fit`'s
 `sample_weight=` and `class_weight=` work on cached batches too.
 """
 
+import zipfile
+from pathlib import Path
+
 import numpy as np
 
+from kd_keras import atomic
 from kd_keras.errors import CacheMismatchError
 
 # The keys of a Distiller batch's `x` that carries precomputed teacher
@@ -55,6 +67,9 @@ class TeacherLogitCache:
             every call (as `kd_keras.make_dataset(..., seed=, epochs=,
             start_epoch=)` makes).
         steps_per_epoch: batches per epoch.
+        folder: optional folder where each epoch's logits are kept
+            (`epoch_<e>.npz`) and read back by any cache on the same folder
+            and the same batches; made if missing.
 
     Example:
 
@@ -65,11 +80,13 @@ class TeacherLogitCache:
     >>> distiller.fit(cache.dataset(epochs=4), steps_per_epoch=79, epochs=4)
     """
 
-    def __init__(self, teacher, make_batches, *, steps_per_epoch):
+    def __init__(self, teacher, make_batches, *, steps_per_epoch, folder=None):
         self.teacher = teacher
         self.make_batches = make_batches
         self.steps_per_epoch = int(steps_per_epoch)
+        self.folder = None if folder is None else Path(folder)
         self._epochs = {}  # epoch -> list of (batch, classes) float32 arrays
+        self._from_file = set()  # Epochs read from `folder`, not yet checked.
         self._forward = None
 
     def _teacher_logits(self, images):
@@ -81,13 +98,52 @@ class TeacherLogitCache:
             )
         return np.asarray(self._forward(images), dtype="float32")
 
+    def epoch_file(self, epoch):
+        """Where `epoch`'s logits are kept (`None` without a folder)."""
+        return None if self.folder is None else self.folder / f"epoch_{epoch}.npz"
+
     def epoch_logits(self, epoch):
-        """The teacher's logits of every batch of `epoch` (computed on first
-        use, then kept)."""
+        """The teacher's logits of every batch of `epoch` (read from the
+        folder, or computed, on first use; then kept)."""
         if epoch not in self._epochs:
-            batches = self.make_batches(epoch + 1, epoch).take(self.steps_per_epoch)
-            self._epochs[epoch] = [self._teacher_logits(batch[0]) for batch in batches]
+            stored = self._read(epoch)
+            if stored is not None:
+                self._epochs[epoch] = stored
+                self._from_file.add(epoch)
+            else:
+                self._compute(epoch)
         return self._epochs[epoch]
+
+    def _compute(self, epoch):
+        batches = self.make_batches(epoch + 1, epoch).take(self.steps_per_epoch)
+        self._epochs[epoch] = [self._teacher_logits(batch[0]) for batch in batches]
+        self._from_file.discard(epoch)
+        path = self.epoch_file(epoch)
+        if path is not None:
+            with atomic.atomic_path(path) as tmp:
+                np.savez(tmp, *self._epochs[epoch])
+
+    def _read(self, epoch):
+        """`epoch`'s logits from its file, or None (no folder, no file, or
+        a file that is not a list of `steps_per_epoch` logit arrays)."""
+        path = self.epoch_file(epoch)
+        if path is None or not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                arrays = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # Damaged: computed again and replaced.
+        if len(arrays) != self.steps_per_epoch or any(a.ndim != 2 for a in arrays):
+            return None
+        return [np.asarray(a, dtype="float32") for a in arrays]
+
+    def fill(self, epochs):
+        """Computes (or reads) the logits of epochs `0 .. epochs - 1`, each
+        checked against the batches as `dataset` does; with a folder, every
+        later cache on it then reads them instead of running the teacher."""
+        for epoch in range(int(epochs)):
+            self.check_epoch(epoch)
 
     @property
     def cached_epochs(self):
@@ -103,6 +159,12 @@ class TeacherLogitCache:
             difference = (
                 float(np.max(np.abs(fresh - cached))) if fresh.shape == cached.shape else np.inf
             )
+            if difference > _SAME_BATCH_TOLERANCE and epoch in self._from_file:
+                # A file of other batches or another teacher: computed again.
+                self._compute(epoch)
+                cached = self._epochs[epoch][0]
+                difference = float(np.max(np.abs(fresh - cached)))
+            self._from_file.discard(epoch)
             if difference > _SAME_BATCH_TOLERANCE:
                 raise CacheMismatchError(
                     f"epoch {epoch}: the batches are not the ones whose teacher logits "
