@@ -271,3 +271,38 @@ def test_search_workers_reads_each_searchs_trials_and_compares_them(tmp_path):
         2,
     )
     assert argv[-2:] == ["--workers", "2"] and "--threads" not in argv
+
+
+def test_onednn_profile_takes_the_steady_step_from_two_verbose_runs():
+    from benchmarks.onednn_profile import parse_verbose, per_step
+
+    def run(steps):
+        # Set-up (a reorder, once) and `steps` steps of 2 forward
+        # convolutions (1.5 ms each) and one backward-weights (4 ms).
+        lines = [
+            "onednn_verbose,v1,info,oneDNN v3.7.3 (commit N/A)",
+            "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,jit:avx2,"
+            "forward_training,src:f32,,,mb128_ic3oc16,0.9",
+            "onednn_verbose,v1,primitive,exec,cpu,reorder,simple:any,undef,src:f32,,,128x3,7.0",
+            "some other output",
+        ]
+        for _ in range(steps):
+            lines += [
+                "onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,forward_training,"
+                "src:f32::blocked:acdb::f0,,alg:convolution_direct,mb128_ic3oc16,1.5",
+            ] * 2
+            # An older oneDNN's line, without "v1".
+            lines.append(
+                "onednn_verbose,primitive,exec,cpu,convolution,jit:avx2,backward_weights,"
+                "src:f32,,alg:convolution_direct,mb128_ic16oc16,4.0"
+            )
+        return parse_verbose(lines)
+
+    few, many = run(4), run(12)
+    assert few[("reorder", "undef")] == [7.0, 1]
+    assert few[("convolution", "forward_training")] == [12.0, 8]
+    steady = per_step(few, many, 8)
+    assert steady == {
+        ("convolution", "forward_training"): (3.0, 2.0),
+        ("convolution", "backward_weights"): (4.0, 1.0),
+    }
