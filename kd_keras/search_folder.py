@@ -41,6 +41,7 @@ TRIAL_COLUMNS = (
     "method",  # The trial's distillation method (searched, or the config's).
     "dkd_beta",  # DKD's beta, in trials whose method is "dkd".
     "val_accuracy",
+    "seed_sd",  # With --trial-seeds k >= 2: the sd of the k seeds' scores.
     "val_loss",
     "epochs",
     "seconds",

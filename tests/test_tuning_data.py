@@ -243,6 +243,24 @@ def test_the_best_trial_carries_its_binomial_noise():
     # On 30 images the same margin is within the noise.
     assert best_row(rows, val_images=30)["beats_runner_up"] is False
     assert "score_se" not in best_row(rows)
+    assert best_row(rows, val_images=400)["ci95"] == pytest.approx([0.8 - 0.0392, 0.8 + 0.0392])
+
+
+def test_a_trial_of_several_seeds_adds_their_spread_to_its_noise():
+    best = dict(row(0, "COMPLETED", 0.80), seed_scores=[0.78, 0.80, 0.82], seed_sd=0.02)
+    default = dict(row(1, "COMPLETED", 0.70), seed_scores=[0.69, 0.70, 0.71], seed_sd=0.01)
+    found = best_row([best, default], val_images=400)
+    split = math.sqrt(0.8 * 0.2 / 400)  # 0.02, shared by the seeds: not divided by 3.
+    se = math.sqrt(split**2 + 0.02**2 / 3)
+    assert found["split_se"] == pytest.approx(split)
+    assert found["score_se"] == pytest.approx(se)
+    assert found["ci95"] == pytest.approx([0.8 - 1.96 * se, 0.8 + 1.96 * se])
+    assert found["seed_scores"] == [0.78, 0.80, 0.82] and found["seed_sd"] == 0.02
+    other = math.sqrt(0.7 * 0.3 / 400 + 0.01**2 / 3)
+    assert found["margin_se"] == pytest.approx(math.hypot(se, other))
+    # A wide seed spread makes the same margin noise.
+    best["seed_sd"] = default["seed_sd"] = 0.12
+    assert best_row([best, default], val_images=400)["beats_runner_up"] is False
 
 
 def test_trial_seeds_start_each_execution_from_its_seeds_student(tmp_path):
@@ -287,3 +305,29 @@ def test_the_best_is_compared_with_the_default_trial():
         "temperature": 4.0,
         "alpha": 0.5,
     }
+
+
+def test_a_search_of_two_seeds_a_trial_records_each_seeds_score(tmp_path, capsys):
+    data = three_class_npz(tmp_path / "three.npz")
+    teacher = tmp_path / "t.keras"
+    keras.Sequential(
+        [keras.Input((20, 20, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)]
+    ).save(teacher)
+    out = tmp_path / "search"
+    argv = ["--teacher", str(teacher), "--data", str(data), "--out", str(out)]
+    argv += ["--preset", "smoke", "--val-size", "30", "--train-per-class", "20"]
+    argv += ["--val-per-class", "10", "--student-depth", "8", "--student-width", "4"]
+    argv += ["--batch-size", "30", "--trials", "2", "--epochs", "2", "--trial-seeds", "2"]
+    assert main(argv + ["--quiet"]) == 0
+    for trial in ("0", "1"):
+        seeds = strict_json(out / f"trial_{trial}" / "kd_trial.json")["seed_scores"]
+        assert len(seeds) == 2 and all(0 <= s <= 1 for s in seeds)
+        # keras-tuner's score is the mean of the seeds' best epochs.
+        row = next(r for r in csv_rows(out / "trials.csv") if r["trial_id"] == trial)
+        assert float(row["val_accuracy"]) == pytest.approx(np.mean(seeds))
+        assert float(row["seed_sd"]) == pytest.approx(np.std(seeds, ddof=1))
+    best = strict_json(out / "best.json")
+    assert best["score_se"] >= best["split_se"] > 0
+    low, high = best["ci95"]
+    assert low < best["score"] < high
+    assert "and 2 seeds (their sd" in capsys.readouterr().out

@@ -261,6 +261,11 @@ def _noise_line(best):
     """Whether the best trial beats the default (or, without a default
     trial, the next best) by more than the noise, in one line."""
     line = f"noise: standard error {best['score_se']:.4f} on {best['val_images']} validation images"
+    if best.get("seed_sd") is not None:
+        line += f" and {len(best['seed_scores'])} seeds (their sd {best['seed_sd']:.4f})"
+    if "ci95" in best:
+        low, high = best["ci95"]
+        line += f", 95 % interval {low:.4f}-{high:.4f}"
     if best.get("default_trial_id") == best["trial_id"]:
         return f"{line}; the best trial is the default T and alpha"
     if "default_score" in best:

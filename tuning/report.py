@@ -67,6 +67,8 @@ def trial_rows(tuner):
                 "method": method,
                 "dkd_beta": float(dkd_beta) if method == "dkd" and dkd_beta is not None else None,
                 "val_accuracy": _metric(trial, OBJECTIVE, best=True) if completed else None,
+                "seed_scores": (extra.get("seed_scores") or None) if completed else None,
+                "seed_sd": _sample_sd(extra.get("seed_scores")) if completed else None,
                 # The metrics kept per trial are those of its best epoch.
                 "val_loss": _metric(trial, "val_student_loss") if completed else None,
                 "epochs": extra.get("epochs"),
@@ -82,6 +84,12 @@ def trial_rows(tuner):
     return rows
 
 
+def _sample_sd(values):
+    """The sample standard deviation of two or more numbers, else None."""
+    values = [float(v) for v in values or () if v is not None and math.isfinite(float(v))]
+    return float(np.std(values, ddof=1)) if len(values) >= 2 else None
+
+
 def best_row(rows, val_images=None, default=None):
     """The completed trial with the highest val accuracy (earliest on ties),
     as the `best.json` dict, or `None` if no trial completed.
@@ -92,7 +100,14 @@ def best_row(rows, val_images=None, default=None):
     (`runner_up_score`, `margin_se`, `beats_runner_up`); with `default`
     (`{"temperature", "alpha"}`) and a completed trial of those values, the
     same against it (`default_trial_id`, `default_score`,
-    `default_margin_se`, `beats_default`)."""
+    `default_margin_se`, `beats_default`).
+
+    A trial scored as the mean of k >= 2 seeds (`--trial-seeds`) adds the
+    seeds' spread to its noise: its standard error is sqrt(se_split**2 +
+    sd_seeds**2 / k), where se_split is the binomial one above (the seeds
+    share the validation split, so it does not shrink with k), and
+    `seed_scores`, `seed_sd` and `split_se` are kept. `ci95` is the score
+    +- 1.96 standard errors."""
     completed = [
         r
         for r in rows
@@ -115,11 +130,13 @@ def best_row(rows, val_images=None, default=None):
         "epochs": best["epochs"],
         "completed_trials": len(completed),
     }
+    if best.get("seed_scores"):
+        row.update(seed_scores=best["seed_scores"], seed_sd=best.get("seed_sd"))
     if val_images:
-        row.update(noise(best["val_accuracy"], val_images, ranked[1:2]))
+        row.update(noise(best, val_images, ranked[1:2]))
         match = _default_trial(completed, default)
         if match is not None:
-            facts = noise(best["val_accuracy"], val_images, [match])
+            facts = noise(best, val_images, [match])
             row.update(
                 default_trial_id=match["trial_id"],
                 default_score=match["val_accuracy"],
@@ -150,16 +167,34 @@ def standard_error(accuracy, images):
     return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / images)
 
 
-def noise(score, val_images, runners_up):
-    """The best score's noise: its standard error, and whether it beats the
-    next best trial by more than the noise of their difference (2 standard
-    errors of the difference of two independent accuracies)."""
-    se = standard_error(score, val_images)
-    facts = {"val_images": int(val_images), "score_se": se}
+def score_noise(row, val_images):
+    """`(standard error, split's binomial standard error)` of a trial row's
+    score: the split's alone, or with the seeds' spread (see `best_row`)."""
+    split = standard_error(row["val_accuracy"], val_images)
+    sd, seeds = row.get("seed_sd"), len(row.get("seed_scores") or ())
+    if sd is None or seeds < 2:
+        return split, split
+    return math.sqrt(split**2 + sd**2 / seeds), split
+
+
+def noise(best, val_images, runners_up):
+    """The best trial's noise: its standard error and 95 % interval, and
+    whether it beats the next best trial by more than the noise of their
+    difference (2 standard errors of the difference of two independent
+    scores)."""
+    score = best["val_accuracy"]
+    se, split = score_noise(best, val_images)
+    facts = {
+        "val_images": int(val_images),
+        "score_se": se,
+        "ci95": [score - 1.96 * se, score + 1.96 * se],
+    }
+    if se != split:
+        facts["split_se"] = split
     if runners_up:
         second = runners_up[0]["val_accuracy"]
         margin = score - second
-        noise_of_margin = math.hypot(se, standard_error(second, val_images))
+        noise_of_margin = math.hypot(se, score_noise(runners_up[0], val_images)[0])
         facts.update(
             runner_up_trial_id=runners_up[0]["trial_id"],
             runner_up_score=second,

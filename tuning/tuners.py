@@ -7,6 +7,7 @@ every trial (`tuning.report`).
 """
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -69,8 +70,16 @@ class _TrialRecorder:
         finally:
             keras_tuner_config.DEBUG = previous
 
+    def run_trial(self, trial, *args, **kwargs):
+        # One history per execution (`--trial-seeds`): each seed's best
+        # score, which keras-tuner averages into the trial's.
+        histories = super().run_trial(trial, *args, **kwargs)
+        self._kd_seed_scores = [execution_score(h) for h in histories]
+        return histories
+
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
+        self._kd_seed_scores = []
         self._kd_started = time.time()
         self._kd_epochs = int(trial.hyperparameters.values.get("tuner/initial_epoch", 0))
 
@@ -87,6 +96,7 @@ class _TrialRecorder:
                 "epochs": self._kd_epochs,
                 "error": trial_error(trial),
                 "worker": distributed.worker_id(),
+                "seed_scores": [x for x in self._kd_seed_scores if x is not None],
             },
         )
         super().on_trial_end(trial)  # Scores the trial and saves the oracle.
@@ -108,6 +118,17 @@ class BayesianOptimization(_TrialRecorder, keras_tuner.BayesianOptimization):
 
 class Hyperband(_TrialRecorder, keras_tuner.Hyperband):
     """`keras_tuner.Hyperband` that records each trial."""
+
+
+def execution_score(history):
+    """The best validation accuracy of one execution's `History` (or of
+    the dict keras-tuner may be given instead), or None."""
+    logs = getattr(history, "history", history)
+    values = logs.get(OBJECTIVE) if isinstance(logs, dict) else None
+    if isinstance(values, (int, float)):
+        values = [values]
+    finite = [float(v) for v in values or () if math.isfinite(float(v))]
+    return max(finite) if finite else None
 
 
 def trial_error(trial):
