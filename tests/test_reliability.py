@@ -619,6 +619,23 @@ def test_overwrite_refuses_a_foreign_config_json_and_keeps_everything(tmp_path):
     assert _snapshot(folder) == before
 
 
+@pytest.mark.parametrize("made", [False, True], ids=["new_folder", "empty_folder"])
+def test_overwrite_of_a_new_or_empty_folder_starts_the_run(tmp_path, made):
+    # --overwrite in a script that always passes it: the first run's folder
+    # does not exist yet (the lock is all it holds when checked).
+    from kd_keras.train.run_setup import lock_run_folder
+
+    folder = tmp_path / "run"
+    if made:
+        folder.mkdir()
+    lock, created, fresh = lock_run_folder(
+        folder, RunConfig.from_preset("smoke", verbose=0), resume=False, overwrite=True
+    )
+    lock.release()
+    assert (created, fresh) == (not made, True)
+    assert folder.is_dir()
+
+
 def test_overwrite_removes_only_kd_keras_files_and_keeps_the_users(tmp_path):
     from kd_keras.train.run_setup import prepare_run_folder
 

@@ -196,8 +196,9 @@ def prepare_run_folder(out_dir, config, *, resume=False, overwrite=False):
         plan = run.removal_plan()
         remove_planned(RemovalPlan(files=[p for p in plan.files if is_temporary(p.name)]))
         return config
-    if overwrite and out.is_dir():
-        # Only what kd_keras wrote; links are unlinked, never followed.
+    if overwrite and out.is_dir() and any(c.name != atomic.LOCK_FILE for c in out.iterdir()):
+        # Only what kd_keras wrote; links are unlinked, never followed. (A
+        # new or empty folder holds only this run's lock: nothing to check.)
         plan = _check_overwrite(out, run)
         remove_planned(plan)
         if plan.kept and config.verbose:
