@@ -6,8 +6,13 @@ single-thread worker per core (Keras Tuner's distributed mode).
 
 Runs the same search (`python -m tuning`: the preset's data and student,
 random tuner, the same seed) twice, one after the other, into
-`--out/one-process` (`--threads CORES`) and `--out/workers`
-(`--workers CORES`, one intra-op thread each). Each search's wall time is
+`--out/one-process` and `--out/workers` (`--workers CORES`, one intra-op
+thread each). The one process runs as `python -m tuning` does by default,
+with TensorFlow's own threading (intra-op threads on every core, and
+independent ops at once: inter-op parallelism); `--one-process-threads
+cores` runs it with `--threads CORES` instead (intra-op CORES, inter-op
+1, which ran the float32 distillation step at 0.64x here: see
+docs/speed.md). Each search's wall time is
 that of its whole command (start-up, data, the teacher's cached logits,
 every trial); trials per hour are its completed trials over that time.
 Writes `search_workers.json` (the commands, the CPU, both searches'
@@ -42,7 +47,9 @@ def search_argv(args, folder, layout, cores):
         argv += ["--data", str(args.data)]
     if layout == "workers":
         return argv + ["--workers", str(cores)]
-    return argv + ["--threads", str(cores)]
+    if getattr(args, "one_process_threads", "tensorflow") == "cores":
+        return argv + ["--threads", str(cores)]
+    return argv  # TensorFlow's own threading, as a plain `python -m tuning`.
 
 
 def run_search(argv):
@@ -81,7 +88,17 @@ def format_table(summary):
         "|---|---|---|---|---|",
     ]
     for name, label in (
-        ("one-process", f"1 process x {summary['cores']} threads"),
+        (
+            "one-process",
+            f"1 process x {summary['cores']} threads"
+            + (
+                ", TensorFlow's threading"
+                if summary.get("one_process_threads") == "tensorflow"
+                else ", --threads (inter-op 1)"
+                if summary.get("one_process_threads") == "cores"
+                else ""
+            ),
+        ),
         ("workers", f"{summary['cores']} workers x 1 thread"),
     ):
         r = rows[name]
@@ -108,6 +125,13 @@ def main(argv=None):
     parser.add_argument(
         "--cores", type=int, default=None, help="cores to share (default: this machine's)"
     )
+    parser.add_argument(
+        "--one-process-threads",
+        choices=("tensorflow", "cores"),
+        default="tensorflow",
+        help="the one process's threading: TensorFlow's own (default, as `python -m tuning` "
+        "runs) or --threads CORES (inter-op 1)",
+    )
     parser.add_argument("--out", default="runs/search-workers")
     args = parser.parse_args(argv)
     cores = args.cores or len(os.sched_getaffinity(0))
@@ -132,6 +156,7 @@ def main(argv=None):
         "trials": args.trials,
         "epochs": args.epochs,
         "seed": args.seed,
+        "one_process_threads": args.one_process_threads,
         "commands": commands,
         "searches": searches,
         "ratio": round(many / one, 2) if one and many else None,

@@ -271,6 +271,19 @@ def test_search_workers_reads_each_searchs_trials_and_compares_them(tmp_path):
         2,
     )
     assert argv[-2:] == ["--workers", "2"] and "--threads" not in argv
+    fields = dict(teacher="t.keras", preset="quick", trials=6, epochs=2, seed=0, data=None)
+    plain = search_workers.search_argv(
+        type("A", (), dict(fields, one_process_threads="tensorflow")), folder, "one-process", 2
+    )
+    assert "--threads" not in plain and "--workers" not in plain
+    threads = search_workers.search_argv(
+        type("A", (), dict(fields, one_process_threads="cores")), folder, "one-process", 2
+    )
+    assert threads[-2:] == ["--threads", "2"]
+    summary["one_process_threads"] = "tensorflow"
+    assert "| 1 process x 2 threads, TensorFlow's threading |" in search_workers.format_table(
+        summary
+    )
 
 
 def test_onednn_profile_takes_the_steady_step_from_two_verbose_runs():
