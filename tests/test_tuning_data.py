@@ -331,3 +331,44 @@ def test_a_search_of_two_seeds_a_trial_records_each_seeds_score(tmp_path, capsys
     low, high = best["ci95"]
     assert low < best["score"] < high
     assert "and 2 seeds (their sd" in capsys.readouterr().out
+
+
+def test_a_filled_teacher_cache_is_replayed_by_another_processes_trials(tmp_path):
+    # The chief of a --workers search fills the cache; a worker's trials,
+    # made after whatever random calls its own start-up did, replay it.
+    import keras_tuner
+
+    from kd_keras import make_dataset
+    from tuning.hypermodel import DistillationHyperModel
+
+    teacher = keras.Sequential(
+        [keras.Input((20, 20, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)]
+    )
+    config = tiny_run_config(precision="float32", teacher_precision="float32")
+    x = np.random.default_rng(0).integers(0, 256, (60, 20, 20, 3), dtype=np.uint8)
+    y = (np.arange(60) % 3).astype("int32")
+
+    def train_data(epochs, start_epoch):
+        return make_dataset(
+            x,
+            y,
+            batch_size=config.batch_size,
+            training=True,
+            seed=config.seed,
+            epochs=epochs,
+            start_epoch=start_epoch,
+        )
+
+    steps = -(-60 // config.batch_size)
+    options = dict(steps_per_epoch=steps, epochs=2, config=config, cache_folder=tmp_path)
+    DistillationHyperModel(teacher, **options).fill_teacher_cache(train_data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0.npz", "epoch_1.npz"]
+    keras.utils.set_random_seed(99)
+    worker = DistillationHyperModel(teacher, **options)
+    cache = worker._teacher_cache(train_data)
+    calls, forward = [], cache._teacher_logits
+    cache._teacher_logits = lambda images: calls.append(len(images)) or forward(images)
+    hp = keras_tuner.HyperParameters()
+    worker.fit(hp, worker.build(hp), train_data, epochs=2, verbose=0)
+    # Each epoch's first batch checked against the teacher; nothing recomputed.
+    assert calls == [min(config.batch_size, 60)] * 2

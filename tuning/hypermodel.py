@@ -499,6 +499,10 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         if given, so trials (and workers reading the folder) replay them.
         Does nothing when no trial would replay them."""
         if self.caches_teacher_logits:
+            # Seeded as `fit` seeds before it makes a trial's batches: the
+            # pipeline's views depend on TensorFlow's global seed too, and
+            # logits of other views would not be replayed but computed again.
+            recipe.seed_training(self.config)
             self._teacher_cache(train_data).fill(self.epochs if epochs is None else epochs)
 
     def _validation_data(self, dataset):
