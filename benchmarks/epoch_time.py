@@ -41,16 +41,6 @@ import numpy as np
 from kd_keras.hardware import enable_onednn_opts
 
 DEFAULT_OUT = "runs/epoch-time"
-STAGE_STEP = {
-    "teacher": ("teacher_train_step_s",),
-    "student_baseline": ("student_train_step_s",),
-    "student_distilled": ("student_train_step_s", "teacher_forward_batch_s"),
-}
-STAGE_FORWARD = {
-    "teacher": ("teacher_forward_batch_s",),
-    "student_baseline": ("student_forward_batch_s",),
-    "student_distilled": ("student_forward_batch_s", "teacher_forward_batch_s"),
-}
 
 
 def get_args(argv=None):
@@ -138,15 +128,21 @@ def clocked_fit(fit, stage_records):
     return wrapped
 
 
-def summarise(stages, calibration, steps_per_epoch, val_batches):
-    """Per stage: the median epoch after the first against step x steps."""
+def summarise(stages, calibration, steps_per_epoch, val_batches, *, teacher_logits_reused=True):
+    """Per stage: the median epoch after the first against step x steps,
+    and against the dry-run's estimate of an epoch (steps plus the
+    validation pass, `kd_keras.train.estimate.stage_epoch_seconds`)."""
+    from kd_keras.train.estimate import stage_epoch_seconds
+
+    steps_only_by_stage = stage_epoch_seconds(calibration, steps_per_epoch, 0, 0.0)
+    estimate_by_stage = stage_epoch_seconds(
+        calibration, steps_per_epoch, val_batches, 0.0, teacher_logits_reused=teacher_logits_reused
+    )
     rows = []
     for stage, records in stages.items():
         later = records[1:]
-        step = sum(calibration[key] for key in STAGE_STEP[stage])
-        forward = sum(calibration[key] for key in STAGE_FORWARD[stage])
-        steps_only = step * steps_per_epoch
-        estimate = steps_only + forward * val_batches
+        steps_only = steps_only_by_stage[stage]
+        estimate = estimate_by_stage[stage]
         epoch = statistics.median(r["epoch_s"] for r in later)
         steps = statistics.median(r["steps_s"] for r in later)
         rows.append(
@@ -194,7 +190,7 @@ def main(argv=None):
     import kd_keras  # noqa: F401  (sets KERAS_BACKEND before Keras loads)
     from kd_keras.config import RunConfig
     from kd_keras.train import distribute
-    from kd_keras.train.estimate import calibrate
+    from kd_keras.train.estimate import calibrate, validation_reuses_teacher_logits
     from kd_keras.train.pipeline import run_pipeline
 
     smoke = RunConfig.from_preset("smoke")
@@ -226,7 +222,13 @@ def main(argv=None):
     val_batches = math.ceil(args.val_images / args.batch_size)
     shape = {"input_shape": (32, 32, 3), "num_classes": 10}
     measured, _ = calibrate(config, shape, steps_per_epoch, args.calibration_steps)
-    rows = summarise(stages, measured, steps_per_epoch, val_batches)
+    rows = summarise(
+        stages,
+        measured,
+        steps_per_epoch,
+        val_batches,
+        teacher_logits_reused=validation_reuses_teacher_logits(config),
+    )
     table = format_rows(rows)
     document = {
         "settings": vars(args),

@@ -221,7 +221,14 @@ def test_epoch_time_compares_later_epochs_with_step_times_steps():
     # A distillation step is a student step plus a teacher forward pass.
     assert distilled["step_x_steps_s"] == 7.0
     assert distilled["epoch_vs_step_x_steps"] == 1.2
-    assert distilled["estimate_s"] == 7.3
+    # Its validation runs the student alone: the teacher's logits of the
+    # validation images are computed once a stage.
+    assert distilled["estimate_s"] == 7.1
+    live = {
+        r["stage"]: r for r in summarise(epochs, calibration, 100, 10, teacher_logits_reused=False)
+    }
+    assert live["student_distilled"]["estimate_s"] == 7.3
+    assert live["teacher"]["estimate_s"] == 10.2
 
 
 def test_search_workers_reads_each_searchs_trials_and_compares_them(tmp_path):

@@ -212,6 +212,44 @@ def test_training_pipeline_augments_reproducibly_and_eval_is_exact():
     np.testing.assert_array_equal(evaluation, images.astype(np.float32))
 
 
+def test_batch_augmentation_is_an_exact_uniform_crop_and_flip_of_every_image():
+    import tensorflow as tf
+
+    from kd_keras.data.splits import batch_augmenter
+
+    # Each pixel holds its own row and column, so every output image tells
+    # where it was cropped and whether it was flipped.
+    count = 2000
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    image = np.stack([rows + 10, cols + 10, np.full_like(rows, 7)], axis=-1).astype(np.uint8)
+    images = np.repeat(image[np.newaxis], count, axis=0)
+    labels = np.arange(count) % 10
+    augment = batch_augmenter((32, 32, 3))
+    seed = tf.constant([3, 4], tf.int64)
+    out, out_labels = augment((tf.constant(images), tf.constant(labels)), seed)
+    out = out.numpy()
+    assert out.dtype == np.float32 and out.shape == (count, 32, 32, 3)
+    np.testing.assert_array_equal(out_labels, labels)
+    padded = np.pad(images[0], ((4, 4), (4, 4), (0, 0))).astype(np.float32)
+    seen = set()
+    for x in out:
+        matches = [
+            (flip, dy, dx)
+            for flip, source in ((False, padded), (True, padded[:, ::-1]))
+            for dy in range(9)
+            for dx in range(9)
+            if np.array_equal(x, source[dy : dy + 32, dx : dx + 32])
+        ]
+        assert len(matches) == 1, "not a crop of the padded image"
+        seen.add(matches[0])
+    # All 2 x 81 crops occur (each has about 12 expected hits in 2000).
+    assert len(seen) == 2 * 81
+    again = augment((tf.constant(images), tf.constant(labels)), seed)[0].numpy()
+    np.testing.assert_array_equal(out, again)
+    other = augment((tf.constant(images), tf.constant(labels)), seed + 1)[0].numpy()
+    assert not np.array_equal(out, other)
+
+
 def test_epoch_batches_depend_only_on_seed_and_epoch_so_resume_is_exact():
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8)

@@ -240,14 +240,17 @@ def test_estimate_covers_every_stage_with_positive_times():
     expected = {
         "teacher": 10 * c["teacher_train_step_s"] + teacher_val,
         "student_baseline": 10 * c["student_train_step_s"] + student_val,
+        # The teacher's validation logits are computed once a stage.
         "student_distilled": 10 * (c["student_train_step_s"] + c["teacher_forward_batch_s"])
-        + student_val
-        + teacher_val,
+        + student_val,
     }
     for stage, seconds in expected.items():
         assert stages[stage]["epoch_seconds"] == pytest.approx(seconds, abs=0.01)
         # Four epochs plus the tracing of the stage's graphs, once.
         assert stages[stage]["total_seconds"] >= 4 * stages[stage]["epoch_seconds"] - 0.1
+    assert stages["student_distilled"]["total_seconds"] >= (
+        4 * stages["student_distilled"]["epoch_seconds"] + teacher_val - 0.1
+    )
     assert (
         stages["student_distilled"]["epoch_seconds"] > stages["student_baseline"]["epoch_seconds"]
     )
@@ -391,6 +394,30 @@ def test_budget_chooses_the_most_epochs_that_fit():
     assert _run_seconds(10000, 22, 22) > 600 >= sizes["predicted_seconds"]
     assert sizes["stages"]["teacher"]["epoch_seconds"] == pytest.approx(11.3)
     assert sizes["stages"]["student_distilled"]["epoch_seconds"] == pytest.approx(9.4)
+
+
+def test_budget_counts_reused_teacher_validation_logits_once_a_stage():
+    from kd_keras.train.budget import size_to_budget
+
+    sizes = size_to_budget(
+        600,
+        STEP,
+        NO_TRACE,
+        teacher_epochs=20,
+        student_epochs=20,
+        teacher_logits_reused=True,
+        **SIZES,
+    )
+    # The distilled epoch loses its 10 teacher validation batches (9.4 - 0.3
+    # = 9.1 s); the stage pays them once (0.3 s): 26.5 s an epoch, so 22
+    # epochs = 599.6 s now fit in 600.
+    distilled = sizes["stages"]["student_distilled"]
+    assert distilled["epoch_seconds"] == pytest.approx(9.1)
+    assert distilled["total_seconds"] == pytest.approx(22 * 9.1 + 0.3)
+    assert (sizes["teacher_epochs"], sizes["student_epochs"]) == (22, 22)
+    assert sizes["predicted_seconds"] == pytest.approx(
+        _run_seconds(10000, 22, 22) - 22 * 0.3 + 0.3, abs=0.2
+    )
 
 
 def test_budget_keeps_the_presets_teacher_to_student_ratio_and_counts_spent_time():

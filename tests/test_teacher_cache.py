@@ -177,3 +177,36 @@ def test_cached_batches_keep_sample_weights_and_train_as_the_live_teacher(teache
         val.map(lambda x, y, w: (x, y)), epochs=1, shuffle=False, verbose=0
     )
     assert abs(unweighted.history["loss"][0] - h_live.history["loss"][0]) > 1e-3
+
+
+def test_the_distilled_stage_validates_on_teacher_logits_computed_once(teacher):
+    from types import SimpleNamespace
+
+    from kd_keras.distill.losses import FitNets
+    from kd_keras.train.pipeline import Pipeline
+
+    val = make_dataset(IMAGES, LABELS, batch_size=BATCH, training=False)
+    pipeline = SimpleNamespace(datasets={"val": val}, config=SimpleNamespace(strategy="default"))
+    kd = _distiller(teacher)
+    replayed = Pipeline.validation_with_teacher_logits(pipeline, kd, teacher)
+    batches = list(replayed)
+    assert [len(x["images"]) for x, _ in batches] == [16, 16, 8]
+    for (x, y), (images, labels) in zip(batches, val):
+        np.testing.assert_array_equal(x["images"], images)
+        np.testing.assert_array_equal(y, labels)
+        np.testing.assert_allclose(x["teacher_logits"], teacher(images, training=False), atol=1e-5)
+    # The student alone runs on the replayed batches: same validation numbers.
+    live = kd.evaluate(val, verbose=0, return_dict=True)
+    cached = kd.evaluate(replayed, verbose=0, return_dict=True)
+    for key in ("loss", "distillation_loss", "student_loss"):
+        assert cached[key] == pytest.approx(live[key], rel=1e-5)
+    # A loss that reads the teacher's layers keeps the plain split.
+    keras.utils.set_random_seed(1)
+    fitnets = Distiller(
+        build_resnet(8, width=4), teacher, distillation_losses=[FitNets("stage1", "stage1")]
+    )
+    assert fitnets.needs_live_teacher
+    assert Pipeline.validation_with_teacher_logits(pipeline, fitnets, teacher) is val
+    # So does a run under a tf.distribute strategy.
+    pipeline.config.strategy = "mirrored"
+    assert Pipeline.validation_with_teacher_logits(pipeline, kd, teacher) is val

@@ -17,6 +17,7 @@ from kd_keras.train.estimate import (
     clock,
     stage_epoch_seconds,
     stage_setup_seconds,
+    validation_reuses_teacher_logits,
 )
 
 # --budget: below this many student epochs the training images shrink
@@ -48,6 +49,7 @@ def size_to_budget(
     min_images_per_class=MIN_BUDGET_IMAGES_PER_CLASS,
     epoch_overhead_s=EPOCH_OVERHEAD_S,
     run_overhead_s=RUN_OVERHEAD_S,
+    teacher_logits_reused=False,
 ):
     """The epochs and training images that fit a run into a time budget.
 
@@ -69,6 +71,8 @@ def size_to_budget(
     Args:
         budget_seconds: the whole run's wall time asked for.
         spent_seconds: already spent (data loading, the calibration).
+        teacher_logits_reused: the distilled stage computes the teacher's
+            validation logits once (`validation_reuses_teacher_logits`).
 
     Returns:
         A dict: `teacher_epochs`, `student_epochs`, `train_images`,
@@ -91,11 +95,17 @@ def size_to_budget(
     evaluation = (val_batches + test_batches) * (
         (t_fwd if teacher_epochs else 0.0) + 2 * s_fwd  # Teacher, baseline, distilled.
     )
-    setup = stage_setup_seconds(trace)
+    setup = stage_setup_seconds(
+        trace, measured, val_batches, teacher_logits_reused=teacher_logits_reused
+    )
 
     def plan(images, epochs):
         per_epoch = stage_epoch_seconds(
-            measured, math.ceil(images / batch_size), val_batches, epoch_overhead_s
+            measured,
+            math.ceil(images / batch_size),
+            val_batches,
+            epoch_overhead_s,
+            teacher_logits_reused=teacher_logits_reused,
         )
         counts = {
             "teacher": min(max_epochs, max(1, round(ratio * epochs))) if teacher_epochs else 0,
@@ -196,6 +206,7 @@ def plan_budget(config, data=None, spent_seconds=0.0, calibration_steps=3):
         teacher_epochs=0 if resolved.teacher else resolved.teacher_epochs,
         student_epochs=resolved.student_epochs,
         spent_seconds=spent_seconds + (time.perf_counter() - start),
+        teacher_logits_reused=validation_reuses_teacher_logits(resolved),
     )
     changes = {"student_epochs": sizes["student_epochs"]}
     if not resolved.teacher:

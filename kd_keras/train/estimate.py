@@ -17,6 +17,7 @@ import numpy as np
 from kd_keras.distill.teacher import load_teacher, teacher_for_inference
 from kd_keras.train import recipe, speed
 from kd_keras.train.speed import precision_scope, resolve_run_precisions
+from kd_keras.validation import FEATURE_METHODS
 
 STAGE_ORDER = ("teacher", "student_baseline", "student_distilled")
 
@@ -122,23 +123,41 @@ def calibrate(config, shape, steps_per_epoch, steps):
     return measured, trace
 
 
-def stage_epoch_seconds(measured, steps, val_batches, overhead):
-    """Seconds of one epoch of each stage at `steps` training steps."""
+def validation_reuses_teacher_logits(config):
+    """True if the distilled stage computes the teacher's validation logits
+    once and replays them each epoch (`Pipeline.validation_with_teacher_logits`):
+    every method but those that read the teacher's layers, on one device
+    (strategy "default")."""
+    return config.method not in FEATURE_METHODS and config.strategy == "default"
+
+
+def stage_epoch_seconds(measured, steps, val_batches, overhead, *, teacher_logits_reused=False):
+    """Seconds of one epoch of each stage at `steps` training steps.
+
+    With `teacher_logits_reused`, the distilled stage's validation pass
+    runs the student alone (the teacher's logits are computed once, see
+    `stage_setup_seconds`)."""
     t_train, s_train = measured["teacher_train_step_s"], measured["student_train_step_s"]
     t_fwd, s_fwd = measured["teacher_forward_batch_s"], measured["student_forward_batch_s"]
+    distilled_val = s_fwd if teacher_logits_reused else s_fwd + t_fwd
     return {
         "teacher": steps * t_train + val_batches * t_fwd + overhead,
         "student_baseline": steps * s_train + val_batches * s_fwd + overhead,
-        "student_distilled": steps * (s_train + t_fwd) + val_batches * (s_fwd + t_fwd) + overhead,
+        "student_distilled": steps * (s_train + t_fwd) + val_batches * distilled_val + overhead,
     }
 
 
-def stage_setup_seconds(trace):
-    """Seconds of each stage's one-time graph tracing."""
+def stage_setup_seconds(trace, measured=None, val_batches=0, *, teacher_logits_reused=False):
+    """Seconds of each stage's one-time set-up: its graph tracing and, with
+    `teacher_logits_reused`, the teacher's one pass over the validation
+    batches."""
+    once = val_batches * measured["teacher_forward_batch_s"] if teacher_logits_reused else 0.0
     return {
         "teacher": trace["teacher_train_trace_s"],
         "student_baseline": trace["student_train_trace_s"],
-        "student_distilled": trace["student_train_trace_s"] + trace["teacher_forward_trace_s"],
+        "student_distilled": trace["student_train_trace_s"]
+        + trace["teacher_forward_trace_s"]
+        + once,
     }
 
 
@@ -149,16 +168,19 @@ def stage_times(config, measured, trace, steps_per_epoch, val_images):
     * teacher: teacher step x steps per epoch, plus the validation pass;
     * student_baseline: student step x steps per epoch, plus validation;
     * student_distilled: (student step + teacher forward) x steps per
-      epoch, plus validation of both models;
+      epoch, plus validation of the student (and of the teacher where its
+      logits are not reused, `validation_reuses_teacher_logits`);
 
     times the stage's epochs, plus the warm-up's tracing time once. A
     reused teacher (`config.teacher`) or baseline (`config.baseline`) has
     no training stage.
     """
+    reused = validation_reuses_teacher_logits(config)
+    val_batches = val_images / config.batch_size
     per_epoch = stage_epoch_seconds(
-        measured, steps_per_epoch, val_images / config.batch_size, overhead=0.0
+        measured, steps_per_epoch, val_batches, overhead=0.0, teacher_logits_reused=reused
     )
-    setup = stage_setup_seconds(trace)
+    setup = stage_setup_seconds(trace, measured, val_batches, teacher_logits_reused=reused)
     epochs = {
         "teacher": 0 if config.teacher else config.teacher_epochs,
         "student_baseline": 0 if config.baseline else config.student_epochs,

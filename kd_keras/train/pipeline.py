@@ -28,6 +28,7 @@ from kd_keras import atomic
 from kd_keras.data.splits import make_dataset, splits_for
 from kd_keras.distill.losses.methods import method_summary
 from kd_keras.distill.teacher import load_teacher, teacher_for_inference, teacher_sanity_check
+from kd_keras.distill.teacher_cache import with_teacher_logits
 from kd_keras.errors import DamagedFileError, RunStopped, TeacherError
 from kd_keras.report.results import load_stage_rows, write_results
 from kd_keras.run_folder import LEGACY_STUDENT_INIT_FILE, RunFolder
@@ -143,9 +144,12 @@ class Pipeline:
         return {"steps_per_execution": steps}
 
     # --- One stage ---
-    def fit(self, stage, trainable, epochs):
+    def fit(self, stage, trainable, epochs, validation_data=None):
         """Fits `trainable` (a model or a Distiller), resumable; restores
-        the best-validation weights at the end."""
+        the best-validation weights at the end. `validation_data` defaults
+        to the validation split."""
+        if validation_data is None:
+            validation_data = self.datasets["val"]
         checkpoint = TrainingCheckpoint(self.folder.checkpoint_dir(stage))
         stage_index = STAGES.index(stage) if stage in STAGES else len(STAGES)
 
@@ -180,7 +184,7 @@ class Pipeline:
         distribute.fit(
             trainable,
             self.train_dataset(epochs, checkpoint.completed_epochs()),
-            validation_data=self.datasets["val"],
+            validation_data=validation_data,
             epochs=epochs,
             steps_per_epoch=self.steps_per_epoch,
             callbacks=callbacks,
@@ -304,9 +308,10 @@ class Pipeline:
             other_teachers=others,
             **self.compile_options(),
         )
+        val = self.validation_with_teacher_logits(distiller, teacher)
         recipe.seed_training(c)
-        seconds, best_epoch = self.fit(stage, distiller, c.student_epochs)
-        distiller_val = distribute.evaluate(distiller, self.datasets["val"])
+        seconds, best_epoch = self.fit(stage, distiller, c.student_epochs, validation_data=val)
+        distiller_val = distribute.evaluate(distiller, val)
         return student, {
             "train_seconds": seconds,
             "best_epoch": best_epoch,
@@ -316,6 +321,18 @@ class Pipeline:
             "alpha": alpha,
             **method_summary(c),
         }
+
+    def validation_with_teacher_logits(self, distiller, teacher):
+        """The validation split with the teacher's logits computed once.
+
+        The validation images are neither shuffled nor augmented and the
+        teacher is frozen, so its logits are the same every epoch: computed
+        once here, each epoch's validation pass runs the student alone.
+        Where the teacher must run (losses that read its layers) and under
+        a tf.distribute strategy, the plain split."""
+        if distiller.needs_live_teacher or self.config.strategy != "default":
+            return self.datasets["val"]
+        return with_teacher_logits(self.datasets["val"], teacher)
 
     def finish_stage(self, stage, model, extra):
         """Saves the model, evaluates it and records the stage as complete."""
