@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from kd_keras import atomic
+from kd_keras.data.splits import PREFETCH_BATCHES, without_autotune
 from kd_keras.errors import CacheMismatchError
 
 # The keys of a Distiller batch's `x` that carries precomputed teacher
@@ -220,7 +221,7 @@ def _zip_logits(batches, logits):
     # counts one empty step past the end (its mean loss came out 3/4 of the
     # true one on 3 batches). State the length.
     replayed = replayed.apply(tf.data.experimental.assert_cardinality(len(logits)))
-    return (
+    return without_autotune(
         tf.data.Dataset.zip((batches, replayed))
         .map(
             lambda batch, teacher_logits: (
@@ -228,5 +229,5 @@ def _zip_logits(batches, logits):
                 *batch[1:],
             )
         )
-        .prefetch(tf.data.AUTOTUNE)
+        .prefetch(PREFETCH_BATCHES)
     )
