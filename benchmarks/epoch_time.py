@@ -190,8 +190,9 @@ def main(argv=None):
     import kd_keras  # noqa: F401  (sets KERAS_BACKEND before Keras loads)
     from kd_keras.config import RunConfig
     from kd_keras.train import distribute
-    from kd_keras.train.estimate import calibrate, validation_reuses_teacher_logits
+    from kd_keras.train.estimate import calibrate
     from kd_keras.train.pipeline import run_pipeline
+    from kd_keras.validation import validation_reuses_teacher_logits
 
     smoke = RunConfig.from_preset("smoke")
     config = dataclasses.replace(  # All the generated images: no per-class subsets.

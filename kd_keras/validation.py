@@ -69,6 +69,16 @@ METHOD_FIELDS = (
 )
 
 
+def validation_reuses_teacher_logits(config):
+    """True if the distilled stage computes the teacher's validation logits
+    once and replays them each epoch: every method but those that read the
+    teacher's layers (`FEATURE_METHODS`), on one device (strategy
+    "default"). The pipeline runs by it and the `--dry-run` and `--budget`
+    estimates count by it. `config` is a `RunConfig` (or anything with its
+    `method` and `strategy`)."""
+    return config.method not in FEATURE_METHODS and config.strategy == "default"
+
+
 def validate_alpha(alpha):
     """Raises `ValueError` unless `alpha` is a number in [0, 1]."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):

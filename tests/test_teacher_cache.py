@@ -184,9 +184,13 @@ def test_the_distilled_stage_validates_on_teacher_logits_computed_once(teacher):
 
     from kd_keras.distill.losses import FitNets
     from kd_keras.train.pipeline import Pipeline
+    from kd_keras.validation import validation_reuses_teacher_logits
 
     val = make_dataset(IMAGES, LABELS, batch_size=BATCH, training=False)
-    pipeline = SimpleNamespace(datasets={"val": val}, config=SimpleNamespace(strategy="default"))
+    config = SimpleNamespace(method="hinton", strategy="default")
+    pipeline = SimpleNamespace(datasets={"val": val}, config=config)
+    # The estimates (--dry-run, --budget) count by the same rule.
+    assert validation_reuses_teacher_logits(config)
     kd = _distiller(teacher)
     replayed = Pipeline.validation_with_teacher_logits(pipeline, kd, teacher)
     batches = list(replayed)
@@ -207,6 +211,9 @@ def test_the_distilled_stage_validates_on_teacher_logits_computed_once(teacher):
     )
     assert fitnets.needs_live_teacher
     assert Pipeline.validation_with_teacher_logits(pipeline, fitnets, teacher) is val
+    config.method = "fitnets"
+    assert not validation_reuses_teacher_logits(config)
     # So does a run under a tf.distribute strategy.
-    pipeline.config.strategy = "mirrored"
+    config.method, config.strategy = "hinton", "mirrored"
+    assert not validation_reuses_teacher_logits(config)
     assert Pipeline.validation_with_teacher_logits(pipeline, kd, teacher) is val

@@ -195,7 +195,9 @@ def strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
-def test_a_diverging_search_fails_its_trials_and_exits_1(tmp_path, capsys):
+def tiny_search(tmp_path, *flags):
+    """The argv of a search on `three_class_npz` with an untrained teacher,
+    tiny students and `flags`, and its search folder."""
     data = three_class_npz(tmp_path / "three.npz")
     teacher = tmp_path / "t.keras"
     keras.Sequential(
@@ -204,9 +206,15 @@ def test_a_diverging_search_fails_its_trials_and_exits_1(tmp_path, capsys):
     out = tmp_path / "search"
     argv = ["--teacher", str(teacher), "--data", str(data), "--out", str(out)]
     argv += ["--preset", "smoke", "--val-size", "30", "--train-per-class", "20"]
-    argv += ["--val-per-class", "10"]
-    argv += ["--student-depth", "8", "--student-width", "4", "--batch-size", "30"]
-    argv += ["--trials", "2", "--epochs", "1", "--quiet", "--learning-rate", "1e300"]
+    argv += ["--val-per-class", "10", "--student-depth", "8", "--student-width", "4"]
+    argv += ["--batch-size", "30", *flags]
+    return argv, out
+
+
+def test_a_diverging_search_fails_its_trials_and_exits_1(tmp_path, capsys):
+    argv, out = tiny_search(
+        tmp_path, "--trials", "2", "--epochs", "1", "--quiet", "--learning-rate", "1e300"
+    )
     assert main(argv) == 1
     captured = capsys.readouterr()
     # (Before it, a warning that the untrained teacher is near chance.)
@@ -308,16 +316,7 @@ def test_the_best_is_compared_with_the_default_trial():
 
 
 def test_a_search_of_two_seeds_a_trial_records_each_seeds_score(tmp_path, capsys):
-    data = three_class_npz(tmp_path / "three.npz")
-    teacher = tmp_path / "t.keras"
-    keras.Sequential(
-        [keras.Input((20, 20, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)]
-    ).save(teacher)
-    out = tmp_path / "search"
-    argv = ["--teacher", str(teacher), "--data", str(data), "--out", str(out)]
-    argv += ["--preset", "smoke", "--val-size", "30", "--train-per-class", "20"]
-    argv += ["--val-per-class", "10", "--student-depth", "8", "--student-width", "4"]
-    argv += ["--batch-size", "30", "--trials", "2", "--epochs", "2", "--trial-seeds", "2"]
+    argv, out = tiny_search(tmp_path, "--trials", "2", "--epochs", "2", "--trial-seeds", "2")
     assert main(argv + ["--quiet"]) == 0
     for trial in ("0", "1"):
         seeds = strict_json(out / f"trial_{trial}" / "kd_trial.json")["seed_scores"]

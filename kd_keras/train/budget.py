@@ -17,8 +17,8 @@ from kd_keras.train.estimate import (
     clock,
     stage_epoch_seconds,
     stage_setup_seconds,
-    validation_reuses_teacher_logits,
 )
+from kd_keras.validation import validation_reuses_teacher_logits
 
 # --budget: below this many student epochs the training images shrink
 # instead (at most the preset's epochs); never fewer than this many images
@@ -95,9 +95,7 @@ def size_to_budget(
     evaluation = (val_batches + test_batches) * (
         (t_fwd if teacher_epochs else 0.0) + 2 * s_fwd  # Teacher, baseline, distilled.
     )
-    setup = stage_setup_seconds(
-        trace, measured, val_batches, teacher_logits_reused=teacher_logits_reused
-    )
+    setup = stage_setup_seconds(trace, val_batches * t_fwd if teacher_logits_reused else 0.0)
 
     def plan(images, epochs):
         per_epoch = stage_epoch_seconds(

@@ -17,7 +17,7 @@ import numpy as np
 from kd_keras.distill.teacher import load_teacher, teacher_for_inference
 from kd_keras.train import recipe, speed
 from kd_keras.train.speed import precision_scope, resolve_run_precisions
-from kd_keras.validation import FEATURE_METHODS
+from kd_keras.validation import validation_reuses_teacher_logits
 
 STAGE_ORDER = ("teacher", "student_baseline", "student_distilled")
 
@@ -123,14 +123,6 @@ def calibrate(config, shape, steps_per_epoch, steps):
     return measured, trace
 
 
-def validation_reuses_teacher_logits(config):
-    """True if the distilled stage computes the teacher's validation logits
-    once and replays them each epoch (`Pipeline.validation_with_teacher_logits`):
-    every method but those that read the teacher's layers, on one device
-    (strategy "default")."""
-    return config.method not in FEATURE_METHODS and config.strategy == "default"
-
-
 def stage_epoch_seconds(measured, steps, val_batches, overhead, *, teacher_logits_reused=False):
     """Seconds of one epoch of each stage at `steps` training steps.
 
@@ -147,17 +139,17 @@ def stage_epoch_seconds(measured, steps, val_batches, overhead, *, teacher_logit
     }
 
 
-def stage_setup_seconds(trace, measured=None, val_batches=0, *, teacher_logits_reused=False):
-    """Seconds of each stage's one-time set-up: its graph tracing and, with
-    `teacher_logits_reused`, the teacher's one pass over the validation
-    batches."""
-    once = val_batches * measured["teacher_forward_batch_s"] if teacher_logits_reused else 0.0
+def stage_setup_seconds(trace, teacher_validation_s=0.0):
+    """Seconds of each stage's one-time set-up: its graph tracing and, for
+    the distilled stage, `teacher_validation_s`: the teacher's one pass over
+    the validation batches where its logits are reused
+    (`validation_reuses_teacher_logits`), else 0."""
     return {
         "teacher": trace["teacher_train_trace_s"],
         "student_baseline": trace["student_train_trace_s"],
         "student_distilled": trace["student_train_trace_s"]
         + trace["teacher_forward_trace_s"]
-        + once,
+        + teacher_validation_s,
     }
 
 
@@ -180,7 +172,9 @@ def stage_times(config, measured, trace, steps_per_epoch, val_images):
     per_epoch = stage_epoch_seconds(
         measured, steps_per_epoch, val_batches, overhead=0.0, teacher_logits_reused=reused
     )
-    setup = stage_setup_seconds(trace, measured, val_batches, teacher_logits_reused=reused)
+    setup = stage_setup_seconds(
+        trace, val_batches * measured["teacher_forward_batch_s"] if reused else 0.0
+    )
     epochs = {
         "teacher": 0 if config.teacher else config.teacher_epochs,
         "student_baseline": 0 if config.baseline else config.student_epochs,

@@ -57,6 +57,7 @@ from kd_keras.train.run_setup import (
     warn,
 )
 from kd_keras.train.speed import effective_steps_per_execution
+from kd_keras.validation import validation_reuses_teacher_logits
 
 
 class Pipeline:
@@ -329,8 +330,10 @@ class Pipeline:
         teacher is frozen, so its logits are the same every epoch: computed
         once here, each epoch's validation pass runs the student alone.
         Where the teacher must run (losses that read its layers) and under
-        a tf.distribute strategy, the plain split."""
-        if distiller.needs_live_teacher or self.config.strategy != "default":
+        a tf.distribute strategy, the plain split
+        (`kd_keras.validation.validation_reuses_teacher_logits`, which the
+        estimates count by; `needs_live_teacher` checks the built losses)."""
+        if distiller.needs_live_teacher or not validation_reuses_teacher_logits(self.config):
             return self.datasets["val"]
         return with_teacher_logits(self.datasets["val"], teacher)
 
