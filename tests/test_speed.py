@@ -387,11 +387,13 @@ def test_budget_chooses_the_most_epochs_that_fit():
 
     sizes = size_to_budget(600, STEP, NO_TRACE, teacher_epochs=20, student_epochs=20, **SIZES)
     # Per epoch 11.3 + 6.1 + 9.4 = 26.8 s; 1 s evaluation and 15 s once:
-    # 21 epochs = 579.8 s fit in 600, 22 = 606.6 s do not.
-    assert (sizes["teacher_epochs"], sizes["student_epochs"]) == (21, 21)
+    # 21 epochs = 579.8 s fit in 600, 22 = 606.6 s do not. The 20.2 s left
+    # hold one more teacher epoch (11.3 s, 591.1 s in all), not two.
+    assert (sizes["teacher_epochs"], sizes["student_epochs"]) == (22, 21)
     assert sizes["train_images"] == 10000 and sizes["train_per_class"] is None
-    assert sizes["predicted_seconds"] == pytest.approx(_run_seconds(10000, 21, 21), abs=0.2)
+    assert sizes["predicted_seconds"] == pytest.approx(_run_seconds(10000, 22, 21), abs=0.2)
     assert _run_seconds(10000, 22, 22) > 600 >= sizes["predicted_seconds"]
+    assert _run_seconds(10000, 23, 21) > 600
     assert sizes["stages"]["teacher"]["epoch_seconds"] == pytest.approx(11.3)
     assert sizes["stages"]["student_distilled"]["epoch_seconds"] == pytest.approx(9.4)
 
@@ -426,10 +428,29 @@ def test_budget_keeps_the_presets_teacher_to_student_ratio_and_counts_spent_time
     sizes = size_to_budget(
         1200, STEP, NO_TRACE, teacher_epochs=40, student_epochs=20, spent_seconds=100, **SIZES
     )
-    assert sizes["teacher_epochs"] == 2 * sizes["student_epochs"]
-    epochs = sizes["student_epochs"]
-    assert 100 + _run_seconds(10000, 2 * epochs, epochs) <= 1200
+    epochs, teacher = sizes["student_epochs"], sizes["teacher_epochs"]
+    assert 2 * epochs <= teacher < 2 * epochs + 2  # The ratio, then what is left.
+    assert 100 + _run_seconds(10000, teacher, epochs) <= 1200
     assert 100 + _run_seconds(10000, 2 * epochs + 2, epochs + 1) > 1200
+    assert 100 + _run_seconds(10000, teacher + 1, epochs) > 1200
+
+
+def test_budget_fills_what_the_students_leave_with_teacher_epochs():
+    from kd_keras.train.budget import size_to_budget
+
+    # A fast teacher step: per epoch 1.6 + 6.1 + 9.4 = 17.1 s, 16 s once;
+    # 34 epochs = 597.4 s fit in 610, 35 = 614.5 s do not. The 12.6 s left
+    # hold 7 more teacher epochs of 1.6 s (608.6 s), not 8 (610.2 s).
+    step = {**STEP, "teacher_train_step_s": 0.003}
+    sizes = size_to_budget(610, step, NO_TRACE, teacher_epochs=20, student_epochs=20, **SIZES)
+    assert (sizes["teacher_epochs"], sizes["student_epochs"]) == (41, 34)
+    assert sizes["stages"]["student_baseline"]["epochs"] == 34
+    assert sizes["stages"]["student_distilled"]["epochs"] == 34
+    assert sizes["predicted_seconds"] == pytest.approx(
+        _run_seconds(10000, 41, 34, step=step), abs=0.2
+    )
+    assert _run_seconds(10000, 41, 34, step=step) <= 610 < _run_seconds(10000, 42, 34, step=step)
+    assert _run_seconds(10000, 35, 35, step=step) > 610
 
 
 def test_a_faster_machine_gets_more_epochs_in_the_same_budget():
@@ -504,8 +525,9 @@ def test_plan_budget_sizes_the_config_it_returns():
         plan["teacher_epochs"],
         plan["student_epochs"],
     )
-    # smoke: equal teacher and student epochs; at least the floor (its 4 epochs).
-    assert sized.teacher_epochs == sized.student_epochs >= 4
+    # smoke: the teacher at least the students' epochs (equal in the preset,
+    # then what is left), the students at least the floor (its 4 epochs).
+    assert sized.teacher_epochs >= sized.student_epochs >= 4
     assert sized.train_per_class == (plan["train_per_class"] or 50)
     assert plan["predicted_seconds"] <= 180
     text = format_budget_plan(plan)
@@ -516,7 +538,8 @@ def test_plan_budget_sizes_the_config_it_returns():
         "student_baseline",
         "student_distilled",
     ]
-    assert all(f"{sized.student_epochs} epochs" in line for line in stage_lines)
+    assert f"{sized.teacher_epochs} epochs" in stage_lines[0]
+    assert all(f"{sized.student_epochs} epochs" in line for line in stage_lines[1:])
 
 
 def test_budget_with_explicit_epochs_is_refused(capsys):
@@ -547,7 +570,7 @@ def test_budget_dry_run_prints_the_sized_config_and_the_plan(monkeypatch, capsys
     captured = capsys.readouterr()
     config, _ = json.JSONDecoder().raw_decode(captured.out)
     assert config["budget"] == "1h" and config["precision"] == "float32"
-    assert config["teacher_epochs"] == config["student_epochs"] > 4  # More than smoke's 4.
+    assert config["teacher_epochs"] >= config["student_epochs"] > 4  # More than smoke's 4.
     assert config["train_per_class"] == 50  # Not reduced: the epochs fit.
     plan = [line for line in captured.err.splitlines() if "epochs x" in line]
     assert [line.split()[0] for line in plan] == [
@@ -555,4 +578,5 @@ def test_budget_dry_run_prints_the_sized_config_and_the_plan(monkeypatch, capsys
         "student_baseline",
         "student_distilled",
     ]
-    assert all(f"{config['student_epochs']} epochs x" in line for line in plan)
+    assert f"{config['teacher_epochs']} epochs x" in plan[0]
+    assert all(f"{config['student_epochs']} epochs x" in line for line in plan[1:])

@@ -63,7 +63,10 @@ def size_to_budget(
     `run_overhead_s` once (data, models, report) and `spent_seconds`. The
     students' epochs are the largest that fit (up to 1000), the teacher's
     keep the preset's ratio `teacher_epochs / student_epochs`
-    (`teacher_epochs` 0 = a reused teacher, not trained). If fewer than
+    (`teacher_epochs` 0 = a reused teacher, not trained); what is left is
+    filled with whole teacher epochs (the two students' epochs stay equal,
+    so one more of theirs costs an epoch of every stage, a teacher's only
+    its own). If fewer than
     `min_epochs` (at most the preset's `student_epochs`) would fit, the
     students train `min_epochs` epochs and the training images shrink, a
     whole number per class, to the most that fit.
@@ -97,7 +100,7 @@ def size_to_budget(
     )
     setup = stage_setup_seconds(trace, val_batches * t_fwd if teacher_logits_reused else 0.0)
 
-    def plan(images, epochs):
+    def plan(images, epochs, extra_teacher=0):
         per_epoch = stage_epoch_seconds(
             measured,
             math.ceil(images / batch_size),
@@ -106,7 +109,9 @@ def size_to_budget(
             teacher_logits_reused=teacher_logits_reused,
         )
         counts = {
-            "teacher": min(max_epochs, max(1, round(ratio * epochs))) if teacher_epochs else 0,
+            "teacher": min(max_epochs, max(1, round(ratio * epochs)) + extra_teacher)
+            if teacher_epochs
+            else 0,
             "student_baseline": epochs,
             "student_distilled": epochs,
         }
@@ -156,7 +161,12 @@ def size_to_budget(
                 high = middle - 1
         per_class = low
         images = per_class * num_classes
-    total, stages = plan(images, epochs)
+    extra = 0  # Whole teacher epochs in what the students' epochs leave.
+    if teacher_epochs:
+        teacher = plan(images, epochs)[1]["teacher"]["epochs"]
+        while teacher + extra < max_epochs and plan(images, epochs, extra + 1)[0] <= budget_seconds:
+            extra += 1
+    total, stages = plan(images, epochs, extra)
     return {
         "teacher_epochs": stages["teacher"]["epochs"],
         "student_epochs": epochs,
