@@ -103,6 +103,12 @@ def get_args(argv=None):
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    # A worker's intra-op threads instead of its case's, and a folder where
+    # `--barrier-count` workers wait for each other before their timed steps
+    # (benchmarks.worker_scaling).
+    parser.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--barrier", help=argparse.SUPPRESS)
+    parser.add_argument("--barrier-count", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("steps", "repeats", "batch_size", "rounds"):
         if getattr(args, name) < 1:
@@ -186,30 +192,51 @@ def _worker_argv(name, args, result_file):
     ]
 
 
-def run_case(name, args, out):
-    """Runs one case in a fresh process; returns its result dict."""
-    result_file = out / "cases" / f"{name}.json"
-    log_file = out / "logs" / f"{name}.log"
+def start_case(name, args, out, *, label=None, extra_argv=()):
+    """Starts one case's worker process (`label` names its files, default
+    the case); `finish_case` waits for it and returns its result dict."""
+    label = label or name
+    result_file = out / "cases" / f"{label}.json"
+    log_file = out / "logs" / f"{label}.log"
     result_file.unlink(missing_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    start = time.perf_counter()
-    with open(log_file, "w") as log:
-        try:
-            code = subprocess.run(
-                _worker_argv(name, args, result_file),
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=args.timeout,
-            ).returncode
-        except subprocess.TimeoutExpired:
-            code = "timeout"
-    wall = round(time.perf_counter() - start, 1)
+    log = open(log_file, "w")  # noqa: SIM115 (closed by finish_case)
+    process = subprocess.Popen(
+        [*_worker_argv(name, args, result_file), *extra_argv],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return {
+        "name": name,
+        "process": process,
+        "log": log,
+        "log_file": log_file,
+        "result_file": result_file,
+        "start": time.perf_counter(),
+    }
+
+
+def finish_case(started, timeout):
+    """Waits for a `start_case` process (killed after `timeout` seconds
+    from its start); returns its result dict."""
+    name, process, log_file = started["name"], started["process"], started["log_file"]
+    remaining = max(0.0, timeout - (time.perf_counter() - started["start"]))
+    try:
+        code = process.wait(timeout=remaining)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        code = "timeout"
+    finally:
+        started["log"].close()
+    wall = round(time.perf_counter() - started["start"], 1)
+    result_file = started["result_file"]
     if result_file.is_file():
         result = json.loads(result_file.read_text())
     else:
@@ -224,6 +251,11 @@ def run_case(name, args, out):
         }
     result["wall_s"] = wall
     return result
+
+
+def run_case(name, args, out):
+    """Runs one case in a fresh process; returns its result dict."""
+    return finish_case(start_case(name, args, out), args.timeout)
 
 
 def main(argv=None):

@@ -5,6 +5,7 @@ import os
 import resource
 import statistics
 import time
+from pathlib import Path
 
 from benchmarks.throughput_cases import CASES, case_precision, usable_cores
 
@@ -24,6 +25,18 @@ def _synthetic_batch(batch_size, seed=0):
     images = rng.integers(0, 256, size=(batch_size, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, size=(batch_size,)).astype("int32")
     return images.astype("float32"), labels
+
+
+def wait_at_barrier(folder, count, timeout=900.0):
+    """Marks this process ready in `folder`, then waits until `count`
+    processes are (so their timed steps start together)."""
+    folder = Path(folder)
+    (folder / f"ready-{os.getpid()}").touch()
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob("ready-*"))) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} processes did not reach the barrier in '{folder}'")
+        time.sleep(0.01)
 
 
 def _keras_setup(case, args, images, labels):
@@ -199,16 +212,24 @@ def _fit_runner(trainable, images, labels):
         history = trainable.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
         return {key: float(values[-1]) for key, values in history.history.items()}
 
-    def timed(warmup, steps, repeats, batch_size):
+    def timed(warmup, steps, repeats, batch_size, barrier=None):
         """Images/s of each repeat, timed between batch ends inside ONE
         `fit`: on this machine a `fit` call's wall time was sometimes padded
         to a multiple of ~2.55 s at its end (per-step times unaffected), so
-        timing whole short `fit` calls measured that padding, not the step."""
+        timing whole short `fit` calls measured that padding, not the step.
+        `barrier()`, if given, runs after the warm-up steps, before the
+        first timed one. Also returns the timed steps' window in wall-clock
+        seconds (`time.time()`), to compare with other processes'."""
         ends = []
+        window = []
 
         class StepClock(keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
+                if batch + 1 == warmup and barrier is not None:
+                    barrier()
                 ends.append((batch + 1, time.perf_counter()))
+                if batch + 1 in (warmup, warmup + steps * repeats):
+                    window.append(time.time())
 
         history = trainable.fit(
             dataset,
@@ -222,7 +243,7 @@ def _fit_runner(trainable, images, labels):
         marks = [clock[warmup + r * steps] for r in range(repeats + 1)]
         rates = [steps * batch_size / (after - before) for before, after in zip(marks, marks[1:])]
         logs = {key: float(values[-1]) for key, values in history.history.items()}
-        return rates, logs
+        return rates, logs, window
 
     run.timed = timed
     return run
@@ -248,6 +269,9 @@ def run_worker(name, args):
     threads = case.get("threads")
     if threads == "cores":
         threads = usable_cores()
+    if getattr(args, "worker_threads", None):
+        threads = args.worker_threads
+        case["what"] += f" [threads: {threads}, inter-op 1]"
     result = {
         "case": name,
         "kind": case["kind"],
@@ -318,8 +342,15 @@ def run_worker(name, args):
     rates = []
     last = None
     if hasattr(run, "timed"):  # Keras fit: timed inside one fit call.
-        rates, last = run.timed(warmup, steps, args.repeats, args.batch_size)
+        barrier = None
+        if getattr(args, "barrier", None):
+            count = args.barrier_count
+            barrier = lambda: wait_at_barrier(args.barrier, count)  # noqa: E731
+        rates, last, window = run.timed(
+            warmup, steps, args.repeats, args.batch_size, barrier=barrier
+        )
         result["timing"] = "between batch ends inside one fit (warm-up steps first)"
+        result["timed_window"] = [round(t, 3) for t in window]
     else:
         for _ in range(args.repeats):
             begin = time.perf_counter()

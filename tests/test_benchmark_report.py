@@ -326,3 +326,70 @@ def test_onednn_profile_takes_the_steady_step_from_two_verbose_runs():
         ("convolution", "forward_training"): (3.0, 2.0),
         ("convolution", "backward_weights"): (4.0, 1.0),
     }
+
+
+def test_worker_scaling_adds_the_processes_and_divides_by_the_one_alone():
+    from benchmarks import worker_scaling
+
+    one = dict(row("student_train", "train", "float32", 1000.0), timed_window=[0.0, 10.0])
+    workers = [
+        dict(row("student_train", "train", "float32", 700.0), timed_window=[100.0, 110.0]),
+        dict(row("student_train", "train", "float32", 650.0), timed_window=[101.0, 112.0]),
+    ]
+    figures = worker_scaling.summarise(one, workers)
+    assert figures["workers"]["images_per_s_together"] == 1350.0
+    assert figures["ratio"] == 1.35
+    # Both in their timed steps from 101 to 110: 9 s of the shorter 10 s.
+    assert figures["workers"]["timed_overlap"] == 0.9
+    assert worker_scaling.overlap([[0.0, 5.0], [6.0, 9.0]]) == 0.0
+    machine = {
+        "cpu_model": "CPU",
+        "cpu_flags": ["avx2", "fma"],
+        "usable_cores": 2,
+        "tensorflow": "2.21.0",
+        "date": "2026-12-07T17:00:00+00:00",
+    }
+    summary = {
+        "case": "student_train",
+        "machine": machine,
+        "settings": {"batch_size": 128, "repeats": 3, "steps": 40},
+        "ratio": 1.35,
+        "ratio_range": [1.3, 1.35],
+        "rounds": [figures, dict(figures, ratio=1.3)],
+    }
+    table = worker_scaling.format_table(summary)
+    assert "CPU: CPU (avx2 fma); 2 usable cores; TensorFlow 2.21.0; 2026-12-07." in table
+    assert "| 1 | 1000.0 | 700.0, 650.0 | 1350.0 | 1.35x | 90% |" in table
+    assert "| 2 | 1000.0 | 700.0, 650.0 | 1350.0 | 1.3x | 90% |" in table
+    assert "**1.35x**" in table and "median of 2 round(s), 1.3-1.35x" in table
+    failed = dict(row("student_train", "train", "float32", 0, status="failed"))
+    with pytest.raises(RuntimeError, match="a process failed: needs a CUDA GPU"):
+        worker_scaling.summarise(one, [workers[0], failed])
+
+
+@pytest.mark.slow
+def test_worker_scaling_runs_single_thread_processes_together(tmp_path):
+    from benchmarks import worker_scaling
+
+    argv = ["--workers", "2", "--steps", "20", "--repeats", "2", "--warmup-steps", "1"]
+    argv += ["--rounds", "1"]
+    argv += ["--batch-size", "8", "--student-depth", "8", "--student-width", "4"]
+    assert worker_scaling.main([*argv, "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / worker_scaling.RESULTS_JSON).read_text())
+    (processes,) = summary["processes"]
+    one, workers = processes["one_process"], processes["workers"]
+    assert one["status"] == "ok" and one["options"]["threads"] is None
+    assert [w["options"]["threads"] for w in workers] == [1, 1]
+    assert all(w["status"] == "ok" and len(w["images_per_s"]) == 2 for w in workers)
+    (figures,) = summary["rounds"]
+    together = sum(w["median_images_per_s"] for w in workers)
+    assert figures["workers"]["images_per_s_together"] == pytest.approx(together, abs=0.01)
+    assert figures["ratio"] == pytest.approx(together / one["median_images_per_s"], abs=0.01)
+    assert summary["ratio"] == figures["ratio"]
+    # The barrier: neither process began its timed steps before the other
+    # had finished its warm-up, so the timed windows overlap.
+    starts = [w["timed_window"][0] for w in workers]
+    ends = [w["timed_window"][1] for w in workers]
+    assert max(starts) < min(ends) and figures["workers"]["timed_overlap"] > 0
+    assert not list(tmp_path.glob("barrier-*"))  # The barrier folder is removed.
+    assert "single-thread processes / 1 process" in (tmp_path / "worker_scaling.md").read_text()
