@@ -113,8 +113,11 @@ def get_args(argv=None):
     for name in ("steps", "repeats", "batch_size", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.warmup_steps < 0:
-        parser.error(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    if args.warmup_steps < 1:
+        parser.error(
+            f"--warmup-steps must be >= 1 (the first step traces the graph, and the "
+            f"last warm-up step marks where the timing starts), got {args.warmup_steps}"
+        )
     return args
 
 

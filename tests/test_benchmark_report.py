@@ -393,3 +393,13 @@ def test_worker_scaling_runs_single_thread_processes_together(tmp_path):
     assert max(starts) < min(ends) and figures["workers"]["timed_overlap"] > 0
     assert not list(tmp_path.glob("barrier-*"))  # The barrier folder is removed.
     assert "single-thread processes / 1 process" in (tmp_path / "worker_scaling.md").read_text()
+
+
+def test_throughput_needs_a_warmup_step_to_mark_where_timing_starts(capsys):
+    from benchmarks.throughput import get_args
+
+    with pytest.raises(SystemExit) as error:
+        get_args(["--warmup-steps", "0"])
+    assert error.value.code == 2
+    assert "--warmup-steps must be >= 1" in capsys.readouterr().err
+    assert get_args(["--warmup-steps", "1"]).warmup_steps == 1
