@@ -243,6 +243,7 @@ def _run(args):
     from kd_keras.train.run_setup import check_run_folder
 
     out = Path(args.out or f"runs/{config.preset}")
+    budget_plan = None
     if config.budget is not None:
         from kd_keras.train.budget import size_run_to_budget
 
@@ -254,7 +255,7 @@ def _run(args):
         if not (args.dry_run or args.resume):  # A folder that would refuse the run: now.
             check_run_folder(out, config, overwrite=args.overwrite)
         stream = sys.stderr if args.dry_run else sys.stdout  # A dry run's stdout is JSON.
-        config = size_run_to_budget(
+        config, budget_plan = size_run_to_budget(
             config,
             out,
             resume=args.resume,
@@ -274,7 +275,9 @@ def _run(args):
         # Human-readable on stderr; stdout stays two JSON documents.
         print(format_estimate(summary["estimate"]), file=sys.stderr)
         return 0
-    rows = run_pipeline(config, out, resume=args.resume, overwrite=args.overwrite)
+    rows = run_pipeline(
+        config, out, resume=args.resume, overwrite=args.overwrite, budget_plan=budget_plan
+    )
     print()
     print(format_table(rows))
     print(f"\nrun folder: {out}")

@@ -12,6 +12,7 @@ from pathlib import Path
 CONFIG_FILE = "config.json"
 PROGRESS_FILE = "progress.json"
 CLASSES_FILE = "classes.json"
+BUDGET_FILE = "budget.json"  # A --budget run's plan, and its re-plan.
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 BAR_PLOT = "test_accuracy_bar.png"

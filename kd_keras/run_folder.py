@@ -8,6 +8,7 @@ files through `RunFolder`, so the layout lives here once (the file names in
 <run>/config.json      the resolved RunConfig (kd_keras.config)
 <run>/progress.json    status, stage, epoch, batch, metrics (PROGRESS_FIELDS)
 <run>/classes.json     class names in label order
+<run>/budget.json      a --budget run's plan and re-plan (kd_keras.train.budget)
 <run>/run.lock         held (flock) by the process writing the folder
 <run>/stages/<stage>.json     a completed stage's result row (TABLE_COLUMNS)
 <run>/history/<stage>.csv     its per-epoch metrics
@@ -37,6 +38,7 @@ from kd_keras import atomic
 from kd_keras.errors import ConfigError, DamagedFileError, RunFolderError
 from kd_keras.layout import (
     BAR_PLOT,
+    BUDGET_FILE,
     CHECKPOINTS_DIR,
     CLASSES_FILE,
     CONFIG_FILE,
@@ -123,6 +125,7 @@ RUN_LAYOUT = Layout(
         CONFIG_FILE,
         PROGRESS_FILE,
         CLASSES_FILE,
+        BUDGET_FILE,
         RESULTS_CSV,
         RESULTS_JSON,
         BAR_PLOT,
@@ -186,6 +189,10 @@ class RunFolder:
     @property
     def classes_file(self):
         return self.path / CLASSES_FILE
+
+    @property
+    def budget_file(self):
+        return self.path / BUDGET_FILE
 
     @property
     def lock_file(self):
@@ -337,6 +344,11 @@ class RunFolder:
     def config_dict(self, default=None):
         """The raw `config.json` as a dict, or `default`."""
         return atomic.read_json_object(self.config_file, default)
+
+    def budget(self):
+        """`budget.json` (a `--budget` run's plan, with its `replan` once the
+        teacher's stage has run) as a dict, or `None`."""
+        return atomic.read_json_object(self.budget_file, None)
 
     def progress(self):
         """`progress.json` as a dict (empty if absent)."""

@@ -4,6 +4,7 @@ assertions: these check behaviour, not speed."""
 
 import json
 import math
+import time
 import warnings
 
 import keras
@@ -580,3 +581,116 @@ def test_budget_dry_run_prints_the_sized_config_and_the_plan(monkeypatch, capsys
     ]
     assert f"{config['teacher_epochs']} epochs x" in plan[0]
     assert all(f"{config['student_epochs']} epochs x" in line for line in plan[1:])
+
+
+def _plan(budget_seconds=600, **fields):
+    """`size_to_budget`'s plan for the fabricated calibration, as `plan_budget`
+    saves it."""
+    from kd_keras.train.budget import size_to_budget
+
+    sizes = size_to_budget(
+        budget_seconds, STEP, NO_TRACE, teacher_epochs=20, student_epochs=20, **SIZES
+    )
+    return {"budget_seconds": budget_seconds, "started_unix": 0.0, **sizes, **fields}
+
+
+def test_replan_gives_the_students_what_a_fast_teacher_stage_left():
+    from kd_keras.train.budget import replan_students
+
+    plan = _plan()
+    assert (plan["teacher_epochs"], plan["student_epochs"]) == (22, 21)
+    # Planned teacher stage: 22 x 11.3 s + 20 batches x 0.03 s = 249.2 s; it
+    # took 0.8 of that. 230 s in, 600 - 230 - 5 = 365 s are left; a student
+    # epoch pair costs (6.1 + 9.4) x 0.8 = 12.4 s, their evaluation 0.32 s:
+    # 29 epochs = 359.92 s fit, 30 = 372.32 s do not.
+    replan = replan_students(plan, teacher_seconds=0.8 * 249.2, elapsed_seconds=230)
+    assert replan["teacher_predicted_seconds"] == pytest.approx(249.2)
+    assert replan["speed"] == pytest.approx(0.8)
+    assert (replan["planned_student_epochs"], replan["student_epochs"]) == (21, 29)
+    assert replan["predicted_seconds"] == pytest.approx(230 + 29 * 12.4 + 0.32 + 5, abs=0.1)
+
+
+def test_replan_takes_epochs_from_the_students_after_a_slow_teacher_stage():
+    from kd_keras.train.budget import format_replan, replan_students
+
+    # 1.25x the plan: 600 - 340 - 5 = 255 s left, 19.375 s a pair, 0.5 s
+    # evaluation: 13 epochs (252.4 s), not 14 (271.75 s).
+    replan = replan_students(_plan(), teacher_seconds=1.25 * 249.2, elapsed_seconds=340)
+    assert replan["student_epochs"] == 13
+    line = format_replan(replan)
+    assert "students 13 epochs each (planned 21)" in line and "1.25x" in line
+
+
+def test_replan_never_goes_below_the_floor_or_the_warmup():
+    from kd_keras.train.budget import MIN_BUDGET_EPOCHS, replan_students
+
+    plan = _plan()
+    spent = {"teacher_seconds": 249.2, "elapsed_seconds": 590}  # 5 s left: not one epoch.
+    assert replan_students(plan, **spent)["student_epochs"] == MIN_BUDGET_EPOCHS
+    assert replan_students(plan, warmup_epochs=6, **spent)["student_epochs"] == 7
+    # A plan already at fewer epochs than the floor keeps them.
+    assert replan_students({**plan, "student_epochs": 3}, **spent)["student_epochs"] == 3
+
+
+def test_a_budgeted_run_replans_its_students_after_the_teacher(tmp_path):
+    from kd_keras import run_pipeline
+    from kd_keras.run_folder import RunFolder
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(120) % 3
+    images = rng.integers(0, 256, size=(120, 12, 12, 3), dtype=np.uint8)
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=images[:90], y_train=labels[:90], x_test=images[90:], y_test=labels[90:])
+    fields = RunConfig.from_preset("smoke").to_dict()
+    fields.update(
+        data=str(data),
+        val_size=15,
+        train_per_class=None,
+        val_per_class=None,
+        test_per_class=None,
+        teacher_depth=8,
+        teacher_width=8,
+        student_depth=8,
+        student_width=4,
+        teacher_epochs=1,
+        student_epochs=3,
+        warmup_epochs=0,
+        batch_size=50,
+        budget="10m",
+        verbose=0,
+    )
+    config = RunConfig.from_dict(fields)
+    # The budget started an hour ago: nothing is left, so the students fall
+    # to the plan's floor (1 here) from the 3 planned.
+    plan = _plan(min_student_epochs=1, started_unix=time.time() - 3600)
+    plan["student_epochs"] = 3
+    rows = run_pipeline(config, tmp_path / "run", budget_plan=plan)
+    run = RunFolder(tmp_path / "run")
+    replan = run.budget()["replan"]
+    assert (replan["planned_student_epochs"], replan["student_epochs"]) == (3, 1)
+    assert replan["elapsed_seconds"] >= 3600 and replan["teacher_seconds"] > 0
+    assert replan["speed"] == pytest.approx(
+        replan["teacher_seconds"] / replan["teacher_predicted_seconds"], abs=0.002
+    )
+    assert run.config().student_epochs == 1  # A --resume trains what was re-planned.
+    assert [row["epochs"] for row in rows] == [1, 1, 1]
+    assert [len(run.history(stage)) for stage in ("student_baseline", "student_distilled")] == [
+        1,
+        1,
+    ]
+    # A resumed run keeps its sizes: the plan is not applied again.
+    assert run_pipeline(run.config(), tmp_path / "run", resume=True, budget_plan=plan)
+    assert run.budget()["replan"] == replan and run.config().student_epochs == 1
+
+
+def test_the_cli_hands_a_new_budgeted_run_its_plan(tmp_path, monkeypatch, capsys):
+    from kd_keras.train import budget, pipeline
+
+    monkeypatch.setattr(budget, "_process_seconds", lambda: 0.0)
+    calls = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *a, **k: calls.append(k) or [])
+    out = str(tmp_path / "run")
+    assert cli_main(["run", "--preset", "smoke", "--budget", "1h", "--out", out]) == 0
+    plan = calls[0]["budget_plan"]
+    assert plan["budget_seconds"] == 3600 and plan["stages"]["teacher"]["epochs"] > 0
+    assert 0 < time.time() - plan["started_unix"] < 600

@@ -30,6 +30,10 @@ MIN_BUDGET_IMAGES_PER_CLASS = 10
 EPOCH_OVERHEAD_S = 1.0
 # Once per run: reading the data, building the models, the report and plots.
 RUN_OVERHEAD_S = 15.0
+# What is left of it once the teacher's stage is done: the report, the plots
+# and the process's exit (about 1 s and 3 s in a quick run on 2 cores).
+REPORT_OVERHEAD_S = 5.0
+STUDENT_STAGES = ("student_baseline", "student_distilled")
 
 
 def size_to_budget(
@@ -80,8 +84,10 @@ def size_to_budget(
     Returns:
         A dict: `teacher_epochs`, `student_epochs`, `train_images`,
         `train_per_class` (None if the images were not reduced),
-        `predicted_seconds` (the whole run, `spent_seconds` included) and
-        `stages` (per stage: epochs, epoch_seconds, total_seconds).
+        `predicted_seconds` (the whole run, `spent_seconds` included),
+        `min_student_epochs` (the floor) and `stages` (per stage: epochs,
+        epoch_seconds, total_seconds = epochs x epoch_seconds + setup_seconds,
+        and evaluation_seconds, the model's evaluation at the stage's end).
 
     Raises:
         ConfigError: not even `min_epochs` on `min_images_per_class`
@@ -95,9 +101,12 @@ def size_to_budget(
     val_batches = math.ceil(val_images / batch_size) if val_images else 0
     test_batches = math.ceil(test_images / batch_size) if test_images else 0
     t_fwd, s_fwd = measured["teacher_forward_batch_s"], measured["student_forward_batch_s"]
-    evaluation = (val_batches + test_batches) * (
-        (t_fwd if teacher_epochs else 0.0) + 2 * s_fwd  # Teacher, baseline, distilled.
-    )
+    # Each model is evaluated on the validation and test images at its stage's end.
+    evaluations = {
+        stage: (val_batches + test_batches) * forward
+        for stage, forward in zip(STAGE_ORDER, (t_fwd if teacher_epochs else 0.0, s_fwd, s_fwd))
+    }
+    evaluation = sum(evaluations.values())
     setup = stage_setup_seconds(trace, val_batches * t_fwd if teacher_logits_reused else 0.0)
 
     def plan(images, epochs, extra_teacher=0):
@@ -123,6 +132,8 @@ def size_to_budget(
                     counts[stage] * per_epoch[stage] + (setup[stage] if counts[stage] else 0.0),
                     1,
                 ),
+                "setup_seconds": round(setup[stage], 2) if counts[stage] else 0.0,
+                "evaluation_seconds": round(evaluations[stage], 2),
             }
             for stage in STAGE_ORDER
         }
@@ -173,8 +184,93 @@ def size_to_budget(
         "train_images": images,
         "train_per_class": per_class,
         "predicted_seconds": round(total, 1),
+        "min_student_epochs": floor,
         "stages": stages,
     }
+
+
+def replan_students(
+    plan,
+    *,
+    teacher_seconds,
+    elapsed_seconds,
+    warmup_epochs=0,
+    report_overhead_s=REPORT_OVERHEAD_S,
+):
+    """The students' epochs re-sized once the teacher's stage has run.
+
+    A plan rests on a calibration of a few steps a model, and a shared CPU's
+    speed drifts over seconds: a calibration that catches a slow moment
+    plans too few epochs, a fast one too many. The teacher's stage is
+    minutes of the run's own epochs, so its wall time against the plan's
+    prediction for it (`total_seconds` + `evaluation_seconds`) is the
+    machine's real speed, `speed`; the students' stages, as planned, scaled
+    by it, then get the most equal epochs that fit the budget's time left
+    (`budget_seconds` - `elapsed_seconds` - `report_overhead_s`). They never
+    get fewer than the plan's floor (`min_student_epochs`, at most its
+    epochs) or than `warmup_epochs` + 1: a budget that cannot hold those is
+    overrun, not turned into a meaningless comparison.
+
+    A pure function: nothing is timed here.
+
+    Args:
+        plan: `plan_budget`'s plan (as saved in `budget.json`).
+        teacher_seconds: the wall time of the teacher's stage: training,
+            saving and evaluating it.
+        elapsed_seconds: the run's time since its budget started counting.
+
+    Returns:
+        A dict: `after` ("teacher"), `elapsed_seconds`, `teacher_seconds`,
+        `teacher_predicted_seconds`, `speed`, `planned_student_epochs`,
+        `student_epochs` and `predicted_seconds` (the whole run's, now).
+    """
+    stages = plan["stages"]
+    teacher = stages["teacher"]
+    predicted_teacher = teacher["total_seconds"] + teacher["evaluation_seconds"]
+    speed = teacher_seconds / predicted_teacher if predicted_teacher > 0 else 1.0
+    planned = plan["student_epochs"]
+    floor = max(1, warmup_epochs + 1, min(plan.get("min_student_epochs", planned), planned))
+
+    def students_seconds(epochs):
+        return speed * sum(
+            epochs * stages[stage]["epoch_seconds"]
+            + stages[stage]["setup_seconds"]
+            + stages[stage]["evaluation_seconds"]
+            for stage in STUDENT_STAGES
+        )
+
+    left = plan["budget_seconds"] - elapsed_seconds - report_overhead_s
+    low, high = floor, 1000  # The most epochs that fit, at least the floor.
+    while low < high:
+        middle = (low + high + 1) // 2
+        if students_seconds(middle) <= left:
+            low = middle
+        else:
+            high = middle - 1
+    return {
+        "after": "teacher",
+        "elapsed_seconds": round(elapsed_seconds, 1),
+        "teacher_seconds": round(teacher_seconds, 1),
+        "teacher_predicted_seconds": round(predicted_teacher, 1),
+        "speed": round(speed, 3),
+        "planned_student_epochs": planned,
+        "student_epochs": low,
+        "predicted_seconds": round(elapsed_seconds + students_seconds(low) + report_overhead_s, 1),
+    }
+
+
+def format_replan(replan):
+    """The printed line of a re-plan (`replan_students`)."""
+    change = (
+        f"{replan['student_epochs']} epochs each (planned {replan['planned_student_epochs']})"
+        if replan["student_epochs"] != replan["planned_student_epochs"]
+        else f"{replan['student_epochs']} epochs each, as planned"
+    )
+    return (
+        f"Budget re-planned: the teacher's stage took {clock(replan['teacher_seconds'])} "
+        f"(planned {clock(replan['teacher_predicted_seconds'])}, {replan['speed']:.2f}x): "
+        f"students {change}, predicted {clock(replan['predicted_seconds'])} in all"
+    )
 
 
 def plan_budget(config, data=None, spent_seconds=0.0, calibration_steps=3):
@@ -193,11 +289,15 @@ def plan_budget(config, data=None, spent_seconds=0.0, calibration_steps=3):
         `(sized, plan)`: the config with the chosen `teacher_epochs`,
         `student_epochs`, `train_per_class` (if reduced) and resolved
         precisions; and the plan (`size_to_budget`'s dict plus `budget`,
-        `budget_seconds`, `calibration`, `precision`, `teacher_precision`).
+        `budget_seconds`, `calibration`, `precision`, `teacher_precision`,
+        and `started_unix`, the `time.time()` at which the budget started
+        counting). Give both to `run_pipeline(sized, out, budget_plan=plan)`
+        to have the students re-planned after the teacher's stage.
     """
     from kd_keras.validation import parse_budget
 
     budget_seconds = parse_budget(config.budget)
+    started_unix = time.time() - spent_seconds  # When the budget started counting.
     start = time.perf_counter()
     resolved, choice, machine, data, measured, trace, _, calibration = calibrated(
         config, data, calibration_steps
@@ -231,6 +331,7 @@ def plan_budget(config, data=None, spent_seconds=0.0, calibration_steps=3):
         "precision_reason": choice.reason,
         "machine": machine.describe(),
         "calibration": calibration,
+        "started_unix": round(started_unix, 3),
     }
     return sized, plan
 
@@ -248,11 +349,11 @@ def _process_seconds():
 
 
 def size_run_to_budget(config, out_dir, *, resume=False, flag_given=None, log=print):
-    """`kd_keras run --budget`: the config sized to its budget, the plan
-    logged (one line per stage).
+    """`kd_keras run --budget`: `(sized config, plan)`, the plan logged (one
+    line per stage).
 
-    A resumed run keeps the sizes saved in its `config.json`; asking a
-    budget again on `--resume` (`flag_given`) is refused. Where CIFAR-10
+    A resumed run keeps the sizes saved in its `config.json` (plan `None`);
+    asking a budget again on `--resume` (`flag_given`) is refused. Where CIFAR-10
     comes from is checked before the calibration (the CLI checks the run
     folder before this). The time this process has already run (imports,
     data) counts against the budget.
@@ -269,13 +370,13 @@ def size_run_to_budget(config, out_dir, *, resume=False, flag_given=None, log=pr
                 f"--budget sizes a new run; the run in '{out_dir}' keeps the epochs and "
                 "images in its config.json: drop --budget to resume it"
             )
-        return config
+        return config, None
     if data_kind(config.data) == "cifar10":
         resolve_source(config.data)  # A missing archive fails here, not after calibrating.
     apply_threading(config)  # Before TensorFlow starts, as in a run.
     sized, plan = plan_budget(config, spent_seconds=_process_seconds())
     log(format_budget_plan(plan))
-    return sized
+    return sized, plan
 
 
 def format_budget_plan(plan):

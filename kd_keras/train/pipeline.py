@@ -20,6 +20,8 @@ The run's folder setup is `kd_keras.train.run_setup`, its up-front checks
 `kd_keras.train.measure`.
 """
 
+import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +75,24 @@ class Pipeline:
             builds the datasets).
         teacher: the loaded `config.teacher` model, if already loaded.
         baseline: the loaded `config.baseline` model, if already loaded.
+        budget_plan: a `--budget` run's plan (`plan_budget`): the students
+            are re-planned once the teacher's stage has run here
+            (`replan_after_teacher`).
     """
 
-    def __init__(self, config, out_dir, progress, *, splits=None, teacher=None, baseline=None):
+    def __init__(
+        self,
+        config,
+        out_dir,
+        progress,
+        *,
+        splits=None,
+        teacher=None,
+        baseline=None,
+        budget_plan=None,
+    ):
         self.config = config
+        self.budget_plan = budget_plan
         self.out = Path(out_dir)
         self.folder = RunFolder(self.out)
         self.progress = progress
@@ -393,6 +409,30 @@ class Pipeline:
                 raise
             warn(f"{error} (stage '{stage}' is finished and does not need it)")
 
+    def replan_after_teacher(self, teacher_seconds):
+        """A `--budget` run: the students' epochs re-sized from the teacher
+        stage's wall time (`replan_students`), saved to `config.json` (so a
+        `--resume` keeps them) and to `budget.json` before they train."""
+        plan = self.budget_plan
+        if plan is None or not plan["stages"]["teacher"]["epochs"]:
+            return  # Not budgeted, or a reused teacher: nothing was timed.
+        from kd_keras.train.budget import format_replan, replan_students
+
+        replan = replan_students(
+            plan,
+            teacher_seconds=teacher_seconds,
+            elapsed_seconds=time.time() - plan["started_unix"],
+            warmup_epochs=self.config.warmup_epochs,
+        )
+        self.config = dataclasses.replace(
+            self.config, student_epochs=replan["student_epochs"]
+        ).validate()
+        atomic.write_text(self.folder.config_file, self.config.to_json() + "\n")
+        self.budget_plan = {**plan, "replan": replan}
+        atomic.write_json(self.folder.budget_file, self.budget_plan)
+        if self.config.verbose:
+            print(format_replan(replan), flush=True)
+
     def saved_teacher(self):
         """The run's trained teacher (`models/teacher.keras`), or `None` if
         that file is missing or damaged (the teacher stage is then finished
@@ -417,10 +457,12 @@ class Pipeline:
                     if teacher is None:
                         teacher, extra = self.stage_teacher()
                         rows["teacher"] = self.finish_stage("teacher", teacher, extra)
+                started = time.time()
                 model, extra = self.stage_steps[stage](teacher)
                 row = self.finish_stage(stage, model, extra)
                 if stage == "teacher":
                     teacher = model
+                    self.replan_after_teacher(time.time() - started)
             rows[stage] = row
             completed.append(stage)
             if self.progress is not None:
@@ -428,7 +470,7 @@ class Pipeline:
         return [rows[stage] for stage in STAGES]
 
 
-def run_pipeline(config, out_dir, *, resume=False, overwrite=False):
+def run_pipeline(config, out_dir, *, resume=False, overwrite=False, budget_plan=None):
     """Runs teacher, student baseline and distilled student into `out_dir`.
 
     Args:
@@ -437,6 +479,11 @@ def run_pipeline(config, out_dir, *, resume=False, overwrite=False):
             `overwrite`).
         resume: skip completed stages and continue the interrupted one.
         overwrite: replace a previous kd_keras run in `out_dir`.
+        budget_plan: for a new run of a config sized by
+            `kd_keras.train.budget.plan_budget`, its plan: saved as
+            `budget.json`, and the students' epochs re-sized to the budget's
+            time left once the teacher's stage has run (a resumed run, a
+            reused teacher or a `multi_worker` run keeps the config's).
 
     Returns:
         A list of result rows (dicts), one per stage, as in `results.json`.
@@ -465,13 +512,15 @@ def run_pipeline(config, out_dir, *, resume=False, overwrite=False):
         worker = distribute.WorkerFolder(out, resume=resume)
         out = worker.path
     try:
-        return _run_pipeline(config, out, resume=resume, overwrite=overwrite)
+        return _run_pipeline(
+            config, out, resume=resume, overwrite=overwrite, budget_plan=budget_plan
+        )
     finally:
         if worker is not None:
             worker.cleanup()
 
 
-def _run_pipeline(config, out, *, resume, overwrite):
+def _run_pipeline(config, out, *, resume, overwrite, budget_plan=None):
     # Everything that can be checked is checked before the folder is made
     # or touched: the folder's state, the teacher file, the data, the models.
     checked = check_run(config, out, resume=resume, overwrite=overwrite)
@@ -484,6 +533,12 @@ def _run_pipeline(config, out, *, resume, overwrite):
     previous = catch_stop_signals()
     try:
         record_start(out, config, checked.splits, progress)
+        if budget_plan is not None and not resume:
+            atomic.write_json(RunFolder(out).budget_file, budget_plan)
+            if config.strategy == "multi_worker":
+                budget_plan = None  # Each process would time its own teacher stage.
+        else:
+            budget_plan = None  # A resumed run keeps the sizes in its config.json.
         pipeline = Pipeline(
             config,
             out,
@@ -491,6 +546,7 @@ def _run_pipeline(config, out, *, resume, overwrite):
             splits=checked.splits,
             teacher=checked.reused_teacher,
             baseline=checked.reused_baseline,
+            budget_plan=budget_plan,
         )
         pipeline.load_data()
         started = True
