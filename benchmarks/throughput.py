@@ -60,19 +60,7 @@ def get_args(argv=None):
         "speed options, the Keras reference Distiller and (with --torch) a "
         "PyTorch loop, each in its own process.",
     )
-    parser.add_argument("--steps", type=int, default=8, help="steps per timed repeat (default 8)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case (default 3)")
-    parser.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=2,
-        help="untimed steps first: tracing, first allocations (default 2)",
-    )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--teacher-depth", type=int, default=32)
-    parser.add_argument("--student-depth", type=int, default=14)
-    parser.add_argument("--teacher-width", type=int, default=16)
-    parser.add_argument("--student-width", type=int, default=16)
+    add_worker_arguments(parser, steps=8, warmup_steps=2, teacher_depth=32, student_depth=14)
     parser.add_argument(
         "--cases",
         default=",".join(DEFAULT_CASES),
@@ -110,7 +98,48 @@ def get_args(argv=None):
     parser.add_argument("--barrier", help=argparse.SUPPRESS)
     parser.add_argument("--barrier-count", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("steps", "repeats", "batch_size", "rounds"):
+    check_worker_arguments(parser, args, also=("rounds",))
+    return args
+
+
+# What a case's worker process is given (`start_case` passes them on): the
+# front ends that start workers declare them with `add_worker_arguments`.
+WORKER_ARGUMENTS = (
+    "steps",
+    "repeats",
+    "warmup_steps",
+    "batch_size",
+    "teacher_depth",
+    "student_depth",
+    "teacher_width",
+    "student_width",
+)
+
+
+def add_worker_arguments(parser, *, steps, warmup_steps, teacher_depth, student_depth):
+    """Adds `WORKER_ARGUMENTS` to `parser`, with these defaults (3 repeats,
+    batch 128, width 16 for both models)."""
+    parser.add_argument(
+        "--steps", type=int, default=steps, help=f"steps per timed repeat (default {steps})"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=warmup_steps,
+        help=f"untimed steps first: tracing, first allocations (default {warmup_steps})",
+    )
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--teacher-depth", type=int, default=teacher_depth)
+    parser.add_argument("--student-depth", type=int, default=student_depth)
+    parser.add_argument("--teacher-width", type=int, default=16)
+    parser.add_argument("--student-width", type=int, default=16)
+
+
+def check_worker_arguments(parser, args, also=()):
+    """Exits through `parser.error` (status 2, the flag and the value named)
+    for a count below 1 among the worker's arguments and `also`."""
+    for name in ("steps", "repeats", "batch_size", *also):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup_steps < 1:
@@ -118,7 +147,6 @@ def get_args(argv=None):
             f"--warmup-steps must be >= 1 (the first step traces the graph, and the "
             f"last warm-up step marks where the timing starts), got {args.warmup_steps}"
         )
-    return args
 
 
 def _case_names(args):
@@ -168,31 +196,11 @@ def machine_info():
 
 
 def _worker_argv(name, args, result_file):
-    return [
-        sys.executable,
-        "-m",
-        "benchmarks.throughput",
-        "--worker",
-        name,
-        "--result-file",
-        str(result_file),
-        "--steps",
-        str(args.steps),
-        "--repeats",
-        str(args.repeats),
-        "--warmup-steps",
-        str(args.warmup_steps),
-        "--batch-size",
-        str(args.batch_size),
-        "--teacher-depth",
-        str(args.teacher_depth),
-        "--student-depth",
-        str(args.student_depth),
-        "--teacher-width",
-        str(args.teacher_width),
-        "--student-width",
-        str(args.student_width),
-    ]
+    argv = [sys.executable, "-m", "benchmarks.throughput", "--worker", name]
+    argv += ["--result-file", str(result_file)]
+    for key in WORKER_ARGUMENTS:
+        argv += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    return argv
 
 
 def start_case(name, args, out, *, label=None, extra_argv=()):

@@ -36,7 +36,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.throughput import finish_case, machine_info, start_case
+from benchmarks.throughput import (
+    WORKER_ARGUMENTS,
+    add_worker_arguments,
+    check_worker_arguments,
+    finish_case,
+    machine_info,
+    start_case,
+)
 from benchmarks.throughput_cases import CASES, usable_cores
 from kd_keras import atomic
 from kd_keras.hardware import enable_onednn_opts
@@ -64,14 +71,7 @@ def get_args(argv=None):
         choices=cases,
         help="the benchmarks.throughput case each process runs (default student_train)",
     )
-    parser.add_argument("--steps", type=int, default=40, help="steps per timed repeat (default 40)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
-    parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--teacher-depth", type=int, default=20)
-    parser.add_argument("--student-depth", type=int, default=8)
-    parser.add_argument("--teacher-width", type=int, default=16)
-    parser.add_argument("--student-width", type=int, default=16)
+    add_worker_arguments(parser, steps=40, warmup_steps=3, teacher_depth=20, student_depth=8)
     parser.add_argument(
         "--rounds",
         type=int,
@@ -82,9 +82,7 @@ def get_args(argv=None):
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--out", default="runs/worker-scaling")
     args = parser.parse_args(argv)
-    for name in ("workers", "rounds", "steps", "repeats", "warmup_steps", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_worker_arguments(parser, args, also=("workers", "rounds"))
     return args
 
 
@@ -197,21 +195,7 @@ def main(argv=None):
         rounds.append(summarise(one, workers))
         processes.append({"one_process": one, "workers": workers})
     ratios = [figures["ratio"] for figures in rounds]
-    settings = {
-        key: getattr(args, key)
-        for key in (
-            "workers",
-            "rounds",
-            "steps",
-            "repeats",
-            "warmup_steps",
-            "batch_size",
-            "teacher_depth",
-            "student_depth",
-            "teacher_width",
-            "student_width",
-        )
-    }
+    settings = {key: getattr(args, key) for key in ("workers", "rounds", *WORKER_ARGUMENTS)}
     summary = {
         "command": "python -m benchmarks.worker_scaling " + " ".join(argv or sys.argv[1:]),
         "case": args.case,
