@@ -22,39 +22,54 @@ from kd_keras.validation import validation_reuses_teacher_logits
 STAGE_ORDER = ("teacher", "student_baseline", "student_distilled")
 
 
-def _time_calls(call, steps):
-    """(seconds of the first call, median seconds of the next `steps`)."""
-    start = time.perf_counter()
-    call()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
+def _time_interleaved(calls, steps):
+    """Times `calls` (name -> callable) in turns: each one's first call
+    (its tracing), then `steps` rounds of one call each, in order.
+
+    A shared machine's speed drifts over seconds; timing one model's steps
+    in a block and the next model's after it would give each model its
+    own moment of the machine, and their ratios would carry that noise.
+    In turns, every model is timed across the same moments.
+
+    Returns:
+        name -> (seconds of the first call, median seconds of the others).
+    """
+    first = {}
+    for name, call in calls.items():
         start = time.perf_counter()
         call()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
+        first[name] = time.perf_counter() - start
+    times = {name: [] for name in calls}
+    for _ in range(steps):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: (first[name], statistics.median(times[name])) for name in calls}
 
 
-def _calibrate_training(model, optimizer, images, labels, steps):
+def _training_call(model, optimizer, images, labels):
     recipe.compile_classifier(model, optimizer)  # The run's loss, metric and optimizer.
-    return _time_calls(lambda: model.train_on_batch(images, labels), steps)
+    return lambda: model.train_on_batch(images, labels)
 
 
-def _calibrate_forward(model, images, steps):
+def _forward_call(model, images):
     import tensorflow as tf
 
     forward = tf.function(lambda x: model(x, training=False))
     batch = tf.constant(images)
-    return _time_calls(lambda: forward(batch).numpy(), steps)
+    return lambda: forward(batch).numpy()
 
 
 def calibrate(config, shape, steps_per_epoch, steps):
     """Times the run's models on one synthetic batch of `config.batch_size`
     images: `steps` training steps of the teacher and the student and as
-    many forward passes of each, after one warm-up call that traces the
-    graph. With several teachers (`config.other_teachers`), each one's
-    forward pass is timed and added to `teacher_forward_batch_s` (all of
-    them run on every distillation batch).
+    many forward passes of each, after one warm-up call each that traces
+    the graph; the models take turns, one call each a round, so they are
+    timed across the same moments of the machine (`_time_interleaved`).
+    With several teachers (`config.other_teachers`), each one's forward
+    pass is timed and added to `teacher_forward_batch_s` (all of them run
+    on every distillation batch).
 
     Returns:
         (measured, trace): median seconds per step or batch, and the
@@ -75,50 +90,48 @@ def calibrate(config, shape, steps_per_epoch, steps):
     else:
         teacher = recipe.build_teacher(config, **shape)
 
-    if config.teacher or config.teacher_epochs == 0:
-        teacher_train = (0.0, 0.0)
-    else:
-        teacher_train = _calibrate_training(
+    calls = {}
+    if not (config.teacher or config.teacher_epochs == 0):
+        calls["teacher_train"] = _training_call(
             teacher,
             recipe.make_optimizer(config, steps_per_epoch, config.teacher_epochs),
             images,
             labels,
-            steps,
         )
-    student_train = _calibrate_training(
+    calls["student_train"] = _training_call(
         student,
         recipe.make_optimizer(config, steps_per_epoch, config.student_epochs),
         images,
         labels,
-        steps,
     )
-    teacher_forward = _calibrate_forward(
-        teacher_for_inference(teacher, config.teacher_precision), images, steps
+    calls["teacher_forward"] = _forward_call(
+        teacher_for_inference(teacher, config.teacher_precision), images
     )
-    student_forward = _calibrate_forward(student, images, steps)
+    calls["student_forward"] = _forward_call(student, images)
     # Several teachers (`--teacher` given again): each runs on every
     # distillation batch too.
-    others = [(0.0, 0.0)]
-    for path in config.other_teachers or ():
+    others = []
+    for index, path in enumerate(config.other_teachers or ()):
         with precision_scope(config.precision):
             other = load_teacher(path, shape["num_classes"], image_shape=shape["input_shape"])
-        others.append(
-            _calibrate_forward(
-                teacher_for_inference(other, config.teacher_precision), images, steps
-            )
+        others.append(f"other_teacher_{index}")
+        calls[others[-1]] = _forward_call(
+            teacher_for_inference(other, config.teacher_precision), images
         )
+    timed = _time_interleaved(calls, steps)
+    teacher_train = timed.get("teacher_train", (0.0, 0.0))
+    student_train = timed["student_train"]
+    forwards = [timed["teacher_forward"], *(timed[name] for name in others)]
     measured = {
         "teacher_train_step_s": teacher_train[1],
         "student_train_step_s": student_train[1],
-        "teacher_forward_batch_s": teacher_forward[1] + sum(o[1] for o in others),
-        "student_forward_batch_s": student_forward[1],
+        "teacher_forward_batch_s": sum(median for _, median in forwards),
+        "student_forward_batch_s": timed["student_forward"][1],
     }
     trace = {
         "teacher_train_trace_s": max(0.0, teacher_train[0] - teacher_train[1]),
         "student_train_trace_s": max(0.0, student_train[0] - student_train[1]),
-        "teacher_forward_trace_s": sum(
-            max(0.0, first - median) for first, median in [teacher_forward, *others]
-        ),
+        "teacher_forward_trace_s": sum(max(0.0, first - median) for first, median in forwards),
     }
     return measured, trace
 
