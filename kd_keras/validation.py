@@ -349,6 +349,19 @@ BASELINE_FIELDS = (
 )
 
 
+def check_budget_strategy(budget, strategy):
+    """Raises `ValueError` for a new `--budget` run under `--strategy
+    multi_worker`: every process would time its own machine and could plan
+    other epochs than the others, and the processes must train the same."""
+    if budget is not None and strategy == "multi_worker":
+        raise ValueError(
+            f"--budget {budget} plans from this machine's timings, and each process of "
+            "--strategy multi_worker would plan its own epochs: give every process the same "
+            "--teacher-epochs and --student-epochs instead (--budget with --dry-run, "
+            "without --strategy, prints a plan for one machine)"
+        )
+
+
 def validate_baseline(baseline, budget):
     """Raises `ValueError` for a `--baseline` that is no path, or one given
     with `--budget` (the budget would change the students' epochs, which

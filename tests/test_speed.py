@@ -549,6 +549,17 @@ def test_budget_with_explicit_epochs_is_refused(capsys):
     assert "--budget chooses the epochs; drop --epochs" in error
 
 
+def test_budget_under_multi_worker_is_refused_before_calibrating(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--preset", "smoke", "--budget", "10m", "--strategy", "multi_worker"]
+    assert cli_main(argv + ["--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "--strategy multi_worker would plan its own epochs" in error
+    assert "--teacher-epochs and --student-epochs" in error
+    assert not out.exists()
+
+
 def test_budget_checks_the_folder_and_the_data_before_calibrating(tmp_path, capsys):
     taken = tmp_path / "taken"
     taken.mkdir()
@@ -608,6 +619,7 @@ def test_replan_gives_the_students_what_a_fast_teacher_stage_left():
     assert replan["speed"] == pytest.approx(0.8)
     assert (replan["planned_student_epochs"], replan["student_epochs"]) == (21, 29)
     assert replan["predicted_seconds"] == pytest.approx(230 + 29 * 12.4 + 0.32 + 5, abs=0.1)
+    assert replan["over_budget_seconds"] == 0
 
 
 def test_replan_takes_epochs_from_the_students_after_a_slow_teacher_stage():
@@ -622,27 +634,29 @@ def test_replan_takes_epochs_from_the_students_after_a_slow_teacher_stage():
 
 
 def test_replan_never_goes_below_the_floor_or_the_warmup():
-    from kd_keras.train.budget import MIN_BUDGET_EPOCHS, replan_students
+    from kd_keras.train.budget import MIN_BUDGET_EPOCHS, format_replan, replan_students
 
     plan = _plan()
     spent = {"teacher_seconds": 249.2, "elapsed_seconds": 590}  # 5 s left: not one epoch.
-    assert replan_students(plan, **spent)["student_epochs"] == MIN_BUDGET_EPOCHS
+    replan = replan_students(plan, **spent)
+    assert replan["student_epochs"] == MIN_BUDGET_EPOCHS
+    # 5 epochs x 15.5 s + 0.4 s evaluation, from 590 s, + 5 s: 672.9 s.
+    assert replan["over_budget_seconds"] == pytest.approx(72.9, abs=0.1)
+    assert "1:13 over the budget (the students' floor of 5 epochs)" in format_replan(replan)
     assert replan_students(plan, warmup_epochs=6, **spent)["student_epochs"] == 7
     # A plan already at fewer epochs than the floor keeps them.
     assert replan_students({**plan, "student_epochs": 3}, **spent)["student_epochs"] == 3
 
 
-def test_a_budgeted_run_replans_its_students_after_the_teacher(tmp_path):
-    from kd_keras import run_pipeline
-    from kd_keras.run_folder import RunFolder
-
+def _tiny_budget_config(tmp_path, **fields):
+    """The smoke preset's recipe on 90 training images of 12x12 in an .npz."""
     rng = np.random.default_rng(0)
     labels = np.arange(120) % 3
     images = rng.integers(0, 256, size=(120, 12, 12, 3), dtype=np.uint8)
     data = tmp_path / "d.npz"
     np.savez(data, x_train=images[:90], y_train=labels[:90], x_test=images[90:], y_test=labels[90:])
-    fields = RunConfig.from_preset("smoke").to_dict()
-    fields.update(
+    base = RunConfig.from_preset("smoke").to_dict()
+    base.update(
         data=str(data),
         val_size=15,
         train_per_class=None,
@@ -652,23 +666,38 @@ def test_a_budgeted_run_replans_its_students_after_the_teacher(tmp_path):
         teacher_width=8,
         student_depth=8,
         student_width=4,
-        teacher_epochs=1,
-        student_epochs=3,
         warmup_epochs=0,
         batch_size=50,
         budget="10m",
         verbose=0,
     )
-    config = RunConfig.from_dict(fields)
-    # The budget started an hour ago: nothing is left, so the students fall
-    # to the plan's floor (1 here) from the 3 planned.
-    plan = _plan(min_student_epochs=1, started_unix=time.time() - 3600)
-    plan["student_epochs"] = 3
+    base.update(fields)
+    return RunConfig.from_dict(base)
+
+
+def test_a_budgeted_run_replans_its_students_after_the_teacher(tmp_path):
+    import dataclasses
+
+    from kd_keras import run_pipeline
+    from kd_keras.run_folder import RunFolder
+    from kd_keras.train.budget import plan_budget
+
+    sized, plan = plan_budget(_tiny_budget_config(tmp_path), calibration_steps=1)
+    # A real plan, cut to 1 teacher and 3 student epochs to keep the test
+    # short, whose budget started an hour ago: nothing is left, so the
+    # students fall to the floor (1 here).
+    config = dataclasses.replace(sized, teacher_epochs=1, student_epochs=3)
+    plan.update(teacher_epochs=1, student_epochs=3, min_student_epochs=1)
+    plan["started_unix"] = time.time() - 3600
+    plan["stages"]["teacher"]["epochs"] = 1
     rows = run_pipeline(config, tmp_path / "run", budget_plan=plan)
     run = RunFolder(tmp_path / "run")
-    replan = run.budget()["replan"]
+    saved = run.budget()
+    replan = saved["replan"]
+    assert saved["calibration"] == json.loads(json.dumps(plan["calibration"]))
     assert (replan["planned_student_epochs"], replan["student_epochs"]) == (3, 1)
     assert replan["elapsed_seconds"] >= 3600 and replan["teacher_seconds"] > 0
+    assert replan["over_budget_seconds"] >= 3000
     assert replan["speed"] == pytest.approx(
         replan["teacher_seconds"] / replan["teacher_predicted_seconds"], abs=0.002
     )
@@ -679,8 +708,37 @@ def test_a_budgeted_run_replans_its_students_after_the_teacher(tmp_path):
         1,
     ]
     # A resumed run keeps its sizes: the plan is not applied again.
-    assert run_pipeline(run.config(), tmp_path / "run", resume=True, budget_plan=plan)
+    assert run_pipeline(run.config(), tmp_path / "run", resume=True, budget_plan=saved)
     assert run.budget()["replan"] == replan and run.config().student_epochs == 1
+
+
+def test_a_reused_teacher_is_not_timed_so_its_run_is_not_replanned(tmp_path):
+    from kd_keras.run_folder import RunFolder
+
+    config = _tiny_budget_config(tmp_path, teacher="teacher.keras", student_epochs=21)
+    plan = _plan()
+    plan["stages"]["teacher"]["epochs"] = 0
+    pipeline = Pipeline(config, tmp_path, None, budget_plan=plan)
+    pipeline.replan_after_teacher(1.0)
+    assert pipeline.config.student_epochs == 21
+    assert RunFolder(tmp_path).budget() is None and not (tmp_path / "config.json").exists()
+
+
+def test_a_budget_plan_that_cannot_be_replanned_is_refused_before_the_run(tmp_path):
+    from kd_keras import run_pipeline
+
+    config = RunConfig.from_preset("smoke", budget="10m", data=str(tmp_path / "d.npz"))
+    plan = _plan()
+    with pytest.raises(ConfigError, match="made for 22 teacher and 21 student epochs"):
+        run_pipeline(config, tmp_path / "run", budget_plan=plan)
+    del plan["stages"]["teacher"]["evaluation_seconds"]
+    with pytest.raises(ConfigError, match=r"missing stages\.teacher\.evaluation_seconds"):
+        run_pipeline(config, tmp_path / "run", budget_plan=plan)
+    with pytest.raises(ConfigError, match="this config has no budget"):
+        run_pipeline(RunConfig.from_preset("smoke"), tmp_path / "run", budget_plan=_plan())
+    with pytest.raises(ConfigError, match="must be the dict .* got list"):
+        run_pipeline(config, tmp_path / "run", budget_plan=[])
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_cli_hands_a_new_budgeted_run_its_plan(tmp_path, monkeypatch, capsys):

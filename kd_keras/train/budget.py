@@ -18,7 +18,7 @@ from kd_keras.train.estimate import (
     stage_epoch_seconds,
     stage_setup_seconds,
 )
-from kd_keras.validation import validation_reuses_teacher_logits
+from kd_keras.validation import check_budget_strategy, validation_reuses_teacher_logits
 
 # --budget: below this many student epochs the training images shrink
 # instead (at most the preset's epochs); never fewer than this many images
@@ -222,7 +222,8 @@ def replan_students(
     Returns:
         A dict: `after` ("teacher"), `elapsed_seconds`, `teacher_seconds`,
         `teacher_predicted_seconds`, `speed`, `planned_student_epochs`,
-        `student_epochs` and `predicted_seconds` (the whole run's, now).
+        `student_epochs`, `predicted_seconds` (the whole run's, now) and
+        `over_budget_seconds` (above 0 only when the floor does not fit).
     """
     stages = plan["stages"]
     teacher = stages["teacher"]
@@ -247,6 +248,7 @@ def replan_students(
             low = middle
         else:
             high = middle - 1
+    predicted = elapsed_seconds + students_seconds(low) + report_overhead_s
     return {
         "after": "teacher",
         "elapsed_seconds": round(elapsed_seconds, 1),
@@ -255,8 +257,51 @@ def replan_students(
         "speed": round(speed, 3),
         "planned_student_epochs": planned,
         "student_epochs": low,
-        "predicted_seconds": round(elapsed_seconds + students_seconds(low) + report_overhead_s, 1),
+        "predicted_seconds": round(predicted, 1),
+        "over_budget_seconds": round(max(0.0, predicted - plan["budget_seconds"]), 1),
     }
+
+
+def check_budget_plan(plan, config):
+    """Raises `ConfigError` before a run starts if `plan` is not a plan
+    `replan_students` can use for `config` (`run_pipeline`'s `budget_plan`):
+    a dict from `plan_budget`, for a config with a `budget`."""
+    from kd_keras.errors import ConfigError
+
+    if config.budget is None:
+        raise ConfigError(
+            "budget_plan is for a config sized to a budget, and this config has no "
+            "budget: size it with kd_keras.train.budget.plan_budget, or drop budget_plan"
+        )
+    if not isinstance(plan, dict):
+        raise ConfigError(
+            f"budget_plan must be the dict kd_keras.train.budget.plan_budget returns, "
+            f"got {type(plan).__name__}"
+        )
+    missing = [
+        key for key in ("budget_seconds", "started_unix", "student_epochs") if key not in plan
+    ]
+    stages = plan.get("stages") if isinstance(plan.get("stages"), dict) else {}
+    stage_keys = ("epochs", "epoch_seconds", "total_seconds", "setup_seconds", "evaluation_seconds")
+    missing += [
+        f"stages.{stage}.{key}"
+        for stage in STAGE_ORDER
+        for key in stage_keys
+        if not isinstance(stages.get(stage), dict) or key not in stages[stage]
+    ]
+    if missing:
+        raise ConfigError(
+            f"budget_plan is not a plan from kd_keras.train.budget.plan_budget (missing "
+            f"{', '.join(missing[:4])}): pass the plan plan_budget returned"
+        )
+    planned = (stages["teacher"]["epochs"], plan["student_epochs"])
+    sized = (0 if config.teacher else config.teacher_epochs, config.student_epochs)
+    if planned != sized:
+        raise ConfigError(
+            f"budget_plan was made for {planned[0]} teacher and {planned[1]} student epochs, "
+            f"the config has {sized[0]} and {sized[1]}: pass the config plan_budget "
+            "returned with its plan"
+        )
 
 
 def format_replan(replan):
@@ -266,10 +311,17 @@ def format_replan(replan):
         if replan["student_epochs"] != replan["planned_student_epochs"]
         else f"{replan['student_epochs']} epochs each, as planned"
     )
+    over = replan.get("over_budget_seconds", 0.0)
     return (
         f"Budget re-planned: the teacher's stage took {clock(replan['teacher_seconds'])} "
         f"(planned {clock(replan['teacher_predicted_seconds'])}, {replan['speed']:.2f}x): "
         f"students {change}, predicted {clock(replan['predicted_seconds'])} in all"
+        + (
+            f", {clock(over)} over the budget (the students' floor of "
+            f"{replan['student_epochs']} epochs)"
+            if over > 0
+            else ""
+        )
     )
 
 
@@ -371,6 +423,10 @@ def size_run_to_budget(config, out_dir, *, resume=False, flag_given=None, log=pr
                 "images in its config.json: drop --budget to resume it"
             )
         return config, None
+    try:
+        check_budget_strategy(config.budget, config.strategy)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if data_kind(config.data) == "cifar10":
         resolve_source(config.data)  # A missing archive fails here, not after calibrating.
     apply_threading(config)  # Before TensorFlow starts, as in a run.

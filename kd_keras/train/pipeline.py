@@ -353,8 +353,13 @@ class Pipeline:
             return self.datasets["val"]
         return with_teacher_logits(self.datasets["val"], teacher)
 
-    def finish_stage(self, stage, model, extra):
-        """Saves the model, evaluates it and records the stage as complete."""
+    def finish_stage(self, stage, model, extra, started=None):
+        """Saves the model, evaluates it and records the stage as complete.
+
+        The teacher's stage, `started` at that `time.time()` in this
+        process, re-plans a budgeted run's students first
+        (`replan_after_teacher`): a kill before its row is written finishes
+        the stage again on `--resume`, with the re-planned sizes saved."""
         model_path = self.folder.model_file(stage)
         if stage != "teacher" or not self.config.teacher:
             save_model(model, model_path)
@@ -376,6 +381,8 @@ class Pipeline:
         else:
             depth = resnet_depth(c.student_model, c.student_depth)
         row = {"stage": stage, "model": model.name, "depth": depth, **measured, **extra}
+        if stage == "teacher" and started is not None:
+            self.replan_after_teacher(time.time() - started)
         atomic.write_json(self.folder.stage_file(stage), row)
         return row
 
@@ -411,8 +418,9 @@ class Pipeline:
 
     def replan_after_teacher(self, teacher_seconds):
         """A `--budget` run: the students' epochs re-sized from the teacher
-        stage's wall time (`replan_students`), saved to `config.json` (so a
-        `--resume` keeps them) and to `budget.json` before they train."""
+        stage's wall time (`replan_students`), saved to `config.json` (what
+        the run trains, and what a `--resume` keeps) and then recorded in
+        `budget.json`, before the students train."""
         plan = self.budget_plan
         if plan is None or not plan["stages"]["teacher"]["epochs"]:
             return  # Not budgeted, or a reused teacher: nothing was timed.
@@ -459,10 +467,9 @@ class Pipeline:
                         rows["teacher"] = self.finish_stage("teacher", teacher, extra)
                 started = time.time()
                 model, extra = self.stage_steps[stage](teacher)
-                row = self.finish_stage(stage, model, extra)
+                row = self.finish_stage(stage, model, extra, started=started)
                 if stage == "teacher":
                     teacher = model
-                    self.replan_after_teacher(time.time() - started)
             rows[stage] = row
             completed.append(stage)
             if self.progress is not None:
@@ -482,8 +489,9 @@ def run_pipeline(config, out_dir, *, resume=False, overwrite=False, budget_plan=
         budget_plan: for a new run of a config sized by
             `kd_keras.train.budget.plan_budget`, its plan: saved as
             `budget.json`, and the students' epochs re-sized to the budget's
-            time left once the teacher's stage has run (a resumed run, a
-            reused teacher or a `multi_worker` run keeps the config's).
+            time left once the teacher's stage has run (a resumed run
+            ignores it and keeps its config's sizes, as do a reused teacher
+            and a `multi_worker` run).
 
     Returns:
         A list of result rows (dicts), one per stage, as in `results.json`.
@@ -505,6 +513,10 @@ def run_pipeline(config, out_dir, *, resume=False, overwrite=False, budget_plan=
     >>> rows = run_pipeline(config, "runs/quick")
     """
     config.validate()
+    if budget_plan is not None and not resume:
+        from kd_keras.train.budget import check_budget_plan
+
+        check_budget_plan(budget_plan, config)  # Not after the teacher has trained.
     out = Path(out_dir)
     worker = None
     if config.strategy == "multi_worker" and not distribute.is_chief():
