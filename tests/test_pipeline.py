@@ -205,7 +205,10 @@ def test_run_calls_each_stage_step_in_order_with_the_trained_teacher(tmp_path):
         return run
 
     pipeline.stage_steps = {name: step(name) for name in STAGES}
-    pipeline.finish_stage = lambda stage, model, extra: {"stage": stage, "model": model}
+    pipeline.finish_stage = lambda stage, model, extra, started=None: {
+        "stage": stage,
+        "model": model,
+    }
     rows = pipeline.run()
     assert calls == [
         ("teacher", None),
