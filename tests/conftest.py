@@ -21,6 +21,29 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # reads the archive is `real_data`.
 SLOW_FIXTURES = frozenset({"smoke_run", "run_copy", "finished_search", "tiny_splits"})
 
+# The tests' smallest real run: ResNet-8s of width 4, one epoch a stage,
+# batch 50, on all of the data given (no per-class subsets).
+TINY_RUN = dict(
+    train_per_class=None,
+    val_per_class=None,
+    test_per_class=None,
+    teacher_depth=8,
+    teacher_width=4,
+    student_depth=8,
+    student_width=4,
+    teacher_epochs=1,
+    student_epochs=1,
+    batch_size=50,
+    verbose=0,
+)
+
+
+def tiny_config(**fields):
+    """The smoke preset with `TINY_RUN`'s sizes; `fields` override any."""
+    from kd_keras.config import RunConfig
+
+    return RunConfig.from_dict({**RunConfig.from_preset("smoke").to_dict(), **TINY_RUN, **fields})
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
 from kd_keras.config import RunConfig, data_kind
@@ -14,25 +15,6 @@ from kd_keras.data.image_folders import load_image_folder
 from kd_keras.data.npz import load_npz
 from kd_keras.data.source_checks import carve_test_split
 from kd_keras.errors import MAX_MESSAGE_CHARS, ConfigError, DataSourceError
-
-TINY = dict(
-    teacher_depth=8,
-    teacher_width=4,
-    student_depth=8,
-    student_width=4,
-    teacher_epochs=1,
-    student_epochs=1,
-    batch_size=50,
-    verbose=0,
-)
-
-
-def tiny_config(**fields):
-    """The smoke preset on all of a small data set (no per-class subsets)."""
-    base = RunConfig.from_preset("smoke").to_dict()
-    base.update(train_per_class=None, val_per_class=None, test_per_class=None, **TINY)
-    base.update(fields)
-    return RunConfig.from_dict(base)
 
 
 def write_images(root, per_class, size=(12, 12), classes=("cat", "dog", "emu")):

@@ -13,27 +13,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from kd_keras.config import RunConfig
 from kd_keras.errors import ConfigError, ModelSpecError, TeacherError
-
-TINY = dict(
-    teacher_depth=8,
-    teacher_width=4,
-    student_depth=8,
-    student_width=4,
-    teacher_epochs=1,
-    student_epochs=1,
-    batch_size=50,
-    verbose=0,
-)
-
-
-def tiny_config(**fields):
-    base = RunConfig.from_preset("smoke").to_dict()
-    base.update(train_per_class=None, val_per_class=None, test_per_class=None, **TINY)
-    base.update(fields)
-    return RunConfig.from_dict(base)
 
 
 def channel_model(path, shape=(16, 16, 3), classes=4, activation=None, hidden=0):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 
 from kd_keras import RunConfig, run_pipeline
 from kd_keras.atomic import RunLock, atomic_path, lock_holder, write_json
@@ -954,22 +955,7 @@ def _tiny_npz(path):
 
 
 def _tiny_config(data):
-    fields = RunConfig.from_preset("smoke", verbose=0).to_dict()
-    fields.update(
-        data=str(data),
-        val_size=8,
-        train_per_class=None,
-        val_per_class=None,
-        test_per_class=None,
-        teacher_depth=8,
-        teacher_width=8,
-        student_depth=8,
-        student_width=4,
-        teacher_epochs=1,
-        student_epochs=1,
-        batch_size=16,
-    )
-    return RunConfig.from_dict(fields)
+    return tiny_config(data=str(data), val_size=8, teacher_width=8, batch_size=16)
 
 
 class ResourceExhaustedError(Exception):

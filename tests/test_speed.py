@@ -10,6 +10,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from kd_keras import Distiller, RunConfig, build_resnet
 from kd_keras.cli import main as cli_main
@@ -655,24 +656,8 @@ def _tiny_budget_config(tmp_path, **fields):
     images = rng.integers(0, 256, size=(120, 12, 12, 3), dtype=np.uint8)
     data = tmp_path / "d.npz"
     np.savez(data, x_train=images[:90], y_train=labels[:90], x_test=images[90:], y_test=labels[90:])
-    base = RunConfig.from_preset("smoke").to_dict()
-    base.update(
-        data=str(data),
-        val_size=15,
-        train_per_class=None,
-        val_per_class=None,
-        test_per_class=None,
-        teacher_depth=8,
-        teacher_width=8,
-        student_depth=8,
-        student_width=4,
-        warmup_epochs=0,
-        batch_size=50,
-        budget="10m",
-        verbose=0,
-    )
-    base.update(fields)
-    return RunConfig.from_dict(base)
+    sizes = dict(val_size=15, teacher_width=8, warmup_epochs=0, budget="10m")
+    return tiny_config(data=str(data), **{**sizes, **fields})
 
 
 def test_a_budgeted_run_replans_its_students_after_the_teacher(tmp_path):

@@ -14,8 +14,8 @@ import math
 import keras
 import numpy as np
 import pytest
+from conftest import tiny_config
 
-from kd_keras.config import RunConfig
 from kd_keras.errors import SearchFailedError
 from kd_keras.search_folder import MAX_TRIALS
 from kd_keras.validation import MAX_EPOCHS
@@ -24,17 +24,7 @@ from tuning.hypermodel import SearchSpace
 from tuning.report import best_row, write_strict_json
 from tuning.tuners import check_failures
 
-TINY = dict(
-    teacher_depth=8,
-    teacher_width=4,
-    student_depth=8,
-    student_width=4,
-    teacher_epochs=1,
-    student_epochs=1,
-    batch_size=30,
-    verbose=0,
-    threads=1,
-)
+TINY = dict(batch_size=30, threads=1)  # Beside conftest's TINY_RUN.
 
 
 def three_class_npz(path, n=150, size=20):
@@ -56,10 +46,7 @@ def three_class_npz(path, n=150, size=20):
 
 
 def tiny_run_config(**fields):
-    base = RunConfig.from_preset("smoke").to_dict()
-    base.update(train_per_class=None, val_per_class=None, test_per_class=None, **TINY)
-    base.update(fields)
-    return RunConfig.from_dict(base)
+    return tiny_config(**{**TINY, **fields})
 
 
 @pytest.fixture
