@@ -74,6 +74,8 @@ def get_args(argv=None):
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     if not 1 <= args.steps < args.more_steps:
         parser.error(f"need 1 <= --steps < --more-steps, got {args.steps} and {args.more_steps}")
+    throughput.check_counts(parser, args, ("batch_size",))
+    throughput.check_warmup_steps(parser, args.warmup_steps)
     return args
 
 

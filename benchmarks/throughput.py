@@ -139,13 +139,23 @@ def add_worker_arguments(parser, *, steps, warmup_steps, teacher_depth, student_
 def check_worker_arguments(parser, args, also=()):
     """Exits through `parser.error` (status 2, the flag and the value named)
     for a count below 1 among the worker's arguments and `also`."""
-    for name in ("steps", "repeats", "batch_size", *also):
+    check_counts(parser, args, ("steps", "repeats", "batch_size", *also))
+    check_warmup_steps(parser, args.warmup_steps)
+
+
+def check_counts(parser, args, names):
+    """Exits through `parser.error` for the first of `names` below 1."""
+    for name in names:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.warmup_steps < 1:
+
+
+def check_warmup_steps(parser, warmup_steps):
+    """Exits through `parser.error` for fewer than one warm-up step."""
+    if warmup_steps < 1:
         parser.error(
             f"--warmup-steps must be >= 1 (the first step traces the graph, and the "
-            f"last warm-up step marks where the timing starts), got {args.warmup_steps}"
+            f"last warm-up step marks where the timing starts), got {warmup_steps}"
         )
 
 
@@ -284,20 +294,7 @@ def main(argv=None):
     (out / "cases").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     machine = machine_info()
-    settings = {
-        key: getattr(args, key)
-        for key in (
-            "steps",
-            "repeats",
-            "rounds",
-            "warmup_steps",
-            "batch_size",
-            "teacher_depth",
-            "student_depth",
-            "teacher_width",
-            "student_width",
-        )
-    }
+    settings = {key: getattr(args, key) for key in ("rounds", *WORKER_ARGUMENTS)}
     settings["cases"] = names
     if any(CASES[n]["kind"] == "torch" for n in names) and machine["torch"] is None:
         print(
