@@ -17,11 +17,17 @@ dataset is needed) and clocks every epoch of every stage from inside `fit`:
 * `rest_s`: `epoch_s - steps_s` (validation, checkpoint, history, the input
   pipeline's restart, callbacks).
 
-Then it calibrates the same config as `--dry-run` does
-(`kd_keras.train.estimate.calibrate`: training steps on one fixed batch, no
-input pipeline) and reports, per stage, the median epoch (after the first)
-against `calibrated step x steps` and against the full estimate (steps plus
-the validation pass). The issue's goal: a pipeline epoch at most 1.1x the
+The fixed-batch step it is compared with is timed at the same moments:
+before a stage's first epoch and after every epoch (outside the epoch's
+clock), it times `--calibration-steps` rounds of the same config's steps
+as `--dry-run` does (`kd_keras.train.estimate.calibration_calls`: training
+steps on one fixed batch, no input pipeline, the models in turns), and
+each epoch is set against the mean of the timings just before and just
+after it. A virtual machine's speed drifts by 10 % and more over minutes;
+one calibration after the whole run gave a stage that drift as overhead,
+or hid overhead under it. It reports, per stage, the median epoch (after
+the first) against `step x steps` and against the full estimate (steps
+plus the validation pass). The goal: a pipeline epoch at most 1.1x the
 step time x steps. Writes `epoch_time.json` and `epoch_time.md` into
 `--out` and prints the table. Measure on idle cores: a busy machine slows
 every part unevenly.
@@ -60,7 +66,12 @@ def get_args(argv=None):
     parser.add_argument("--student-width", type=int, default=4)
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--teacher-precision", default="float32")
-    parser.add_argument("--calibration-steps", type=int, default=10)
+    parser.add_argument(
+        "--calibration-steps",
+        type=int,
+        default=5,
+        help="rounds of fixed-batch steps timed before a stage and after every epoch (default 5)",
+    )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     if args.epochs < 2:
@@ -85,12 +96,19 @@ def write_data(path, train_images, test_images, seed=0):
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
 
-def make_epoch_clock(records):
-    """A Keras callback class appending one dict per epoch to `records`."""
+def make_epoch_clock(records, time_steps):
+    """A Keras callback class appending one dict per epoch to `records`.
+
+    `time_steps()` returns fixed-batch step times (`measured_step_times`'s
+    dict); it is called when training begins and after every epoch, each
+    time outside the epoch's clock, so every epoch has a timing just
+    before and just after it (`step_times_before`, `step_times_after`).
+    """
     import keras
 
     class EpochClock(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
+            self.before = time_steps()
             self.last_end = time.perf_counter()
 
         def on_train_batch_begin(self, batch, logs=None):
@@ -102,19 +120,23 @@ def make_epoch_clock(records):
 
         def on_epoch_end(self, epoch, logs=None):
             end = time.perf_counter()
+            after = time_steps()
             records.append(
                 {
                     "epoch": epoch + 1,
                     "epoch_s": end - self.last_end,
                     "steps_s": self.steps_end - self.steps_start,
+                    "step_times_before": self.before,
+                    "step_times_after": after,
                 }
             )
-            self.last_end = end
+            self.before = after
+            self.last_end = time.perf_counter()
 
     return EpochClock
 
 
-def clocked_fit(fit, stage_records):
+def clocked_fit(fit, stage_records, time_steps):
     """`distribute.fit` with an `EpochClock` last among the callbacks (so
     the checkpoint and history writes of an epoch are inside its time);
     each call's epochs go to a new list in `stage_records`."""
@@ -122,28 +144,43 @@ def clocked_fit(fit, stage_records):
     def wrapped(trainable, dataset, **kwargs):
         records = []
         stage_records.append(records)
-        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [make_epoch_clock(records)()]
+        clock = make_epoch_clock(records, time_steps)()
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [clock]
         return fit(trainable, dataset, **kwargs)
 
     return wrapped
 
 
-def summarise(stages, calibration, steps_per_epoch, val_batches, *, teacher_logits_reused=True):
-    """Per stage: the median epoch after the first against step x steps,
-    and against the dry-run's estimate of an epoch (steps plus the
-    validation pass, `kd_keras.train.estimate.stage_epoch_seconds`)."""
+def summarise(stages, steps_per_epoch, val_batches, *, teacher_logits_reused=True):
+    """Per stage, over the epochs after the first: each epoch against the
+    step x steps timed around it (the mean of the fixed-batch step times
+    just before and just after it) and against the dry-run's estimate of
+    an epoch from the same times (steps plus the validation pass,
+    `kd_keras.train.estimate.stage_epoch_seconds`); the medians of the
+    epochs, of those references and of the ratios."""
     from kd_keras.train.estimate import stage_epoch_seconds
 
-    steps_only_by_stage = stage_epoch_seconds(calibration, steps_per_epoch, 0, 0.0)
-    estimate_by_stage = stage_epoch_seconds(
-        calibration, steps_per_epoch, val_batches, 0.0, teacher_logits_reused=teacher_logits_reused
-    )
     rows = []
     for stage, records in stages.items():
         later = records[1:]
-        steps_only = steps_only_by_stage[stage]
-        estimate = estimate_by_stage[stage]
-        epoch = statistics.median(r["epoch_s"] for r in later)
+        steps_only, estimates = [], []
+        for record in later:
+            around = {
+                key: (record["step_times_before"][key] + record["step_times_after"][key]) / 2
+                for key in record["step_times_before"]
+            }
+            steps_only.append(stage_epoch_seconds(around, steps_per_epoch, 0, 0.0)[stage])
+            estimates.append(
+                stage_epoch_seconds(
+                    around,
+                    steps_per_epoch,
+                    val_batches,
+                    0.0,
+                    teacher_logits_reused=teacher_logits_reused,
+                )[stage]
+            )
+        epochs = [r["epoch_s"] for r in later]
+        epoch = statistics.median(epochs)
         steps = statistics.median(r["steps_s"] for r in later)
         rows.append(
             {
@@ -153,10 +190,15 @@ def summarise(stages, calibration, steps_per_epoch, val_batches, *, teacher_logi
                 "epoch_s": round(epoch, 3),
                 "steps_s": round(steps, 3),
                 "rest_s": round(epoch - steps, 3),
-                "step_x_steps_s": round(steps_only, 3),
-                "estimate_s": round(estimate, 3),
-                "epoch_vs_step_x_steps": round(epoch / steps_only, 3),
-                "epoch_vs_estimate": round(epoch / estimate, 3),
+                "step_x_steps_s": round(statistics.median(steps_only), 3),
+                "estimate_s": round(statistics.median(estimates), 3),
+                "epoch_vs_step_x_steps": round(
+                    statistics.median(e / r for e, r in zip(epochs, steps_only)), 3
+                ),
+                "epoch_vs_estimate": round(
+                    statistics.median(e / r for e, r in zip(epochs, estimates)), 3
+                ),
+                "epoch_vs_step_x_steps_each": [round(e / r, 3) for e, r in zip(epochs, steps_only)],
             }
         )
     return rows
@@ -165,7 +207,8 @@ def summarise(stages, calibration, steps_per_epoch, val_batches, *, teacher_logi
 def format_rows(rows):
     header = (
         "| stage | epoch s (median, after the 1st) | of which steps s | rest s | "
-        "step × steps s | epoch / (step × steps) | dry-run estimate s | epoch / estimate | "
+        "step × steps s (timed around each epoch) | epoch / (step × steps) | "
+        "dry-run estimate s | epoch / estimate | "
         "1st epoch s |"
     )
     lines = [header, "|" + "---|" * 9]
@@ -190,7 +233,11 @@ def main(argv=None):
     import kd_keras  # noqa: F401  (sets KERAS_BACKEND before Keras loads)
     from kd_keras.config import RunConfig
     from kd_keras.train import distribute
-    from kd_keras.train.estimate import calibrate
+    from kd_keras.train.estimate import (
+        calibration_calls,
+        measured_step_times,
+        time_interleaved,
+    )
     from kd_keras.train.pipeline import run_pipeline
     from kd_keras.validation import validation_reuses_teacher_logits
 
@@ -213,19 +260,27 @@ def main(argv=None):
         teacher_precision=args.teacher_precision,
         verbose=2,
     ).validate()
-    fits = []
-    distribute.fit = clocked_fit(distribute.fit, fits)
-    start = time.perf_counter()
-    run_pipeline(config, run_dir, overwrite=True)
-    run_seconds = time.perf_counter() - start
-    stages = dict(zip(("teacher", "student_baseline", "student_distilled"), fits))
     steps_per_epoch = math.ceil(args.train_images / args.batch_size)
     val_batches = math.ceil(args.val_images / args.batch_size)
     shape = {"input_shape": (32, 32, 3), "num_classes": 10}
-    measured, _ = calibrate(config, shape, steps_per_epoch, args.calibration_steps)
+    calls = calibration_calls(config, shape, steps_per_epoch)
+    time_interleaved(calls, 1)  # Traces every fixed-batch step before the run.
+    timing_seconds = []
+
+    def time_steps():
+        start = time.perf_counter()
+        measured, _ = measured_step_times(time_interleaved(calls, args.calibration_steps))
+        timing_seconds.append(time.perf_counter() - start)
+        return measured
+
+    fits = []
+    distribute.fit = clocked_fit(distribute.fit, fits, time_steps)
+    start = time.perf_counter()
+    run_pipeline(config, run_dir, overwrite=True)
+    run_seconds = time.perf_counter() - start - sum(timing_seconds)
+    stages = dict(zip(("teacher", "student_baseline", "student_distilled"), fits))
     rows = summarise(
         stages,
-        measured,
         steps_per_epoch,
         val_batches,
         teacher_logits_reused=validation_reuses_teacher_logits(config),
@@ -236,7 +291,8 @@ def main(argv=None):
         "steps_per_epoch": steps_per_epoch,
         "val_batches": val_batches,
         "run_seconds": round(run_seconds, 1),
-        "calibration": {k: round(v, 5) for k, v in measured.items()},
+        "calibration_steps": args.calibration_steps,
+        "timing_seconds": round(sum(timing_seconds), 1),
         "epochs": stages,
         "stages": rows,
     }
@@ -244,7 +300,10 @@ def main(argv=None):
     (out / "epoch_time.md").write_text(
         "# Pipeline epoch against step time x steps\n\n"
         f"{steps_per_epoch} steps of batch {args.batch_size} an epoch, "
-        f"{val_batches} validation batches; whole run {run_seconds:.0f} s.\n\n" + table + "\n"
+        f"{val_batches} validation batches; whole run {run_seconds:.0f} s without the "
+        f"fixed-batch timings. Each epoch is set against the step time timed just before "
+        f"and just after it (the models in turns, {args.calibration_steps} "
+        f"round{'s' if args.calibration_steps != 1 else ''}).\n\n" + table + "\n"
     )
     print(table)
     print(f"\nwrote {out / 'epoch_time.json'} and {out / 'epoch_time.md'}")

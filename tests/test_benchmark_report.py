@@ -184,39 +184,48 @@ def test_torch_cases_agree_with_the_torch_variants():
     assert keras_precisions == precisions
 
 
-def test_epoch_time_compares_later_epochs_with_step_times_steps():
+def test_epoch_time_sets_each_epoch_against_the_step_times_timed_around_it():
     from benchmarks.epoch_time import summarise
 
-    calibration = {
+    steady = {
         "teacher_train_step_s": 0.1,
         "student_train_step_s": 0.05,
         "teacher_forward_batch_s": 0.02,
         "student_forward_batch_s": 0.01,
     }
+    slower = {key: value * 1.2 for key, value in steady.items()}  # The machine drifted.
+
+    def epoch(number, epoch_s, steps_s, before=steady, after=steady):
+        return {
+            "epoch": number,
+            "epoch_s": epoch_s,
+            "steps_s": steps_s,
+            "step_times_before": before,
+            "step_times_after": after,
+        }
+
     epochs = {
-        # The first epoch (tracing) is left out of the median.
+        # The first epoch (tracing) is left out of the medians.
         "teacher": [
-            {"epoch": 1, "epoch_s": 30.0, "steps_s": 25.0},
-            {"epoch": 2, "epoch_s": 11.0, "steps_s": 10.0},
-            {"epoch": 3, "epoch_s": 13.0, "steps_s": 10.4},
+            epoch(1, 30.0, 25.0),
+            epoch(2, 11.0, 10.0),
+            epoch(3, 13.2, 10.4, after=slower),
         ],
-        "student_baseline": [
-            {"epoch": 1, "epoch_s": 9.0, "steps_s": 8.0},
-            {"epoch": 2, "epoch_s": 6.0, "steps_s": 5.0},
-        ],
-        "student_distilled": [
-            {"epoch": 1, "epoch_s": 9.0, "steps_s": 8.0},
-            {"epoch": 2, "epoch_s": 8.4, "steps_s": 7.0},
-        ],
+        "student_baseline": [epoch(1, 9.0, 8.0), epoch(2, 6.0, 5.0)],
+        "student_distilled": [epoch(1, 9.0, 8.0), epoch(2, 8.4, 7.0)],
     }
-    rows = {r["stage"]: r for r in summarise(epochs, calibration, 100, 10)}
+    rows = {r["stage"]: r for r in summarise(epochs, 100, 10)}
     teacher = rows["teacher"]
     assert teacher["epochs_timed"] == 2 and teacher["first_epoch_s"] == 30.0
-    assert teacher["epoch_s"] == 12.0 and teacher["steps_s"] == 10.2
-    assert teacher["rest_s"] == pytest.approx(1.8)
-    assert teacher["step_x_steps_s"] == 10.0  # 0.1 s x 100 steps.
-    assert teacher["epoch_vs_step_x_steps"] == 1.2
-    assert teacher["estimate_s"] == 10.2  # + 10 validation batches x 0.02 s.
+    assert teacher["epoch_s"] == 12.1 and teacher["steps_s"] == 10.2
+    assert teacher["rest_s"] == pytest.approx(1.9)
+    # Epoch 2 against 0.1 s x 100 steps; epoch 3 against the mean of the
+    # step timed before it (0.1 s) and after it (0.12 s): 11 s.
+    assert teacher["epoch_vs_step_x_steps_each"] == [1.1, 1.2]
+    assert teacher["step_x_steps_s"] == 10.5 and teacher["epoch_vs_step_x_steps"] == 1.15
+    # Plus 10 validation batches x the teacher's forward pass timed around.
+    assert teacher["estimate_s"] == pytest.approx((10.2 + 11.22) / 2, abs=1e-3)
+    assert rows["student_baseline"]["epoch_vs_step_x_steps"] == 1.2
     distilled = rows["student_distilled"]
     # A distillation step is a student step plus a teacher forward pass.
     assert distilled["step_x_steps_s"] == 7.0
@@ -224,11 +233,9 @@ def test_epoch_time_compares_later_epochs_with_step_times_steps():
     # Its validation runs the student alone: the teacher's logits of the
     # validation images are computed once a stage.
     assert distilled["estimate_s"] == 7.1
-    live = {
-        r["stage"]: r for r in summarise(epochs, calibration, 100, 10, teacher_logits_reused=False)
-    }
+    live = {r["stage"]: r for r in summarise(epochs, 100, 10, teacher_logits_reused=False)}
     assert live["student_distilled"]["estimate_s"] == 7.3
-    assert live["teacher"]["estimate_s"] == 10.2
+    assert live["teacher"]["estimate_s"] == teacher["estimate_s"]
 
 
 def test_search_workers_reads_each_searchs_trials_and_compares_them(tmp_path):
@@ -395,11 +402,53 @@ def test_worker_scaling_runs_single_thread_processes_together(tmp_path):
     assert "single-thread processes / 1 process" in (tmp_path / "worker_scaling.md").read_text()
 
 
-def test_throughput_needs_a_warmup_step_to_mark_where_timing_starts(capsys):
-    from benchmarks.throughput import get_args
+@pytest.mark.parametrize("module", ["throughput", "worker_scaling", "onednn_profile"])
+def test_every_benchmark_needs_a_warmup_step_to_mark_where_timing_starts(module, capsys):
+    import importlib
 
-    with pytest.raises(SystemExit) as error:
-        get_args(["--warmup-steps", "0"])
-    assert error.value.code == 2
-    assert "--warmup-steps must be >= 1" in capsys.readouterr().err
+    get_args = importlib.import_module(f"benchmarks.{module}").get_args
+    for argv, message in (
+        (["--warmup-steps", "0"], "--warmup-steps must be >= 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    ):
+        with pytest.raises(SystemExit) as error:
+            get_args(argv)
+        assert error.value.code == 2
+        assert message in capsys.readouterr().err
     assert get_args(["--warmup-steps", "1"]).warmup_steps == 1
+
+
+@pytest.mark.slow
+def test_epoch_time_times_the_fixed_batch_step_around_every_epoch(tmp_path):
+    from benchmarks import epoch_time
+
+    argv = ["--epochs", "2", "--train-images", "100", "--val-images", "40", "--test-images", "20"]
+    argv += ["--calibration-steps", "1", "--out", str(tmp_path)]
+    assert epoch_time.main(argv) == 0
+    document = json.loads((tmp_path / "epoch_time.json").read_text())
+    stages = document["epochs"]
+    assert list(stages) == ["teacher", "student_baseline", "student_distilled"]
+    keys = {
+        "teacher_train_step_s",
+        "student_train_step_s",
+        "teacher_forward_batch_s",
+        "student_forward_batch_s",
+    }
+    for records in stages.values():
+        assert [r["epoch"] for r in records] == [1, 2]
+        # Each epoch's "after" timing is the next epoch's "before".
+        assert records[0]["step_times_after"] == records[1]["step_times_before"]
+        for record in records:
+            assert set(record["step_times_before"]) == keys
+            assert 0 < record["steps_s"] < record["epoch_s"]
+    rows = {row["stage"]: row for row in document["stages"]}
+    teacher = stages["teacher"][1]
+    around = (
+        teacher["step_times_before"]["teacher_train_step_s"]
+        + teacher["step_times_after"]["teacher_train_step_s"]
+    ) / 2
+    assert rows["teacher"]["step_x_steps_s"] == pytest.approx(around * 2, abs=1e-3)  # 2 steps.
+    assert document["timing_seconds"] > 0 and document["run_seconds"] > 0
+    assert (
+        "just after it (the models in turns, 1 round)" in (tmp_path / "epoch_time.md").read_text()
+    )

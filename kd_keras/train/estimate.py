@@ -22,9 +22,10 @@ from kd_keras.validation import validation_reuses_teacher_logits
 STAGE_ORDER = ("teacher", "student_baseline", "student_distilled")
 
 
-def _time_interleaved(calls, steps):
+def time_interleaved(calls, steps):
     """Times `calls` (name -> callable) in turns: each one's first call
-    (its tracing), then `steps` rounds of one call each, in order.
+    (its tracing, or a warm-up), then `steps` rounds of one call each, in
+    order.
 
     A shared machine's speed drifts over seconds; timing one model's steps
     in a block and the next model's after it would give each model its
@@ -61,19 +62,16 @@ def _forward_call(model, images):
     return lambda: forward(batch).numpy()
 
 
-def calibrate(config, shape, steps_per_epoch, steps):
-    """Times the run's models on one synthetic batch of `config.batch_size`
-    images: `steps` training steps of the teacher and the student and as
-    many forward passes of each, after one warm-up call each that traces
-    the graph; the models take turns, one call each a round, so they are
-    timed across the same moments of the machine (`_time_interleaved`).
-    With several teachers (`config.other_teachers`), each one's forward
-    pass is timed and added to `teacher_forward_batch_s` (all of them run
-    on every distillation batch).
+def calibration_calls(config, shape, steps_per_epoch):
+    """The run's models, optimizers and loss on one synthetic batch of
+    `config.batch_size` images, as calls to time (`time_interleaved`):
+    `teacher_train` (unless the teacher is given or not trained),
+    `student_train`, `teacher_forward`, `student_forward` and, with several
+    teachers (`config.other_teachers`), `other_teacher_<i>` (a forward pass
+    each: all of them run on every distillation batch).
 
     Returns:
-        (measured, trace): median seconds per step or batch, and the
-        warm-up's extra (tracing) seconds, keyed by what was timed.
+        name -> callable, untraced (the first call of each traces it).
     """
     rng = np.random.default_rng(config.seed)
     batch = config.batch_size
@@ -108,20 +106,25 @@ def calibrate(config, shape, steps_per_epoch, steps):
         teacher_for_inference(teacher, config.teacher_precision), images
     )
     calls["student_forward"] = _forward_call(student, images)
-    # Several teachers (`--teacher` given again): each runs on every
-    # distillation batch too.
-    others = []
     for index, path in enumerate(config.other_teachers or ()):
         with precision_scope(config.precision):
             other = load_teacher(path, shape["num_classes"], image_shape=shape["input_shape"])
-        others.append(f"other_teacher_{index}")
-        calls[others[-1]] = _forward_call(
+        calls[f"other_teacher_{index}"] = _forward_call(
             teacher_for_inference(other, config.teacher_precision), images
         )
-    timed = _time_interleaved(calls, steps)
+    return calls
+
+
+def measured_step_times(timed):
+    """`time_interleaved`'s result over `calibration_calls` as
+    `(measured, trace)`: median seconds per step or batch, and the first
+    calls' extra (tracing) seconds, keyed by what was timed. The teachers'
+    forward passes add up in `teacher_forward_batch_s`."""
     teacher_train = timed.get("teacher_train", (0.0, 0.0))
     student_train = timed["student_train"]
-    forwards = [timed["teacher_forward"], *(timed[name] for name in others)]
+    forwards = [timed["teacher_forward"]] + [
+        timed[name] for name in timed if name.startswith("other_teacher_")
+    ]
     measured = {
         "teacher_train_step_s": teacher_train[1],
         "student_train_step_s": student_train[1],
@@ -134,6 +137,23 @@ def calibrate(config, shape, steps_per_epoch, steps):
         "teacher_forward_trace_s": sum(max(0.0, first - median) for first, median in forwards),
     }
     return measured, trace
+
+
+def calibrate(config, shape, steps_per_epoch, steps):
+    """Times the run's models on one synthetic batch of `config.batch_size`
+    images (`calibration_calls`): `steps` training steps of the teacher and
+    the student and as many forward passes of each, after one warm-up call
+    each that traces the graph; the models take turns, one call each a
+    round, so they are timed across the same moments of the machine
+    (`time_interleaved`).
+
+    Returns:
+        (measured, trace): median seconds per step or batch, and the
+        warm-up's extra (tracing) seconds, keyed by what was timed
+        (`measured_step_times`).
+    """
+    calls = calibration_calls(config, shape, steps_per_epoch)
+    return measured_step_times(time_interleaved(calls, steps))
 
 
 def stage_epoch_seconds(measured, steps, val_batches, overhead, *, teacher_logits_reused=False):
