@@ -4,15 +4,16 @@
         [--val-images 500] [--test-images 200] [--batch-size 50]
         [--teacher-depth 8] [--student-depth 8] [--teacher-width 8]
         [--student-width 4] [--precision float32] [--teacher-precision float32]
-        [--out DIR]
+        [--calibration-steps 5] [--out DIR]
 
 Runs the real three-stage pipeline (`kd_keras.train.pipeline.run_pipeline`:
 input pipeline, training steps, validation, checkpoint, history) on
 generated data of smoke size (random uint8 images in a `.npz` file, so no
 dataset is needed) and clocks every epoch of every stage from inside `fit`:
 
-* `epoch_s`: epoch end to epoch end (the first epoch from the start of
-  training, so it holds the tracing);
+* `epoch_s`: epoch end to epoch end, without the fixed-batch timings
+  between epochs (the first epoch from the start of training, so it holds
+  the tracing);
 * `steps_s`: first training batch's start to last training batch's end;
 * `rest_s`: `epoch_s - steps_s` (validation, checkpoint, history, the input
   pipeline's restart, callbacks).
@@ -26,9 +27,10 @@ each epoch is set against the mean of the timings just before and just
 after it. A virtual machine's speed drifts by 10 % and more over minutes;
 one calibration after the whole run gave a stage that drift as overhead,
 or hid overhead under it. It reports, per stage, the median epoch (after
-the first) against `step x steps` and against the full estimate (steps
-plus the validation pass). The goal: a pipeline epoch at most 1.1x the
-step time x steps. Writes `epoch_time.json` and `epoch_time.md` into
+the first) and the median of the epochs' own ratios to `step x steps` and
+to the full estimate (steps plus the validation pass); with a drifting
+step those are not the ratio of the medians. The goal: a pipeline epoch
+at most 1.1x the step time x steps. Writes `epoch_time.json` and `epoch_time.md` into
 `--out` and prints the table. Measure on idle cores: a busy machine slows
 every part unevenly.
 """
@@ -207,8 +209,8 @@ def summarise(stages, steps_per_epoch, val_batches, *, teacher_logits_reused=Tru
 def format_rows(rows):
     header = (
         "| stage | epoch s (median, after the 1st) | of which steps s | rest s | "
-        "step × steps s (timed around each epoch) | epoch / (step × steps) | "
-        "dry-run estimate s | epoch / estimate | "
+        "step × steps s (timed around each epoch) | epoch / (step × steps), median of epochs | "
+        "dry-run estimate s | epoch / estimate, median of epochs | "
         "1st epoch s |"
     )
     lines = [header, "|" + "---|" * 9]
@@ -274,9 +276,13 @@ def main(argv=None):
         return measured
 
     fits = []
-    distribute.fit = clocked_fit(distribute.fit, fits, time_steps)
+    unclocked = distribute.fit
+    distribute.fit = clocked_fit(unclocked, fits, time_steps)
     start = time.perf_counter()
-    run_pipeline(config, run_dir, overwrite=True)
+    try:
+        run_pipeline(config, run_dir, overwrite=True)
+    finally:
+        distribute.fit = unclocked  # Other pipelines in this process run unclocked.
     run_seconds = time.perf_counter() - start - sum(timing_seconds)
     stages = dict(zip(("teacher", "student_baseline", "student_distilled"), fits))
     rows = summarise(

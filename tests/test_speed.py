@@ -650,7 +650,7 @@ def test_replan_never_goes_below_the_floor_or_the_warmup():
 
 
 def _tiny_budget_config(tmp_path, **fields):
-    """The smoke preset's recipe on 90 training images of 12x12 in an .npz."""
+    """The tests' tiny run (`tiny_config`) on 90 training images of 12x12 in an .npz."""
     rng = np.random.default_rng(0)
     labels = np.arange(120) % 3
     images = rng.integers(0, 256, size=(120, 12, 12, 3), dtype=np.uint8)
