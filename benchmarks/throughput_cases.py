@@ -22,7 +22,8 @@ def usable_cores():
 # (steps_per_execution), jit (jit_compile), threads (intra-op; inter-op 1),
 # fused (FusedBatchNormalization, default True; the built-in Distiller's
 # models always use stock layers), fold (fold the teacher's batch norm,
-# default True). The models (seeded), the optimizer and the compile
+# default True), pipeline (feed `fit` from kd_keras.make_dataset, as a run
+# does, instead of one fixed batch). The models (seeded), the optimizer and the compile
 # arguments are a run's (kd_keras.train.recipe); only these options differ.
 CASES = {
     "input_pipeline": {
@@ -39,6 +40,13 @@ CASES = {
         "kind": "train",
         "model": "student",
         "what": "student, Keras fit, SGD + cross-entropy (fused batch norm)",
+    },
+    "student_train_pipeline": {
+        "kind": "train",
+        "model": "student",
+        "pipeline": True,
+        "what": "student_train fed by a run's input pipeline (kd_keras.make_dataset on "
+        "10,000 random uint8 images: shuffle, pad-crop, flip) instead of one fixed batch",
     },
     "student_train_keras_bn": {
         "kind": "train",
@@ -75,6 +83,11 @@ CASES = {
     "kd_distiller": {
         "kind": "distill",
         "what": "kd_keras.Distiller step, float32 (fused batch norm, folded teacher)",
+    },
+    "kd_distiller_pipeline": {
+        "kind": "distill",
+        "pipeline": True,
+        "what": "kd_distiller fed by a run's input pipeline (as student_train_pipeline)",
     },
     "kd_distiller_keras_bn": {
         "kind": "distill",

@@ -148,9 +148,27 @@ def format_group(group):
         )
         if "method" in CASES.get(r["case"], {}) and kd:
             what += f" ({_cell(r['median_images_per_s'] / kd['median_images_per_s'])} {KD_CASE})"
+        fixed = _fixed_batch_twin(r["case"], group)
+        if fixed:
+            what += (
+                f" ({_cell(r['median_images_per_s'] / fixed['median_images_per_s'])} "
+                f"{fixed['case']}, its fixed batch)"
+            )
         cells.append(what)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _fixed_batch_twin(name, group):
+    """The ok result of `group` that runs case `name`'s step on the fixed
+    batch (`student_train` for `student_train_pipeline`), if `name` is fed
+    by a run's input pipeline; else None."""
+    if not CASES.get(name, {}).get("pipeline"):
+        return None
+    twin = name.removesuffix("_pipeline")
+    return next(
+        (x for x in group["results"] if x["case"] == twin and x.get("status") == "ok"), None
+    )
 
 
 def format_table(results):

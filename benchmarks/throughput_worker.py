@@ -58,22 +58,42 @@ def _keras_setup(case, args, images, labels):
         raise ValueError(
             f"unknown case kind {kind!r}; choose from input, forward, {', '.join(makers)}"
         )
-    return _fit_runner(makers[kind](case, config), images, labels), {}
+    if case.get("pipeline"):
+        dataset, settings = _pipeline_dataset(args)
+    else:
+        dataset, settings = _fixed_batch_dataset(images, labels), {}
+    return _fit_runner(makers[kind](case, config), dataset), settings
 
 
-def _input_case(args):
-    """The `input` case: `kd_keras.make_dataset` alone, on random uint8 images."""
+def _pipeline_dataset(args):
+    """A run's training input pipeline (`kd_keras.make_dataset`: shuffled,
+    padded, cropped and flipped batches) over 10,000 random uint8 images,
+    the quick preset's training set size, repeated; and the settings to
+    report."""
     import numpy as np
 
     import kd_keras
 
     rng = np.random.default_rng(1)
-    count = 10000  # The quick preset's training set size.
+    count = 10000
     data = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
     targets = rng.integers(0, 10, size=(count,)).astype("int32")
     dataset = kd_keras.make_dataset(
         data, targets, batch_size=args.batch_size, training=True, seed=0
     ).repeat()
+    return dataset, {"dataset_images": count}
+
+
+def _fixed_batch_dataset(images, labels):
+    """The one synthetic batch, repeated: no input pipeline in the step."""
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensors((tf.constant(images), tf.constant(labels))).repeat()
+
+
+def _input_case(args):
+    """The `input` case: `kd_keras.make_dataset` alone, on random uint8 images."""
+    dataset, settings = _pipeline_dataset(args)
     iterator = iter(dataset)
 
     def run(steps):
@@ -81,7 +101,7 @@ def _input_case(args):
             batch = next(iterator)
         return {"first_pixel": float(batch[0][0, 0, 0, 0])}
 
-    return run, {"dataset_images": count}
+    return run, settings
 
 
 def _case_config(case, args):
@@ -200,13 +220,11 @@ def _keras_distill_case(case, config):
     return trainable
 
 
-def _fit_runner(trainable, images, labels):
-    """`run(steps)`, Keras `fit` of `trainable` on the one synthetic batch
-    repeated, with `run.timed` for the timed repeats."""
+def _fit_runner(trainable, dataset):
+    """`run(steps)`, Keras `fit` of `trainable` on `dataset` (endless: the
+    one synthetic batch repeated, or a run's input pipeline), with
+    `run.timed` for the timed repeats."""
     import keras
-    import tensorflow as tf
-
-    dataset = tf.data.Dataset.from_tensors((tf.constant(images), tf.constant(labels))).repeat()
 
     def run(steps):
         history = trainable.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)

@@ -456,3 +456,15 @@ def test_epoch_time_times_the_fixed_batch_step_around_every_epoch(tmp_path):
     assert (
         "just after it (the models in turns, 1 round)" in (tmp_path / "epoch_time.md").read_text()
     )
+
+
+def test_a_case_fed_by_the_input_pipeline_is_set_against_its_fixed_batch_twin():
+    results = [
+        row("student_train", "train", "float32", 1000.0),
+        row("student_train_pipeline", "train", "float32", 950.0),
+        row("kd_distiller_pipeline", "distill", "float32", 500.0),  # Its twin did not run.
+    ]
+    lines = {line.split("`")[1]: line for line in format_table(results).splitlines() if "`" in line}
+    assert "(0.95× student_train, its fixed batch)" in lines["student_train_pipeline"]
+    assert "its fixed batch" not in lines["student_train"]
+    assert "its fixed batch" not in lines["kd_distiller_pipeline"]

@@ -276,7 +276,7 @@ def test_torch_reference_has_the_keras_models_trainable_parameters():
 def test_benchmark_writes_json_and_markdown_with_one_row_per_case(tmp_path):
     from benchmarks.throughput import main as bench_main
 
-    cases = ["kd_distiller_threads", "input_pipeline"]
+    cases = ["kd_distiller_threads", "input_pipeline", "student_train_pipeline"]
     args = [
         "--steps",
         "2",
@@ -313,12 +313,22 @@ def test_benchmark_writes_json_and_markdown_with_one_row_per_case(tmp_path):
     assert threaded["options"]["threads"] >= 1
     assert set(threaded["logs"]) == KEYS
     assert all(math.isfinite(v) for v in threaded["logs"].values())
+    # The pipeline case trained on a run's input pipeline, not the fixed batch.
+    fed = results["cases"]["student_train_pipeline"]
+    assert fed["dataset_images"] == 10000 and "dataset_images" not in threaded
+    assert math.isfinite(fed["logs"]["loss"])
     rows = [
         line
         for line in (tmp_path / "results.md").read_text().splitlines()
         if line.startswith("| `")
     ]
-    assert [row.split("`")[1] for row in rows] == cases
+    # One table per precision; the case without a model (the input
+    # pipeline alone) comes last.
+    assert [row.split("`")[1] for row in rows] == [
+        "kd_distiller_threads",
+        "student_train_pipeline",
+        "input_pipeline",
+    ]
 
 
 def test_benchmark_rounds_pool_every_repeat():
