@@ -30,9 +30,9 @@ or hid overhead under it. It reports, per stage, the median epoch (after
 the first) and the median of the epochs' own ratios to `step x steps` and
 to the full estimate (steps plus the validation pass); with a drifting
 step those are not the ratio of the medians. The goal: a pipeline epoch
-at most 1.1x the step time x steps. Writes `epoch_time.json` and `epoch_time.md` into
-`--out` and prints the table. Measure on idle cores: a busy machine slows
-every part unevenly.
+at most 1.1x the step time x steps. Writes `epoch_time.json` and
+`epoch_time.md` into `--out` and prints the table. Measure on idle cores:
+a busy machine slows every part unevenly.
 """
 
 import argparse

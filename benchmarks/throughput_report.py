@@ -142,33 +142,33 @@ def format_group(group):
         if with_ratios:
             cells += [_cell(ratio) for ratio in ratios(r, group)]
         what = r["what"]
-        kd = next(
-            (x for x in group["results"] if x["case"] == KD_CASE and x.get("status") == "ok"),
-            None,
-        )
-        if "method" in CASES.get(r["case"], {}) and kd:
-            what += f" ({_cell(r['median_images_per_s'] / kd['median_images_per_s'])} {KD_CASE})"
-        fixed = _fixed_batch_twin(r["case"], group)
-        if fixed:
-            what += (
-                f" ({_cell(r['median_images_per_s'] / fixed['median_images_per_s'])} "
-                f"{fixed['case']}, its fixed batch)"
-            )
+        reference, label = _reference_case(r["case"], group)
+        if reference:
+            ratio = r["median_images_per_s"] / reference["median_images_per_s"]
+            what += f" ({_cell(ratio)} {label})"
         cells.append(what)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _fixed_batch_twin(name, group):
-    """The ok result of `group` that runs case `name`'s step on the fixed
-    batch (`student_train` for `student_train_pipeline`), if `name` is fed
-    by a run's input pipeline; else None."""
-    if not CASES.get(name, {}).get("pipeline"):
-        return None
-    twin = name.removesuffix("_pipeline")
-    return next(
-        (x for x in group["results"] if x["case"] == twin and x.get("status") == "ok"), None
+def _reference_case(name, group):
+    """The ok result of `group` that case `name`'s row is set against, and
+    how the row names it: a method's step against `kd_distiller`; a step
+    fed by a run's input pipeline against its fixed-batch twin
+    (`student_train` for `student_train_pipeline`). `(None, None)` for
+    other cases, or when the reference did not run."""
+    case = CASES.get(name, {})
+    if "method" in case:
+        reference, label = KD_CASE, KD_CASE
+    elif case.get("pipeline"):
+        reference = name.removesuffix("_pipeline")
+        label = f"{reference}, its fixed batch"
+    else:
+        return None, None
+    found = next(
+        (x for x in group["results"] if x["case"] == reference and x.get("status") == "ok"), None
     )
+    return found, label
 
 
 def format_table(results):

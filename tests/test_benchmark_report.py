@@ -468,3 +468,7 @@ def test_a_case_fed_by_the_input_pipeline_is_set_against_its_fixed_batch_twin():
     assert "(0.95× student_train, its fixed batch)" in lines["student_train_pipeline"]
     assert "its fixed batch" not in lines["student_train"]
     assert "its fixed batch" not in lines["kd_distiller_pipeline"]
+    # A method's step is set against Hinton KD's, by the same mechanism.
+    methods = [row("kd_distiller", "distill", "float32", 600.0)]
+    methods.append(row("kd_method_dkd", "distill", "float32", 660.0))
+    assert "kd_method_dkd (1.10× kd_distiller) |" in format_table(methods)
